@@ -1,0 +1,1 @@
+"""Discovery: where. The Kademlia DHT arrives in a later issue."""

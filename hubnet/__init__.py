@@ -1,0 +1,1 @@
+"""The face of hubnet: CLI, configuration and the client."""

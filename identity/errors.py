@@ -1,0 +1,52 @@
+"""The one exception hierarchy of hubnet.
+
+It lives in the lowest layer so that every package can raise its own subclasses;
+`hubnet.cli` maps them to one-line messages and exit codes in one place.
+"""
+
+from __future__ import annotations
+
+
+class HubnetError(Exception):
+    """Root of every error hubnet raises on purpose."""
+
+
+class LocalProtocolError(HubnetError):
+    """Our own code drove a protocol machine wrongly: a bug, never the peer's fault."""
+
+
+class RemoteProtocolError(HubnetError):
+    """The peer sent something the protocol does not allow; close the connection."""
+
+
+class HandshakeError(RemoteProtocolError):
+    """The Noise handshake failed: wrong key, tampered or truncated message."""
+
+
+class DecryptError(RemoteProtocolError):
+    """A transport message failed authentication."""
+
+
+class TransportError(HubnetError):
+    """The connection could not be opened, or it closed or timed out mid-stream."""
+
+
+class HostKeyMismatch(HubnetError):
+    """The server presented a different static key than the one pinned or remembered."""
+
+
+class ConfigError(HubnetError):
+    """A configuration file or command-line value is invalid."""
+
+
+class PolicyError(HubnetError):
+    """A request breaks a service's policy (arguments, allow list)."""
+
+
+class Rejected(HubnetError):
+    """The server refused the request; `code` says why in one word."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason

@@ -1,0 +1,1 @@
+"""The serving node: services, job runner, job protocol, listener."""
