@@ -1,0 +1,3 @@
+from hubnet.cli import main
+
+main()

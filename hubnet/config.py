@@ -1,0 +1,86 @@
+"""The client's files: `client.toml` (defaults) and `aliases.toml` (written by `hubnode alias`)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from identity.errors import ConfigError
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """`client.toml`: `server = "PEER_ID@HOST:PORT"` (used when --server is not given),
+    `connect_timeout = 10` (seconds for connecting and the handshake)."""
+
+    server: str | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A local name for a service with fixed leading arguments and, optionally, a server."""
+
+    name: str
+    service: str
+    args: tuple[str, ...] = ()
+    server: str | None = None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def load_client_config(path: Path) -> ClientConfig:
+    data = _read_toml(path)
+    unknown = set(data) - {"server", "connect_timeout"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {sorted(unknown)[0]!r}")
+    server = data.get("server")
+    timeout = data.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+    if server is not None and not isinstance(server, str):
+        raise ConfigError(f"{path}: server: must be a string PEER_ID@HOST:PORT or HOST:PORT")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ConfigError(f"{path}: connect_timeout: must be a positive number of seconds")
+    return ClientConfig(server, float(timeout))
+
+
+def load_aliases(path: Path) -> dict[str, Alias]:
+    aliases: dict[str, Alias] = {}
+    for name, table in _read_toml(path).items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {name}: must be a table")
+        service, args, server = table.get("service"), table.get("args", []), table.get("server")
+        if not isinstance(service, str):
+            raise ConfigError(f"{path}: {name}.service: must be a string")
+        if not (isinstance(args, list) and all(isinstance(a, str) for a in args)):
+            raise ConfigError(f"{path}: {name}.args: must be a list of strings")
+        if server is not None and not isinstance(server, str):
+            raise ConfigError(f"{path}: {name}.server: must be a string")
+        aliases[name] = Alias(name, service, tuple(args), server)
+    return aliases
+
+
+def save_alias(path: Path, alias: Alias) -> None:
+    """Add or replace one alias, keeping the others."""
+    import tomli_w
+
+    data = _read_toml(path)
+    entry: dict[str, Any] = {"service": alias.service, "args": list(alias.args)}
+    if alias.server:
+        entry["server"] = alias.server
+    data[alias.name] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,56 @@
+"""Where a node keeps its files.
+
+With `--home DIR` or `HUBNET_HOME`, everything lives in that one folder, so many
+nodes can share a machine. Otherwise configuration goes to the platform's config
+folder and the key and known hosts to its data folder (platformdirs).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Home:
+    config_dir: Path
+    data_dir: Path
+    single: bool  # True when one folder holds everything (--home / HUBNET_HOME)
+
+    @classmethod
+    def locate(cls, override: str | os.PathLike[str] | None = None) -> Home:
+        chosen = override or os.environ.get("HUBNET_HOME")
+        if chosen:
+            path = Path(chosen).expanduser().absolute()
+            return cls(path, path, True)
+        import platformdirs  # only here: a call with HUBNET_HOME set never pays for it
+
+        return cls(
+            Path(platformdirs.user_config_dir("hubnet")), Path(platformdirs.user_data_dir("hubnet")), False
+        )
+
+    @property
+    def identity_key(self) -> Path:
+        return self.data_dir / "identity.key"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.data_dir / "known_hosts"
+
+    @property
+    def services(self) -> Path:
+        return self.config_dir / "services.toml"
+
+    @property
+    def client(self) -> Path:
+        return self.config_dir / "client.toml"
+
+    @property
+    def aliases(self) -> Path:
+        return self.config_dir / "aliases.toml"
+
+    @property
+    def bin_dir(self) -> Path:
+        """Where `hubnode alias` puts its commands by default."""
+        return self.config_dir / "bin" if self.single else Path.home() / ".local" / "bin"

@@ -1,0 +1,148 @@
+"""Ed25519 identities and peer ids.
+
+A peer id is the node's Ed25519 public key. People see it as lowercase base32 (52
+characters, no padding); hex is accepted too. The Noise static key is the X25519 key
+converted from the Ed25519 key, so one key file is the whole identity.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from nacl.bindings import (
+    crypto_sign_ed25519_pk_to_curve25519,
+    crypto_sign_ed25519_sk_to_curve25519,
+)
+from nacl.signing import SigningKey, VerifyKey
+
+from identity.errors import ConfigError
+
+PUBLIC_KEY_LEN = 32
+_KEY_FILE_MAGIC = b"hubnet-ed25519-seed:"
+
+
+def encode_peer_id(public_key: bytes) -> str:
+    """The canonical text form of a peer id: lowercase base32 without padding."""
+    if len(public_key) != PUBLIC_KEY_LEN:
+        raise ValueError("a peer id is a 32-byte Ed25519 public key")
+    return base64.b32encode(public_key).decode("ascii").rstrip("=").lower()
+
+
+def decode_peer_id(text: str) -> bytes:
+    """Parse a peer id given as base32 (52 chars) or hex (64 chars)."""
+    text = text.strip()
+    try:
+        if len(text) == 2 * PUBLIC_KEY_LEN:
+            raw = bytes.fromhex(text)
+        elif len(text) == 52:
+            raw = base64.b32decode(text.upper() + "====")
+        else:
+            raise ConfigError(f"not a peer id (want 52 base32 or 64 hex characters): {text!r}")
+    except (ValueError, binascii.Error) as exc:
+        raise ConfigError(f"not a peer id: {text!r}") from exc
+    if len(raw) != PUBLIC_KEY_LEN:
+        raise ConfigError(f"not a peer id: {text!r}")
+    return raw
+
+
+def fingerprint(public_key: bytes) -> str:
+    """A short form for logs and prompts; never used to authenticate."""
+    return encode_peer_id(public_key)[:8]
+
+
+def noise_public_key(public_key: bytes) -> bytes:
+    """The X25519 public key a peer uses in Noise, derived from its Ed25519 key."""
+    try:
+        return bytes(crypto_sign_ed25519_pk_to_curve25519(public_key))
+    except Exception as exc:  # PyNaCl raises a bare RuntimeError for points off the curve
+        raise ConfigError("peer id is not a valid Ed25519 public key") from exc
+
+
+def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """True when `signature` is `public_key`'s Ed25519 signature of `message`."""
+    from nacl.exceptions import BadSignatureError
+
+    try:
+        VerifyKey(public_key).verify(message, signature)
+    except (BadSignatureError, ValueError, TypeError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A node's or client's long-term key pair."""
+
+    signing_key: SigningKey
+
+    @classmethod
+    def generate(cls) -> Identity:
+        return cls(SigningKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> Identity:
+        return cls(SigningKey(seed))
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes(self.signing_key.verify_key)
+
+    @property
+    def peer_id(self) -> str:
+        return encode_peer_id(self.public_key)
+
+    @property
+    def noise_private_key(self) -> bytes:
+        """The X25519 private key for Noise, converted from the Ed25519 key."""
+        secret = bytes(self.signing_key) + self.public_key
+        return bytes(crypto_sign_ed25519_sk_to_curve25519(secret))
+
+    def sign(self, message: bytes) -> bytes:
+        return bytes(self.signing_key.sign(message).signature)
+
+
+def load_or_create_identity(path: Path) -> Identity:
+    """Read the key file at `path`, creating it (mode 0600) on first use.
+
+    The file holds a tagged hex seed; it is written via a temporary file and
+    `os.link` so two processes starting at once cannot both write a key.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return _create_identity(path)
+    mode = path.stat().st_mode & 0o077
+    if mode:
+        raise ConfigError(f"{path}: identity key is readable by others; run: chmod 600 {path}")
+    data = data.strip()
+    if not data.startswith(_KEY_FILE_MAGIC):
+        raise ConfigError(f"{path}: not a hubnet identity key")
+    try:
+        seed = bytes.fromhex(data[len(_KEY_FILE_MAGIC) :].decode("ascii"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: damaged identity key") from exc
+    if len(seed) != 32:
+        raise ConfigError(f"{path}: damaged identity key")
+    return Identity.from_seed(seed)
+
+
+def _create_identity(path: Path) -> Identity:
+    identity = Identity.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(_KEY_FILE_MAGIC + bytes(identity.signing_key).hex().encode("ascii") + b"\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            # Another process won the race; its key is the identity.
+            return load_or_create_identity(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return identity

@@ -1,0 +1,124 @@
+"""The Trio driver for a secure session: a `trio.abc.Stream` over another stream.
+
+It owns the transport and the timeouts; all protocol decisions are in
+`identity.session.NoiseSession`. Used by the node; the CLI client drives the same
+session over a blocking socket to avoid Trio's import cost on a Pi.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from identity.errors import HandshakeError, RemoteProtocolError, TransportError
+from identity.keys import Identity
+from identity.session import Data, HandshakeComplete, NoiseSession
+
+_RECEIVE_SIZE = 65536
+
+
+class SecureStream(trio.abc.Stream):
+    """Encrypted, authenticated bytes over `transport` once the handshake is done."""
+
+    def __init__(self, transport: trio.abc.Stream, session: NoiseSession, remote_identity: bytes) -> None:
+        self.transport = transport
+        self.remote_identity = remote_identity
+        self._session = session
+        self._plaintext = bytearray()
+        self._eof = False
+        self._send_lock = trio.StrictFIFOLock()
+        self._receive_guard = trio.Lock()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        # Several tasks (stdout and stderr pumps) write; frames must not interleave mid-write.
+        async with self._send_lock:
+            await _send(self.transport, self._session.send(bytes(data)))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        async with self._receive_guard:
+            while not self._plaintext and not self._eof:
+                event = await _next_event(self.transport, self._session)
+                if event is None:
+                    self._eof = True
+                elif isinstance(event, Data):
+                    self._plaintext += event.data
+                else:
+                    raise RemoteProtocolError("second handshake inside a session")
+            size = len(self._plaintext) if max_bytes is None else max_bytes
+            chunk = bytes(self._plaintext[:size])
+            del self._plaintext[:size]
+            return chunk
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
+async def _send(transport: trio.abc.Stream, data: bytes) -> None:
+    if not data:
+        return
+    try:
+        await transport.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise TransportError("connection closed by peer") from exc
+
+
+async def _next_event(transport: trio.abc.Stream, session: NoiseSession) -> Data | HandshakeComplete | None:
+    """Read until the session yields an event; None on a clean end of stream."""
+    while True:
+        event = session.next_event()
+        await _send(transport, session.data_to_send())
+        if event is not None:
+            return event
+        try:
+            chunk = await transport.receive_some(_RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise TransportError("connection lost") from exc
+        if not chunk:
+            session.check_eof()
+            return None
+        session.receive_data(chunk)
+
+
+async def _handshake(transport: trio.abc.Stream, session: NoiseSession) -> HandshakeComplete:
+    event = await _next_event(transport, session)
+    if event is None:
+        raise HandshakeError("connection closed during the handshake")
+    if not isinstance(event, HandshakeComplete):
+        raise HandshakeError("data before the handshake finished")
+    return event
+
+
+async def accept_secure(transport: trio.abc.Stream, identity: Identity) -> tuple[SecureStream, bytes]:
+    """Run the responder side; returns the stream and the data that rode in the handshake.
+
+    The caller bounds this with a timeout: a peer that never finishes must not hold a slot.
+    """
+    session = NoiseSession(
+        initiator=False, identity=identity.public_key, static_private=identity.noise_private_key
+    )
+    done = await _handshake(transport, session)
+    return SecureStream(transport, session, done.remote_identity), done.first_data
+
+
+async def connect_secure(
+    transport: trio.abc.Stream,
+    identity: Identity,
+    remote_identity: bytes | None,
+    first_data: bytes = b"",
+) -> SecureStream:
+    """Run the initiator side: IK with `remote_identity` (carrying `first_data`), else XX.
+
+    With XX the caller must vet `stream.remote_identity` before sending; `first_data`
+    is then refused, since it would go to a peer nobody has checked yet.
+    """
+    session = NoiseSession(
+        initiator=True,
+        identity=identity.public_key,
+        static_private=identity.noise_private_key,
+        remote_identity=remote_identity,
+    )
+    await _send(transport, session.initiate(first_data))
+    done = await _handshake(transport, session)
+    return SecureStream(transport, session, done.remote_identity)

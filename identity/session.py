@@ -1,0 +1,261 @@
+"""The secure session as a sans-IO machine: Noise handshake, framing, transport.
+
+Bytes from the socket go in through `receive_data`; `next_event` returns what they
+meant. `initiate` and `send` return bytes to write. Every Noise message travels in a
+frame with a 2-byte big-endian length, so a frame can never exceed Noise's own
+65535-byte limit.
+
+Patterns: IK when the initiator knows the responder's static key (the first
+application bytes ride in the first handshake message, so a request costs one round
+trip), XX otherwise (the first application bytes ride in the third message, after
+the initiator has seen and vetted the responder's key). The responder learns which
+pattern from the first frame's length: an XX first message is exactly one public key.
+
+Noise authenticates X25519 keys, but a peer id is an Ed25519 key, and the conversion
+only goes one way. So the first encrypted handshake payload each side sends begins
+with its 32-byte Ed25519 key, and the reader checks that it converts to the static
+key Noise just authenticated.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from identity.errors import ConfigError, HandshakeError, LocalProtocolError, RemoteProtocolError
+from identity.keys import PUBLIC_KEY_LEN, noise_public_key
+from identity.noise import MAX_MESSAGE_LEN, TAG_LEN, CipherState, HandshakeState
+
+PROLOGUE = b"hubnet/1"
+IK = "Noise_IK_25519_ChaChaPoly_BLAKE2b"
+XX = "Noise_XX_25519_ChaChaPoly_BLAKE2b"
+_DH_LEN = 32
+_XX_FIRST_LEN = _DH_LEN
+# The IK first message carries e, encrypted s and a tagged payload: it is always longer.
+_IK_FIRST_MIN = _DH_LEN + _DH_LEN + TAG_LEN + TAG_LEN
+MAX_PAYLOAD = MAX_MESSAGE_LEN - TAG_LEN
+# Handshake payloads carry at most this much application data; the rest follows as transport.
+_MAX_HANDSHAKE_PAYLOAD = MAX_MESSAGE_LEN - 2 * _DH_LEN - 3 * TAG_LEN - PUBLIC_KEY_LEN
+
+
+@dataclass(frozen=True)
+class HandshakeComplete:
+    """The peer is authenticated as `remote_identity` (its Ed25519 key, the peer id);
+    `first_data` rode in the handshake."""
+
+    remote_identity: bytes
+    first_data: bytes
+
+
+@dataclass(frozen=True)
+class Data:
+    """Decrypted application bytes."""
+
+    data: bytes
+
+
+Event = HandshakeComplete | Data
+
+
+class _State(enum.Enum):
+    IDLE = "idle"
+    HANDSHAKE = "handshake"
+    # XX initiator: responder authenticated, our final message waits for the first send().
+    FINISHING = "finishing"
+    TRANSPORT = "transport"
+    FAILED = "failed"
+
+
+class NoiseSession:
+    """One end of a hubnet secure session.
+
+    `identity` is this end's Ed25519 public key and `static_private` the X25519
+    private key converted from it. An initiator passes `remote_identity` to use IK;
+    without it XX runs and the caller must check `HandshakeComplete.remote_identity`
+    before sending anything.
+    """
+
+    def __init__(
+        self,
+        *,
+        initiator: bool,
+        identity: bytes,
+        static_private: bytes,
+        remote_identity: bytes | None = None,
+        max_buffer: int = 4 * (MAX_MESSAGE_LEN + 2),
+    ) -> None:
+        if not initiator and remote_identity is not None:
+            raise LocalProtocolError("a responder learns the remote key from the handshake")
+        self.initiator = initiator
+        self._identity = identity
+        self._static = static_private
+        self._remote_identity = remote_identity
+        self._remote_static = None if remote_identity is None else _noise_key(remote_identity)
+        self._max_buffer = max_buffer
+        self._buffer = bytearray()
+        self._state = _State.IDLE
+        self._hs: HandshakeState | None = None
+        self._pattern: str | None = None
+        self._send_cs: CipherState | None = None
+        self._recv_cs: CipherState | None = None
+        self._outgoing = bytearray()
+
+    @property
+    def pattern(self) -> str | None:
+        """IK or XX once the handshake has started."""
+        return self._pattern
+
+    @property
+    def handshake_done(self) -> bool:
+        return self._state in (_State.TRANSPORT, _State.FINISHING)
+
+    def initiate(self, first_data: bytes = b"") -> bytes:
+        """Start the handshake; returns the first frame. `first_data` needs IK."""
+        if not self.initiator or self._state is not _State.IDLE:
+            raise LocalProtocolError("initiate() is for a fresh initiator")
+        if self._remote_static is None:
+            if first_data:
+                raise LocalProtocolError("XX cannot carry data before the responder is authenticated")
+            self._pattern = XX
+        else:
+            self._pattern = IK
+            if len(first_data) > _MAX_HANDSHAKE_PAYLOAD:
+                raise LocalProtocolError("first data is too large for the handshake")
+        self._hs = HandshakeState(
+            self._pattern, True, prologue=PROLOGUE, s=self._static, rs=self._remote_static
+        )
+        self._state = _State.HANDSHAKE
+        payload = b"" if self._pattern == XX else self._identity + first_data
+        return _frame(self._hs.write_message(payload))
+
+    def data_to_send(self) -> bytes:
+        """Handshake replies the machine produced on its own (responder's messages)."""
+        out = bytes(self._outgoing)
+        self._outgoing.clear()
+        return out
+
+    def send(self, data: bytes) -> bytes:
+        """Encrypt application bytes into frames, finishing an XX handshake if needed."""
+        if self._state is _State.FINISHING:
+            assert self._hs is not None
+            head = data[:_MAX_HANDSHAKE_PAYLOAD]
+            final = _frame(self._hs.write_message(self._identity + head))
+            self._enter_transport()
+            return final + self.send(data[len(head) :])
+        if self._state is not _State.TRANSPORT or self._send_cs is None:
+            raise LocalProtocolError("send() before the handshake completed")
+        out = bytearray()
+        view = memoryview(data)
+        for start in range(0, len(view), MAX_PAYLOAD):
+            out += _frame(self._send_cs.encrypt_with_ad(b"", bytes(view[start : start + MAX_PAYLOAD])))
+        return bytes(out)
+
+    def receive_data(self, data: bytes) -> None:
+        """Buffer bytes from the peer; refuse to buffer without bound."""
+        if self._state is _State.FAILED:
+            raise LocalProtocolError("session already failed")
+        if len(self._buffer) + len(data) > self._max_buffer:
+            self._state = _State.FAILED
+            raise RemoteProtocolError("peer sent more than the session will buffer")
+        self._buffer += data
+
+    def next_event(self) -> Event | None:
+        """The next complete event, or None when more bytes are needed."""
+        frame = self._next_frame()
+        if frame is None:
+            return None
+        try:
+            return self._handle_frame(frame)
+        except RemoteProtocolError:
+            self._state = _State.FAILED
+            raise
+
+    def check_eof(self) -> None:
+        """Call when the peer closed: an incomplete frame or handshake is truncation."""
+        if self._buffer or self._state not in (_State.TRANSPORT, _State.FINISHING):
+            self._state = _State.FAILED
+            raise RemoteProtocolError("connection closed in the middle of a message")
+
+    def _next_frame(self) -> bytes | None:
+        if len(self._buffer) < 2:
+            return None
+        length = int.from_bytes(self._buffer[:2], "big")
+        if len(self._buffer) < 2 + length:
+            return None
+        frame = bytes(self._buffer[2 : 2 + length])
+        del self._buffer[: 2 + length]
+        return frame
+
+    def _handle_frame(self, frame: bytes) -> Event | None:
+        if self._state is _State.TRANSPORT:
+            assert self._recv_cs is not None
+            return Data(self._recv_cs.decrypt_with_ad(b"", frame))
+        if self._state is _State.IDLE and not self.initiator:
+            return self._respond_first(frame)
+        if self._state is _State.HANDSHAKE and self._hs is not None:
+            return self._continue_handshake(frame)
+        raise RemoteProtocolError("unexpected message before the handshake finished")
+
+    def _respond_first(self, frame: bytes) -> Event | None:
+        if len(frame) == _XX_FIRST_LEN:
+            self._pattern = XX
+        elif len(frame) >= _IK_FIRST_MIN:
+            self._pattern = IK
+        else:
+            raise HandshakeError("first handshake message has an impossible length")
+        self._hs = HandshakeState(self._pattern, False, prologue=PROLOGUE, s=self._static)
+        self._state = _State.HANDSHAKE
+        return self._continue_handshake(frame)
+
+    def _continue_handshake(self, frame: bytes) -> Event | None:
+        hs = self._hs
+        assert hs is not None
+        payload = hs.read_message(frame)
+        if not self.initiator and hs.remote_static is None:
+            # XX message 1: only an ephemeral key, nothing to authenticate yet.
+            if payload:
+                raise HandshakeError("XX first message may not carry data")
+            self._outgoing += _frame(hs.write_message(self._identity))
+            return None
+        remote, data = self._authenticate(hs, payload)
+        if not self.initiator and not hs.complete:
+            # IK message 1 read: our reply completes the handshake.
+            self._outgoing += _frame(hs.write_message(self._identity))
+        if hs.complete:
+            self._enter_transport()
+        else:
+            # XX message 2 read: the responder is known; our final message waits for send().
+            self._state = _State.FINISHING
+        return HandshakeComplete(remote, data)
+
+    def _authenticate(self, hs: HandshakeState, payload: bytes) -> tuple[bytes, bytes]:
+        """Split off the peer's Ed25519 key and check it against what Noise authenticated."""
+        claimed, data = payload[:PUBLIC_KEY_LEN], payload[PUBLIC_KEY_LEN:]
+        if len(claimed) != PUBLIC_KEY_LEN or hs.remote_static is None:
+            raise HandshakeError("handshake payload lacks the peer's identity")
+        try:
+            matches = _noise_key(claimed) == hs.remote_static
+        except ConfigError:
+            matches = False
+        if not matches:
+            raise HandshakeError("peer's identity key does not match its Noise key")
+        if self._remote_identity is not None and claimed != self._remote_identity:
+            raise HandshakeError("peer's identity is not the one expected")
+        self._remote_identity = claimed
+        return claimed, data
+
+    def _enter_transport(self) -> None:
+        assert self._hs is not None
+        first, second = self._hs.split()
+        self._send_cs, self._recv_cs = (first, second) if self.initiator else (second, first)
+        self._state = _State.TRANSPORT
+
+
+def _noise_key(identity: bytes) -> bytes:
+    return noise_public_key(identity)
+
+
+def _frame(message: bytes) -> bytes:
+    if len(message) > MAX_MESSAGE_LEN:
+        raise LocalProtocolError("Noise message too large for a frame")
+    return len(message).to_bytes(2, "big") + message

@@ -1,0 +1,258 @@
+"""Run one accepted job's process under limits, streaming its I/O (Trio).
+
+The server has already checked the service and the arguments and built the argv and a scrubbed
+environment; this module only starts the program (never through a shell), pipes the client's
+stdin into it, streams its stdout and stderr back with back-pressure, enforces the wall-clock,
+output and resource limits, and guarantees that no process of the job outlives `Job.run`.
+
+Linux only: it relies on `resource.prlimit`, `os.pidfd_open` and `/proc/<pid>/stat`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import subprocess
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from identity.errors import HubnetError
+
+_CHUNK = 65536
+# After the group is killed, how long the output pumps may still run (a stalled client, or a
+# process that escaped the group but holds the pipes open) before they are abandoned.
+_DRAIN_GRACE = 5.0
+
+
+class SpawnError(HubnetError):
+    """The job's program could not be started (missing, not executable, bad cwd, limits refused)."""
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """What one job may use; `None` leaves a resource limit as inherited."""
+
+    timeout: float  # wall-clock seconds, then the whole process group is killed
+    max_output: int  # bytes of stdout+stderr together; beyond it the job is killed
+    cpu_seconds: int | None = None  # RLIMIT_CPU
+    memory_bytes: int | None = None  # RLIMIT_AS
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How a job ended, for the client and for accounting."""
+
+    exit_code: int | None  # the exit status, when the process exited by itself
+    signal: int | None  # the signal number, when it died of a signal (ours or not)
+    error: str | None  # why hubnet ended it: "timeout", "output-limit", "cancelled", or None
+    wall_seconds: float
+    cpu_seconds: float  # user+sys of the process and the children it waited for; 0.0 if unreadable
+    stdin_bytes: int  # bytes written into the process's stdin
+    stdout_bytes: int  # bytes delivered to `JobOutput` (never more than the output cap)
+    stderr_bytes: int
+
+
+class JobOutput(Protocol):
+    """Where the job's output goes; each call may block, which slows the job down."""
+
+    async def send_stdout(self, data: bytes) -> None: ...
+    async def send_stderr(self, data: bytes) -> None: ...
+
+
+class Job:
+    """One run of one program. Create it, call `run` once; `cancel` may be called from any task.
+
+    The job is its first process: when that process exits, whatever it left running in its
+    process group is killed, and so is the whole group on timeout, output limit, cancellation,
+    a failing `JobOutput` or an outside cancellation of `run`.
+    """
+
+    def __init__(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: str, limits: JobLimits) -> None:
+        self._argv = list(argv)
+        self._env = dict(env)
+        self._cwd = cwd
+        self._limits = limits
+        self._proc: trio.Process | None = None
+        self._reaped = False
+        self._error: str | None = None
+        self._failure: Exception | None = None  # what a JobOutput call raised
+        self._drain_scope = trio.CancelScope()
+        self._stdin_bytes = 0
+        self._output_bytes = {"stdout": 0, "stderr": 0}
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Kill the job's process group; `run` returns an outcome with `error=reason`."""
+        self._end(reason)
+
+    async def run(self, stdin: trio.abc.ReceiveChannel[bytes], output: JobOutput) -> JobOutcome:
+        """Run the job to the end and say how it ended.
+
+        Raises `SpawnError` if the program cannot be started. If `output` raises, or `run` is
+        cancelled, the group is killed and reaped first, then the exception propagates.
+        """
+        if self._proc is not None:
+            raise RuntimeError("a Job runs only once")
+        try:
+            proc = await trio.lowlevel.open_process(
+                self._argv,
+                shell=False,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self._env,
+                cwd=self._cwd,
+                process_group=0,  # its own group, so os.killpg reaches grandchildren too
+            )
+        except OSError as exc:  # FileNotFoundError, PermissionError, NotADirectoryError, EMFILE...
+            raise SpawnError(f"cannot start {self._argv[0]!r}: {exc.strerror or exc}") from exc
+        self._proc = proc
+        started = trio.current_time()
+        # Our own pidfd tells us when the process has exited *without reaping it*: while it is an
+        # unreaped zombie its pid cannot be reused, so killing its group stays safe, and its CPU
+        # times can still be read from /proc.
+        pidfd = os.pidfd_open(proc.pid)
+        try:
+            self._apply_rlimits(proc.pid)
+            if self._error is not None:  # cancel() came before the process existed
+                self._kill_group()
+            await self._supervise(proc, pidfd, stdin, output)
+        finally:
+            with trio.CancelScope(shield=True):  # the kill and the reap must happen even if cancelled
+                self._kill_group()
+                await trio.lowlevel.wait_readable(pidfd)
+                cpu = _cpu_seconds(proc.pid)
+                returncode = await proc.wait()
+                self._reaped = True
+                os.close(pidfd)
+                for stream in (proc.stdin, proc.stdout, proc.stderr):
+                    if stream is not None:
+                        await stream.aclose()
+        if self._failure is not None:
+            raise self._failure
+        return JobOutcome(
+            exit_code=returncode if returncode >= 0 else None,
+            signal=-returncode if returncode < 0 else None,
+            error=self._error,
+            wall_seconds=trio.current_time() - started,
+            cpu_seconds=cpu,
+            stdin_bytes=self._stdin_bytes,
+            stdout_bytes=self._output_bytes["stdout"],
+            stderr_bytes=self._output_bytes["stderr"],
+        )
+
+    def _apply_rlimits(self, pid: int) -> None:
+        """Limit the running process with prlimit rather than a `preexec_fn`.
+
+        `preexec_fn` runs Python between fork and exec, which is not safe when the parent has
+        threads (Trio's thread cache, for one). The price is a short window after exec in which
+        the program runs unlimited; the limits are inherited by everything it starts afterwards.
+        """
+        limits = [(resource.RLIMIT_CORE, 0, 0)]  # no core dumps of other people's jobs on our disk
+        if self._limits.cpu_seconds is not None:
+            # Soft limit first: SIGXCPU says why; the hard limit a second later is the SIGKILL backstop.
+            limits.append((resource.RLIMIT_CPU, self._limits.cpu_seconds, self._limits.cpu_seconds + 1))
+        if self._limits.memory_bytes is not None:
+            limits.append((resource.RLIMIT_AS, self._limits.memory_bytes, self._limits.memory_bytes))
+        for which, soft, hard in limits:
+            # Never try to raise a hard limit we inherited: an unprivileged process may not.
+            inherited = resource.getrlimit(which)[1]
+            if inherited != resource.RLIM_INFINITY:
+                soft, hard = min(soft, inherited), min(hard, inherited)
+            try:
+                resource.prlimit(pid, which, (soft, hard))
+            except ProcessLookupError:
+                return  # it has already exited: nothing left to limit
+            except (OSError, ValueError) as exc:  # run() kills and reaps it on the way out
+                raise SpawnError(f"cannot limit {self._argv[0]!r}: {exc}") from exc
+
+    async def _supervise(
+        self, proc: trio.Process, pidfd: int, stdin: trio.abc.ReceiveChannel[bytes], output: JobOutput
+    ) -> None:
+        """Copy I/O until the process has exited and its output is drained, or the job is stopped."""
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        deadline = trio.current_time() + self._limits.timeout
+        self._drain_scope.deadline = deadline + _DRAIN_GRACE
+        with self._drain_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._feed, proc.stdin, stdin)
+                nursery.start_soon(self._watchdog, deadline)
+                async with trio.open_nursery() as pumps:
+                    pumps.start_soon(self._pump, proc.stdout, output.send_stdout, "stdout")
+                    pumps.start_soon(self._pump, proc.stderr, output.send_stderr, "stderr")
+                    await trio.lowlevel.wait_readable(pidfd)  # exited, not yet reaped
+                    self._kill_group()  # whatever it left behind goes with it
+                # Output is drained; stop waiting on the client's stdin and the clock.
+                nursery.cancel_scope.cancel()
+
+    async def _watchdog(self, deadline: float) -> None:
+        await trio.sleep_until(deadline)
+        self._end("timeout")
+
+    async def _feed(self, sink: trio.abc.SendStream, stdin: trio.abc.ReceiveChannel[bytes]) -> None:
+        """Client stdin -> process stdin, one chunk at a time; closes the process's stdin at the end."""
+        try:
+            async for chunk in stdin:  # ends when the sender closes the channel
+                try:
+                    await sink.send_all(chunk)
+                except trio.BrokenResourceError:
+                    return  # the process closed its stdin: stop reading the channel
+                self._stdin_bytes += len(chunk)
+        finally:
+            with trio.CancelScope(shield=True):
+                await sink.aclose()
+
+    async def _pump(
+        self, source: trio.abc.ReceiveStream, send: Callable[[bytes], Awaitable[None]], name: str
+    ) -> None:
+        """Process output -> client. Each chunk is sent before the next is read (back-pressure)."""
+        while received := await source.receive_some(_CHUNK):
+            data = bytes(received)  # receive_some may hand back a bytearray; JobOutput takes bytes
+            room = self._limits.max_output - sum(self._output_bytes.values())
+            if len(data) > room:
+                data = data[: max(room, 0)]  # deliver up to the cap, never a byte past it
+                self._end("output-limit")
+            if data:
+                # Count before awaiting so the other pump sees this part of the cap as taken.
+                self._output_bytes[name] += len(data)
+                try:
+                    await send(data)
+                except Exception as exc:  # the client went away: stop everything, re-raise in run()
+                    if self._failure is None:
+                        self._failure = exc
+                    self._kill_group()
+                    self._drain_scope.cancel()
+                    return
+            if self._error == "output-limit":
+                return  # the group is dead; nothing more will be delivered
+
+    def _end(self, reason: str) -> None:
+        """Stop the job for `reason`; the first reason given is the one reported."""
+        if self._error is None:
+            self._error = reason
+        self._kill_group()
+
+    def _kill_group(self) -> None:
+        # Only while the leader is unreaped: until then its pid, which is the group id, cannot be
+        # reused by another process. The leader is also killed by pid in case it left the group.
+        if self._proc is not None and not self._reaped:
+            for kill in (os.kill,):
+                with contextlib.suppress(ProcessLookupError):
+                    kill(self._proc.pid, signal.SIGKILL)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User+system CPU of an exited, unreaped process and of the children it reaped, or 0.0."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        # The command name (field 2) may contain spaces and parentheses; fields after it are plain.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        ticks = sum(int(t) for t in fields[11:15])  # utime, stime, cutime, cstime
+        return ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0

@@ -1,0 +1,485 @@
+"""`services.toml`: the services a node offers, their ids, and the argument policy.
+
+A service is a fixed argv prefix plus a policy saying which arguments a remote client may
+append. The policy is an allow-list grammar (exact option names, value shapes, a count of
+positionals), never a deny-list, because the programs behind services were written for
+trusted local users: one smuggled `-o /etc/passwd` is enough. Everything here is pure;
+the only I/O is `load_services`, so the listener and job runner can trust what they get.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from identity.errors import ConfigError, PolicyError
+from identity.keys import decode_peer_id
+
+SERVICE_ID_LEN = 16
+DEFAULT_PORT = 7070
+DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
+MAX_ARGS = 256
+MAX_ARGS_BYTES = 64 * 1024
+MAX_VALUE_CHARS = 4096  # also bounds the input to operators' regexes (backtracking cost)
+
+_NAME_RE = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,63}")
+_HEX_ID_RE = re.compile(r"[0-9A-Fa-f]{32}")
+# Option names: one or two dashes, then no '=' (that separates `--long=value`) or spaces.
+_OPTION_RE = re.compile(r"--?[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HOST_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
+_SIZE_RE = re.compile(r"([0-9]{1,15})\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
+_TOML_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+# Named shapes. "word" is deliberately narrow: it must start with a letter, digit or '_'
+# (so never '-', '+' or '.', i.e. no option look-alikes, '+N' forms, hidden files or '..')
+# and has no '/', no whitespace and no shell or glob characters, so it can name a voice,
+# a language or a format but never a path. Operators who need more write a `re:` shape.
+_NAMED_SHAPES = {
+    "int": r"-?[0-9]{1,12}",
+    "number": r"-?[0-9]{1,15}(?:\.[0-9]{1,15})?",
+    "word": r"[A-Za-z0-9_][A-Za-z0-9_.,:+=@-]{0,127}",
+    "text": r"[^\x00]{0,4096}",
+}
+
+
+# --- service ids ---------------------------------------------------------------------
+
+
+def service_id_for_name(name: str) -> bytes:
+    """The default id of a service: a domain-separated hash of its name."""
+    return hashlib.blake2b(b"hubnet/service/v1/" + name.encode(), digest_size=32).digest()[:SERVICE_ID_LEN]
+
+
+def format_service_id(sid: bytes) -> str:
+    """A service id as 32 upper-case hex digits."""
+    return sid.hex().upper()
+
+
+def parse_service_id(text: str) -> bytes | None:
+    """The id if `text` is exactly 32 hex digits (any case), else None."""
+    return bytes.fromhex(text) if _HEX_ID_RE.fullmatch(text) else None
+
+
+def resolve_service_ref(text: str) -> bytes:
+    """What a user typed to name a service: a raw 32-hex id wins, else a service name."""
+    sid = parse_service_id(text)
+    if sid is not None:
+        return sid
+    if not _NAME_RE.fullmatch(text):
+        raise ConfigError(
+            f"not a service name or id: {text!r} (1-64 of A-Z a-z 0-9 . _ -, not starting with '-')"
+        )
+    return service_id_for_name(text)
+
+
+def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """Parse "HOST:PORT", "[v6]:PORT", ":PORT" or a bare "HOST" / "[v6]".
+
+    An empty host (":PORT") means every interface when listening; callers decide what it
+    means elsewhere. Port 0 is accepted so a listener can ask for any free port. Bare IPv6
+    without brackets is refused: "::1:7070" has no single reading.
+    """
+    bad = ConfigError(f"not a HOST:PORT address: {text!r}")
+    s = text.strip()
+    port_text: str | None = None
+    if s.startswith("["):
+        host, close, rest = s[1:].partition("]")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise bad from None
+        if not close or (rest and not rest.startswith(":")):
+            raise bad
+        port_text = rest[1:] if rest else None
+    else:
+        host, colon, port_text = s.rpartition(":") if ":" in s else (s, "", None)
+        if ":" in host:
+            raise ConfigError(f"not a HOST:PORT address: {text!r} (write IPv6 as [addr]:port)")
+        if (host or not colon) and not _HOST_RE.fullmatch(host):
+            raise bad
+    if port_text is None:
+        return host, default_port
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or int(port_text) > 65535:
+        raise bad
+    return host, int(port_text)
+
+
+# --- the argument policy -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What one argument value may look like: a named shape or `re:REGEX` (full match)."""
+
+    spec: str
+    pattern: re.Pattern[str] = field(compare=False, repr=False)
+
+    @classmethod
+    def parse(cls, spec: str) -> Shape:
+        """A shape from its config text; ValueError says what is wrong."""
+        if spec.startswith("re:"):
+            try:
+                return cls(spec, re.compile(spec[3:]))
+            except re.error as exc:
+                raise ValueError(f"invalid regex: {exc}") from None
+        if spec in _NAMED_SHAPES:
+            return cls(spec, re.compile(_NAMED_SHAPES[spec]))
+        raise ValueError(f"unknown shape {spec!r} (want {', '.join(_NAMED_SHAPES)} or re:REGEX)")
+
+    @property
+    def label(self) -> str:
+        """How a listing shows the shape: INT, WORD, ... or /regex/."""
+        return f"/{self.spec[3:]}/" if self.spec.startswith("re:") else self.spec.upper()
+
+    def matches(self, value: str) -> bool:
+        return len(value) <= MAX_VALUE_CHARS and self.pattern.fullmatch(value) is not None
+
+
+TEXT = Shape.parse("text")
+
+
+def _frozen_options(options: Mapping[str, Shape | None] | None = None) -> Mapping[str, Shape | None]:
+    return MappingProxyType(dict(options or {}))
+
+
+def _show(arg: str) -> str:
+    return repr(arg if len(arg) <= 40 else arg[:40] + "...")
+
+
+def _refuse(pos: int, arg: str, why: str) -> PolicyError:
+    return PolicyError(f"argument {pos} ({_show(arg)}): {why}")
+
+
+@dataclass(frozen=True)
+class ArgumentPolicy:
+    """Which arguments a client may append to a service's command.
+
+    `options` maps each allowed option, spelled exactly, to the shape of its value, or
+    None for a flag. Values given as a separate argument may not start with '-' (the
+    program might parse them as options, e.g. when its option value is optional);
+    `--long=value` can carry any value of the shape, since it stays glued to its option.
+    """
+
+    options: Mapping[str, Shape | None] = field(default_factory=_frozen_options)
+    max_positional: int = 0
+    positional_shape: Shape = TEXT
+    allow_double_dash: bool = False
+
+    def check(self, args: Sequence[str]) -> None:
+        """Raise PolicyError for the first argument the policy does not allow."""
+        if isinstance(args, str | bytes) or not isinstance(args, Sequence):
+            raise PolicyError("arguments must be a list of strings")
+        if len(args) > MAX_ARGS:
+            raise PolicyError(f"too many arguments ({len(args)}, at most {MAX_ARGS})")
+        total = 0
+        for pos, arg in enumerate(args, 1):
+            if not isinstance(arg, str):
+                raise PolicyError(f"argument {pos}: not a string")
+            if "\x00" in arg:
+                raise _refuse(pos, arg, "contains a NUL character")
+            try:
+                total += len(arg.encode())
+            except UnicodeEncodeError:  # lone surrogates: cannot reach exec() intact
+                raise _refuse(pos, arg, "is not valid Unicode text") from None
+        if total > MAX_ARGS_BYTES:
+            raise PolicyError(f"arguments too long ({total} bytes, at most {MAX_ARGS_BYTES})")
+
+        positionals, options_ended, i = 0, False, 0
+        while i < len(args):
+            arg, pos = args[i], i + 1
+            i += 1
+            if not options_ended and arg.startswith("-"):
+                if arg == "--" and self.allow_double_dash:
+                    options_ended = True
+                    continue
+                name, eq, value = arg.partition("=")
+                if arg in self.options:
+                    shape = self.options[arg]
+                    if shape is None:
+                        continue
+                    if i >= len(args):
+                        raise _refuse(pos, arg, "option needs a value")
+                    arg, value, pos = args[i], args[i], i + 1
+                    i += 1
+                    if value.startswith("-"):
+                        raise _refuse(pos, value, f"value of {name} must not start with '-'")
+                elif eq and name.startswith("--") and name in self.options:
+                    shape = self.options[name]
+                    if shape is None:
+                        raise _refuse(pos, arg, f"option {name} takes no value")
+                else:
+                    raise _refuse(pos, arg, "option not allowed")
+                if not shape.matches(value):
+                    raise _refuse(pos, arg, f"value of {name} is not {shape.label}")
+                continue
+            positionals += 1
+            if positionals > self.max_positional:
+                limit = f"at most {self.max_positional}" if self.max_positional else "no"
+                raise _refuse(pos, arg, f"{limit} positional arguments allowed")
+            if not self.positional_shape.matches(arg):
+                raise _refuse(pos, arg, f"positional argument is not {self.positional_shape.label}")
+
+    def describe(self) -> dict[str, object]:
+        """A plain (msgpack-able) description for service listings."""
+        return {
+            "options": {k: "flag" if v is None else v.spec for k, v in self.options.items()},
+            "positional": self.max_positional,
+            "positional_shape": self.positional_shape.spec,
+            "allow_double_dash": self.allow_double_dash,
+        }
+
+    def summary(self) -> str:
+        """One human line, e.g. "--stdout, -v WORD; up to 1 TEXT" or "no arguments"."""
+        parts = [", ".join(k if v is None else f"{k} {v.label}" for k, v in self.options.items())]
+        if self.max_positional:
+            parts.append(f"up to {self.max_positional} {self.positional_shape.label}")
+        if self.allow_double_dash:
+            parts.append("'--' ends options")
+        return "; ".join(p for p in parts if p) or "no arguments"
+
+
+# --- services and the node config ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Service:
+    """One offered program: a fixed argv prefix, its argument policy and its limits."""
+
+    name: str
+    id: bytes
+    command: tuple[str, ...]
+    description: str = ""
+    policy: ArgumentPolicy = field(default_factory=ArgumentPolicy)
+    timeout: float = 60.0
+    max_concurrent: int = 4
+    max_output: int = 100 * 1024 * 1024
+    cpu_seconds: int | None = None
+    memory_bytes: int | None = None
+    allow: frozenset[bytes] | None = None  # None: every caller
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def argv(self, args: Sequence[str]) -> list[str]:
+        """The full argv to exec for a client's `args`; PolicyError if they are not allowed."""
+        self.policy.check(args)
+        return [*self.command, *args]
+
+    def allows(self, peer: bytes) -> bool:
+        return self.allow is None or peer in self.allow
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything `services.toml` says: where to listen, global job limits, the services."""
+
+    listen_host: str
+    listen_port: int
+    max_jobs: int
+    max_queued: int
+    services: Mapping[bytes, Service]  # by id
+
+    def by_name(self, name: str) -> Service | None:
+        return next((s for s in self.services.values() if s.name == name), None)
+
+
+def _dotted(path: Sequence[str]) -> str:
+    return ".".join(k if _TOML_BARE_KEY_RE.fullmatch(k) else f'"{k}"' for k in path)
+
+
+class _Table:
+    """Takes typed values out of one TOML table; keys left over at `done()` are typos."""
+
+    def __init__(self, source: str, path: tuple[str, ...], data: Mapping[str, Any]) -> None:
+        self.source, self.path, self._data = source, path, dict(data)
+        self._known: list[str] = []
+
+    def error(self, key: str, msg: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {_dotted((*self.path, key))}: {msg}")
+
+    def take(self, key: str) -> Any:
+        self._known.append(key)
+        return self._data.pop(key, None)
+
+    def done(self) -> None:
+        for key in self._data:
+            near = difflib.get_close_matches(key, self._known, 1)
+            raise self.error(key, "unknown key" + (f" (did you mean {near[0]!r}?)" if near else ""))
+
+    def entries(self) -> list[tuple[str, Any]]:
+        """All remaining keys, for tables whose keys are names chosen by the operator."""
+        items, self._data = list(self._data.items()), {}
+        return items
+
+    def table(self, key: str) -> _Table | None:
+        value = self.take(key)
+        if value is not None and not isinstance(value, dict):
+            raise self.error(key, "must be a table")
+        return None if value is None else _Table(self.source, (*self.path, key), value)
+
+    def string(self, key: str) -> str | None:
+        value = self.take(key)
+        if value is not None and (not isinstance(value, str) or "\x00" in value):
+            raise self.error(key, "must be a string without NUL")
+        return value
+
+    def integer(self, key: str, minimum: int) -> int | None:
+        value = self.take(key)
+        if value is not None and (type(value) is not int or value < minimum):
+            raise self.error(key, f"must be an integer >= {minimum}")
+        return value
+
+    def number(self, key: str) -> float | None:
+        value = self.take(key)
+        if value is None:
+            return None
+        if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
+            raise self.error(key, "must be a positive number")
+        return float(value)
+
+    def size(self, key: str) -> int | None:
+        value = self.take(key)
+        if value is None:
+            return None
+        m = _SIZE_RE.fullmatch(value.strip()) if isinstance(value, str) else None
+        if m:
+            value = int(m[1]) * 1024 ** " KMGT".index(m[2].upper() or " ")
+        if type(value) is not int or value < 1:
+            raise self.error(key, 'must be a positive byte count like 1048576, "512K", "64M" or "1G"')
+        return value
+
+    def strings(self, key: str) -> list[str] | None:
+        value = self.take(key)
+        if value is not None and not (
+            isinstance(value, list) and all(isinstance(v, str) and "\x00" not in v for v in value)
+        ):
+            raise self.error(key, "must be a list of strings without NUL")
+        return value
+
+
+def _parse_policy(t: _Table) -> ArgumentPolicy:
+    options: dict[str, Shape | None] = {}
+    where = t.table("options") or _Table(t.source, (), {})
+    for opt, spec in where.entries():
+        if not _OPTION_RE.fullmatch(opt):
+            raise where.error(opt, "option names are '-x' or '--long' (letters, digits, . _ + -)")
+        if not isinstance(spec, str):
+            raise where.error(opt, "shape must be a string")
+        try:
+            options[opt] = None if spec == "flag" else Shape.parse(spec)
+        except ValueError as exc:
+            raise where.error(opt, str(exc)) from None
+    max_positional = t.integer("positional", 0)
+    shape_spec = t.string("positional_shape")
+    try:
+        positional_shape = TEXT if shape_spec is None else Shape.parse(shape_spec)
+    except ValueError as exc:  # "flag" lands here too: it only makes sense for an option
+        raise t.error("positional_shape", str(exc)) from None
+    double_dash = t.take("allow_double_dash")
+    if double_dash is not None and not isinstance(double_dash, bool):
+        raise t.error("allow_double_dash", "must be true or false")
+    t.done()
+    return ArgumentPolicy(_frozen_options(options), max_positional or 0, positional_shape, bool(double_dash))
+
+
+def _parse_service(t: _Table, name: str) -> Service:
+    command = t.strings("command")
+    if not command or not command[0]:
+        raise t.error("command", 'required: a non-empty argv list, e.g. ["espeak-ng", "--stdout"]')
+    id_text = t.string("id")
+    sid = service_id_for_name(name) if id_text is None else parse_service_id(id_text)
+    if sid is None:
+        raise t.error("id", "must be 32 hex digits")
+    allow: frozenset[bytes] | None = None
+    allow_list = t.strings("allow")
+    if allow_list is not None:
+        try:
+            allow = frozenset(decode_peer_id(p) for p in allow_list)
+        except ConfigError as exc:
+            raise t.error("allow", str(exc)) from None
+    env: dict[str, str] = {}
+    env_table = t.table("env") or _Table(t.source, (), {})
+    for key, value in env_table.entries():
+        if not _ENV_NAME_RE.fullmatch(key):
+            raise env_table.error(key, "not a valid environment variable name")
+        if not isinstance(value, str) or "\x00" in value:
+            raise env_table.error(key, "must be a string without NUL")
+        env[key] = value
+    args_table = t.table("arguments")
+    service = Service(
+        name=name,
+        id=sid,
+        command=tuple(command),
+        description=t.string("description") or "",
+        policy=_parse_policy(args_table) if args_table else ArgumentPolicy(),
+        timeout=t.number("timeout") or 60.0,
+        max_concurrent=t.integer("max_concurrent", 1) or 4,
+        max_output=t.size("max_output") or 100 * 1024 * 1024,
+        cpu_seconds=t.integer("cpu_seconds", 1),
+        memory_bytes=t.size("memory"),
+        allow=allow,
+        env=MappingProxyType(env),
+    )
+    t.done()
+    return service
+
+
+def parse_services(text: str, *, source: str = "services.toml") -> NodeConfig:
+    """Parse and validate the text of a services.toml; ConfigError names file and key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    top = _Table(source, (), data)
+    listen = top.string("listen")
+    try:
+        host, port = parse_hostport(listen if listen is not None else DEFAULT_LISTEN)
+    except ConfigError as exc:
+        raise top.error("listen", str(exc)) from None
+    max_jobs = top.integer("max_jobs", 1) or os.cpu_count() or 1
+    max_queued = top.integer("max_queued", 0)
+    services: dict[bytes, Service] = {}
+    table = top.table("services") or _Table(source, (), {})
+    for name, body in table.entries():
+        if not _NAME_RE.fullmatch(name):
+            raise table.error(name, "service names are 1-64 of A-Z a-z 0-9 . _ - (not starting with '-')")
+        if not isinstance(body, dict):
+            raise table.error(name, "must be a table")
+        sub = _Table(source, (*table.path, name), body)
+        service = _parse_service(sub, name)
+        if service.id in services:
+            other = _dotted(("services", services[service.id].name))
+            raise sub.error("id", f"duplicate service id {format_service_id(service.id)} (also {other})")
+        services[service.id] = service
+    top.done()
+    return NodeConfig(
+        listen_host=host,
+        listen_port=port,
+        max_jobs=max_jobs,
+        max_queued=4 * max_jobs if max_queued is None else max_queued,
+        services=MappingProxyType(services),
+    )
+
+
+def load_services(path: Path) -> NodeConfig:
+    """Read services.toml from `path`; a missing file means no services and defaults."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raw = b""
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8") from None
+    return parse_services(text, source=str(path))
