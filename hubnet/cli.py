@@ -116,15 +116,15 @@ def serve(obj: _Context, listen: str | None, services_path: str | None) -> None:
     """
     import dataclasses
     import logging
+    import signal
 
     import trio
 
     from node.server import Node
     from node.services import load_services, parse_hostport
 
-    logging.basicConfig(
-        level=logging.INFO if obj.verbose else logging.WARNING, format="hubnode: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO if obj.verbose else logging.WARNING, format="hubnode: %(message)s")
+    log = logging.getLogger("hubnet.node")
     config = load_services(Path(services_path) if services_path else obj.home.services)
     if listen:
         host, port = parse_hostport(listen)
@@ -133,17 +133,25 @@ def serve(obj: _Context, listen: str | None, services_path: str | None) -> None:
     node = Node(config, identity)
 
     async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            addresses = await nursery.start(node.serve)
-            for host, port in addresses:
-                shown = f"[{host}]" if ":" in host else host
-                click.echo(f"hubnode: serving {len(config.services)} service(s) on {identity.peer_id}@{shown}:{port}", err=True)
-            sys.stderr.flush()
+        # SIGTERM and SIGINT cancel everything, so every job's process group is killed on the way out.
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                addresses = await nursery.start(node.serve)
+                for host, port in addresses:
+                    shown = f"[{host}]" if ":" in host else host
+                    click.echo(
+                        f"hubnode: serving {len(config.services)} service(s) "
+                        f"on {identity.peer_id}@{shown}:{port}",
+                        err=True,
+                    )
+                sys.stderr.flush()
+                async for signum in signals:
+                    log.info("stopping on signal %d", signum)
+                    nursery.cancel_scope.cancel()
+                    break
 
     try:
         trio.run(run)
-    except KeyboardInterrupt:
-        pass
     except OSError as exc:
         _fail(f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror or exc}", 1)
 
@@ -200,7 +208,10 @@ def call(obj: _Context, server: str | None, service: str, args: tuple[str, ...])
     )
     exit = result.exit
     if exit.error:
-        why = {"timeout": "the job ran out of time", "output-limit": "the job's output exceeded the server's limit"}
+        why = {
+            "timeout": "the job ran out of time",
+            "output-limit": "the job's output exceeded the server's limit",
+        }
         click.echo(f"hubnode: {why.get(exit.error, exit.error)}", err=True)
     sys.exit(128 + exit.signal if exit.signal is not None else exit.exit_code or 0)
 
@@ -219,7 +230,12 @@ def services(obj: _Context, server: str | None, as_json: bool) -> None:
     if not isinstance(reply, Services):
         raise RemoteProtocolError("unexpected reply to a service list")
     rows = [
-        {"name": s.name, "id": format_service_id(s.service_id), "description": s.description, "arguments": s.arguments}
+        {
+            "name": s.name,
+            "id": format_service_id(s.service_id),
+            "description": s.description,
+            "arguments": s.arguments,
+        }
         for s in reply.services
     ]
     if as_json:
@@ -247,7 +263,16 @@ def status(obj: _Context, server: str | None, as_json: bool) -> None:
     if as_json:
         import json
 
-        click.echo(json.dumps({"running": reply.running, "queued": reply.queued, "capacity": reply.capacity, "load": list(reply.load)}))
+        click.echo(
+            json.dumps(
+                {
+                    "running": reply.running,
+                    "queued": reply.queued,
+                    "capacity": reply.capacity,
+                    "load": list(reply.load),
+                }
+            )
+        )
         return
     load = " ".join(f"{x:.2f}" for x in reply.load)
     click.echo(f"running {reply.running}, queued {reply.queued}, capacity {reply.capacity}, load {load}")
@@ -264,7 +289,9 @@ def status(obj: _Context, server: str | None, as_json: bool) -> None:
 @click.argument("service")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
-def alias(obj: _Context, server: str | None, bin_dir: str | None, name: str, service: str, args: tuple[str, ...]) -> None:
+def alias(
+    obj: _Context, server: str | None, bin_dir: str | None, name: str, service: str, args: tuple[str, ...]
+) -> None:
     """Make NAME a local command that runs SERVICE with ARGS (plus its own arguments).
 
     \b

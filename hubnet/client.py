@@ -24,7 +24,7 @@ from identity.errors import (
     TransportError,
 )
 from identity.keys import Identity, decode_peer_id, encode_peer_id
-from identity.session import Data, HandshakeComplete, NoiseSession
+from identity.session import MAX_RECEIVE, Data, HandshakeComplete, NoiseSession
 from node.protocol import (
     Accept,
     Call,
@@ -41,7 +41,6 @@ from node.protocol import (
 )
 from node.services import parse_hostport
 
-_RECEIVE_SIZE = 256 * 1024
 _STDIN_CHUNK = 64 * 1024
 
 
@@ -116,7 +115,7 @@ class SecureConnection:
 
 def _recv(sock: socket.socket) -> bytes:
     try:
-        return sock.recv(_RECEIVE_SIZE)
+        return sock.recv(MAX_RECEIVE)
     except TimeoutError as exc:
         raise TransportError("timed out waiting for the server") from exc
     except OSError as exc:

@@ -11,9 +11,7 @@ import trio
 
 from identity.errors import HandshakeError, RemoteProtocolError, TransportError
 from identity.keys import Identity
-from identity.session import Data, HandshakeComplete, NoiseSession
-
-_RECEIVE_SIZE = 65536
+from identity.session import MAX_RECEIVE, Data, HandshakeComplete, NoiseSession
 
 
 class SecureStream(trio.abc.Stream):
@@ -72,13 +70,13 @@ async def _next_event(transport: trio.abc.Stream, session: NoiseSession) -> Data
         if event is not None:
             return event
         try:
-            chunk = await transport.receive_some(_RECEIVE_SIZE)
+            chunk = await transport.receive_some(MAX_RECEIVE)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise TransportError("connection lost") from exc
         if not chunk:
             session.check_eof()
             return None
-        session.receive_data(chunk)
+        session.receive_data(bytes(chunk))
 
 
 async def _handshake(transport: trio.abc.Stream, session: NoiseSession) -> HandshakeComplete:

@@ -34,6 +34,9 @@ _XX_FIRST_LEN = _DH_LEN
 # The IK first message carries e, encrypted s and a tagged payload: it is always longer.
 _IK_FIRST_MIN = _DH_LEN + _DH_LEN + TAG_LEN + TAG_LEN
 MAX_PAYLOAD = MAX_MESSAGE_LEN - TAG_LEN
+# Drivers read at most this much per `receive_data` and drain events before reading more,
+# so the buffer never needs to hold more than a frame and a read.
+MAX_RECEIVE = 65536
 # Handshake payloads carry at most this much application data; the rest follows as transport.
 _MAX_HANDSHAKE_PAYLOAD = MAX_MESSAGE_LEN - 2 * _DH_LEN - 3 * TAG_LEN - PUBLIC_KEY_LEN
 
@@ -82,7 +85,7 @@ class NoiseSession:
         identity: bytes,
         static_private: bytes,
         remote_identity: bytes | None = None,
-        max_buffer: int = 4 * (MAX_MESSAGE_LEN + 2),
+        max_buffer: int = 2 * (MAX_MESSAGE_LEN + 2) + MAX_RECEIVE,
     ) -> None:
         if not initiator and remote_identity is not None:
             raise LocalProtocolError("a responder learns the remote key from the handshake")

@@ -262,7 +262,13 @@ _CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[
             m.exit_code,
             m.signal,
             m.error,
-            [m.usage.wall_ms, m.usage.cpu_ms, m.usage.stdin_bytes, m.usage.stdout_bytes, m.usage.stderr_bytes],
+            [
+                m.usage.wall_ms,
+                m.usage.cpu_ms,
+                m.usage.stdin_bytes,
+                m.usage.stdout_bytes,
+                m.usage.stderr_bytes,
+            ],
             m.cost,
         ],
         _decode_exit,
@@ -402,7 +408,9 @@ class JobConnection:
 
     def _check(self, message: Message, *, sender: Role, error: type[Exception]) -> None:
         if not _legal(self, message, sender):
-            raise error(f"{type(message).__name__} is not allowed from the {sender.value} while {self.phase.value}")
+            raise error(
+                f"{type(message).__name__} is not allowed from the {sender.value} while {self.phase.value}"
+            )
 
     def _apply(self, message: Message) -> None:
         if isinstance(message, Call | ListServices | GetStatus):

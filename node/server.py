@@ -7,6 +7,7 @@ sockets, the timeouts, the job slots and the process runner.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -73,7 +74,9 @@ class Node:
             sid: trio.CapacityLimiter(svc.max_concurrent) for sid, svc in config.services.items()
         }
 
-    async def serve(self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Listen and serve forever; `nursery.start(node.serve)` returns the bound addresses."""
         host = self.config.listen_host or None
         listeners = await trio.open_tcp_listeners(self.config.listen_port, host=host)
@@ -85,10 +88,13 @@ class Node:
         async with transport:
             try:
                 await self._serve(transport)
-            except trio.TooSlowError:
+            except* trio.TooSlowError:
                 log.info("connection timed out")
-            except HubnetError as exc:
-                log.info("connection ended: %s", exc)
+            except* (HubnetError, trio.BrokenResourceError, trio.ClosedResourceError) as group:
+                log.info("connection ended: %s", "; ".join(str(e) for e in group.exceptions))
+            except* Exception:
+                # A bug must cost one connection, never the node and every other caller's job.
+                log.exception("internal error while serving a connection")
 
     async def _serve(self, transport: trio.abc.Stream) -> None:
         with trio.fail_after(self.handshake_timeout):
@@ -134,7 +140,12 @@ class Node:
         peer = stream.remote_identity
         checked = self._check_call(call, peer)
         if isinstance(checked, Reject):
-            log.info("refused %s from %s: %s", format_service_id(call.service_id), fingerprint(peer), checked.reason)
+            log.info(
+                "refused %s from %s: %s",
+                format_service_id(call.service_id),
+                fingerprint(peer),
+                checked.reason,
+            )
             await _reply(stream, conn, checked)
             return
         service, argv = checked
@@ -188,14 +199,14 @@ class Node:
                     await output.send_stderr(f"hubnode: {exc}\n".encode())
                     outcome = JobOutcome(127, None, "failed-to-start", 0.0, 0.0, 0, 0, 0)
                 nursery.cancel_scope.cancel()
+            ended = f"exit {outcome.exit_code}" if outcome.signal is None else f"signal {outcome.signal}"
             log.info(
-                "job %s %s for %s: exit %s signal %s %s in %.2fs",
+                "job %s %s for %s: %s%s after %.2fs",
                 job_id,
                 service.name,
                 fingerprint(peer),
-                outcome.exit_code,
-                outcome.signal,
-                outcome.error or "",
+                ended,
+                f" ({outcome.error})" if outcome.error else "",
                 outcome.wall_seconds,
             )
             await _reply(stream, conn, _exit_message(outcome))
@@ -232,10 +243,9 @@ async def _pump_client(
                 job.cancel("disconnected")
                 return
             if isinstance(message, Stdin):
-                try:
+                # If the program closed its stdin, the rest is dropped, as a pipe would.
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await stdin.send(message.data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass  # the program closed its stdin; the rest is dropped, as a pipe would
             elif isinstance(message, StdinEnd):
                 await stdin.aclose()
             elif isinstance(message, Cancel):

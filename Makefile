@@ -1,0 +1,34 @@
+# Every target works on a fresh Debian machine with python3; `make demo` and `make test` are the two to know.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: venv demo test lint unit bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+## A real node on 127.0.0.1 serving espeak-ng, called by a real client: writes triumph.wav.
+demo: venv
+	bash scripts/demo.sh
+
+## Lint, type-check, then the whole test suite (unit, trio, end-to-end).
+test: lint
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: venv
+	$(PY) bench/throughput.py
+	$(PY) bench/latency.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis triumph.wav
