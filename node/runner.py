@@ -205,6 +205,9 @@ class Job:
         finally:
             with trio.CancelScope(shield=True):
                 await sink.aclose()
+                # The sender must not block on a channel nobody reads any more: closing our end
+                # makes its next send fail at once, so it can drop the rest of stdin.
+                await stdin.aclose()
 
     async def _pump(
         self, source: trio.abc.ReceiveStream, send: Callable[[bytes], Awaitable[None]], name: str
@@ -240,7 +243,7 @@ class Job:
         # Only while the leader is unreaped: until then its pid, which is the group id, cannot be
         # reused by another process. The leader is also killed by pid in case it left the group.
         if self._proc is not None and not self._reaped:
-            for kill in (os.kill,):
+            for kill in (os.killpg, os.kill):
                 with contextlib.suppress(ProcessLookupError):
                     kill(self._proc.pid, signal.SIGKILL)
 
