@@ -62,6 +62,7 @@ class Node:
         *,
         handshake_timeout: float = 10.0,
         start_timeout: float = 30.0,
+        max_connections: int = 256,
     ) -> None:
         self.config = config
         self.identity = identity
@@ -69,6 +70,8 @@ class Node:
         self.start_timeout = start_timeout
         self.running = 0
         self.queued = 0
+        # Connections still in the handshake or waiting hold memory and a socket; bound them.
+        self._connections = trio.CapacityLimiter(max_connections)
         self._slots = trio.CapacityLimiter(config.max_jobs)
         self._service_slots = {
             sid: trio.CapacityLimiter(svc.max_concurrent) for sid, svc in config.services.items()
@@ -87,6 +90,11 @@ class Node:
         """Serve one connection; a misbehaving peer only ends its own connection."""
         async with transport:
             try:
+                self._connections.acquire_nowait()
+            except trio.WouldBlock:
+                log.warning("too many connections; refusing one")
+                return
+            try:
                 await self._serve(transport)
             except* trio.TooSlowError:
                 log.info("connection timed out")
@@ -95,6 +103,8 @@ class Node:
             except* Exception:
                 # A bug must cost one connection, never the node and every other caller's job.
                 log.exception("internal error while serving a connection")
+            finally:
+                self._connections.release()
 
     async def _serve(self, transport: trio.abc.Stream) -> None:
         with trio.fail_after(self.handshake_timeout):

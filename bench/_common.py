@@ -1,0 +1,101 @@
+"""Shared helpers for the benchmarks: a real `hubnode serve` in a temporary home, and statistics.
+
+Everything runs the virtualenv's own interpreter and console script (resolved from
+`sys.executable`'s directory), never a shim that wraps `python3`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+PYTHON = sys.executable
+BIN_DIR = Path(sys.executable).parent
+HUBNODE = str(BIN_DIR / "hubnode")
+_TARGET_RE = re.compile(r"[a-z2-7]{52}@127\.0\.0\.1:[0-9]+")
+_START_TIMEOUT = 15.0
+
+
+class BenchError(Exception):
+    """The benchmark could not run or a correctness check failed."""
+
+
+@dataclass(frozen=True)
+class Server:
+    target: str  # PEER_ID@127.0.0.1:PORT
+    client_home: Path
+    log: Path
+
+
+def check_hubnode() -> None:
+    path = Path(HUBNODE)
+    if not path.is_file():
+        raise BenchError(f"{HUBNODE} not found: run with the virtualenv's interpreter (.venv/bin/python)")
+    first = path.read_bytes().split(b"\n", 1)[0]
+    if not first.startswith(b"#!" + str(BIN_DIR).encode()):
+        raise BenchError(f"{HUBNODE} does not run this virtualenv's interpreter (shebang {first!r})")
+
+
+@contextmanager
+def hubnode_server(services_toml: str) -> Iterator[Server]:
+    """Start `hubnode serve` on 127.0.0.1:0 in a temporary home; SIGTERM and wait on the way out."""
+    check_hubnode()
+    work = Path(tempfile.mkdtemp(prefix="hubnet-bench-"))
+    server_home, client_home = work / "server", work / "client"
+    server_home.mkdir()
+    client_home.mkdir()
+    (server_home / "services.toml").write_text(services_toml, encoding="utf-8")
+    log = work / "serve.log"
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        with log.open("wb") as log_file:
+            proc = subprocess.Popen(
+                [HUBNODE, "--home", str(server_home), "serve"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+            )
+        deadline = time.monotonic() + _START_TIMEOUT
+        target = None
+        while target is None:
+            match = _TARGET_RE.search(log.read_text(encoding="utf-8", errors="replace"))
+            if match:
+                target = match[0]
+            elif proc.poll() is not None:
+                raise BenchError(f"hubnode serve exited with {proc.returncode}:\n{log.read_text()}")
+            elif time.monotonic() > deadline:
+                raise BenchError(f"hubnode serve did not start in {_START_TIMEOUT:.0f} s:\n{log.read_text()}")
+            else:
+                time.sleep(0.05)
+        yield Server(target, client_home, log)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100)."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(p / 100 * len(ordered))))
+    return ordered[rank - 1]
