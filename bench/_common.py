@@ -7,6 +7,7 @@ Everything runs the virtualenv's own interpreter and console script (resolved fr
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import signal
@@ -42,13 +43,38 @@ def check_hubnode() -> None:
     path = Path(HUBNODE)
     if not path.is_file():
         raise BenchError(f"{HUBNODE} not found: run with the virtualenv's interpreter (.venv/bin/python)")
-    first = path.read_bytes().split(b"\n", 1)[0]
-    if not first.startswith(b"#!" + str(BIN_DIR).encode()):
-        raise BenchError(f"{HUBNODE} does not run this virtualenv's interpreter (shebang {first!r})")
+    first = path.read_bytes().split(b"\n", 1)[0].decode(errors="replace")
+    interpreter = first[2:].split()[0] if first.startswith("#!") and first[2:].split() else ""
+    if not interpreter or Path(interpreter).parent.resolve() != BIN_DIR.resolve():
+        raise BenchError(f"{HUBNODE} does not run this virtualenv's interpreter (first line {first!r})")
 
 
 @contextmanager
-def hubnode_server(services_toml: str) -> Iterator[Server]:
+def bytecode_cache() -> Iterator[dict[str, str]]:
+    """An environment for child processes that caches bytecode in a private temporary folder.
+
+    An installed client has .pyc files; an editable checkout run with
+    PYTHONDONTWRITEBYTECODE=1 recompiles the project's own modules on every start, which
+    would inflate every figure. PYTHONPYCACHEPREFIX keeps the cache out of the source tree.
+    """
+    prefix = tempfile.mkdtemp(prefix="hubnet-bench-pycache-")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = prefix
+    try:
+        yield env
+    finally:
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
+def no_bytecode_env() -> dict[str, str]:
+    """This environment as it is when .pyc files may not be written (nothing cached for the project)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPYCACHEPREFIX"}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+@contextmanager
+def hubnode_server(services_toml: str, env: dict[str, str] | None = None) -> Iterator[Server]:
     """Start `hubnode serve` on 127.0.0.1:0 in a temporary home; SIGTERM and wait on the way out."""
     check_hubnode()
     work = Path(tempfile.mkdtemp(prefix="hubnet-bench-"))
@@ -65,6 +91,7 @@ def hubnode_server(services_toml: str) -> Iterator[Server]:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log_file,
+                env=env,
             )
         deadline = time.monotonic() + _START_TIMEOUT
         target = None

@@ -278,10 +278,10 @@ def call(
     job = JobConnection(Role.CLIENT)
     conn = connect(target, identity, known_hosts, job.send(call), timeout=timeout)
     try:
-        conn.send(job.send(Start()))
         if stdin_fd is None:
-            conn.send(job.send(StdinEnd()))
+            _send_quietly(conn, job.send(Start()) + job.send(StdinEnd()))
         else:
+            _send_quietly(conn, job.send(Start()))
             # Encoding happens on the stdin thread; JobConnection's send-side state is only
             # touched there from now on, and the main thread only receives.
             threading.Thread(target=_pump_stdin, args=(conn, job, stdin_fd), daemon=True).start()
@@ -302,6 +302,13 @@ def call(
                 return CallResult(message, job_id)
     finally:
         conn.close()
+
+
+def _send_quietly(conn: SecureConnection, data: bytes) -> None:
+    # The node may have refused the call and closed already; its Reject is still there to read,
+    # and a send error must not hide it. A real failure shows up on the next receive.
+    with contextlib.suppress(TransportError):
+        conn.send(data)
 
 
 def _pump_stdin(conn: SecureConnection, job: JobConnection, fd: int) -> None:

@@ -21,6 +21,7 @@ import trio
 from identity.errors import HubnetError, PolicyError
 from identity.keys import Identity, encode_peer_id, fingerprint
 from identity.secure import SecureStream, accept_secure
+from identity.session import MAX_RECEIVE
 from node.protocol import (
     Accept,
     Call,
@@ -119,6 +120,7 @@ class Node:
             await _reply(stream, conn, self.status())
         elif isinstance(request, Call):
             await self._call(stream, conn, request)
+        await _linger(stream)
 
     def status(self) -> StatusReply:
         one, five, fifteen = os.getloadavg()
@@ -275,6 +277,22 @@ def _exit_message(outcome: JobOutcome) -> Exit:
 
 async def _reply(stream: SecureStream, conn: JobConnection, message: Message) -> None:
     await stream.send_all(conn.send(message))
+
+
+async def _linger(stream: SecureStream, timeout: float = 5.0) -> None:
+    """Let the client read our last reply before we close.
+
+    Closing a TCP socket with unread input sends a reset, which can destroy the reply
+    still in flight (an Exit after a job that ignored part of its stdin, a Reject that
+    crossed the client's stdin). So we half-close and discard input until the client
+    closes, for a bounded time.
+    """
+    transport = stream.transport
+    with trio.move_on_after(timeout), contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        if isinstance(transport, trio.abc.HalfCloseableStream):
+            await transport.send_eof()
+        while await transport.receive_some(MAX_RECEIVE):
+            pass
 
 
 async def _next_message(stream: SecureStream, conn: JobConnection) -> Message | None:

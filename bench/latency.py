@@ -1,0 +1,267 @@
+#!/usr/bin/env python
+"""Cold-process latency of a tiny `hubnode call`, beside the floors it cannot beat.
+
+Starts a real `hubnode serve` with a `true` service in a temporary home and times whole
+processes (fork to exit), interleaved, after warm-ups:
+
+  hubnode call --server PEER@127.0.0.1:PORT true   (pinned key: Noise IK), stdin /dev/null
+  python -c "import hubnet.cli"                    the import floor of the CLI
+  python -c "pass"                                 the interpreter floor
+  python -c "<connect, send 1 byte, read 1 byte>"  a plain TCP round trip from a fresh process
+  ssh localhost true                               only if it works without a prompt
+
+Then `-X importtime` breakdowns of `import hubnet.cli` and of a whole call
+(`python -X importtime -m hubnet ... call`), to show what to make lazy.
+
+    .venv/bin/python bench/latency.py [--runs 30] [--warmup 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import HUBNODE, PYTHON, BenchError, hubnode_server, median, percentile
+
+SERVICES_TOML = """listen = "127.0.0.1:0"
+
+[services.true]
+command = ["true"]
+description = "does nothing, successfully"
+timeout = 10
+"""
+
+TCP_CLIENT = """\
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.sendall(b"x")
+sys.exit(0 if s.recv(1) == b"x" else 1)
+"""
+_RUN_TIMEOUT = 30.0
+_IMPORTTIME_REPEATS = 5
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    argv: list[str]
+
+
+def time_process(case: Case) -> float:
+    """Wall seconds of one whole process; BenchError if it fails."""
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(
+            case.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=_RUN_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{case.name}: took longer than {_RUN_TIMEOUT:.0f} s") from None
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise BenchError(f"{case.name}: exit {done.returncode}: {done.stderr.decode(errors='replace')}")
+    return elapsed
+
+
+@contextlib.contextmanager
+def echo_server() -> Iterator[int]:
+    """A one-byte echo server on 127.0.0.1 in a thread; yields its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):
+                conn.settimeout(5)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if data := conn.recv(1):
+                    conn.sendall(data)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def ssh_case() -> tuple[Case | None, str]:
+    """`ssh localhost true` if it runs without a prompt; otherwise None and why."""
+    if not shutil.which("ssh"):
+        return None, "no ssh client installed"
+    try:
+        with socket.create_connection(("127.0.0.1", 22), timeout=1):
+            pass
+    except OSError as exc:
+        return None, f"nothing listening on 127.0.0.1:22 ({exc.strerror or exc})"
+    case = Case(
+        "ssh localhost true", ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "localhost", "true"]
+    )
+    try:
+        time_process(case)
+    except BenchError as exc:
+        return None, f"ssh localhost does not run without a prompt ({str(exc).strip()})"
+    return case, ""
+
+
+# --- -X importtime -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Imported:
+    name: str
+    self_us: float
+    cumulative_us: float
+
+
+def importtime(argv: list[str], repeats: int = _IMPORTTIME_REPEATS) -> list[Imported]:
+    """Per-module medians over `repeats` runs of `python -X importtime ...`, in import order."""
+    selfs: dict[str, list[float]] = defaultdict(list)
+    cumulatives: dict[str, list[float]] = defaultdict(list)
+    order: dict[str, int] = {}
+    for _ in range(repeats):
+        done = subprocess.run(
+            [PYTHON, "-X", "importtime", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=_RUN_TIMEOUT,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise BenchError(f"-X importtime {' '.join(argv)}: exit {done.returncode}")
+        for line in done.stderr.decode(errors="replace").splitlines():
+            if not line.startswith("import time:") or "imported package" in line:
+                continue
+            self_text, cumulative_text, name = line.removeprefix("import time:").split("|", 2)
+            name = name.strip()
+            order.setdefault(name, len(order))
+            selfs[name].append(float(self_text))
+            cumulatives[name].append(float(cumulative_text))
+    return [
+        Imported(name, statistics.median(selfs[name]), statistics.median(cumulatives[name]))
+        for name in sorted(order, key=order.__getitem__)
+    ]
+
+
+def _by_package(modules: list[Imported]) -> list[tuple[str, float, int]]:
+    totals: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    for m in modules:
+        top = m.name.split(".")[0]
+        totals[top] += m.self_us
+        counts[top] += 1
+    return sorted(((k, v, counts[k]) for k, v in totals.items()), key=lambda x: -x[1])
+
+
+def print_importtime(title: str, modules: list[Imported], top: int = 10) -> None:
+    total = sum(m.self_us for m in modules)
+    print(f"{title}: {len(modules)} modules, {total / 1000:.1f} ms of import in all")
+    print(f"  {'cumul ms':>8} {'self ms':>8}  module (top {top} by cumulative)")
+    for m in sorted(modules, key=lambda m: -m.cumulative_us)[:top]:
+        print(f"  {m.cumulative_us / 1000:>8.1f} {m.self_us / 1000:>8.1f}  {m.name}")
+    print(f"  {'self ms':>8} {'modules':>8}  top-level package (sum of self times)")
+    for name, self_us, count in _by_package(modules)[:top]:
+        print(f"  {self_us / 1000:>8.1f} {count:>8}  {name}")
+
+
+# --- main ----------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=30, help="timed runs of each command (default 30)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs of each first (default 3)")
+    args = parser.parse_args()
+    if args.runs < 1 or args.warmup < 0:
+        parser.error("--runs must be at least 1 and --warmup at least 0")
+
+    ssh, ssh_reason = ssh_case()
+    times: dict[str, list[float]] = {}
+    try:
+        with hubnode_server(SERVICES_TOML) as server, echo_server() as echo_port:
+            call_argv = ["--home", str(server.client_home), "call", "--server", server.target, "true"]
+            cases = [
+                Case("hubnode call (IK)", [HUBNODE, *call_argv]),
+                Case('python -c "import hubnet.cli"', [PYTHON, "-c", "import hubnet.cli"]),
+                Case('python -c "pass"', [PYTHON, "-c", "pass"]),
+                Case("python TCP 1-byte round trip", [PYTHON, "-c", TCP_CLIENT, str(echo_port)]),
+            ]
+            if ssh is not None:
+                cases.append(ssh)
+            for case in cases:  # the first call also creates the client's identity key
+                for _ in range(args.warmup):
+                    time_process(case)
+            times = {case.name: [] for case in cases}
+            for _ in range(args.runs):  # interleaved, so drift hits every command alike
+                for case in cases:
+                    times[case.name].append(time_process(case))
+            call_modules = importtime(["-m", "hubnet", *call_argv])
+        cli_modules = importtime(["-c", "import hubnet.cli"])
+    except BenchError as exc:
+        print(f"latency: FAILED: {exc}", file=sys.stderr)
+        return 1
+
+    print(f"latency: whole-process wall time, {args.runs} runs each after {args.warmup} warm-ups, 127.0.0.1")
+    print(f"  interpreter: {PYTHON} ({sys.version.split()[0]})")
+    print(f"  {'':<32} {'mean ms':>8} {'median':>8} {'p90':>8} {'min':>8}")
+    for name, values in times.items():
+        ms = [v * 1000 for v in values]
+        print(
+            f"  {name:<32} {statistics.fmean(ms):>8.1f} {median(ms):>8.1f} "
+            f"{percentile(ms, 90):>8.1f} {min(ms):>8.1f}"
+        )
+    if ssh is None:
+        print(f"  ssh localhost true: skipped: {ssh_reason}")
+    call = times["hubnode call (IK)"]
+    print("  ratios of hubnode call (mean, median):")
+    for name in list(times)[1:]:
+        print(
+            f"    / {name:<32} {statistics.fmean(call) / statistics.fmean(times[name]):>5.2f}x "
+            f"{median(call) / median(times[name]):>5.2f}x"
+        )
+    floor = median(times['python -c "import hubnet.cli"'])
+    print(f"  hubnode call median minus import floor median: {(median(call) - floor) * 1000:.1f} ms")
+    print()
+    print_importtime('python -X importtime -c "import hubnet.cli"', cli_modules)
+    print()
+    print_importtime("python -X importtime -m hubnet ... call ... true", call_modules)
+    cli_names = {m.name for m in cli_modules}
+    extra = [m for m in call_modules if m.name not in cli_names]
+    print()
+    print_importtime("modules the call path adds beyond `import hubnet.cli`", extra)
+    trio = [m.name for m in call_modules if m.name.split(".")[0] == "trio"]
+    print(f"  trio on the call path: {'YES (' + str(len(trio)) + ' modules)' if trio else 'no'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Shared by all tests. `require_program` lives in `tests.helpers` so test modules can import it:
+
+    from tests.helpers import require_program
+
+    def test_speech() -> None:
+        espeak = require_program("espeak-ng")  # skips, or fails with HUBNET_REQUIRE_ALL=1
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import REQUIRE_ALL_VARIABLE, require_all, require_program
+
+__all__ = ["require_program"]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if require_all():
+        return f"{REQUIRE_ALL_VARIABLE}=1: a test that lacks a program fails instead of skipping"
+    return f"{REQUIRE_ALL_VARIABLE} unset: a test that lacks a program is skipped, with the reason"

@@ -1,0 +1,30 @@
+"""Helpers shared by every kind of test (import as `from tests.helpers import ...`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+REQUIRE_ALL_VARIABLE = "HUBNET_REQUIRE_ALL"
+
+
+def require_all() -> bool:
+    """True on CI (`HUBNET_REQUIRE_ALL=1`), where a missing program fails instead of skipping."""
+    return os.environ.get(REQUIRE_ALL_VARIABLE) == "1"
+
+
+def require_program(name: str) -> str:
+    """The path of the program `name` on PATH; otherwise skip the test, saying why.
+
+    With HUBNET_REQUIRE_ALL=1 (set by `.ci/run`) a missing program fails the test instead,
+    so CI can never go green by silently skipping what it was meant to check.
+    """
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    reason = f"{name} is not installed: not found on PATH={os.environ.get('PATH', '')!r}"
+    if require_all():
+        pytest.fail(f"{reason} ({REQUIRE_ALL_VARIABLE}=1 forbids skipping)", pytrace=False)
+    pytest.skip(reason)
