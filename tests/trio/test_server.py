@@ -234,6 +234,7 @@ async def test_live_caller_runs_the_marker_service(tmp_path: Path, caller: Ident
     # The control for the replay test: the same request from a live caller does run.
     replies, out, _ = await _exchange(_node(tmp_path, caller), caller, Call(service_id_for_name("marker")))
     assert out == b"ran\n"
+    assert isinstance(replies[-1], Exit)
     assert (tmp_path / "ran").exists()
 
 
