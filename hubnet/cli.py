@@ -120,8 +120,9 @@ def serve(obj: _Context, listen: str | None, services_path: str | None) -> None:
 
     import trio
 
+    from node.naming import parse_hostport
     from node.server import Node
-    from node.services import load_services, parse_hostport
+    from node.services import load_services
 
     logging.basicConfig(level=logging.INFO if obj.verbose else logging.WARNING, format="hubnode: %(message)s")
     log = logging.getLogger("hubnet.node")
@@ -188,8 +189,8 @@ def call(obj: _Context, server: str | None, service: str, args: tuple[str, ...])
     """
     from hubnet.client import call as remote_call
     from hubnet.config import load_aliases, load_client_config
+    from node.naming import resolve_service_ref
     from node.protocol import Call
-    from node.services import resolve_service_ref
 
     home = obj.home
     alias = load_aliases(home.aliases).get(service)
@@ -223,8 +224,8 @@ def call(obj: _Context, server: str | None, service: str, args: tuple[str, ...])
 def services(obj: _Context, server: str | None, as_json: bool) -> None:
     """List the services a server offers and the arguments each accepts."""
     from hubnet.client import request
+    from node.naming import format_service_id
     from node.protocol import ListServices, Services
-    from node.services import format_service_id
 
     reply = request(_target(obj, server), obj.identity(), _known_hosts(obj), ListServices())  # type: ignore[arg-type]
     if not isinstance(reply, Services):
@@ -301,7 +302,7 @@ def alias(
     import shlex
 
     from hubnet.config import Alias, save_alias
-    from node.services import resolve_service_ref
+    from node.naming import resolve_service_ref
 
     resolve_service_ref(name)  # the same rules as service names: no spaces, slashes or leading dash
     resolve_service_ref(service)

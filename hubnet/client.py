@@ -25,6 +25,7 @@ from identity.errors import (
 )
 from identity.keys import Identity, decode_peer_id, encode_peer_id
 from identity.session import MAX_RECEIVE, Data, HandshakeComplete, NoiseSession
+from node.naming import parse_hostport
 from node.protocol import (
     Accept,
     Call,
@@ -39,7 +40,6 @@ from node.protocol import (
     StdinEnd,
     Stdout,
 )
-from node.services import parse_hostport
 
 _STDIN_CHUNK = 64 * 1024
 

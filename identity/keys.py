@@ -10,18 +10,25 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+# Raw libsodium bindings rather than nacl.signing: the Noise code loads them anyway, and
+# nacl.signing's extra modules cost a Pi several milliseconds on every call.
 from nacl.bindings import (
+    crypto_sign,
     crypto_sign_ed25519_pk_to_curve25519,
     crypto_sign_ed25519_sk_to_curve25519,
+    crypto_sign_open,
+    crypto_sign_seed_keypair,
+    randombytes,
 )
-from nacl.signing import SigningKey, VerifyKey
 
 from identity.errors import ConfigError
 
 PUBLIC_KEY_LEN = 32
+SEED_LEN = 32
+SIGNATURE_LEN = 64
 _KEY_FILE_MAGIC = b"hubnet-ed25519-seed:"
 
 
@@ -66,8 +73,10 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> boo
     """True when `signature` is `public_key`'s Ed25519 signature of `message`."""
     from nacl.exceptions import BadSignatureError
 
+    if len(public_key) != PUBLIC_KEY_LEN or len(signature) != SIGNATURE_LEN:
+        return False
     try:
-        VerifyKey(public_key).verify(message, signature)
+        crypto_sign_open(signature + message, public_key)
     except (BadSignatureError, ValueError, TypeError):
         return False
     return True
@@ -75,21 +84,26 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> boo
 
 @dataclass(frozen=True)
 class Identity:
-    """A node's or client's long-term key pair."""
+    """A node's or client's long-term key pair, made from a 32-byte seed."""
 
-    signing_key: SigningKey
+    seed: bytes = field(repr=False)
+    public_key: bytes = field(init=False)
+    _secret_key: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.seed) != SEED_LEN:
+            raise ValueError("an identity seed is 32 bytes")
+        public, secret = crypto_sign_seed_keypair(self.seed)
+        object.__setattr__(self, "public_key", bytes(public))
+        object.__setattr__(self, "_secret_key", bytes(secret))
 
     @classmethod
     def generate(cls) -> Identity:
-        return cls(SigningKey.generate())
+        return cls(bytes(randombytes(SEED_LEN)))
 
     @classmethod
     def from_seed(cls, seed: bytes) -> Identity:
-        return cls(SigningKey(seed))
-
-    @property
-    def public_key(self) -> bytes:
-        return bytes(self.signing_key.verify_key)
+        return cls(seed)
 
     @property
     def peer_id(self) -> str:
@@ -98,11 +112,10 @@ class Identity:
     @property
     def noise_private_key(self) -> bytes:
         """The X25519 private key for Noise, converted from the Ed25519 key."""
-        secret = bytes(self.signing_key) + self.public_key
-        return bytes(crypto_sign_ed25519_sk_to_curve25519(secret))
+        return bytes(crypto_sign_ed25519_sk_to_curve25519(self._secret_key))
 
     def sign(self, message: bytes) -> bytes:
-        return bytes(self.signing_key.sign(message).signature)
+        return bytes(crypto_sign(message, self._secret_key))[:SIGNATURE_LEN]
 
 
 def load_or_create_identity(path: Path) -> Identity:
@@ -125,9 +138,9 @@ def load_or_create_identity(path: Path) -> Identity:
         seed = bytes.fromhex(data[len(_KEY_FILE_MAGIC) :].decode("ascii"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: damaged identity key") from exc
-    if len(seed) != 32:
+    if len(seed) != SEED_LEN:
         raise ConfigError(f"{path}: damaged identity key")
-    return Identity.from_seed(seed)
+    return Identity(seed)
 
 
 def _create_identity(path: Path) -> Identity:
@@ -137,7 +150,7 @@ def _create_identity(path: Path) -> Identity:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(_KEY_FILE_MAGIC + bytes(identity.signing_key).hex().encode("ascii") + b"\n")
+            f.write(_KEY_FILE_MAGIC + identity.seed.hex().encode("ascii") + b"\n")
         try:
             os.link(tmp, path)
         except FileExistsError:

@@ -22,6 +22,7 @@ from identity.errors import HubnetError, PolicyError
 from identity.keys import Identity, encode_peer_id, fingerprint
 from identity.secure import SecureStream, accept_secure
 from identity.session import MAX_RECEIVE
+from node.naming import format_service_id
 from node.protocol import (
     Accept,
     Call,
@@ -44,7 +45,7 @@ from node.protocol import (
     Usage,
 )
 from node.runner import Job, JobLimits, JobOutcome, SpawnError
-from node.services import NodeConfig, Service, format_service_id
+from node.services import NodeConfig, Service
 
 log = logging.getLogger("hubnet.node")
 

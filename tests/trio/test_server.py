@@ -18,6 +18,7 @@ import trio.testing
 from identity.errors import TransportError
 from identity.keys import Identity
 from identity.secure import SecureStream, connect_secure
+from node.naming import service_id_for_name
 from node.protocol import (
     Call,
     Exit,
@@ -37,7 +38,7 @@ from node.protocol import (
     Stdout,
 )
 from node.server import Node
-from node.services import parse_services, service_id_for_name
+from node.services import parse_services
 
 
 def _node(tmp_path: Path, caller: Identity) -> Node:

@@ -11,16 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from identity.errors import ConfigError, PolicyError
+from node.naming import (
+    format_service_id,
+    parse_hostport,
+    parse_service_id,
+    resolve_service_ref,
+    service_id_for_name,
+)
 from node.services import (
     ArgumentPolicy,
     Shape,
-    format_service_id,
     load_services,
-    parse_hostport,
-    parse_service_id,
     parse_services,
-    resolve_service_ref,
-    service_id_for_name,
 )
 
 PEER_HEX = "ab" * 32
