@@ -1,3 +1,3 @@
-from hubnet.cli import main
+from hubnet.main import main
 
 main()

@@ -1,8 +1,8 @@
-"""`hubnode`: serve programs to the network, and call them from anywhere.
+"""`hubnode`'s command line (click): serve programs to the network, call them from anywhere.
 
-Only click is imported at start-up; each command imports what it needs, so
-`hubnode call` on a Pi never loads Trio. Errors become one line on stderr and an
-exit code here, in `main`, and nowhere else.
+Each command imports what it needs when it runs, so `hubnode call` on a Pi never loads
+Trio. Errors propagate to `hubnet.main.main`, which turns them into one line on stderr
+and an exit code; the plain forms of `call` are parsed there without click.
 """
 
 from __future__ import annotations
@@ -10,61 +10,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 import click
 
-from identity.errors import (
-    ConfigError,
-    HostKeyMismatch,
-    HubnetError,
-    PolicyError,
-    Rejected,
-    RemoteProtocolError,
-    TransportError,
-)
+from hubnet.commands import Context, run_call
+from hubnet.main import EXIT_USAGE
+from identity.errors import RemoteProtocolError
 
-if TYPE_CHECKING:
-    from hubnet.client import Target
-    from hubnet.home import Home
-    from identity.keys import Identity
-
-# ssh's convention: the tool's own failures (network, protocol, keys) are 255, so a
-# script can tell them from the remote program's exit status.
-EXIT_TRANSPORT = 255
-EXIT_USAGE = 2
-# A shell's convention for a command that cannot run (126) or does not exist (127).
-EXIT_REFUSED = 126
-EXIT_NO_SERVICE = 127
 DEFAULT_TARGET_HELP = "PEER_ID@HOST:PORT pins the server's key; HOST:PORT trusts it on first use."
-
-
-def exit_code_for(error: HubnetError) -> int:
-    """The one place where an error becomes an exit status."""
-    if isinstance(error, Rejected):
-        return EXIT_NO_SERVICE if error.code == "no-such-service" else EXIT_REFUSED
-    if isinstance(error, TransportError | RemoteProtocolError | HostKeyMismatch):
-        return EXIT_TRANSPORT
-    if isinstance(error, ConfigError | PolicyError):
-        return EXIT_USAGE
-    return 1
-
-
-class _Context:
-    def __init__(self, home: str | None, verbose: bool) -> None:
-        self._home_option = home
-        self.verbose = verbose
-
-    @property
-    def home(self) -> Home:
-        from hubnet.home import Home
-
-        return Home.locate(self._home_option)
-
-    def identity(self) -> Identity:
-        from identity.keys import load_or_create_identity
-
-        return load_or_create_identity(self.home.identity_key)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -90,12 +44,12 @@ def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
     On the machine with the program:   hubnode serve
     On the machine that needs it:      echo hi | hubnode call --server PEER_ID@HOST:7070 espeak > hi.wav
     """
-    ctx.obj = _Context(home, verbose)
+    ctx.obj = Context(home, verbose)
 
 
 @cli.command("id")
 @click.pass_obj
-def id_command(obj: _Context) -> None:
+def id_command(obj: Context) -> None:
     """Print this node's peer id (creating its key on first use)."""
     click.echo(obj.identity().peer_id)
 
@@ -109,7 +63,7 @@ def id_command(obj: _Context) -> None:
     help="Read services from this file instead of the home's services.toml.",
 )
 @click.pass_obj
-def serve(obj: _Context, listen: str | None, services_path: str | None) -> None:
+def serve(obj: Context, listen: str | None, services_path: str | None) -> None:
     """Serve the programs in services.toml on one TCP port (default 7070).
 
     Prints the address to give callers, PEER_ID@HOST:PORT, and runs until interrupted.
@@ -157,22 +111,6 @@ def serve(obj: _Context, listen: str | None, services_path: str | None) -> None:
         _fail(f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror or exc}", 1)
 
 
-def _target(obj: _Context, server: str | None, alias_server: str | None = None) -> Target:
-    from hubnet.client import Target
-    from hubnet.config import load_client_config
-
-    chosen = server or alias_server or load_client_config(obj.home.client).server
-    if not chosen:
-        raise click.UsageError("no server: give --server PEER_ID@HOST:PORT or set server in client.toml")
-    return Target.parse(chosen)
-
-
-def _known_hosts(obj: _Context) -> object:
-    from hubnet.known_hosts import KnownHosts
-
-    return KnownHosts(obj.home.known_hosts)
-
-
 @cli.command(
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
@@ -180,54 +118,27 @@ def _known_hosts(obj: _Context) -> object:
 @click.argument("service")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
-def call(obj: _Context, server: str | None, service: str, args: tuple[str, ...]) -> None:
+def call(obj: Context, server: str | None, service: str, args: tuple[str, ...]) -> None:
     """Run SERVICE on a server with ARGS, streaming stdin, stdout and stderr.
 
     SERVICE is a name, a 32-hex-digit service id or an alias. Exits with the remote
     program's status (128+N if it died of signal N); 255 if the connection or the
     protocol failed; 126 if the server refused the call, 127 if it has no such service.
     """
-    from hubnet.client import call as remote_call
-    from hubnet.config import load_aliases, load_client_config
-    from node.naming import resolve_service_ref
-    from node.protocol import Call
-
-    home = obj.home
-    alias = load_aliases(home.aliases).get(service)
-    alias_server = None
-    if alias is not None:
-        service, args, alias_server = alias.service, alias.args + args, alias.server
-    target = _target(obj, server, alias_server)
-    stdin_fd = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.fileno()
-    result = remote_call(
-        target,
-        obj.identity(),
-        _known_hosts(obj),  # type: ignore[arg-type]
-        Call(resolve_service_ref(service), args),
-        stdin_fd=stdin_fd,
-        timeout=load_client_config(home.client).connect_timeout,
-    )
-    exit = result.exit
-    if exit.error:
-        why = {
-            "timeout": "the job ran out of time",
-            "output-limit": "the job's output exceeded the server's limit",
-        }
-        click.echo(f"hubnode: {why.get(exit.error, exit.error)}", err=True)
-    sys.exit(128 + exit.signal if exit.signal is not None else exit.exit_code or 0)
+    sys.exit(run_call(obj, server, service, args))
 
 
 @cli.command()
 @click.option("--server", "-s", metavar="TARGET", help=DEFAULT_TARGET_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_obj
-def services(obj: _Context, server: str | None, as_json: bool) -> None:
+def services(obj: Context, server: str | None, as_json: bool) -> None:
     """List the services a server offers and the arguments each accepts."""
     from hubnet.client import request
     from node.naming import format_service_id
     from node.protocol import ListServices, Services
 
-    reply = request(_target(obj, server), obj.identity(), _known_hosts(obj), ListServices())  # type: ignore[arg-type]
+    reply = request(obj.target(server), obj.identity(), obj.known_hosts(), ListServices())
     if not isinstance(reply, Services):
         raise RemoteProtocolError("unexpected reply to a service list")
     rows = [
@@ -253,12 +164,12 @@ def services(obj: _Context, server: str | None, as_json: bool) -> None:
 @click.option("--server", "-s", metavar="TARGET", help=DEFAULT_TARGET_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def status(obj: _Context, server: str | None, as_json: bool) -> None:
+def status(obj: Context, server: str | None, as_json: bool) -> None:
     """Show how busy a server is: jobs running, queued, capacity, load average."""
     from hubnet.client import request
     from node.protocol import GetStatus, StatusReply
 
-    reply = request(_target(obj, server), obj.identity(), _known_hosts(obj), GetStatus())  # type: ignore[arg-type]
+    reply = request(obj.target(server), obj.identity(), obj.known_hosts(), GetStatus())
     if not isinstance(reply, StatusReply):
         raise RemoteProtocolError("unexpected reply to a status request")
     if as_json:
@@ -291,7 +202,7 @@ def status(obj: _Context, server: str | None, as_json: bool) -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
 def alias(
-    obj: _Context, server: str | None, bin_dir: str | None, name: str, service: str, args: tuple[str, ...]
+    obj: Context, server: str | None, bin_dir: str | None, name: str, service: str, args: tuple[str, ...]
 ) -> None:
     """Make NAME a local command that runs SERVICE with ARGS (plus its own arguments).
 
@@ -307,7 +218,7 @@ def alias(
     resolve_service_ref(name)  # the same rules as service names: no spaces, slashes or leading dash
     resolve_service_ref(service)
     if server:
-        _target(obj, server)  # refuse a malformed server now, not at the first call
+        obj.target(server)  # refuse a malformed server now, not at the first call
     home = obj.home
     save_alias(home.aliases, Alias(name, service, args, server))
     directory = Path(bin_dir) if bin_dir else home.bin_dir
@@ -328,8 +239,8 @@ def alias(
         click.echo(f"hubnode: add {directory} to PATH to run it by name", err=True)
 
 
-def main() -> None:
-    """Entry point: run the CLI, mapping hubnet errors to one line and an exit code."""
+def run_cli() -> None:
+    """Run the click CLI; hubnet errors propagate to `hubnet.main.main`, which reports them."""
     try:
         cli.main(prog_name="hubnode", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -338,12 +249,4 @@ def main() -> None:
         exc.show()
         sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
     except click.Abort:
-        _fail("interrupted", 130)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
-    except HubnetError as exc:
-        _fail(str(exc), exit_code_for(exc))
-    except BrokenPipeError:
-        # Our reader went away (`| head`): exit as a pipeline expects, without a traceback.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(128 + 13)
+        raise KeyboardInterrupt from None

@@ -1,0 +1,88 @@
+"""What the commands do, apart from how their arguments are parsed.
+
+`hubnet.cli` (click) and the fast path in `hubnet.main` both end here, so a call
+parsed either way runs the same code. Nothing here imports click or Trio.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from identity.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hubnet.client import Target
+    from hubnet.home import Home
+    from hubnet.known_hosts import KnownHosts
+    from identity.keys import Identity
+
+_WHY_HUBNET_ENDED = {
+    "timeout": "the job ran out of time",
+    "output-limit": "the job's output exceeded the server's limit",
+    "failed-to-start": "the server could not start the program",
+}
+
+
+class Context:
+    """The global options: which home, how loud."""
+
+    def __init__(self, home: str | None, verbose: bool = False) -> None:
+        self.home_option = home
+        self.verbose = verbose
+
+    @property
+    def home(self) -> Home:
+        from hubnet.home import Home
+
+        return Home.locate(self.home_option)
+
+    def identity(self) -> Identity:
+        from identity.keys import load_or_create_identity
+
+        return load_or_create_identity(self.home.identity_key)
+
+    def known_hosts(self) -> KnownHosts:
+        from hubnet.known_hosts import KnownHosts
+
+        return KnownHosts(self.home.known_hosts)
+
+    def target(self, server: str | None, alias_server: str | None = None) -> Target:
+        """--server, else the alias's server, else client.toml's `server`."""
+        from hubnet.client import Target
+        from hubnet.config import load_client_config
+
+        chosen = server or alias_server or load_client_config(self.home.client).server
+        if not chosen:
+            raise ConfigError("no server: give --server PEER_ID@HOST:PORT or set server in client.toml")
+        return Target.parse(chosen)
+
+
+def run_call(ctx: Context, server: str | None, service: str, args: tuple[str, ...]) -> int:
+    """`hubnode call`: run the job, stream its output here, return the exit status to use."""
+    from hubnet.client import call
+    from hubnet.config import load_aliases, load_client_config
+    from node.naming import resolve_service_ref
+    from node.protocol import Call
+
+    home = ctx.home
+    alias = load_aliases(home.aliases).get(service)
+    alias_server = None
+    if alias is not None:
+        service, args, alias_server = alias.service, alias.args + args, alias.server
+    target = ctx.target(server, alias_server)
+    stdin_fd = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.fileno()
+    result = call(
+        target,
+        ctx.identity(),
+        ctx.known_hosts(),
+        Call(resolve_service_ref(service), args),
+        stdin_fd=stdin_fd,
+        timeout=load_client_config(home.client).connect_timeout,
+    )
+    exit = result.exit
+    if exit.error:
+        print(f"hubnode: {_WHY_HUBNET_ENDED.get(exit.error, exit.error)}", file=sys.stderr)
+    if exit.signal is not None:
+        return 128 + exit.signal
+    return exit.exit_code if exit.exit_code is not None else 1

@@ -1,0 +1,99 @@
+"""The `hubnode` entry point: parse, run, and turn errors into one line and an exit code.
+
+`hubnode call` is what a Pi runs many times a minute, and click alone costs it about
+20 ms per start, so the plain forms of `call` are parsed here by hand; anything else
+(help, other commands, unusual option spellings) goes to the click CLI in
+`hubnet.cli`. `tests/unit/test_main.py` checks that both parse alike.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import NoReturn
+
+from identity.errors import (
+    ConfigError,
+    HostKeyMismatch,
+    HubnetError,
+    PolicyError,
+    Rejected,
+    RemoteProtocolError,
+    TransportError,
+)
+
+# ssh's convention: the tool's own failures (network, protocol, keys) are 255, so a
+# script can tell them from the remote program's exit status.
+EXIT_TRANSPORT = 255
+EXIT_USAGE = 2
+# A shell's convention for a command that cannot run (126) or does not exist (127).
+EXIT_REFUSED = 126
+EXIT_NO_SERVICE = 127
+EXIT_INTERRUPTED = 130
+
+
+def exit_code_for(error: HubnetError) -> int:
+    """The one place where an error becomes an exit status."""
+    if isinstance(error, Rejected):
+        return EXIT_NO_SERVICE if error.code == "no-such-service" else EXIT_REFUSED
+    if isinstance(error, TransportError | RemoteProtocolError | HostKeyMismatch):
+        return EXIT_TRANSPORT
+    if isinstance(error, ConfigError | PolicyError):
+        return EXIT_USAGE
+    return 1
+
+
+def parse_fast_call(argv: list[str]) -> tuple[str | None, bool, str | None, str, tuple[str, ...]] | None:
+    """(home, verbose, server, service, args) for a plain `call`, or None to let click parse.
+
+    Accepts exactly: [--home DIR] [-v|--verbose] call [--server|-s TARGET] SERVICE [ARGS...],
+    the same forms click accepts, so the result never differs, only the cost.
+    """
+    home = os.environ.get("HUBNET_HOME") or None
+    verbose = False
+    i = 0
+    while i < len(argv) and argv[i] != "call":
+        if argv[i] == "--home" and i + 1 < len(argv):
+            home = argv[i + 1]
+            i += 2
+        elif argv[i] in ("-v", "--verbose"):
+            verbose = True
+            i += 1
+        else:
+            return None
+    i += 1
+    server = None
+    if i + 1 < len(argv) and argv[i] in ("--server", "-s"):
+        server = argv[i + 1]
+        i += 2
+    if i >= len(argv) or argv[i].startswith("-"):
+        return None
+    return home, verbose, server, argv[i], tuple(argv[i + 1 :])
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"hubnode: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def main() -> None:
+    """Entry point of the `hubnode` command."""
+    try:
+        fast = parse_fast_call(sys.argv[1:])
+        if fast is None:
+            from hubnet.cli import run_cli
+
+            run_cli()
+        else:
+            from hubnet.commands import Context, run_call
+
+            home, verbose, server, service, args = fast
+            sys.exit(run_call(Context(home, verbose), server, service, args))
+    except KeyboardInterrupt:
+        _fail("interrupted", EXIT_INTERRUPTED)
+    except HubnetError as exc:
+        _fail(str(exc), exit_code_for(exc))
+    except BrokenPipeError:
+        # Our reader went away (`| head`): exit as a pipeline expects, without a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + 13)
