@@ -147,11 +147,15 @@ class NoiseSession:
             return final + self.send(data[len(head) :])
         if self._state is not _State.TRANSPORT or self._send_cs is None:
             raise LocalProtocolError("send() before the handshake completed")
-        out = bytearray()
-        view = memoryview(data)
-        for start in range(0, len(view), MAX_PAYLOAD):
-            out += _frame(self._send_cs.encrypt_with_ad(b"", bytes(view[start : start + MAX_PAYLOAD])))
-        return bytes(out)
+        encrypt = self._send_cs.encrypt_with_ad
+        if not data:
+            return b""
+        if len(data) <= MAX_PAYLOAD:  # the usual case: one frame, no slicing copies
+            return _frame(encrypt(b"", data))
+        return b"".join(
+            _frame(encrypt(b"", data[start : start + MAX_PAYLOAD]))
+            for start in range(0, len(data), MAX_PAYLOAD)
+        )
 
     def receive_data(self, data: bytes) -> None:
         """Buffer bytes from the peer; refuse to buffer without bound."""
