@@ -33,7 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HUBNODE, PYTHON, BenchError, hubnode_server, median, percentile
+from _common import (
+    HUBNODE,
+    PYTHON,
+    BenchError,
+    bytecode_cache,
+    hubnode_server,
+    median,
+    no_bytecode_env,
+    percentile,
+)
 
 SERVICES_TOML = """listen = "127.0.0.1:0"
 
@@ -50,6 +59,7 @@ s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 s.sendall(b"x")
 sys.exit(0 if s.recv(1) == b"x" else 1)
 """
+CALL = "hubnode call (IK)"
 _RUN_TIMEOUT = 30.0
 _IMPORTTIME_REPEATS = 5
 
@@ -58,6 +68,7 @@ _IMPORTTIME_REPEATS = 5
 class Case:
     name: str
     argv: list[str]
+    env: dict[str, str] | None = None
 
 
 def time_process(case: Case) -> float:
@@ -71,6 +82,7 @@ def time_process(case: Case) -> float:
             stderr=subprocess.PIPE,
             timeout=_RUN_TIMEOUT,
             check=False,
+            env=case.env,
         )
     except subprocess.TimeoutExpired:
         raise BenchError(f"{case.name}: took longer than {_RUN_TIMEOUT:.0f} s") from None
@@ -140,12 +152,13 @@ class Imported:
     cumulative_us: float
 
 
-def importtime(argv: list[str], repeats: int = _IMPORTTIME_REPEATS) -> list[Imported]:
-    """Per-module medians over `repeats` runs of `python -X importtime ...`, in import order."""
+def importtime(argv: list[str], env: dict[str, str], repeats: int = _IMPORTTIME_REPEATS) -> list[Imported]:
+    """Per-module medians over `repeats` runs of `python -X importtime ...` (after one more
+    untimed run that fills the bytecode cache), in import order."""
     selfs: dict[str, list[float]] = defaultdict(list)
     cumulatives: dict[str, list[float]] = defaultdict(list)
     order: dict[str, int] = {}
-    for _ in range(repeats):
+    for run in range(repeats + 1):
         done = subprocess.run(
             [PYTHON, "-X", "importtime", *argv],
             stdin=subprocess.DEVNULL,
@@ -153,9 +166,12 @@ def importtime(argv: list[str], repeats: int = _IMPORTTIME_REPEATS) -> list[Impo
             stderr=subprocess.PIPE,
             timeout=_RUN_TIMEOUT,
             check=False,
+            env=env,
         )
         if done.returncode != 0:
             raise BenchError(f"-X importtime {' '.join(argv)}: exit {done.returncode}")
+        if run == 0:
+            continue
         for line in done.stderr.decode(errors="replace").splitlines():
             if not line.startswith("import time:") or "imported package" in line:
                 continue
@@ -207,13 +223,18 @@ def main() -> int:
     ssh, ssh_reason = ssh_case()
     times: dict[str, list[float]] = {}
     try:
-        with hubnode_server(SERVICES_TOML) as server, echo_server() as echo_port:
+        with (
+            bytecode_cache() as env,
+            hubnode_server(SERVICES_TOML, env) as server,
+            echo_server() as echo_port,
+        ):
             call_argv = ["--home", str(server.client_home), "call", "--server", server.target, "true"]
             cases = [
-                Case("hubnode call (IK)", [HUBNODE, *call_argv]),
-                Case('python -c "import hubnet.cli"', [PYTHON, "-c", "import hubnet.cli"]),
-                Case('python -c "pass"', [PYTHON, "-c", "pass"]),
-                Case("python TCP 1-byte round trip", [PYTHON, "-c", TCP_CLIENT, str(echo_port)]),
+                Case(CALL, [HUBNODE, *call_argv], env),
+                Case(f"{CALL}, no .pyc", [HUBNODE, *call_argv], no_bytecode_env()),
+                Case('python -c "import hubnet.cli"', [PYTHON, "-c", "import hubnet.cli"], env),
+                Case('python -c "pass"', [PYTHON, "-c", "pass"], env),
+                Case("python TCP 1-byte round trip", [PYTHON, "-c", TCP_CLIENT, str(echo_port)], env),
             ]
             if ssh is not None:
                 cases.append(ssh)
@@ -224,14 +245,16 @@ def main() -> int:
             for _ in range(args.runs):  # interleaved, so drift hits every command alike
                 for case in cases:
                     times[case.name].append(time_process(case))
-            call_modules = importtime(["-m", "hubnet", *call_argv])
-        cli_modules = importtime(["-c", "import hubnet.cli"])
+            call_modules = importtime(["-m", "hubnet", *call_argv], env)
+            cli_modules = importtime(["-c", "import hubnet.cli"], env)
     except BenchError as exc:
         print(f"latency: FAILED: {exc}", file=sys.stderr)
         return 1
 
     print(f"latency: whole-process wall time, {args.runs} runs each after {args.warmup} warm-ups, 127.0.0.1")
     print(f"  interpreter: {PYTHON} ({sys.version.split()[0]})")
+    print("  bytecode: cached in a private PYTHONPYCACHEPREFIX, as an installed client has it;")
+    print(f"  '{CALL}, no .pyc' runs with PYTHONDONTWRITEBYTECODE=1 (the project's modules recompiled)")
     print(f"  {'':<32} {'mean ms':>8} {'median':>8} {'p90':>8} {'min':>8}")
     for name, values in times.items():
         ms = [v * 1000 for v in values]
@@ -241,9 +264,9 @@ def main() -> int:
         )
     if ssh is None:
         print(f"  ssh localhost true: skipped: {ssh_reason}")
-    call = times["hubnode call (IK)"]
+    call = times[CALL]
     print("  ratios of hubnode call (mean, median):")
-    for name in list(times)[1:]:
+    for name in [n for n in times if not n.startswith(CALL)]:
         print(
             f"    / {name:<32} {statistics.fmean(call) / statistics.fmean(times[name]):>5.2f}x "
             f"{median(call) / median(times[name]):>5.2f}x"
@@ -259,7 +282,8 @@ def main() -> int:
     print()
     print_importtime("modules the call path adds beyond `import hubnet.cli`", extra)
     trio = [m.name for m in call_modules if m.name.split(".")[0] == "trio"]
-    print(f"  trio on the call path: {'YES (' + str(len(trio)) + ' modules)' if trio else 'no'}")
+    found = f"YES ({len(trio)} modules) -- the design says the call path never loads Trio" if trio else "no"
+    print(f"  trio on the call path: {found}")
     return 0
 
 

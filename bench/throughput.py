@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HUBNODE, PYTHON, BenchError, Server, hubnode_server, median
+from _common import HUBNODE, PYTHON, BenchError, Server, bytecode_cache, hubnode_server, median
 
 MiB = 1024 * 1024
 _CHUNK = 1 * MiB
@@ -78,7 +78,7 @@ def _write_fd(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def run_hubnet(server: Server, payload: _Payload, timeout: float) -> float:
+def run_hubnet(server: Server, payload: _Payload, timeout: float, env: dict[str, str]) -> float:
     """One round trip through `hubnode call ... cat`; wall seconds including the client's start."""
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
@@ -88,6 +88,7 @@ def run_hubnet(server: Server, payload: _Payload, timeout: float) -> float:
             stdout=subprocess.PIPE,
             stderr=err,
             bufsize=0,
+            env=env,
         )
         assert proc.stdin is not None and proc.stdout is not None
         watchdog = threading.Timer(timeout, proc.kill)
@@ -270,14 +271,18 @@ def main() -> int:
     hubnet_times: list[float] = []
     tcp_times: list[float] = []
     try:
-        with hubnode_server(_services_toml(args.mib)) as server, baseline_server(args.baseline) as baseline:
+        with (
+            bytecode_cache() as env,
+            hubnode_server(_services_toml(args.mib), env) as server,
+            baseline_server(args.baseline) as baseline,
+        ):
             description, address = baseline
             # Warm-up: creates the client's identity key and faults in both paths.
             warm = _Payload(1)
-            run_hubnet(server, warm, 60)
+            run_hubnet(server, warm, 60, env)
             run_tcp(address, warm, 60)
             for _ in range(args.runs):  # interleaved, so drift hits both alike
-                hubnet_times.append(run_hubnet(server, payload, timeout))
+                hubnet_times.append(run_hubnet(server, payload, timeout, env))
                 tcp_times.append(run_tcp(address, payload, timeout))
     except BenchError as exc:
         print(f"throughput: FAILED: {exc}", file=sys.stderr)

@@ -107,8 +107,10 @@ def serve(obj: Context, listen: str | None, services_path: str | None) -> None:
 
     try:
         trio.run(run)
-    except OSError as exc:
-        _fail(f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror or exc}", 1)
+    except* OSError as group:
+        exc = group.exceptions[0]
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        _fail(f"cannot listen on {config.listen_host}:{config.listen_port}: {reason}", 1)
 
 
 @cli.command(

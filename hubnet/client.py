@@ -27,6 +27,7 @@ from identity.keys import Identity, decode_peer_id, encode_peer_id
 from identity.session import MAX_RECEIVE, Data, HandshakeComplete, NoiseSession
 from node.naming import parse_hostport
 from node.protocol import (
+    DATA_CHUNK,
     Accept,
     Call,
     Exit,
@@ -40,8 +41,6 @@ from node.protocol import (
     StdinEnd,
     Stdout,
 )
-
-_STDIN_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -313,7 +312,7 @@ def _send_quietly(conn: SecureConnection, data: bytes) -> None:
 
 def _pump_stdin(conn: SecureConnection, job: JobConnection, fd: int) -> None:
     with contextlib.suppress(TransportError, OSError):
-        while data := os.read(fd, _STDIN_CHUNK):
+        while data := os.read(fd, DATA_CHUNK):
             conn.send(job.send(Stdin(data)))
         conn.send(job.send(StdinEnd()))
 

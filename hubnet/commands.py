@@ -85,4 +85,8 @@ def run_call(ctx: Context, server: str | None, service: str, args: tuple[str, ..
         print(f"hubnode: {_WHY_HUBNET_ENDED.get(exit.error, exit.error)}", file=sys.stderr)
     if exit.signal is not None:
         return 128 + exit.signal
+    if exit.error and not exit.exit_code:
+        # The program may exit 0 just before hubnet's kill lands (e.g. right after overflowing
+        # the output cap): its output was still cut short, so never report success.
+        return 1
     return exit.exit_code if exit.exit_code is not None else 1

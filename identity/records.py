@@ -47,6 +47,9 @@ class SignedRecord:
     @classmethod
     def decode(cls, data: bytes, *, domain: str) -> SignedRecord:
         """Parse and verify; raise InvalidRecord unless it is a valid record of `domain`."""
+        if "\x00" in domain:
+            # As in sign(): with a NUL in the domain, domain || 0x00 || body would be ambiguous.
+            raise ValueError("a domain may not contain NUL")
         if len(data) > MAX_RECORD_LEN:
             raise InvalidRecord("record too large")
         try:

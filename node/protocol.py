@@ -17,12 +17,18 @@ from typing import Any
 import msgpack
 
 from identity.errors import LocalProtocolError, RemoteProtocolError
+from identity.session import MAX_PAYLOAD
 
 SERVICE_ID_LEN = 16
 MAX_MESSAGE = 1 << 20
 MAX_ARGS = 256
 MAX_ARGS_BYTES = 64 * 1024
 MAX_TEXT = 4096
+MAX_SERVICES = 1024
+# Largest stdin/stdout/stderr chunk in one message. Senders use DATA_CHUNK, which with the
+# message's 8 bytes of msgpack framing fills exactly one Noise frame.
+MAX_DATA = MAX_MESSAGE - 64
+DATA_CHUNK = MAX_PAYLOAD - 8
 
 
 class Kind(enum.IntEnum):
@@ -223,8 +229,8 @@ def _decode_exit(f: list[Any]) -> Exit:
 
 def _decode_services(f: list[Any]) -> Services:
     (items,) = f
-    if not isinstance(items, list):
-        raise RemoteProtocolError("service list must be an array")
+    if not isinstance(items, list) or len(items) > MAX_SERVICES:
+        raise RemoteProtocolError(f"service list must be an array of at most {MAX_SERVICES}")
     infos = []
     for item in items:
         if not isinstance(item, list) or len(item) != 4:
@@ -325,16 +331,17 @@ class MessageDecoder:
             max_buffer_size=2 * max_message,
             max_bin_len=max_message,
             max_str_len=max_message,
-            max_array_len=MAX_ARGS + 8,
+            max_array_len=max(MAX_ARGS, MAX_SERVICES) + 8,
             max_map_len=0,
             max_ext_len=0,
         )
         self._fed = 0
+        self._consumed = 0
 
     @property
     def buffered(self) -> int:
         """Bytes fed but not yet returned as messages."""
-        return self._fed - int(self._unpacker.tell())
+        return self._fed - self._consumed
 
     def feed(self, data: bytes) -> None:
         try:
@@ -350,6 +357,9 @@ class MessageDecoder:
             return None
         except Exception as exc:  # msgpack raises many types for malformed input
             raise RemoteProtocolError(f"malformed message: {exc}") from None
+        # tell() also moves past a partial object when unpack() runs out of data, so it is read
+        # only here, after a whole message.
+        self._consumed = int(self._unpacker.tell())
         return decode_object(obj)
 
 
@@ -388,8 +398,10 @@ class JobConnection:
 
     def send(self, message: Message) -> bytes:
         self._check(message, sender=self.role, error=LocalProtocolError)
+        wire = encode(message)
+        _check_peer_accepts(message, wire)
         self._apply(message)
-        return encode(message)
+        return wire
 
     def receive_data(self, data: bytes) -> None:
         self._decoder.feed(data)
@@ -424,6 +436,19 @@ class JobConnection:
             self.phase = Phase.RUNNING
         elif isinstance(message, _FINAL):
             self.phase = Phase.DONE
+
+
+def _check_peer_accepts(message: Message, wire: bytes) -> None:
+    """Refuse to send what the peer's decoder would refuse: that would look like garbage to it."""
+    if isinstance(message, Stdin | Stdout | Stderr):
+        # Data is checked by size alone: decoding every chunk again would double the cost of streaming.
+        if len(message.data) > MAX_DATA:
+            raise LocalProtocolError("data chunk larger than MAX_DATA")
+        return
+    try:
+        decode(wire)
+    except RemoteProtocolError as exc:
+        raise LocalProtocolError(f"{type(message).__name__} breaks the protocol's limits: {exc}") from None
 
 
 def _legal(conn: JobConnection, message: Message, sender: Role) -> bool:

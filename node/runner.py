@@ -72,11 +72,20 @@ class Job:
     a failing `JobOutput` or an outside cancellation of `run`.
     """
 
-    def __init__(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: str, limits: JobLimits) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: str,
+        limits: JobLimits,
+        read_size: int = _CHUNK,
+    ) -> None:
         self._argv = list(argv)
         self._env = dict(env)
         self._cwd = cwd
         self._limits = limits
+        self._read_size = read_size  # the caller's message size, so each read is sent whole
         self._proc: trio.Process | None = None
         self._reaped = False
         self._error: str | None = None
@@ -213,7 +222,7 @@ class Job:
         self, source: trio.abc.ReceiveStream, send: Callable[[bytes], Awaitable[None]], name: str
     ) -> None:
         """Process output -> client. Each chunk is sent before the next is read (back-pressure)."""
-        while received := await source.receive_some(_CHUNK):
+        while received := await source.receive_some(self._read_size):
             data = bytes(received)  # receive_some may hand back a bytearray; JobOutput takes bytes
             room = self._limits.max_output - sum(self._output_bytes.values())
             if len(data) > room:

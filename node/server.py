@@ -24,6 +24,8 @@ from identity.secure import SecureStream, accept_secure
 from identity.session import MAX_RECEIVE
 from node.naming import format_service_id
 from node.protocol import (
+    DATA_CHUNK,
+    MAX_TEXT,
     Accept,
     Call,
     Cancel,
@@ -130,7 +132,7 @@ class Node:
     def _services(self) -> Services:
         return Services(
             tuple(
-                ServiceInfo(svc.name, svc.id, svc.description, svc.policy.summary())
+                ServiceInfo(svc.name, svc.id, svc.description[:MAX_TEXT], svc.policy.summary()[:MAX_TEXT])
                 for svc in sorted(self.config.services.values(), key=lambda s: s.name)
             )
         )
@@ -145,7 +147,8 @@ class Node:
             argv = service.argv(call.args)
         except PolicyError as exc:
             return Reject("bad-arguments", str(exc))
-        if self.queued >= self.config.max_queued:
+        free = self._slots.available_tokens and self._service_slots[service.id].available_tokens
+        if not free and self.queued >= self.config.max_queued:
             return Reject("busy", "too many calls are waiting; try again later")
         return service, argv
 
@@ -199,7 +202,7 @@ class Node:
         env |= dict(service.env)
         env |= {"HUBNET_CLIENT": encode_peer_id(peer), "HUBNET_JOB": job_id, "HUBNET_SERVICE": service.name}
         limits = JobLimits(service.timeout, service.max_output, service.cpu_seconds, service.memory_bytes)
-        job = Job(argv, env=env, cwd=workdir, limits=limits)
+        job = Job(argv, env=env, cwd=workdir, limits=limits, read_size=DATA_CHUNK)
         output = _JobOutput(stream, conn)
         try:
             await stream.send_all(conn.send(Accept(job_id, 0)))

@@ -30,6 +30,7 @@ from node.naming import (
     parse_service_id,
     service_id_for_name,
 )
+from node.protocol import MAX_SERVICES
 
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
 MAX_ARGS = 256
@@ -399,6 +400,8 @@ def parse_services(text: str, *, source: str = "services.toml") -> NodeConfig:
             other = _dotted(("services", services[service.id].name))
             raise sub.error("id", f"duplicate service id {format_service_id(service.id)} (also {other})")
         services[service.id] = service
+    if len(services) > MAX_SERVICES:
+        raise table.error(name, f"a node offers at most {MAX_SERVICES} services")
     top.done()
     return NodeConfig(
         listen_host=host,
