@@ -81,7 +81,6 @@ class SecureConnection:
         self.remote_identity = remote_identity
         self._session = session
         self._send_lock = threading.Lock()
-        self._pending: list[bytes] = []
 
     def send(self, data: bytes) -> None:
         with self._send_lock:
@@ -93,8 +92,6 @@ class SecureConnection:
     def receive(self) -> bytes:
         """Decrypted bytes; b"" when the peer closed cleanly."""
         while True:
-            if self._pending:
-                return self._pending.pop(0)
             event = self._session.next_event()
             if isinstance(event, Data):
                 if event.data:
