@@ -226,8 +226,14 @@ def alias(
     directory = Path(bin_dir) if bin_dir else home.bin_dir
     directory.mkdir(parents=True, exist_ok=True)
     script = directory / name
+    # Run again the way we were run: the `hubnode` script, or `python -m hubnet` (whose
+    # argv[0] is hubnet/__main__.py, not something to exec).
     hubnode = Path(sys.argv[0]).absolute()
-    command = [str(hubnode)] if hubnode.is_file() else [sys.executable, "-m", "hubnet"]
+    started_as_module = getattr(sys.modules["__main__"], "__spec__", None) is not None
+    if hubnode.is_file() and not started_as_module:
+        command = [str(hubnode)]
+    else:
+        command = [sys.executable, "-m", "hubnet"]
     command += ["--home", str(home.config_dir)] if home.single else []
     script.write_text(
         "#!/bin/sh\n"

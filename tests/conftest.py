@@ -1,9 +1,8 @@
-"""Shared by all tests. `require_program` lives in `tests.helpers` so test modules can import it:
+"""Shared by all tests.
 
-    from tests.helpers import require_program
-
-    def test_speech() -> None:
-        espeak = require_program("espeak-ng")  # skips, or fails with HUBNET_REQUIRE_ALL=1
+`require_program(name)` lives in `tests.helpers` so that test modules can import it
+(`from tests.helpers import require_program`): it returns the program's path, or skips the
+test saying why, or, with HUBNET_REQUIRE_ALL=1 (as on CI), fails it.
 """
 
 from __future__ import annotations
