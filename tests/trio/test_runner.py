@@ -189,7 +189,8 @@ async def test_a_client_that_never_reads_cannot_pin_the_job(autojump_clock: trio
         async def send_stdout(self, data: bytes) -> None:
             await trio.sleep_forever()
 
-    job = Job(["head", "-c", "1000000", "/dev/zero"], env=BASE_ENV, cwd="/", limits=JobLimits(30, 1 << 20))
+    # More than the 1 MiB pipe holds, so the program is still blocked writing when the clock runs out.
+    job = Job(["head", "-c", "10000000", "/dev/zero"], env=BASE_ENV, cwd="/", limits=JobLimits(30, 1 << 30))
     outcome = await job.run(no_stdin(), Stuck())
     assert (outcome.error, outcome.signal) == ("timeout", signal.SIGKILL)
 
@@ -203,7 +204,8 @@ async def test_cancel_before_run() -> None:
 
 
 async def test_output_limit_kills_and_caps_delivery() -> None:
-    outcome, out = await run(["head", "-c", "1000000", "/dev/zero"], JobLimits(timeout=60, max_output=1000))
+    # More than the 1 MiB pipe holds, so the program cannot finish before it is killed.
+    outcome, out = await run(["head", "-c", "10000000", "/dev/zero"], JobLimits(timeout=60, max_output=1000))
     assert (outcome.error, outcome.signal) == ("output-limit", signal.SIGKILL)
     assert len(out.stdout) <= 1000
     assert outcome.stdout_bytes == len(out.stdout)
