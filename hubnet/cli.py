@@ -16,7 +16,6 @@ import click
 
 from hubnet.commands import Context, run_call
 from hubnet.main import EXIT_USAGE
-from identity.errors import RemoteProtocolError
 
 DEFAULT_TARGET_HELP = "PEER_ID@HOST:PORT pins the server's key; HOST:PORT trusts it on first use."
 
@@ -140,9 +139,7 @@ def services(obj: Context, server: str | None, as_json: bool) -> None:
     from node.naming import format_service_id
     from node.protocol import ListServices, Services
 
-    reply = request(obj.target(server), obj.identity(), obj.known_hosts(), ListServices())
-    if not isinstance(reply, Services):
-        raise RemoteProtocolError("unexpected reply to a service list")
+    reply = request(obj.target(server), obj.identity(), obj.known_hosts(), ListServices(), Services)
     rows = [
         {
             "name": s.name,
@@ -171,9 +168,7 @@ def status(obj: Context, server: str | None, as_json: bool) -> None:
     from hubnet.client import request
     from node.protocol import GetStatus, StatusReply
 
-    reply = request(obj.target(server), obj.identity(), obj.known_hosts(), GetStatus())
-    if not isinstance(reply, StatusReply):
-        raise RemoteProtocolError("unexpected reply to a status request")
+    reply = request(obj.target(server), obj.identity(), obj.known_hosts(), GetStatus(), StatusReply)
     if as_json:
         import json
 

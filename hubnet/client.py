@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from identity.errors import (
     HandshakeError,
@@ -41,6 +41,8 @@ from node.protocol import (
     StdinEnd,
     Stdout,
 )
+
+ReplyT = TypeVar("ReplyT", bound=Message)
 
 
 @dataclass(frozen=True)
@@ -233,10 +235,11 @@ def request(
     identity: Identity,
     known_hosts: KnownHostsStore,
     message: Message,
+    reply_type: type[ReplyT],
     *,
     timeout: float = 10.0,
-) -> Message:
-    """One request, one reply: a service list or a status."""
+) -> ReplyT:
+    """One request, one reply of `reply_type`: a service list or a status."""
     job = JobConnection(Role.CLIENT)
     conn = connect(target, identity, known_hosts, job.send(message), timeout=timeout)
     conn.sock.settimeout(timeout)
@@ -246,6 +249,8 @@ def request(
         conn.close()
     if reply is None:
         raise TransportError(f"{target.address} closed the connection without answering")
+    if not isinstance(reply, reply_type):
+        raise RemoteProtocolError(f"expected {reply_type.__name__}, got {type(reply).__name__}")
     return reply
 
 

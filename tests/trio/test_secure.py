@@ -219,6 +219,25 @@ async def expect(stream: SecureStream, wanted: bytes) -> None:
     assert got == wanted
 
 
+
+async def run_side(
+    results: dict[str, Exception | None],
+    name: str,
+    transport: trio.abc.Stream,
+    body: Callable[[], Awaitable[None]],
+) -> None:
+    """Run one end of a connection, record how it ended (None or its error), then close its transport.
+
+    Recording rather than raising lets a test see both ends' fates after one of them fails.
+    """
+    try:
+        await body()
+        results[name] = None
+    except Exception as exc:
+        results[name] = exc
+    finally:
+        await transport.aclose()
+
 async def exchange(pattern: str, tamper: Tamper) -> dict[str, Exception | None]:
     """Client and server talk through a relay; returns each side's error (None if it finished).
 
@@ -242,21 +261,12 @@ async def exchange(pattern: str, tamper: Tamper) -> dict[str, Exception | None]:
             await expect(stream, b"start")
         await stream.send_all(b"output")
 
-    async def run(name: str, transport: trio.abc.Stream, body: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await body()
-            results[name] = None
-        except Exception as exc:
-            results[name] = exc
-        finally:
-            await transport.aclose()
-
     with trio.fail_after(BOUND):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(relay_one_way, relay_left, relay_right, "c2s", tamper)
             nursery.start_soon(relay_one_way, relay_right, relay_left, "s2c", tamper)
-            nursery.start_soon(run, "client", client_t, client)
-            nursery.start_soon(run, "server", server_t, server)
+            nursery.start_soon(run_side, results, "client", client_t, client)
+            nursery.start_soon(run_side, results, "server", server_t, server)
     return results
 
 
@@ -370,19 +380,10 @@ async def test_wrong_key_fails_on_both_sides(autojump_clock: trio.abc.Clock) -> 
     async def client() -> None:
         await connect_secure(client_t, ALICE, CAROL.public_key, b"meant for carol")
 
-    async def run(name: str, transport: trio.abc.Stream, body: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await body()
-            results[name] = None
-        except RemoteProtocolError as exc:
-            results[name] = exc
-        finally:
-            await transport.aclose()
-
     with trio.fail_after(BOUND):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(run, "server", server_t, server)
-            nursery.start_soon(run, "client", client_t, client)
+            nursery.start_soon(run_side, results, "server", server_t, server)
+            nursery.start_soon(run_side, results, "client", client_t, client)
     assert isinstance(results["server"], HandshakeError), results
     assert isinstance(results["client"], RemoteProtocolError), results
 
