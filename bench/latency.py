@@ -8,7 +8,14 @@ processes (fork to exit), interleaved, after warm-ups:
   python -c "import hubnet.cli"                    the import floor of the CLI
   python -c "pass"                                 the interpreter floor
   python -c "<connect, send 1 byte, read 1 byte>"  a plain TCP round trip from a fresh process
-  ssh localhost true                               only if it works without a prompt
+  ssh -p PORT -i KEY ... 127.0.0.1 true            against a private sshd (below)
+
+The ssh row starts its own `sshd -D -e -f CONFIG` on a free 127.0.0.1 port, with a
+temporary ed25519 host key and client key (its public half the only authorized key),
+public-key auth only, no PAM, in a temporary directory, and stops it afterwards. It needs
+the sshd binary (Debian: openssh-server; this script installs nothing) and is skipped,
+saying so, without it. As root it creates sshd's privilege-separation directory
+/run/sshd if missing (removing it again afterwards).
 
 Then `-X importtime` breakdowns of `import hubnet.cli` and of a whole call
 (`python -X importtime -m hubnet ... call`), to show what to make lazy.
@@ -20,11 +27,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -123,23 +133,134 @@ def echo_server() -> Iterator[int]:
         listener.close()
 
 
-def ssh_case() -> tuple[Case | None, str]:
-    """`ssh localhost true` if it runs without a prompt; otherwise None and why."""
-    if not shutil.which("ssh"):
-        return None, "no ssh client installed"
-    try:
-        with socket.create_connection(("127.0.0.1", 22), timeout=1):
-            pass
-    except OSError as exc:
-        return None, f"nothing listening on 127.0.0.1:22 ({exc.strerror or exc})"
-    case = Case(
-        "ssh localhost true", ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "localhost", "true"]
+SSH = "ssh 127.0.0.1 true (own sshd)"
+_SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd")
+_SSHD_START_TIMEOUT = 10.0
+# Where Debian's sshd chroots its pre-auth child when it runs as root; compiled in
+# (--with-privsep-path), no sshd_config option moves or disables it, and sshd refuses to
+# start without it. systemd's unit creates it (RuntimeDirectory=sshd); we create it if missing.
+_PRIVSEP_DIR = Path("/run/sshd")
+SSHD_CONFIG = """\
+ListenAddress 127.0.0.1:{port}
+HostKey {work}/host_ed25519
+AuthorizedKeysFile {work}/authorized_keys
+PidFile none
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+X11Forwarding no
+PrintMotd no
+"""
+
+
+def find_sshd() -> str | None:
+    """An absolute path to sshd (it refuses to re-exec otherwise), or None."""
+    found = shutil.which("sshd")
+    if found:
+        return str(Path(found).resolve())
+    return next((c for c in _SSHD_CANDIDATES if Path(c).is_file()), None)
+
+
+def _free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        return sock.getsockname()[1]
+
+
+def _keygen(path: Path) -> None:
+    done = subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hubnet-bench", "-f", str(path)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=_RUN_TIMEOUT,
+        check=False,
     )
+    if done.returncode != 0:
+        raise BenchError(
+            f"ssh-keygen {path.name}: exit {done.returncode}: {done.stderr.decode(errors='replace')}"
+        )
+
+
+def _wait_for_sshd(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    """Poll until something on 127.0.0.1:port sends an SSH banner, within a bounded time."""
+    deadline = time.monotonic() + _SSHD_START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            raise BenchError(f"sshd exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            if sock.recv(8).startswith(b"SSH-"):
+                return
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"sshd not answering on 127.0.0.1:{port} after {_SSHD_START_TIMEOUT:.0f} s:\n"
+                f"{log.read_text(errors='replace')}"
+            )
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def ssh_server() -> Iterator[tuple[Case | None, str]]:
+    """A private `sshd -D -e` on 127.0.0.1 (temporary host key, client key, authorized_keys)
+    and the `ssh ... 127.0.0.1 true` case against it; (None, why) if sshd or ssh is missing.
+    Installs nothing; SIGTERM and wait on the way out."""
+    sshd = find_sshd()
+    missing = [name for name, path in (("sshd", sshd), ("ssh", shutil.which("ssh"))) if not path]
+    if not shutil.which("ssh-keygen"):
+        missing.append("ssh-keygen")
+    if missing:
+        yield None, f"{', '.join(missing)} not installed (Debian: apt-get install openssh-server)"
+        return
+    assert sshd is not None
+    work = Path(tempfile.mkdtemp(prefix="hubnet-bench-sshd-"))
+    made_privsep = False
+    proc: subprocess.Popen[bytes] | None = None
     try:
-        time_process(case)
-    except BenchError as exc:
-        return None, f"ssh localhost does not run without a prompt ({str(exc).strip()})"
-    return case, ""
+        if os.geteuid() == 0 and not _PRIVSEP_DIR.is_dir():
+            _PRIVSEP_DIR.mkdir(mode=0o755, parents=True)
+            made_privsep = True
+        _keygen(work / "host_ed25519")
+        _keygen(work / "client_ed25519")
+        (work / "authorized_keys").write_bytes((work / "client_ed25519.pub").read_bytes())
+        port = _free_port()
+        config = work / "sshd_config"
+        config.write_text(SSHD_CONFIG.format(port=port, work=work), encoding="utf-8")
+        log = work / "sshd.log"
+        with log.open("wb") as log_file:
+            proc = subprocess.Popen(
+                [sshd, "-D", "-e", "-f", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+            )
+        _wait_for_sshd(proc, port, log)
+        case = Case(
+            SSH,
+            [
+                *("ssh", "-p", str(port), "-i", str(work / "client_ed25519")),
+                *("-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"),
+                *("-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"),
+                *("127.0.0.1", "true"),
+            ],
+        )
+        try:
+            time_process(case)
+        except BenchError as exc:
+            raise BenchError(f"{exc}\nsshd log:\n{log.read_text(errors='replace')}") from None
+        yield case, ""
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+        if made_privsep:
+            with contextlib.suppress(OSError):
+                _PRIVSEP_DIR.rmdir()
 
 
 # --- -X importtime -------------------------------------------------------------------
@@ -220,10 +341,10 @@ def main() -> int:
     if args.runs < 1 or args.warmup < 0:
         parser.error("--runs must be at least 1 and --warmup at least 0")
 
-    ssh, ssh_reason = ssh_case()
     times: dict[str, list[float]] = {}
     try:
         with (
+            ssh_server() as (ssh, ssh_reason),
             bytecode_cache() as env,
             hubnode_server(SERVICES_TOML, env) as server,
             echo_server() as echo_port,
@@ -263,7 +384,7 @@ def main() -> int:
             f"{percentile(ms, 90):>8.1f} {min(ms):>8.1f}"
         )
     if ssh is None:
-        print(f"  ssh localhost true: skipped: {ssh_reason}")
+        print(f"  {SSH}: SKIPPED: {ssh_reason}")
     call = times[CALL]
     print("  ratios of hubnode call (mean, median):")
     for name in [n for n in times if not n.startswith(CALL)]:
@@ -271,6 +392,10 @@ def main() -> int:
             f"    / {name:<32} {statistics.fmean(call) / statistics.fmean(times[name]):>5.2f}x "
             f"{median(call) / median(times[name]):>5.2f}x"
         )
+    if SSH in times:
+        factor = median(times[SSH]) / median(call)
+        verdict = f"{factor:.2f}x faster" if factor >= 1 else f"{1 / factor:.2f}x slower"
+        print(f"  hubnode call is {verdict} than ssh 127.0.0.1 true (medians)")
     floor = median(times['python -c "import hubnet.cli"'])
     print(f"  hubnode call median minus import floor median: {(median(call) - floor) * 1000:.1f} ms")
     print()
