@@ -219,7 +219,6 @@ async def expect(stream: SecureStream, wanted: bytes) -> None:
     assert got == wanted
 
 
-
 async def run_side(
     results: dict[str, Exception | None],
     name: str,
@@ -237,6 +236,7 @@ async def run_side(
         results[name] = exc
     finally:
         await transport.aclose()
+
 
 async def exchange(pattern: str, tamper: Tamper) -> dict[str, Exception | None]:
     """Client and server talk through a relay; returns each side's error (None if it finished).
