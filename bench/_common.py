@@ -107,14 +107,19 @@ def hubnode_server(services_toml: str, env: dict[str, str] | None = None) -> Ite
                 time.sleep(0.05)
         yield Server(target, client_home, log)
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def stop(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM a server we started and wait for it; SIGKILL if it will not go."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def median(values: Sequence[float]) -> float:

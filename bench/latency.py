@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -52,6 +51,7 @@ from _common import (
     median,
     no_bytecode_env,
     percentile,
+    stop,
 )
 
 SERVICES_TOML = """listen = "127.0.0.1:0"
@@ -250,13 +250,7 @@ def ssh_server() -> Iterator[tuple[Case | None, str]]:
             raise BenchError(f"{exc}\nsshd log:\n{log.read_text(errors='replace')}") from None
         yield case, ""
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
         shutil.rmtree(work, ignore_errors=True)
         if made_privsep:
             with contextlib.suppress(OSError):
