@@ -66,13 +66,6 @@ def bytecode_cache() -> Iterator[dict[str, str]]:
         shutil.rmtree(prefix, ignore_errors=True)
 
 
-def no_bytecode_env() -> dict[str, str]:
-    """This environment as it is when .pyc files may not be written (nothing cached for the project)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPYCACHEPREFIX"}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return env
-
-
 @contextmanager
 def hubnode_server(services_toml: str, env: dict[str, str] | None = None) -> Iterator[Server]:
     """Start `hubnode serve` on 127.0.0.1:0 in a temporary home; SIGTERM and wait on the way out."""

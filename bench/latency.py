@@ -49,7 +49,6 @@ from _common import (
     bytecode_cache,
     hubnode_server,
     median,
-    no_bytecode_env,
     percentile,
     stop,
 )
@@ -346,7 +345,6 @@ def main() -> int:
             call_argv = ["--home", str(server.client_home), "call", "--server", server.target, "true"]
             cases = [
                 Case(CALL, [HUBNODE, *call_argv], env),
-                Case(f"{CALL}, no .pyc", [HUBNODE, *call_argv], no_bytecode_env()),
                 Case('python -c "import hubnet.cli"', [PYTHON, "-c", "import hubnet.cli"], env),
                 Case('python -c "pass"', [PYTHON, "-c", "pass"], env),
                 Case("python TCP 1-byte round trip", [PYTHON, "-c", TCP_CLIENT, str(echo_port)], env),
@@ -368,8 +366,7 @@ def main() -> int:
 
     print(f"latency: whole-process wall time, {args.runs} runs each after {args.warmup} warm-ups, 127.0.0.1")
     print(f"  interpreter: {PYTHON} ({sys.version.split()[0]})")
-    print("  bytecode: cached in a private PYTHONPYCACHEPREFIX, as an installed client has it;")
-    print(f"  '{CALL}, no .pyc' runs with PYTHONDONTWRITEBYTECODE=1 (the project's modules recompiled)")
+    print("  bytecode: cached in a private PYTHONPYCACHEPREFIX, as an installed client has it")
     print(f"  {'':<32} {'mean ms':>8} {'median':>8} {'p90':>8} {'min':>8}")
     for name, values in times.items():
         ms = [v * 1000 for v in values]
