@@ -7,12 +7,14 @@ parsed either way runs the same code. Nothing here imports click or Trio.
 from __future__ import annotations
 
 import sys
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from identity.errors import ConfigError
 
 if TYPE_CHECKING:
     from hubnet.client import Target
+    from hubnet.config import ClientConfig
     from hubnet.home import Home
     from hubnet.known_hosts import KnownHosts
     from identity.keys import Identity
@@ -31,11 +33,17 @@ class Context:
         self.home_option = home
         self.verbose = verbose
 
-    @property
+    @cached_property
     def home(self) -> Home:
         from hubnet.home import Home
 
         return Home.locate(self.home_option)
+
+    @cached_property
+    def client_config(self) -> ClientConfig:
+        from hubnet.config import load_client_config
+
+        return load_client_config(self.home.client)
 
     def identity(self) -> Identity:
         from identity.keys import load_or_create_identity
@@ -50,9 +58,8 @@ class Context:
     def target(self, server: str | None, alias_server: str | None = None) -> Target:
         """--server, else the alias's server, else client.toml's `server`."""
         from hubnet.client import Target
-        from hubnet.config import load_client_config
 
-        chosen = server or alias_server or load_client_config(self.home.client).server
+        chosen = server or alias_server or self.client_config.server
         if not chosen:
             raise ConfigError("no server: give --server PEER_ID@HOST:PORT or set server in client.toml")
         return Target.parse(chosen)
@@ -61,12 +68,11 @@ class Context:
 def run_call(ctx: Context, server: str | None, service: str, args: tuple[str, ...]) -> int:
     """`hubnode call`: run the job, stream its output here, return the exit status to use."""
     from hubnet.client import call
-    from hubnet.config import load_aliases, load_client_config
+    from hubnet.config import load_aliases
     from node.naming import resolve_service_ref
     from node.protocol import Call
 
-    home = ctx.home
-    alias = load_aliases(home.aliases).get(service)
+    alias = load_aliases(ctx.home.aliases).get(service)
     alias_server = None
     if alias is not None:
         service, args, alias_server = alias.service, alias.args + args, alias.server
@@ -78,7 +84,7 @@ def run_call(ctx: Context, server: str | None, service: str, args: tuple[str, ..
         ctx.known_hosts(),
         Call(resolve_service_ref(service), args),
         stdin_fd=stdin_fd,
-        timeout=load_client_config(home.client).connect_timeout,
+        timeout=ctx.client_config.connect_timeout,
     )
     exit = result.exit
     if exit.error:
