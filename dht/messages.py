@@ -1,0 +1,284 @@
+"""The DHT's wire format: one signed msgpack datagram per request or reply.
+
+A datagram is a `SignedRecord` of domain `hubnet/dht/1` whose body is
+`[txid, kind, fields, serving]`. The signature proves the sender holds the Ed25519 key
+its node id is derived from, so a node id seen in a reply cannot be claimed by someone
+else; `serving` says whether the sender answers requests on the port it sent from (a
+one-shot client does not, and must not be put in anyone's routing table). Records inside
+messages stay raw bytes here: they are verified against the clock where they are used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgpack
+from kademlia.node import Node
+
+from dht.ids import ID_LEN, node_id
+from dht.records import Address, check_address
+from identity.errors import RemoteProtocolError
+from identity.keys import PUBLIC_KEY_LEN, Identity
+from identity.records import InvalidRecord, SignedRecord
+
+DATAGRAM_DOMAIN = "hubnet/dht/1"
+MAX_DATAGRAM = 8192
+TXID_LEN = 8
+MAX_CONTACTS = 20
+MAX_RECORDS_PER_REPLY = 6  # 6 x 1 KiB records plus 20 contacts stay under MAX_DATAGRAM
+MAX_REASON_CHARS = 200
+
+
+class InvalidMessage(RemoteProtocolError):
+    """A datagram is malformed, oversized or not signed by the key it names."""
+
+
+class Contact(Node):  # type: ignore[misc]  # kademlia is untyped
+    """A DHT node: its Ed25519 key (from which its id derives) and its UDP address."""
+
+    def __init__(self, public_key: bytes, host: str, port: int) -> None:
+        super().__init__(node_id(public_key), host, port)
+        self.public_key = public_key
+
+    @property
+    def address(self) -> Address:
+        return (self.ip, self.port)
+
+    def to_wire(self) -> list[object]:
+        return [self.public_key, self.ip, self.port]
+
+    @classmethod
+    def from_wire(cls, value: object) -> Contact:
+        if not (isinstance(value, list) and len(value) == 3):
+            raise InvalidMessage("a contact must be [key, host, port]")
+        public_key, host, port = value
+        if not (isinstance(public_key, bytes) and len(public_key) == PUBLIC_KEY_LEN):
+            raise InvalidMessage("a contact key must be 32 bytes")
+        try:
+            checked_host, checked_port = check_address([host, port])
+        except InvalidRecord as exc:
+            raise InvalidMessage(str(exc)) from exc
+        return cls(public_key, checked_host, checked_port)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Contact) and (self.public_key, self.address) == (
+            other.public_key,
+            other.address,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.public_key, self.address))
+
+
+# --- messages: requests ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True)
+class FindNode:
+    target: bytes
+
+
+@dataclass(frozen=True)
+class GetProviders:
+    """Ask for the provider records under `key`, starting at the `skip`-th (paging)."""
+
+    key: bytes
+    skip: int = 0
+
+
+@dataclass(frozen=True)
+class AddProvider:
+    record: bytes
+
+
+@dataclass(frozen=True)
+class PutNode:
+    record: bytes
+
+
+@dataclass(frozen=True)
+class GetNode:
+    public_key: bytes
+
+
+# --- messages: replies -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pong:
+    pass
+
+
+@dataclass(frozen=True)
+class Nodes:
+    contacts: tuple[Contact, ...]
+
+
+@dataclass(frozen=True)
+class Providers:
+    """Some of the records under the key (`total` in all) and the closest contacts we know."""
+
+    records: tuple[bytes, ...]
+    total: int
+    contacts: tuple[Contact, ...]
+
+
+@dataclass(frozen=True)
+class Stored:
+    ok: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class NodeFound:
+    record: bytes | None
+    contacts: tuple[Contact, ...]
+
+
+Request = Ping | FindNode | GetProviders | AddProvider | PutNode | GetNode
+Reply = Pong | Nodes | Providers | Stored | NodeFound
+Message = Request | Reply
+
+_KINDS: dict[type, int] = {
+    Ping: 1,
+    Pong: 2,
+    FindNode: 3,
+    Nodes: 4,
+    GetProviders: 5,
+    Providers: 6,
+    AddProvider: 7,
+    Stored: 8,
+    PutNode: 9,
+    GetNode: 10,
+    NodeFound: 11,
+}
+REQUEST_TYPES = (Ping, FindNode, GetProviders, AddProvider, PutNode, GetNode)
+
+
+@dataclass(frozen=True)
+class Datagram:
+    """A decoded, signature-checked datagram."""
+
+    txid: bytes
+    message: Message
+    sender: bytes
+    serving: bool
+
+    @property
+    def is_request(self) -> bool:
+        return isinstance(self.message, REQUEST_TYPES)
+
+
+def _contacts(contacts: Sequence[Contact]) -> list[object]:
+    return [c.to_wire() for c in contacts]
+
+
+def _fields(message: Message) -> list[object]:
+    match message:
+        case Ping() | Pong():
+            return []
+        case FindNode(target):
+            return [target]
+        case GetProviders(key, skip):
+            return [key, skip]
+        case AddProvider(record) | PutNode(record):
+            return [record]
+        case GetNode(public_key):
+            return [public_key]
+        case Nodes(contacts):
+            return [_contacts(contacts)]
+        case Providers(records, total, contacts):
+            return [list(records), total, _contacts(contacts)]
+        case Stored(ok, reason):
+            return [ok, reason]
+        case NodeFound(record, contacts):
+            return [record, _contacts(contacts)]
+    raise TypeError(f"not a DHT message: {message!r}")
+
+
+def encode(identity: Identity, txid: bytes, message: Message, *, serving: bool) -> bytes:
+    """Sign and encode; raise ValueError if it would exceed MAX_DATAGRAM (a local bug)."""
+    body = bytes(msgpack.packb([txid, _KINDS[type(message)], _fields(message), serving]))
+    data = SignedRecord.sign(identity, DATAGRAM_DOMAIN, body).encode()
+    if len(data) > MAX_DATAGRAM:
+        raise ValueError(f"DHT datagram of {len(data)} bytes exceeds {MAX_DATAGRAM}")
+    return data
+
+
+def _id(value: object, what: str, length: int = ID_LEN) -> bytes:
+    if not (isinstance(value, bytes) and len(value) == length):
+        raise InvalidMessage(f"{what} must be {length} bytes")
+    return value
+
+
+def _count(value: object, what: str) -> int:
+    if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32):
+        raise InvalidMessage(f"{what} must be a small non-negative integer")
+    return value
+
+
+def _contact_list(value: object) -> tuple[Contact, ...]:
+    if not (isinstance(value, list) and len(value) <= MAX_CONTACTS):
+        raise InvalidMessage(f"contacts must be a list of at most {MAX_CONTACTS}")
+    return tuple(Contact.from_wire(c) for c in value)
+
+
+def _record(value: object) -> bytes:
+    # The records' own parsers bound their sizes; the datagram limit bounds the sum.
+    if not isinstance(value, bytes):
+        raise InvalidMessage("a record must be bytes")
+    return value
+
+
+def _message(kind: object, fields: list[object]) -> Message:
+    match kind, fields:
+        case 1, []:
+            return Ping()
+        case 2, []:
+            return Pong()
+        case 3, [target]:
+            return FindNode(_id(target, "target"))
+        case 4, [contacts]:
+            return Nodes(_contact_list(contacts))
+        case 5, [key, skip]:
+            return GetProviders(_id(key, "key"), _count(skip, "skip"))
+        case 6, [list() as records, total, contacts] if len(records) <= MAX_RECORDS_PER_REPLY:
+            return Providers(
+                tuple(_record(r) for r in records), _count(total, "total"), _contact_list(contacts)
+            )
+        case 7, [record]:
+            return AddProvider(_record(record))
+        case 8, [bool() as ok, str() as reason] if len(reason) <= MAX_REASON_CHARS:
+            return Stored(ok, reason)
+        case 9, [record]:
+            return PutNode(_record(record))
+        case 10, [public_key]:
+            return GetNode(_id(public_key, "node key", PUBLIC_KEY_LEN))
+        case 11, [record, contacts] if record is None or isinstance(record, bytes):
+            return NodeFound(record, _contact_list(contacts))
+    raise InvalidMessage(f"unknown or malformed DHT message of kind {kind!r}")
+
+
+def decode(data: bytes) -> Datagram:
+    """Verify and parse a datagram from the network; raise InvalidMessage on anything wrong."""
+    if len(data) > MAX_DATAGRAM:
+        raise InvalidMessage("datagram too large")
+    try:
+        signed = SignedRecord.decode(data, domain=DATAGRAM_DOMAIN)
+        fields = msgpack.unpackb(signed.body, raw=False, strict_map_key=True, use_list=True)
+    except InvalidRecord as exc:
+        raise InvalidMessage(str(exc)) from exc
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise InvalidMessage("datagram body is not msgpack") from exc
+    if not (isinstance(fields, list) and len(fields) == 4):
+        raise InvalidMessage("datagram body must be [txid, kind, fields, serving]")
+    txid, kind, message_fields, serving = fields
+    if not (isinstance(message_fields, list) and isinstance(serving, bool)):
+        raise InvalidMessage("datagram fields must be a list and serving a bool")
+    return Datagram(_id(txid, "txid", TXID_LEN), _message(kind, message_fields), signed.public_key, serving)

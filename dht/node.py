@@ -1,0 +1,266 @@
+"""The Trio driver of a DHT node: owns the transport, the timeouts and the tasks.
+
+All protocol decisions are in `DhtProtocol` and `Lookup`; this module moves datagrams
+between them and a `DatagramTransport`, runs up to alpha queries of a lookup at once in
+a nursery, pings the oldest contact of a full bucket, and keeps buckets and the store
+fresh. Record times are unix seconds from `clock` (a virtual one in simulations).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import trio
+
+from dht.ids import node_id
+from dht.lookup import ALPHA, Lookup, ProviderResults
+from dht.messages import (
+    AddProvider,
+    Contact,
+    FindNode,
+    GetNode,
+    GetProviders,
+    NodeFound,
+    Nodes,
+    Ping,
+    Providers,
+    PutNode,
+    Reply,
+    Request,
+    Stored,
+)
+from dht.protocol import DhtProtocol, PingNeeded, ReplyReceived, Send
+from dht.records import Address, NodeRecord, ProviderRecord
+from dht.routing import K
+from dht.store import RecordStore
+from dht.transport import DatagramTransport
+from identity.keys import Identity
+from identity.records import InvalidRecord
+
+# Reads one reply of a lookup: the closer contacts it names, or None if it is useless.
+Take = Callable[[Contact, Reply], Awaitable[Iterable[Contact] | None]]
+
+RPC_TIMEOUT = 1.0
+REFRESH_INTERVAL = 600.0
+EXPIRE_INTERVAL = 60.0
+MAX_PAGES = 12
+
+
+@dataclass(frozen=True)
+class Seed:
+    """A node to join through: its address and, if known, its key (then it is pinned)."""
+
+    address: Address
+    public_key: bytes | None = None
+
+
+class DhtNode:
+    """A serving DHT node on one transport."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        transport: DatagramTransport,
+        *,
+        store: RecordStore | None = None,
+        k: int = K,
+        alpha: int = ALPHA,
+        clock: Callable[[], float] = time.time,
+        rpc_timeout: float = RPC_TIMEOUT,
+    ) -> None:
+        self.identity = identity
+        self.transport = transport
+        self.protocol = DhtProtocol(identity, serving=True, store=store, k=k)
+        self.k = k
+        self.alpha = alpha
+        self.clock = clock
+        self.rpc_timeout = rpc_timeout
+        self._waiters: dict[bytes, trio.MemorySendChannel[ReplyReceived]] = {}
+        self._checking: set[bytes] = set()
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def contact(self) -> Contact:
+        host, port = self.transport.local_address
+        return Contact(self.identity.public_key, host, port)
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    # -- the receive loop ---------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Answer requests and route replies until cancelled or the transport closes."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._maintain)
+            task_status.started()
+            try:
+                while True:
+                    data, source = await self.transport.receive_from()
+                    for event in self.protocol.receive(data, source, now=self.now()):
+                        await self._handle(event)
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                nursery.cancel_scope.cancel()
+
+    async def _handle(self, event: Send | ReplyReceived | PingNeeded) -> None:
+        match event:
+            case Send(data, address):
+                await self.transport.send_to(data, address)
+            case ReplyReceived(txid):
+                waiter = self._waiters.get(txid)
+                if waiter is not None:
+                    waiter.send_nowait(event)
+            case PingNeeded(contact) if contact.id not in self._checking and self._nursery is not None:
+                self._checking.add(contact.id)
+                self._nursery.start_soon(self._check, contact)
+
+    async def _check(self, contact: Contact) -> None:
+        """Ping the oldest contact of a full bucket; evict it (promoting a newcomer) if silent."""
+        try:
+            if await self.rpc(contact.address, Ping(), contact.public_key) is None:
+                self.protocol.evict(contact)
+        finally:
+            self._checking.discard(contact.id)
+
+    async def _maintain(self) -> None:
+        last_expire = trio.current_time()
+        while True:
+            await trio.sleep(EXPIRE_INTERVAL)
+            self.protocol.store.expire(now=self.now())
+            if trio.current_time() - last_expire >= REFRESH_INTERVAL:
+                last_expire = trio.current_time()
+                await self.refresh()
+
+    async def refresh(self) -> None:
+        """Look up a target in every bucket not looked up for REFRESH_INTERVAL seconds."""
+        for target in self.protocol.table.stale_buckets(trio.current_time(), REFRESH_INTERVAL):
+            await self.lookup(target)
+
+    # -- requests -----------------------------------------------------------------------
+
+    async def rpc(
+        self, address: Address, message: Request, expected_key: bytes | None = None
+    ) -> Reply | None:
+        """Send one request and wait for its reply; None on timeout."""
+        txid, data = self.protocol.request(message, address, expected_key)
+        send, receive = trio.open_memory_channel[ReplyReceived](1)
+        self._waiters[txid] = send
+        try:
+            await self.transport.send_to(data, address)
+            with trio.move_on_after(self.rpc_timeout):
+                return (await receive.receive()).message
+            return None
+        finally:
+            del self._waiters[txid]
+            self.protocol.forget(txid)
+
+    async def _run(self, lookup: Lookup, ask: Callable[[Contact], Request], take: Take) -> list[Contact]:
+        """Drive `lookup` with up to alpha queries in flight; `take` reads each reply."""
+        done_send, done_receive = trio.open_memory_channel[None](math.inf)
+
+        async def query(contact: Contact) -> None:
+            reply = await self.rpc(contact.address, ask(contact), contact.public_key)
+            closer = await take(contact, reply) if reply is not None else None
+            if closer is None:
+                lookup.failed(contact)
+            else:
+                lookup.replied(contact, closer)
+            done_send.send_nowait(None)
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                for contact in lookup.next_queries():
+                    nursery.start_soon(query, contact)
+                if lookup.finished:
+                    break
+                await done_receive.receive()
+        self.protocol.table.mark_refreshed(lookup.target, trio.current_time())
+        return lookup.closest()
+
+    def _start(self, target: bytes, seeds: Iterable[Contact] | None = None) -> Lookup:
+        initial = list(seeds) if seeds is not None else self.protocol.table.closest(target)
+        return Lookup(target, initial, k=self.k, alpha=self.alpha)
+
+    async def lookup(self, target: bytes) -> list[Contact]:
+        """The k live nodes closest to `target`."""
+
+        async def take(contact: Contact, reply: Reply) -> Iterable[Contact] | None:
+            return reply.contacts if isinstance(reply, Nodes) else None
+
+        return await self._run(self._start(target), lambda c: FindNode(target), take)
+
+    async def find_providers(self, key: bytes) -> list[ProviderRecord]:
+        """Every live, valid provider record under `key` held by the nodes closest to it."""
+        results = ProviderResults(key, now=self.now())
+
+        async def take(contact: Contact, reply: Reply) -> Iterable[Contact] | None:
+            if not isinstance(reply, Providers):
+                return None
+            results.add(reply.records)
+            skip, total, pages = len(reply.records), reply.total, 1
+            while skip < total and pages < MAX_PAGES:
+                more = await self.rpc(contact.address, GetProviders(key, skip), contact.public_key)
+                if not isinstance(more, Providers) or not more.records:
+                    break
+                results.add(more.records)
+                skip, pages = skip + len(more.records), pages + 1
+            return reply.contacts
+
+        await self._run(self._start(key), lambda c: GetProviders(key), take)
+        return results.records()
+
+    async def _store_at_closest(self, target: bytes, message: Request) -> int:
+        closest = await self.lookup(target)
+        stored = 0
+
+        async def store(contact: Contact) -> None:
+            nonlocal stored
+            reply = await self.rpc(contact.address, message, contact.public_key)
+            if isinstance(reply, Stored) and reply.ok:
+                stored += 1
+
+        async with trio.open_nursery() as nursery:
+            for contact in closest:
+                nursery.start_soon(store, contact)
+        return stored
+
+    async def publish_provider(self, record: ProviderRecord) -> int:
+        """Store `record` at the k nodes closest to its key; return how many kept it."""
+        return await self._store_at_closest(record.key, AddProvider(record.raw))
+
+    async def publish_node_record(self, record: NodeRecord) -> int:
+        """Store our node record at the k nodes closest to our id; return how many kept it."""
+        return await self._store_at_closest(node_id(record.publisher), PutNode(record.raw))
+
+    async def find_node_record(self, public_key: bytes) -> NodeRecord | None:
+        """The newest valid node record of `public_key`, or None."""
+        found: list[NodeRecord] = []
+        now = self.now()
+
+        async def take(contact: Contact, reply: Reply) -> Iterable[Contact] | None:
+            if not isinstance(reply, NodeFound):
+                return None
+            if reply.record is not None:
+                try:
+                    record = NodeRecord.parse(reply.record, now=now)
+                except InvalidRecord:
+                    return reply.contacts
+                if record.publisher == public_key:
+                    found.append(record)
+            return reply.contacts
+
+        await self._run(self._start(node_id(public_key)), lambda c: GetNode(public_key), take)
+        return max(found, key=lambda r: r.sequence, default=None)
+
+    async def bootstrap(self, seeds: Iterable[Seed]) -> int:
+        """Join through `seeds`: ping them, look up our own id, refresh; return contacts known."""
+        async with trio.open_nursery() as nursery:
+            for seed in seeds:
+                nursery.start_soon(self.rpc, seed.address, Ping(), seed.public_key)
+        await self.lookup(self.protocol.table.node.id)
+        await self.refresh()
+        return len(self.protocol.table)

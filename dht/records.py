@@ -1,0 +1,137 @@
+"""What the DHT stores: signed provider records and signed node records.
+
+A provider record says "the publisher provides the thing named by `key`" and carries an
+opaque payload (for hubnet, an offer: `node.offers`). A node record says "the publisher can
+be reached at these addresses". Both are `SignedRecord` envelopes with a sequence number
+and a short lifetime, because what they describe (load, addresses) goes stale in minutes.
+Every parse checks signature, domain, size and times; a store checks again before keeping
+anything and a reader checks again before believing anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgpack
+
+from dht.ids import ID_LEN
+from identity.keys import Identity
+from identity.records import InvalidRecord, SignedRecord
+
+PROVIDER_DOMAIN = "hubnet/provider/1"
+NODE_DOMAIN = "hubnet/node/1"
+MAX_PROVIDER_RECORD_LEN = 1024
+MAX_NODE_RECORD_LEN = 512
+MAX_TTL = 3600  # seconds: a record may not claim to stay true for longer than this
+MAX_CLOCK_SKEW = 60  # seconds a publisher's clock may run ahead of ours
+MAX_SEQUENCE = 2**63 - 1
+MAX_NODE_ADDRESSES = 4
+MAX_HOST_CHARS = 253
+
+Address = tuple[str, int]
+
+
+def _unpack_body(body: bytes, length: int, what: str) -> list[object]:
+    try:
+        fields = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise InvalidRecord(f"{what} body is not msgpack") from exc
+    if not (isinstance(fields, list) and len(fields) == length):
+        raise InvalidRecord(f"{what} body must be a {length}-element array")
+    return fields
+
+
+def _check_times(sequence: object, issued_at: object, expires_at: object, now: int) -> tuple[int, int, int]:
+    """Sequence and validity window, refusing expired, future-dated and too-long-lived records."""
+    for value in (sequence, issued_at, expires_at):
+        if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEQUENCE):
+            raise InvalidRecord("record sequence and times must be non-negative integers")
+    assert isinstance(sequence, int) and isinstance(issued_at, int) and isinstance(expires_at, int)
+    if expires_at <= now:
+        raise InvalidRecord("record has expired")
+    if issued_at > now + MAX_CLOCK_SKEW:
+        raise InvalidRecord("record is dated in the future")
+    if not issued_at < expires_at <= issued_at + MAX_TTL:
+        raise InvalidRecord(f"record lifetime must be 1..{MAX_TTL} seconds")
+    return sequence, issued_at, expires_at
+
+
+def check_address(value: object) -> Address:
+    """A (host, port) pair from the wire; raise InvalidRecord unless it is plausible."""
+    if not (isinstance(value, list | tuple) and len(value) == 2):
+        raise InvalidRecord("an address must be [host, port]")
+    host, port = value
+    if not (isinstance(host, str) and 0 < len(host) <= MAX_HOST_CHARS and host.isprintable()):
+        raise InvalidRecord("an address host must be a short printable string")
+    if " " in host or not (isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536):
+        raise InvalidRecord("an address must have a host without spaces and a port in 1..65535")
+    return host, port
+
+
+@dataclass(frozen=True)
+class ProviderRecord:
+    """`publisher` provides `key` until `expires_at` (unix seconds); newest `sequence` wins."""
+
+    key: bytes
+    publisher: bytes
+    sequence: int
+    issued_at: int
+    expires_at: int
+    payload: bytes
+    raw: bytes
+
+    @classmethod
+    def create(
+        cls, identity: Identity, key: bytes, payload: bytes, *, sequence: int, issued_at: int, ttl: int
+    ) -> ProviderRecord:
+        body = msgpack.packb([key, sequence, issued_at, issued_at + ttl, payload])
+        raw = SignedRecord.sign(identity, PROVIDER_DOMAIN, bytes(body)).encode()
+        if len(raw) > MAX_PROVIDER_RECORD_LEN:
+            raise ValueError(f"provider record of {len(raw)} bytes exceeds {MAX_PROVIDER_RECORD_LEN}")
+        return cls(key, identity.public_key, sequence, issued_at, issued_at + ttl, payload, raw)
+
+    @classmethod
+    def parse(cls, raw: bytes, *, now: int) -> ProviderRecord:
+        """Verify and parse; raise InvalidRecord unless it is valid at `now`."""
+        if len(raw) > MAX_PROVIDER_RECORD_LEN:
+            raise InvalidRecord("provider record too large")
+        signed = SignedRecord.decode(raw, domain=PROVIDER_DOMAIN)
+        key, sequence, issued_at, expires_at, payload = _unpack_body(signed.body, 5, "provider record")
+        if not (isinstance(key, bytes) and len(key) == ID_LEN and isinstance(payload, bytes)):
+            raise InvalidRecord("provider record key or payload has the wrong type")
+        seq, issued, expires = _check_times(sequence, issued_at, expires_at, now)
+        return cls(key, signed.public_key, seq, issued, expires, payload, raw)
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """`publisher` can be reached at `addresses` (UDP for the DHT, TCP for jobs, same port)."""
+
+    publisher: bytes
+    addresses: tuple[Address, ...]
+    sequence: int
+    issued_at: int
+    expires_at: int
+    raw: bytes
+
+    @classmethod
+    def create(
+        cls, identity: Identity, addresses: tuple[Address, ...], *, sequence: int, issued_at: int, ttl: int
+    ) -> NodeRecord:
+        body = msgpack.packb([[list(a) for a in addresses], sequence, issued_at, issued_at + ttl])
+        raw = SignedRecord.sign(identity, NODE_DOMAIN, bytes(body)).encode()
+        if len(raw) > MAX_NODE_RECORD_LEN:
+            raise ValueError(f"node record of {len(raw)} bytes exceeds {MAX_NODE_RECORD_LEN}")
+        return cls(identity.public_key, addresses, sequence, issued_at, issued_at + ttl, raw)
+
+    @classmethod
+    def parse(cls, raw: bytes, *, now: int) -> NodeRecord:
+        """Verify and parse; raise InvalidRecord unless it is valid at `now`."""
+        if len(raw) > MAX_NODE_RECORD_LEN:
+            raise InvalidRecord("node record too large")
+        signed = SignedRecord.decode(raw, domain=NODE_DOMAIN)
+        addresses, sequence, issued_at, expires_at = _unpack_body(signed.body, 4, "node record")
+        if not (isinstance(addresses, list) and 1 <= len(addresses) <= MAX_NODE_ADDRESSES):
+            raise InvalidRecord(f"node record must list 1..{MAX_NODE_ADDRESSES} addresses")
+        seq, issued, expires = _check_times(sequence, issued_at, expires_at, now)
+        return cls(signed.public_key, tuple(check_address(a) for a in addresses), seq, issued, expires, raw)
