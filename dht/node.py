@@ -8,6 +8,8 @@ fresh. Record times are unix seconds from `clock` (a virtual one in simulations)
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 import trio
 
-from dht.ids import node_id
+from dht.ids import distance, node_id
 from dht.lookup import ALPHA, Lookup, ProviderResults
 from dht.messages import (
     AddProvider,
@@ -196,6 +198,8 @@ class DhtNode:
     async def find_providers(self, key: bytes) -> list[ProviderRecord]:
         """Every live, valid provider record under `key` held by the nodes closest to it."""
         results = ProviderResults(key, now=self.now())
+        # We may be one of the closest nodes ourselves, and a lookup never asks itself.
+        results.add(r.raw for r in self.protocol.store.providers(key, now=results.now))
 
         async def take(contact: Contact, reply: Reply) -> Iterable[Contact] | None:
             if not isinstance(reply, Providers):
@@ -213,9 +217,15 @@ class DhtNode:
         await self._run(self._start(key), lambda c: GetProviders(key), take)
         return results.records()
 
-    async def _store_at_closest(self, target: bytes, message: Request) -> int:
+    async def _store_at_closest(self, target: bytes, message: Request, keep: Callable[[], None]) -> int:
         closest = await self.lookup(target)
         stored = 0
+        own = self.protocol.table.node
+        if len(closest) < self.k or distance(own.id, target) < distance(closest[-1].id, target):
+            # We are one of the k closest ourselves, and nobody else will store it here.
+            with contextlib.suppress(InvalidRecord):
+                keep()
+                stored += 1
 
         async def store(contact: Contact) -> None:
             nonlocal stored
@@ -230,16 +240,19 @@ class DhtNode:
 
     async def publish_provider(self, record: ProviderRecord) -> int:
         """Store `record` at the k nodes closest to its key; return how many kept it."""
-        return await self._store_at_closest(record.key, AddProvider(record.raw))
+        keep = functools.partial(self.protocol.store.add_provider, record)
+        return await self._store_at_closest(record.key, AddProvider(record.raw), keep)
 
     async def publish_node_record(self, record: NodeRecord) -> int:
         """Store our node record at the k nodes closest to our id; return how many kept it."""
-        return await self._store_at_closest(node_id(record.publisher), PutNode(record.raw))
+        keep = functools.partial(self.protocol.store.put_node, record)
+        return await self._store_at_closest(node_id(record.publisher), PutNode(record.raw), keep)
 
     async def find_node_record(self, public_key: bytes) -> NodeRecord | None:
         """The newest valid node record of `public_key`, or None."""
-        found: list[NodeRecord] = []
         now = self.now()
+        own = self.protocol.store.node(public_key, now=now)
+        found: list[NodeRecord] = [own] if own is not None else []
 
         async def take(contact: Contact, reply: Reply) -> Iterable[Contact] | None:
             if not isinstance(reply, NodeFound):

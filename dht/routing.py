@@ -9,7 +9,8 @@ caller's clock, because the package reads `time.monotonic` itself.
 
 from __future__ import annotations
 
-from kademlia.node import Node
+import heapq
+
 from kademlia.routing import RoutingTable as _KademliaTable
 
 from dht.ids import ID_BITS, ID_LEN
@@ -52,9 +53,13 @@ class RoutingTable(_KademliaTable):  # type: ignore[misc]  # kademlia is untyped
         return [c for bucket in self.buckets for c in bucket.get_nodes()]
 
     def closest(self, target: bytes, count: int | None = None) -> list[Contact]:
-        """The `count` (default k) known contacts closest to `target`."""
-        found: list[Contact] = self.find_neighbors(Node(target), k=count or self.ksize)
-        return found
+        """The `count` (default k) known contacts closest to `target`.
+
+        Not the package's `find_neighbors`: its traverser stops at the first empty bucket
+        on the right even when buckets on the left still hold contacts.
+        """
+        long_id = int.from_bytes(target, "big")
+        return heapq.nsmallest(count or self.ksize, self.contacts(), key=lambda c: c.long_id ^ long_id)
 
     def __len__(self) -> int:
         return sum(len(bucket) for bucket in self.buckets)
