@@ -7,16 +7,20 @@ and an exit code; the plain forms of `call` are parsed there without click.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import sys
+import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
 from hubnet.commands import Context, run_call
 from hubnet.main import EXIT_USAGE
 
+BOOTSTRAP_HELP = "A DHT node to join through, PEER_ID@HOST:PORT (or HOST:PORT); repeatable."
 DEFAULT_TARGET_HELP = "PEER_ID@HOST:PORT pins the server's key; HOST:PORT trusts it on first use."
 
 
@@ -61,19 +65,26 @@ def id_command(obj: Context) -> None:
     type=click.Path(dir_okay=False, exists=True),
     help="Read services from this file instead of the home's services.toml.",
 )
+@click.option("--bootstrap", "-b", "bootstrap", metavar="TARGET", multiple=True, help=BOOTSTRAP_HELP)
+@click.option("--no-lan", is_flag=True, help="Do not announce this node or listen for others on the LAN.")
 @click.pass_obj
-def serve(obj: Context, listen: str | None, services_path: str | None) -> None:
-    """Serve the programs in services.toml on one TCP port (default 7070).
+def serve(
+    obj: Context, listen: str | None, services_path: str | None, bootstrap: tuple[str, ...], no_lan: bool
+) -> None:
+    """Serve the programs in services.toml on one port (default 7070), TCP for jobs, UDP for the DHT.
 
-    Prints the address to give callers, PEER_ID@HOST:PORT, and runs until interrupted.
+    Joins the DHT through the bootstrap nodes (--bootstrap, or `bootstrap` in services.toml)
+    and nodes found on the LAN, and publishes a signed offer for every service. Prints the
+    address to give callers, PEER_ID@HOST:PORT, and runs until interrupted.
     """
-    import dataclasses
     import logging
     import signal
 
     import trio
 
-    from node.naming import parse_hostport
+    from node.discovery import Discovery, seeds_from
+    from node.naming import Target, parse_hostport
+    from node.offers import Load
     from node.server import Node
     from node.services import load_services
 
@@ -85,12 +96,21 @@ def serve(obj: Context, listen: str | None, services_path: str | None) -> None:
         config = dataclasses.replace(config, listen_host=host, listen_port=port)
     identity = obj.identity()
     node = Node(config, identity)
+    seeds = seeds_from([*(Target.parse(t) for t in bootstrap), *config.bootstrap])
+    discovery = Discovery(
+        identity,
+        config,
+        lambda: Load(node.running, node.queued, config.max_jobs),
+        seeds=seeds,
+        lan=not no_lan,
+    )
 
     async def run() -> None:
         # SIGTERM and SIGINT cancel everything, so every job's process group is killed on the way out.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 addresses = await nursery.start(node.serve)
+                await nursery.start(discovery.run, config.listen_host, addresses[0][1])
                 for host, port in addresses:
                     shown = f"[{host}]" if ":" in host else host
                     click.echo(
@@ -116,25 +136,42 @@ def serve(obj: Context, listen: str | None, services_path: str | None) -> None:
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
 @click.option("--server", "-s", metavar="TARGET", help=DEFAULT_TARGET_HELP)
+@click.option("--bootstrap", "-b", "bootstrap", metavar="TARGET", multiple=True, help=BOOTSTRAP_HELP)
 @click.argument("service")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
-def call(obj: Context, server: str | None, service: str, args: tuple[str, ...]) -> None:
+def call(
+    obj: Context, server: str | None, bootstrap: tuple[str, ...], service: str, args: tuple[str, ...]
+) -> None:
     """Run SERVICE on a server with ARGS, streaming stdin, stdout and stderr.
 
-    SERVICE is a name, a 32-hex-digit service id or an alias. Exits with the remote
-    program's status (128+N if it died of signal N); 255 if the connection or the
-    protocol failed; 126 if the server refused the call, 127 if it has no such service.
+    SERVICE is a name, a 32-hex-digit service id or an alias. With no server (--server,
+    the alias's or client.toml's), the service's offers are found in the DHT and the best
+    provider by client.toml's [select] rules is called. Exits with the remote program's
+    status (128+N if it died of signal N); 255 if the connection or the protocol failed;
+    126 if the server refused the call, 127 if it has no such service.
     """
-    sys.exit(run_call(obj, server, service, args))
+    sys.exit(run_call(obj, server, service, args, bootstrap))
 
 
 @cli.command()
 @click.option("--server", "-s", metavar="TARGET", help=DEFAULT_TARGET_HELP)
+@click.option("--bootstrap", "-b", "bootstrap", metavar="TARGET", multiple=True, help=BOOTSTRAP_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.argument("service", required=False)
 @click.pass_obj
-def services(obj: Context, server: str | None, as_json: bool) -> None:
-    """List the services a server offers and the arguments each accepts."""
+def services(
+    obj: Context, server: str | None, bootstrap: tuple[str, ...], as_json: bool, service: str | None
+) -> None:
+    """List who offers SERVICE in the DHT, or the services one server offers.
+
+    With SERVICE: every valid offer for it (peer, address, price, load) and the round trip
+    of a live status probe, best first by client.toml's [select] rules. With --server and
+    no SERVICE: the services that server offers and the arguments each accepts.
+    """
+    if service is not None:
+        _print_providers(obj, service, bootstrap, as_json)
+        return
     from hubnet.client import request
     from node.naming import format_service_id
     from node.protocol import ListServices, Services
@@ -157,6 +194,77 @@ def services(obj: Context, server: str | None, as_json: bool) -> None:
     for row in rows:
         click.echo(f"{row['name']:<16} {row['id']}  {row['description']}")
         click.echo(f"{'':<16} arguments: {row['arguments']}")
+
+
+def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_json: bool) -> None:
+    from hubnet.discover import find_offers, probe
+    from hubnet.select import acceptable, rank
+    from identity.keys import encode_peer_id
+    from node.naming import format_service_id, resolve_service_ref
+
+    sid = resolve_service_ref(service)
+    rules = obj.selection_rules()
+    offers = find_offers(obj.identity(), obj.bootstrap(bootstrap), sid)
+    ranked = rank(acceptable(offers, rules, now=int(time.time())), rules)
+    probes = probe(obj.identity(), ranked)
+    rows: list[dict[str, Any]] = []
+    for offer in ranked:
+        answer = probes.get(offer.publisher)
+        rows.append(
+            {
+                "peer": encode_peer_id(offer.publisher),
+                "service": offer.name,
+                "id": format_service_id(offer.service_id),
+                "address": offer.addresses[0],
+                "price": dataclasses.asdict(offer.price),
+                "load": dataclasses.asdict(answer.load if answer and answer.load else offer.load),
+                "rtt_ms": round(answer.rtt * 1000, 2) if answer else None,
+                "expires_at": offer.expires_at,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"nobody offers {service} ({len(offers)} offer(s) found, none acceptable)", err=True)
+        sys.exit(1)
+    click.echo(
+        f"{'PEER':<20} {'ADDRESS':<22} {'PER CALL':>9} {'PER S':>7} {'PER MIB':>8} {'LOAD':>7} {'RTT':>9}"
+    )
+    for row in rows:
+        price, load = row["price"], row["load"]
+        rtt = f"{row['rtt_ms']:.1f} ms" if row["rtt_ms"] is not None else "down"
+        click.echo(
+            f"{row['peer'][:16] + '...':<20} {row['address']:<22} {price['per_call']:>9} "
+            f"{price['per_second']:>7} {price['per_mib']:>8} "
+            f"{load['running'] + load['queued']:>3}/{load['capacity']:<3} {rtt:>9}"
+        )
+
+
+@cli.command()
+@click.option("--bootstrap", "-b", "bootstrap", metavar="TARGET", multiple=True, help=BOOTSTRAP_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def peers(obj: Context, bootstrap: tuple[str, ...], as_json: bool) -> None:
+    """Summarise the DHT as seen from here: the nodes that answered two lookups."""
+    from dht.client import DhtClient
+    from hubnet.discover import seeds
+    from identity.keys import encode_peer_id
+
+    given = obj.bootstrap(bootstrap)
+    if not given:
+        _fail("no DHT to ask: give --bootstrap PEER_ID@HOST:PORT or set bootstrap in client.toml", 2)
+    with DhtClient(obj.identity(), seeds(given)) as dht:
+        dht.find_nodes(os.urandom(20))
+        dht.find_nodes(obj.identity().public_key[:20])
+        contacts = list(dht.seen.values())
+    rows = [{"peer": encode_peer_id(c.public_key), "address": f"{c.ip}:{c.port}"} for c in contacts]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{len(rows)} node(s) answered")
+    for row in sorted(rows, key=lambda r: r["address"]):
+        click.echo(f"{row['peer']}  {row['address']}")
 
 
 @cli.command()

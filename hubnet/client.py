@@ -23,9 +23,9 @@ from identity.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from identity.keys import Identity, decode_peer_id, encode_peer_id
+from identity.keys import Identity, encode_peer_id
 from identity.session import MAX_RECEIVE, Data, HandshakeComplete, NoiseSession
-from node.naming import parse_hostport
+from node.naming import Target
 from node.protocol import (
     DATA_CHUNK,
     Accept,
@@ -43,28 +43,6 @@ from node.protocol import (
 )
 
 ReplyT = TypeVar("ReplyT", bound=Message)
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where to call: `PEER_ID@HOST:PORT` pins the key; `HOST:PORT` trusts on first use."""
-
-    host: str
-    port: int
-    peer: bytes | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Target:
-        peer = None
-        if "@" in text:
-            peer_text, text = text.split("@", 1)
-            peer = decode_peer_id(peer_text)
-        host, port = parse_hostport(text)
-        return cls(host, port, peer)
-
-    @property
-    def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 class KnownHostsStore(Protocol):
@@ -260,6 +238,52 @@ class CallResult:
     job_id: str
 
 
+def open_call(
+    target: Target,
+    identity: Identity,
+    known_hosts: KnownHostsStore,
+    call: Call,
+    *,
+    timeout: float = 10.0,
+    wait_for_accept: bool = False,
+) -> OpenCall:
+    """Connect and send the call. With `wait_for_accept`, also wait until the node accepts.
+
+    Waiting costs a round trip before stdin flows, but every failure up to then (refused
+    connection, wrong key, busy, no such service) has consumed no stdin, so a caller that
+    chose this node from several can safely try the next one.
+    """
+    job = JobConnection(Role.CLIENT)
+    conn = connect(target, identity, known_hosts, job.send(call), timeout=timeout)
+    if not wait_for_accept:
+        return OpenCall(target, conn, job)
+    try:
+        conn.send(job.send(Start()))
+        conn.sock.settimeout(timeout)
+        first = _messages(conn, job)
+        conn.sock.settimeout(None)  # accepted: the job may run for as long as the node allows
+    except BaseException:
+        conn.close()
+        raise
+    if isinstance(first, Accept):
+        return OpenCall(target, conn, job, first.job_id, started=True)
+    conn.close()
+    if isinstance(first, Reject):
+        raise Rejected(first.code, first.reason)
+    raise TransportError(f"{target.address} closed the connection before accepting the call")
+
+
+@dataclass
+class OpenCall:
+    """A call whose request has been sent (and, if `started`, accepted)."""
+
+    target: Target
+    conn: SecureConnection
+    job: JobConnection
+    job_id: str = ""
+    started: bool = False
+
+
 def call(
     target: Target,
     identity: Identity,
@@ -267,30 +291,35 @@ def call(
     call: Call,
     *,
     stdin_fd: int | None,
-    stdout_fd: int = 1,
-    stderr_fd: int = 2,
     timeout: float = 10.0,
 ) -> CallResult:
-    """Run one remote job, streaming stdin up and stdout/stderr down as they come.
+    """Run one remote job on `target` (see `finish_call`)."""
+    return finish_call(open_call(target, identity, known_hosts, call, timeout=timeout), stdin_fd=stdin_fd)
+
+
+def finish_call(
+    opened: OpenCall, *, stdin_fd: int | None, stdout_fd: int = 1, stderr_fd: int = 2
+) -> CallResult:
+    """Stream stdin up and stdout/stderr down as they come, until the job exits.
 
     `stdin_fd=None` sends an empty stdin. Raises `Rejected` if the node refuses, and
     TransportError/RemoteProtocolError if the connection fails before the exit.
     """
-    job = JobConnection(Role.CLIENT)
-    conn = connect(target, identity, known_hosts, job.send(call), timeout=timeout)
+    conn, job, job_id = opened.conn, opened.job, opened.job_id
     try:
+        start = b"" if opened.started else job.send(Start())
         if stdin_fd is None:
-            _send_quietly(conn, job.send(Start()) + job.send(StdinEnd()))
+            _send_quietly(conn, start + job.send(StdinEnd()))
         else:
-            _send_quietly(conn, job.send(Start()))
+            if start:
+                _send_quietly(conn, start)
             # Encoding happens on the stdin thread; JobConnection's send-side state is only
             # touched there from now on, and the main thread only receives.
             threading.Thread(target=_pump_stdin, args=(conn, job, stdin_fd), daemon=True).start()
-        job_id = ""
         while True:
             message = _messages(conn, job)
             if message is None:
-                raise TransportError(f"{target.address} closed the connection before the job finished")
+                raise TransportError(f"{opened.target.address} closed the connection before the job finished")
             if isinstance(message, Stdout):
                 _write_all(stdout_fd, message.data)
             elif isinstance(message, Stderr):

@@ -10,14 +10,15 @@ import sys
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from identity.errors import ConfigError
+from identity.errors import ConfigError, TransportError
 
 if TYPE_CHECKING:
-    from hubnet.client import Target
     from hubnet.config import ClientConfig
     from hubnet.home import Home
     from hubnet.known_hosts import KnownHosts
+    from hubnet.select import SelectionRules
     from identity.keys import Identity
+    from node.naming import Target
 
 _WHY_HUBNET_ENDED = {
     "timeout": "the job ran out of time",
@@ -55,9 +56,19 @@ class Context:
 
         return KnownHosts(self.home.known_hosts)
 
+    def bootstrap(self, given: tuple[str, ...]) -> tuple[str, ...]:
+        """--bootstrap, else client.toml's `bootstrap`."""
+        return given or self.client_config.bootstrap
+
+    def selection_rules(self) -> SelectionRules:
+        from hubnet.select import parse_selection_rules
+
+        config = self.client_config
+        return parse_selection_rules(config.select, source=config.source)
+
     def target(self, server: str | None, alias_server: str | None = None) -> Target:
         """--server, else the alias's server, else client.toml's `server`."""
-        from hubnet.client import Target
+        from node.naming import Target
 
         chosen = server or alias_server or self.client_config.server
         if not chosen:
@@ -65,9 +76,15 @@ class Context:
         return Target.parse(chosen)
 
 
-def run_call(ctx: Context, server: str | None, service: str, args: tuple[str, ...]) -> int:
-    """`hubnode call`: run the job, stream its output here, return the exit status to use."""
-    from hubnet.client import call
+def run_call(
+    ctx: Context, server: str | None, service: str, args: tuple[str, ...], bootstrap: tuple[str, ...] = ()
+) -> int:
+    """`hubnode call`: run the job, stream its output here, return the exit status to use.
+
+    With a server (--server, the alias's, or client.toml's) the call goes there; without
+    one, the service's offers are discovered in the DHT and the best provider is chosen.
+    """
+    from hubnet.client import finish_call, open_call
     from hubnet.config import load_aliases
     from node.naming import resolve_service_ref
     from node.protocol import Call
@@ -76,17 +93,23 @@ def run_call(ctx: Context, server: str | None, service: str, args: tuple[str, ..
     alias_server = None
     if alias is not None:
         service, args, alias_server = alias.service, alias.args + args, alias.server
-    target = ctx.target(server, alias_server)
+    request = Call(resolve_service_ref(service), args)
+    timeout = ctx.client_config.connect_timeout
+    if server or alias_server or ctx.client_config.server:
+        opened = open_call(
+            ctx.target(server, alias_server), ctx.identity(), ctx.known_hosts(), request, timeout=timeout
+        )
+    else:
+        from hubnet.discover import find_offers, open_discovered_call
+
+        offers = find_offers(ctx.identity(), ctx.bootstrap(bootstrap), request.service_id)
+        if not offers:
+            raise TransportError(f"nobody offers {service} (no valid offer found in the DHT)")
+        opened = open_discovered_call(
+            ctx.identity(), offers, ctx.selection_rules(), request, timeout=timeout, verbose=ctx.verbose
+        )
     stdin_fd = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.fileno()
-    result = call(
-        target,
-        ctx.identity(),
-        ctx.known_hosts(),
-        Call(resolve_service_ref(service), args),
-        stdin_fd=stdin_fd,
-        timeout=ctx.client_config.connect_timeout,
-    )
-    exit = result.exit
+    exit = finish_call(opened, stdin_fd=stdin_fd).exit
     if exit.error:
         print(f"hubnode: {_WHY_HUBNET_ENDED.get(exit.error, exit.error)}", file=sys.stderr)
     if exit.signal is not None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,14 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 @dataclass(frozen=True)
 class ClientConfig:
     """`client.toml`: `server = "PEER_ID@HOST:PORT"` (used when --server is not given),
-    `connect_timeout = 10` (seconds for connecting and the handshake)."""
+    `connect_timeout = 10` (seconds for connecting and the handshake), `bootstrap = [...]`
+    (DHT nodes to discover services through) and a `[select]` table (see `hubnet.select`)."""
 
     server: str | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    bootstrap: tuple[str, ...] = ()
+    select: Mapping[str, object] = field(default_factory=dict)
+    source: str = "client.toml"
 
 
 @dataclass(frozen=True)
@@ -48,16 +53,22 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def load_client_config(path: Path) -> ClientConfig:
     data = _read_toml(path)
-    unknown = set(data) - {"server", "connect_timeout"}
+    unknown = set(data) - {"server", "connect_timeout", "bootstrap", "select"}
     if unknown:
         raise ConfigError(f"{path}: unknown key {sorted(unknown)[0]!r}")
+    bootstrap = data.get("bootstrap", [])
+    if not (isinstance(bootstrap, list) and all(isinstance(b, str) for b in bootstrap)):
+        raise ConfigError(f"{path}: bootstrap: must be a list of strings PEER_ID@HOST:PORT")
+    select = data.get("select", {})
+    if not isinstance(select, dict):
+        raise ConfigError(f"{path}: select: must be a table")
     server = data.get("server")
     timeout = data.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
     if server is not None and not isinstance(server, str):
         raise ConfigError(f"{path}: server: must be a string PEER_ID@HOST:PORT or HOST:PORT")
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
         raise ConfigError(f"{path}: connect_timeout: must be a positive number of seconds")
-    return ClientConfig(server, float(timeout))
+    return ClientConfig(server, float(timeout), tuple(bootstrap), select, str(path))
 
 
 def load_aliases(path: Path) -> dict[str, Alias]:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 
 from identity.errors import ConfigError
+from identity.keys import decode_peer_id
 
 SERVICE_ID_LEN = 16
 DEFAULT_PORT = 7070
@@ -83,3 +85,25 @@ def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, in
     if not re.fullmatch(r"[0-9]{1,5}", port_text) or int(port_text) > 65535:
         raise bad
     return host, int(port_text)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to call: `PEER_ID@HOST:PORT` pins the key; `HOST:PORT` trusts on first use."""
+
+    host: str
+    port: int
+    peer: bytes | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        peer = None
+        if "@" in text:
+            peer_text, text = text.split("@", 1)
+            peer = decode_peer_id(peer_text)
+        host, port = parse_hostport(text)
+        return cls(host, port, peer)
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"

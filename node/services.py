@@ -24,12 +24,14 @@ from identity.errors import ConfigError, PolicyError
 from identity.keys import decode_peer_id
 from node.naming import (
     DEFAULT_PORT,
+    Target,
     format_service_id,
     is_service_name,
     parse_hostport,
     parse_service_id,
     service_id_for_name,
 )
+from node.offers import Price
 from node.protocol import MAX_SERVICES
 
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
@@ -208,6 +210,7 @@ class Service:
     memory_bytes: int | None = None
     allow: frozenset[bytes] | None = None  # None: every caller
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    price: Price = field(default_factory=Price)
 
     def argv(self, args: Sequence[str]) -> list[str]:
         """The full argv to exec for a client's `args`; PolicyError if they are not allowed."""
@@ -227,6 +230,8 @@ class NodeConfig:
     max_jobs: int
     max_queued: int
     services: Mapping[bytes, Service]  # by id
+    bootstrap: tuple[Target, ...] = ()  # DHT nodes to join through
+    advertise: tuple[str, ...] = ()  # HOST:PORT addresses to put in offers, if not the listen address
 
     def by_name(self, name: str) -> Service | None:
         return next((s for s in self.services.values() if s.name == name), None)
@@ -355,6 +360,7 @@ def _parse_service(t: _Table, name: str) -> Service:
             raise env_table.error(key, "must be a string without NUL")
         env[key] = value
     args_table = t.table("arguments")
+    price_table = t.table("price")
     service = Service(
         name=name,
         id=sid,
@@ -368,9 +374,39 @@ def _parse_service(t: _Table, name: str) -> Service:
         memory_bytes=t.size("memory"),
         allow=allow,
         env=MappingProxyType(env),
+        price=_parse_price(price_table) if price_table else Price(),
     )
     t.done()
     return service
+
+
+def _parse_price(t: _Table) -> Price:
+    price = Price(
+        per_call=t.integer("per_call", 0) or 0,
+        per_second=t.integer("per_second", 0) or 0,
+        per_mib=t.integer("per_mib", 0) or 0,
+    )
+    t.done()
+    return price
+
+
+def _targets(top: _Table, key: str) -> tuple[Target, ...]:
+    try:
+        return tuple(Target.parse(text) for text in top.strings(key) or ())
+    except ConfigError as exc:
+        raise top.error(key, str(exc)) from None
+
+
+def _advertise(top: _Table) -> tuple[str, ...]:
+    addresses = top.strings("advertise") or []
+    for address in addresses:
+        try:
+            host, port = parse_hostport(address)
+        except ConfigError as exc:
+            raise top.error("advertise", str(exc)) from None
+        if not host or not port:
+            raise top.error("advertise", f"{address!r}: give a host and a port that callers can reach")
+    return tuple(addresses)
 
 
 def parse_services(text: str, *, source: str = "services.toml") -> NodeConfig:
@@ -387,6 +423,8 @@ def parse_services(text: str, *, source: str = "services.toml") -> NodeConfig:
         raise top.error("listen", str(exc)) from None
     max_jobs = top.integer("max_jobs", 1) or os.cpu_count() or 1
     max_queued = top.integer("max_queued", 0)
+    bootstrap = _targets(top, "bootstrap")
+    advertise = _advertise(top)
     services: dict[bytes, Service] = {}
     table = top.table("services") or _Table(source, (), {})
     for name, body in table.entries():
@@ -409,6 +447,8 @@ def parse_services(text: str, *, source: str = "services.toml") -> NodeConfig:
         max_jobs=max_jobs,
         max_queued=4 * max_jobs if max_queued is None else max_queued,
         services=MappingProxyType(services),
+        bootstrap=bootstrap,
+        advertise=advertise,
     )
 
 

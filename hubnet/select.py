@@ -1,0 +1,385 @@
+"""Choosing a provider: the client's `[select]` rules, the ranking, and the order of attempts.
+
+`hubnode call SERVICE` finds offers in the DHT, then runs these pure functions:
+
+1. `acceptable` drops expired and superseded offers and those the rules refuse;
+2. `rank` orders the rest: trusted peers first, then cheapest, then least loaded;
+3. `probe_targets` picks the few to probe live, at random among the about equally cheap;
+4. `choose` turns the probe answers into the order in which to try providers.
+
+Why randomness at all: an offer shows the load its node had when it signed it, minutes ago,
+and every client reads the same offers, so "least loaded first" sends all of them to the
+same node until it republishes (a herd), and even a live probe is stale for the clients
+that probe at the same moment. Price is different: it is exact and does not move with our
+choice. So price is a hard preference (only offers within `price_tolerance` of the cheapest
+are candidates, the "price band") and power-of-two-choices spreads the calls inside it:
+draw two candidates at random and take the better one. That uses stale load without
+herding (Mitzenmacher, "How useful is old information?", 2000).
+
+The module is on the call path of small machines: it imports only the standard library and
+hubnet's own offer, key and error types.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from identity.errors import ConfigError
+from identity.keys import decode_peer_id
+from node.offers import Load, Offer, Price
+
+_T = TypeVar("_T")
+_TABLE = "select"  # the table of client.toml this module parses
+
+
+@dataclass(frozen=True)
+class PriceCap:
+    """Upper limits on each part of a price, in millisatoshi; None means no limit."""
+
+    per_call: int | None = None
+    per_second: int | None = None
+    per_mib: int | None = None
+
+    def allows(self, price: Price) -> bool:
+        caps = (
+            (self.per_call, price.per_call),
+            (self.per_second, price.per_second),
+            (self.per_mib, price.per_mib),
+        )
+        return all(cap is None or value <= cap for cap, value in caps)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """How much each part counts in `choose`'s score (lower scores are better).
+
+    score = price * (cost / cheapest - 1) + load * utilisation + latency * round-trip seconds,
+    so with the defaults 10 % more cost, 10 % more utilisation and 100 ms more round trip
+    weigh the same.
+    """
+
+    price: float = 1.0
+    load: float = 1.0
+    latency: float = 1.0
+
+
+@dataclass(frozen=True)
+class SelectionRules:
+    """The client's rules for choosing among offers; the defaults pick the cheapest offer,
+    spreading calls over offers within 10 % of its price, and accept any peer at any price."""
+
+    max_price: PriceCap = field(default_factory=PriceCap)
+    max_cost: int | None = None  # millisatoshi for one expected job (see `cost`)
+    expected_seconds: float = 1.0
+    expected_mib: float = 1.0
+    max_utilisation: float | None = None
+    trusted: frozenset[bytes] = frozenset()  # preferred: any trusted offer beats every other
+    only: frozenset[bytes] = frozenset()  # when not empty, no other peer is acceptable
+    exclude: frozenset[bytes] = frozenset()
+    price_tolerance: float = 0.1  # the price band: costs up to 10 % above the cheapest
+    weights: Weights = field(default_factory=Weights)
+    probe_count: int = 3
+
+    def cost(self, offer: Offer) -> float:
+        """The offer's price for one job of the expected length and size: one number to compare."""
+        return offer.price.estimate(self.expected_seconds, self.expected_mib)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A live answer from a provider: the round trip in seconds and, if it said, its load now."""
+
+    rtt: float
+    load: Load | None = None
+
+
+# --- filtering and ranking ---------------------------------------------------------------------
+
+
+def _allowed(offer: Offer, rules: SelectionRules) -> bool:
+    peer = offer.publisher
+    if peer in rules.exclude or (rules.only and peer not in rules.only):
+        return False
+    if not rules.max_price.allows(offer.price):
+        return False
+    if rules.max_cost is not None and rules.cost(offer) > rules.max_cost:
+        return False
+    return rules.max_utilisation is None or offer.load.utilisation <= rules.max_utilisation
+
+
+def acceptable(offers: Sequence[Offer], rules: SelectionRules, *, now: int) -> list[Offer]:
+    """The offers (of one service) that may be used at unix time `now`, one per publisher.
+
+    Expired offers go first, then each publisher's newest sequence supersedes its older
+    offers, and only then are the rules applied, so an old cheap offer cannot stand in
+    for a new expensive one. The survivors come in the order their publishers first appear.
+    """
+    newest: dict[bytes, Offer] = {}
+    for offer in offers:
+        if offer.expires_at <= now:
+            continue
+        seen = newest.get(offer.publisher)
+        if seen is None or offer.sequence > seen.sequence:
+            newest[offer.publisher] = offer
+    return [offer for offer in newest.values() if _allowed(offer, rules)]
+
+
+def _tier(offer: Offer, rules: SelectionRules) -> int:
+    return 0 if offer.publisher in rules.trusted else 1
+
+
+def rank(offers: Sequence[Offer], rules: SelectionRules) -> list[Offer]:
+    """`acceptable`'s offers best first: trusted, then cheapest, then least loaded by the offer.
+
+    A deterministic total order (the publisher's key breaks the last ties), so every
+    client with the same offers and rules sees the same list.
+    """
+    return sorted(offers, key=lambda o: (_tier(o, rules), rules.cost(o), o.load.utilisation, o.publisher))
+
+
+def _price_band(offers: Sequence[Offer], rules: SelectionRules) -> list[Offer]:
+    """The offers of the best tier costing at most `price_tolerance` more than its cheapest."""
+    if not offers:
+        return []
+    tier = min(_tier(o, rules) for o in offers)
+    same = [o for o in offers if _tier(o, rules) == tier]
+    limit = min(rules.cost(o) for o in same) * (1 + rules.price_tolerance)
+    return [o for o in same if rules.cost(o) <= limit]
+
+
+def probe_targets(ranked: Sequence[Offer], rules: SelectionRules, rng: random.Random) -> list[Offer]:
+    """The `probe_count` offers to probe: a random sample of the price band, topped up in rank order.
+
+    Not simply the first few of `rank`: that order comes from the same stale offers for
+    every client, so they would all probe, and call, the same few nodes.
+    """
+    band = _price_band(ranked, rules)
+    picked = rng.sample(band, min(rules.probe_count, len(band)))
+    taken = {o.publisher for o in picked}
+    rest = [o for o in ranked if o.publisher not in taken]
+    return picked + rest[: rules.probe_count - len(picked)]
+
+
+# --- choosing with the probes -----------------------------------------------------------------
+
+
+def _utilisation(offer: Offer, probe: Probe) -> float:
+    """The probe's live figure when it gave one, else the (older) offer's."""
+    return (offer.load if probe.load is None else probe.load).utilisation
+
+
+def _score(offer: Offer, probe: Probe, cheapest: float, rules: SelectionRules) -> float:
+    """Lower is better; see `Weights`."""
+    # Relative to the cheapest, so the weight means the same for cheap and dear services;
+    # a free cheapest offer makes every priced one count its millisatoshi in full.
+    extra_cost = (rules.cost(offer) - cheapest) / max(cheapest, 1.0)
+    w = rules.weights
+    return w.price * extra_cost + w.load * _utilisation(offer, probe) + w.latency * probe.rtt
+
+
+def _busy(offer: Offer, probe: Probe, rules: SelectionRules) -> bool:
+    return rules.max_utilisation is not None and _utilisation(offer, probe) > rules.max_utilisation
+
+
+def _two_choices(band: Sequence[Offer], scores: Mapping[bytes, float], rng: random.Random) -> Offer:
+    """Power of two choices: the better of two drawn at random.
+
+    On a tie the first drawn wins: a fixed tie-break (say, by key) would send every tie
+    to the same node.
+    """
+    if len(band) == 1:
+        return band[0]
+    a, b = rng.sample(band, 2)
+    return b if scores[b.publisher] < scores[a.publisher] else a
+
+
+def choose(
+    ranked: Sequence[Offer],
+    probes: Mapping[bytes, Probe | None],
+    rules: SelectionRules,
+    rng: random.Random,
+) -> list[Offer]:
+    """The order in which to try the providers of `ranked` (every one of them, once).
+
+    `probes` maps a publisher to its probe answer, or to None when it was probed and did
+    not answer; publishers not in it were not probed. The order is:
+
+    1. one of the answered offers in the price band, by power of two choices on the score;
+    2. the other answered offers of the band, best score first;
+    3. the other answered offers (dearer, or untrusted when trusted ones answered), best first;
+    4. the offers not probed, in rank order;
+    5. the offers that did not answer, or whose live load is above `max_utilisation`, in
+       rank order: kept, not dropped, because a lost probe is better than no provider.
+    """
+    live: dict[bytes, Probe] = {}
+    unprobed: list[Offer] = []
+    failed: list[Offer] = []
+    for offer in ranked:
+        probe = probes.get(offer.publisher)
+        if offer.publisher not in probes:
+            unprobed.append(offer)
+        elif probe is None or _busy(offer, probe, rules):
+            failed.append(offer)
+        else:
+            live[offer.publisher] = probe
+    answered = [o for o in ranked if o.publisher in live]
+    if not answered:
+        return unprobed + failed
+    cheapest = min(rules.cost(o) for o in answered)
+    scores = {o.publisher: _score(o, live[o.publisher], cheapest, rules) for o in answered}
+    ordered = sorted(answered, key=lambda o: (_tier(o, rules), scores[o.publisher], o.publisher))
+    in_band = {o.publisher for o in _price_band(answered, rules)}
+    band = [o for o in ordered if o.publisher in in_band]
+    first = _two_choices(band, scores, rng)
+    others = [o for o in ordered if o.publisher not in in_band]
+    return [first, *(o for o in band if o is not first), *others, *unprobed, *failed]
+
+
+# --- the [select] table of client.toml --------------------------------------------------------
+
+
+def _error(where: str, message: str) -> ConfigError:
+    return ConfigError(f"{where}: {message}")
+
+
+def _check_keys(table: Mapping[str, object], known: Collection[str], where: str) -> None:
+    for key in table:
+        if key not in known:
+            import difflib  # only on this error path: a Pi pays for every import on every call
+
+            near = difflib.get_close_matches(key, list(known), 1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise _error(f"{where}.{key}", f"unknown key{hint}")
+
+
+def _table(value: object, where: str) -> Mapping[str, object]:
+    if not isinstance(value, Mapping):
+        raise _error(where, "must be a table")
+    return value
+
+
+def _integer(value: object, where: str, minimum: int) -> int:
+    if type(value) is not int or value < minimum:  # exactly int: TOML's `true` is no number
+        raise _error(where, f"must be an integer >= {minimum}")
+    return value
+
+
+def _msat(value: object, where: str) -> int:
+    return _integer(value, where, 0)
+
+
+def _number(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+        raise _error(where, "must be a number >= 0")
+    return float(value)
+
+
+def _positive(value: object, where: str) -> float:
+    number = _number(value, where)
+    if number == 0:
+        raise _error(where, "must be a number > 0")
+    return number
+
+
+def _peers(value: object, where: str) -> frozenset[bytes]:
+    if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise _error(where, "must be a list of peer ids")
+    try:
+        return frozenset(decode_peer_id(text) for text in value)
+    except ConfigError as exc:
+        raise _error(where, str(exc)) from None
+
+
+def _get(
+    table: Mapping[str, object], key: str, parse: Callable[[object, str], _T], default: _T, where: str
+) -> _T:
+    """`table[key]` parsed, or `default` when absent; errors name `where.key`."""
+    value = table.get(key)
+    return default if value is None else parse(value, f"{where}.{key}")
+
+
+def _parse_price_cap(value: object, where: str) -> PriceCap:
+    table = _table(value, where)
+    _check_keys(table, ("per_call", "per_second", "per_mib"), where)
+    return PriceCap(
+        per_call=_get(table, "per_call", _msat, None, where),
+        per_second=_get(table, "per_second", _msat, None, where),
+        per_mib=_get(table, "per_mib", _msat, None, where),
+    )
+
+
+def _parse_weights(value: object, where: str) -> Weights:
+    table = _table(value, where)
+    _check_keys(table, ("price", "load", "latency"), where)
+    d = Weights()
+    return Weights(
+        price=_get(table, "price", _number, d.price, where),
+        load=_get(table, "load", _number, d.load, where),
+        latency=_get(table, "latency", _number, d.latency, where),
+    )
+
+
+_KEYS = (
+    "max_price",
+    "max_cost",
+    "expected_seconds",
+    "expected_mib",
+    "max_utilisation",
+    "trusted",
+    "only",
+    "exclude",
+    "price_tolerance",
+    "weights",
+    "probe_count",
+)
+
+
+def parse_selection_rules(table: Mapping[str, object], *, source: str) -> SelectionRules:
+    """The rules in client.toml's `[select]` table (already read by tomllib); ConfigError names
+    `source` and the key at fault. Every key is optional:
+
+        [select]
+        max_cost = 5000               # millisatoshi for one expected job
+        expected_seconds = 2.0        # the job length and size used to estimate its cost
+        expected_mib = 0.5
+        max_utilisation = 1.5         # skip nodes whose queue is longer than half their slots
+        trusted = ["PEER_ID", ...]    # preferred: any of these before any other
+        only = ["PEER_ID", ...]       # when given, no other peer is used
+        exclude = ["PEER_ID", ...]    # never used
+        price_tolerance = 0.1         # spread calls over offers up to 10 % dearer than the cheapest
+        probe_count = 3               # how many offers to probe live before calling
+
+        [select.max_price]            # per part of the price, in millisatoshi
+        per_call = 1000
+        per_second = 200
+        per_mib = 100
+
+        [select.weights]              # see Weights
+        price = 1.0
+        load = 1.0
+        latency = 1.0
+    """
+    where = f"{source}: {_TABLE}"
+    _check_keys(table, _KEYS, where)
+    d = SelectionRules()
+    rules = SelectionRules(
+        max_price=_get(table, "max_price", _parse_price_cap, d.max_price, where),
+        max_cost=_get(table, "max_cost", _msat, d.max_cost, where),
+        expected_seconds=_get(table, "expected_seconds", _number, d.expected_seconds, where),
+        expected_mib=_get(table, "expected_mib", _number, d.expected_mib, where),
+        max_utilisation=_get(table, "max_utilisation", _positive, d.max_utilisation, where),
+        trusted=_get(table, "trusted", _peers, d.trusted, where),
+        only=_get(table, "only", _peers, d.only, where),
+        exclude=_get(table, "exclude", _peers, d.exclude, where),
+        price_tolerance=_get(table, "price_tolerance", _number, d.price_tolerance, where),
+        weights=_get(table, "weights", _parse_weights, d.weights, where),
+        probe_count=_get(table, "probe_count", lambda v, w: _integer(v, w, 1), d.probe_count, where),
+    )
+    for name, peers in (("trusted", rules.trusted), ("only", rules.only)):
+        if peers & rules.exclude:
+            raise _error(f"{where}.exclude", f"a peer is both excluded and in {name!r}")
+    return rules

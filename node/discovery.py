@@ -1,0 +1,109 @@
+"""A serving node's part in the DHT: join, then keep its offers fresh in the network.
+
+The DHT runs over UDP on the same port number as the node's TCP listener. The node joins
+through its bootstrap nodes (and LAN beacons), then publishes one signed offer per service
+and its node record whenever `OfferPublisher` says they are due.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable, Sequence
+
+import trio
+
+from dht.node import DhtNode, Seed
+from dht.transport import UdpTransport
+from identity.keys import Identity
+from node.naming import Target
+from node.offers import Load
+from node.publisher import OfferPublisher
+from node.services import NodeConfig
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 1.0
+REJOIN_INTERVAL = 30.0
+
+
+def advertised_addresses(config: NodeConfig, port: int) -> tuple[str, ...]:
+    """The addresses to put in offers: `advertise`, else the listen host, else our outward IP."""
+    if config.advertise:
+        return config.advertise
+    host = config.listen_host
+    if host in ("", "0.0.0.0", "::"):
+        host = _outward_ip()
+    return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}",)
+
+
+def _outward_ip() -> str:
+    # Connecting a UDP socket sends nothing; it only asks the kernel which source address
+    # it would use for the internet, which is the address peers elsewhere could reach.
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))
+        return str(probe.getsockname()[0])
+    return "127.0.0.1"
+
+
+def seeds_from(targets: Sequence[Target]) -> list[Seed]:
+    return [Seed((t.host, t.port), t.peer) for t in targets]
+
+
+class Discovery:
+    """Runs the node's DHT peer and its publisher."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        config: NodeConfig,
+        load: Callable[[], Load],
+        *,
+        seeds: Sequence[Seed] = (),
+        lan: bool = True,
+    ) -> None:
+        self.identity = identity
+        self.config = config
+        self.load = load
+        self.seeds = list(seeds)
+        self.lan = lan
+        self.dht: DhtNode | None = None
+
+    async def run(self, host: str, port: int, *, task_status: trio.TaskStatus[DhtNode]) -> None:
+        """Bind UDP host:port, join, publish until cancelled; `start` returns the DHT node."""
+        transport = await UdpTransport.bind(host or "0.0.0.0", port)
+        dht = DhtNode(self.identity, transport)
+        self.dht = dht
+        publisher = OfferPublisher(self.identity, self.config, advertised_addresses(self.config, port))
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(dht.serve)
+                if self.lan:
+                    from dht.beacon import run_beacon
+
+                    await nursery.start(run_beacon, dht)
+                task_status.started(dht)
+                await self._keep_published(dht, publisher)
+        finally:
+            transport.close()
+
+    async def _keep_published(self, dht: DhtNode, publisher: OfferPublisher) -> None:
+        last_join = float("-inf")
+        while True:
+            joined = False
+            lonely = not len(dht.protocol.table)
+            if lonely and self.seeds and trio.current_time() - last_join >= REJOIN_INTERVAL:
+                last_join = trio.current_time()
+                known = await dht.bootstrap(self.seeds)
+                joined = known > 0
+                log.info("joined the DHT through %d seed(s): %d contacts", len(self.seeds), known)
+            load = self.load()
+            now = time.time()
+            if joined or publisher.due(load, now):
+                publication = publisher.publish(load, now)
+                stored = [await dht.publish_provider(offer) for offer in publication.offers]
+                await dht.publish_node_record(publication.node_record)
+                log.info("published %d offer(s), stored at %s node(s)", len(stored), stored)
+            await trio.sleep(POLL_INTERVAL)

@@ -1,0 +1,98 @@
+"""What a node publishes about itself, and when: sans-IO, on the caller's clock.
+
+One signed offer per service (provider record under the service's key) and one node
+record. Offers carry the node's load, which goes stale quickly, so they live for minutes
+and are republished on a timer and soon after the load changes, but never more than once
+per `min_gap` seconds however fast jobs come and go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dht.ids import service_key
+from dht.records import NodeRecord, ProviderRecord
+from identity.keys import Identity
+from node.naming import parse_hostport
+from node.offers import Load, Offer
+from node.services import NodeConfig
+
+OFFER_TTL = 300
+REPUBLISH_INTERVAL = 100.0
+MIN_GAP = 5.0
+
+
+@dataclass(frozen=True)
+class Publication:
+    """Everything to (re)publish now."""
+
+    offers: tuple[ProviderRecord, ...]
+    node_record: NodeRecord
+
+
+class OfferPublisher:
+    """Decides when to republish and signs the records, with ever-increasing sequences."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        config: NodeConfig,
+        addresses: tuple[str, ...],
+        *,
+        ttl: int = OFFER_TTL,
+        interval: float = REPUBLISH_INTERVAL,
+        min_gap: float = MIN_GAP,
+    ) -> None:
+        self.identity = identity
+        self.config = config
+        self.addresses = addresses
+        self.ttl = ttl
+        self.interval = interval
+        self.min_gap = min_gap
+        self._sequence = 0
+        self._last_time: float | None = None
+        self._last_load: Load | None = None
+
+    def due(self, load: Load, now: float) -> bool:
+        """Whether to publish now: never yet, the timer ran out, or the load changed."""
+        if self._last_time is None:
+            return True
+        elapsed = now - self._last_time
+        return elapsed >= self.interval or (load != self._last_load and elapsed >= self.min_gap)
+
+    def publish(self, load: Load, now: float) -> Publication:
+        """Sign fresh records for `load` at `now` (unix seconds) and remember that we did."""
+        # Sequences follow the clock in milliseconds, so a restarted node still outbids its
+        # own records from before the restart.
+        self._sequence = max(self._sequence + 1, int(now * 1000))
+        issued = int(now)
+        offers = tuple(
+            ProviderRecord.create(
+                self.identity,
+                service_key(service.id),
+                Offer(
+                    publisher=self.identity.public_key,
+                    service_id=service.id,
+                    name=service.name,
+                    addresses=self.addresses,
+                    price=service.price,
+                    load=load,
+                    sequence=self._sequence,
+                    issued_at=issued,
+                    expires_at=issued + self.ttl,
+                ).payload(),
+                sequence=self._sequence,
+                issued_at=issued,
+                ttl=self.ttl,
+            )
+            for service in self.config.services.values()
+        )
+        node_record = NodeRecord.create(
+            self.identity,
+            tuple(parse_hostport(a) for a in self.addresses[:4]),
+            sequence=self._sequence,
+            issued_at=issued,
+            ttl=self.ttl,
+        )
+        self._last_time, self._last_load = now, load
+        return Publication(offers, node_record)
