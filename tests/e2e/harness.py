@@ -61,8 +61,17 @@ class Server:
     traceback in its log, a non-zero exit or a failure to stop fails the test.
     """
 
-    def __init__(self, home: Path, services_toml: str, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        services_toml: str,
+        *,
+        env: dict[str, str] | None = None,
+        serve_args: Sequence[str] = ("--no-lan",),
+    ) -> None:
         self.home = home
+        # No LAN beacon by default: tests talk only to 127.0.0.0/8, never to the LAN.
+        self.serve_args = tuple(serve_args)
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "services.toml").write_text(services_toml, encoding="utf-8")
         self._env = env if env is not None else base_env()
@@ -79,7 +88,7 @@ class Server:
 
     def start(self) -> Server:
         self._proc = subprocess.Popen(
-            [*HUBNODE, "--home", str(self.home), "-v", "serve"],
+            [*HUBNODE, "--home", str(self.home), "-v", "serve", *self.serve_args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -1,0 +1,160 @@
+"""Discovery end to end: a dozen real `hubnode serve` processes joined in a chain on 127.0.0.1.
+
+Two of them offer a service `who` (one prints provider-a at 10 msat a call, one prints
+provider-b at 20). A fresh client that knows only the first node finds both offers, calls
+the cheaper, ignores forged offers, survives a cheaper offer that leads nowhere, and
+reaches the dearer provider once the cheaper one is stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from dht.ids import service_key
+from dht.messages import AddProvider, decode, encode
+from dht.records import ProviderRecord
+from identity.keys import Identity
+from identity.records import SignedRecord
+from node.naming import service_id_for_name
+from node.offers import Load, Offer, Price
+from tests.e2e.harness import Client, Server, wait_until
+
+NODES = 12
+PROVIDER_A, PROVIDER_B = 4, 8  # indexes in the chain
+OFFERS_TIMEOUT = 30.0
+
+LISTEN = 'listen = "127.0.0.1:0"\n'
+
+
+def _who(text: str, per_call: int) -> str:
+    return f"""{LISTEN}
+[services.who]
+command = ["echo", "{text}"]
+description = "Says which provider answered"
+price = {{ per_call = {per_call} }}
+"""
+
+
+class Network:
+    def __init__(self, servers: list[Server], client: Client) -> None:
+        self.servers = servers
+        self.client = client
+
+    @property
+    def seed(self) -> str:
+        return self.servers[0].target
+
+    def offers(self) -> list[dict[str, object]]:
+        result = self.client.run("services", "--json", "-b", self.seed, "who", input=None)
+        assert result.returncode == 0, result.stderr.decode()
+        rows: list[dict[str, object]] = json.loads(result.stdout)
+        return rows
+
+    def call_who(self) -> str:
+        result = self.client.run("call", "-b", self.seed, "who", input=None)
+        assert result.returncode == 0, result.stderr.decode()
+        return result.stdout.decode().strip()
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    root = tmp_path_factory.mktemp("dht")
+    servers: list[Server] = []
+    try:
+        for i in range(NODES):
+            toml = {PROVIDER_A: _who("provider-a", 10), PROVIDER_B: _who("provider-b", 20)}.get(i, LISTEN)
+            args = ["--no-lan"] + (["--bootstrap", servers[-1].target] if servers else [])
+            servers.append(Server(root / f"node{i}", toml, serve_args=args).start())
+        network = Network(servers, Client(root / "client"))
+        deadline = time.monotonic() + OFFERS_TIMEOUT
+        while len(network.offers()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        yield network
+    finally:
+        problems = [p for server in servers for p in server.stop()]
+    assert not problems, problems
+
+
+def test_every_offer_is_found_with_its_price(network: Network) -> None:
+    offers = network.offers()
+    by_peer = {row["peer"]: row for row in offers}
+    a, b = network.servers[PROVIDER_A], network.servers[PROVIDER_B]
+    assert set(by_peer) == {a.peer_id, b.peer_id}
+    assert by_peer[a.peer_id]["price"] == {"per_call": 10, "per_second": 0, "per_mib": 0}
+    assert by_peer[b.peer_id]["address"] == b.address
+    assert all(row["rtt_ms"] is not None for row in offers)  # both answered the live probe
+
+
+def test_peers_sees_the_whole_chain(network: Network) -> None:
+    result = network.client.run("peers", "--json", "-b", network.seed, input=None)
+    assert result.returncode == 0, result.stderr.decode()
+    seen = {row["peer"] for row in json.loads(result.stdout)}
+    assert seen == {s.peer_id for s in network.servers}
+
+
+def test_call_reaches_the_cheaper_provider(network: Network) -> None:
+    assert [network.call_who() for _ in range(3)] == ["provider-a"] * 3
+
+
+def _send_provider(record: bytes, server: Server, sender: Identity) -> bool:
+    """AddProvider straight to one node's UDP port; whether it said it stored the record."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2.0)
+        sock.sendto(
+            encode(sender, b"rogue!!!", AddProvider(record), serving=False), ("127.0.0.1", server.port)
+        )
+        reply = decode(sock.recv(8192))
+    return bool(getattr(reply.message, "ok", False))
+
+
+def test_forged_offers_change_nothing(network: Network) -> None:
+    rogue = Identity.generate()
+    sid = service_id_for_name("who")
+    a = network.servers[PROVIDER_A]
+    # Forged: an offer presented under provider-a's key but signed by the rogue.
+    signed = SignedRecord.decode(_offer_record(rogue, sid, price=0).raw, domain="hubnet/provider/1")
+    forged = SignedRecord("hubnet/provider/1", signed.body, bytes.fromhex(_peer_hex(a)), signed.signature)
+    stored = [_send_provider(forged.encode(), server, rogue) for server in network.servers]
+    assert not any(stored), "a node stored an offer whose signature does not verify"
+    # Valid but useless: the rogue's own offer, cheapest of all, at an address where nobody listens.
+    dead = _offer_record(rogue, sid, price=0, address=f"127.0.0.1:{_free_port()}")
+    assert any(_send_provider(dead.raw, server, rogue) for server in network.servers)
+    assert len(network.offers()) == 3
+    # The client tries the cheapest, fails before anything was sent, and falls back.
+    assert network.call_who() == "provider-a"
+
+
+def test_stopping_the_cheaper_provider_moves_calls_to_the_other(network: Network) -> None:
+    a = network.servers[PROVIDER_A]
+    assert not a.stop()
+    assert wait_until(lambda: not a.running, 5.0)
+    assert network.call_who() == "provider-b"
+
+
+def _peer_hex(server: Server) -> str:
+    from identity.keys import decode_peer_id
+
+    return decode_peer_id(server.peer_id).hex()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _offer_record(
+    identity: Identity, sid: bytes, *, price: int, address: str = "127.0.0.1:9"
+) -> ProviderRecord:
+    now = int(time.time())
+    offer = Offer(
+        identity.public_key, sid, "who", (address,), Price(per_call=price), Load(0, 0, 1), 1, now, now + 300
+    )
+    return ProviderRecord.create(
+        identity, service_key(sid), offer.payload(), sequence=now, issued_at=now, ttl=300
+    )
