@@ -1,0 +1,165 @@
+"""Offers: the payload codec, its strict parsing, prices in services.toml, and the publisher."""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dht.ids import service_key
+from dht.records import NodeRecord, ProviderRecord
+from identity.errors import ConfigError
+from identity.keys import Identity
+from node.naming import service_id_for_name
+from node.offers import InvalidOffer, Load, Offer, Price, offer_from_record
+from node.publisher import OfferPublisher
+from node.services import parse_services
+
+IDENTITY = Identity.from_seed(bytes(range(32)))
+SID = service_id_for_name("espeak")
+NOW = 1_800_000_000
+
+
+def _record(payload: bytes, key: bytes = service_key(SID)) -> ProviderRecord:
+    return ProviderRecord.create(IDENTITY, key, payload, sequence=7, issued_at=NOW, ttl=300)
+
+
+def _offer(**changes: object) -> Offer:
+    fields: dict[str, object] = {
+        "publisher": IDENTITY.public_key,
+        "service_id": SID,
+        "name": "espeak",
+        "addresses": ("127.0.0.1:7070",),
+        "price": Price(5, 2, 1),
+        "load": Load(1, 0, 4),
+        "sequence": 7,
+        "issued_at": NOW,
+        "expires_at": NOW + 300,
+    }
+    fields.update(changes)
+    return Offer(**fields)  # type: ignore[arg-type]
+
+
+prices = st.integers(min_value=0, max_value=2**53)
+loads = st.integers(min_value=0, max_value=2**20)
+
+
+@given(
+    price=st.builds(Price, prices, prices, prices),
+    load=st.builds(Load, loads, loads, loads),
+    name=st.from_regex(r"[a-z][a-z0-9_-]{0,20}", fullmatch=True),
+    port=st.integers(min_value=1, max_value=65535),
+)
+def test_offer_round_trips_through_a_signed_record(price: Price, load: Load, name: str, port: int) -> None:
+    offer = _offer(price=price, load=load, name=name, addresses=(f"10.0.0.1:{port}",))
+    record = ProviderRecord.parse(_record(offer.payload()).raw, now=NOW)
+    assert offer_from_record(record) == offer
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (b"\xc1", "not msgpack"),
+        (msgpack.packb([SID, "espeak"]), "5-element"),
+        (msgpack.packb([b"short", "espeak", ["h:1"], [0, 0, 0], [0, 0, 1]]), "16 bytes"),
+        (msgpack.packb([SID, "-bad", ["h:1"], [0, 0, 0], [0, 0, 1]]), "name"),
+        (msgpack.packb([SID, "espeak", [], [0, 0, 0], [0, 0, 1]]), "addresses"),
+        (msgpack.packb([SID, "espeak", ["no port here:x"], [0, 0, 0], [0, 0, 1]]), "HOST:PORT"),
+        (msgpack.packb([SID, "espeak", ["h:1"], [-1, 0, 0], [0, 0, 1]]), "price"),
+        (msgpack.packb([SID, "espeak", ["h:1"], [0, 0, 2**60], [0, 0, 1]]), "price"),
+        (msgpack.packb([SID, "espeak", ["h:1"], [0, 0, 0], [0, True, 1]]), "load"),
+        (msgpack.packb([SID, "espeak", ["h:1"] * 9, [0, 0, 0], [0, 0, 1]]), "addresses"),
+    ],
+)
+def test_malformed_offers_are_refused(payload: bytes, why: str) -> None:
+    with pytest.raises(InvalidOffer, match=why):
+        offer_from_record(_record(payload))
+
+
+def test_an_offer_filed_under_another_services_key_is_refused() -> None:
+    other_key = service_key(service_id_for_name("listen"))
+    with pytest.raises(InvalidOffer, match="another service"):
+        offer_from_record(_record(_offer().payload(), key=other_key))
+
+
+@given(st.binary(max_size=300))
+def test_random_payloads_raise_only_invalid_offer(payload: bytes) -> None:
+    with contextlib.suppress(InvalidOffer):
+        offer_from_record(_record(payload))
+
+
+def test_price_estimate_and_utilisation() -> None:
+    assert Price(100, 10, 4).estimate(seconds=2.0, mib=0.5) == 100 + 20 + 2
+    assert Price().is_free and not Price(per_mib=1).is_free
+    assert Load(2, 2, 4).utilisation == 1.0
+    assert Load(0, 0, 0).utilisation == 0.0
+
+
+SERVICES = """
+listen = "127.0.0.1:7070"
+bootstrap = ["127.0.0.1:7071"]
+advertise = ["desk.example:7070"]
+
+[services.espeak]
+command = ["espeak-ng", "--stdout"]
+price = { per_call = 1000, per_second = 20 }
+
+[services.cat]
+command = ["cat"]
+"""
+
+
+def test_services_toml_carries_prices_bootstrap_and_advertise() -> None:
+    config = parse_services(SERVICES)
+    espeak = config.by_name("espeak")
+    cat = config.by_name("cat")
+    assert espeak is not None and cat is not None
+    assert espeak.price == Price(per_call=1000, per_second=20)
+    assert cat.price == Price()
+    assert [(t.host, t.port, t.peer) for t in config.bootstrap] == [("127.0.0.1", 7071, None)]
+    assert config.advertise == ("desk.example:7070",)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ('[services.a]\ncommand = ["x"]\nprice = { per_call = -1 }', "per_call: must be an integer >= 0"),
+        ('[services.a]\ncommand = ["x"]\nprice = { per_cal = 1 }', "per_cal"),
+        ('bootstrap = ["nope@127.0.0.1:1"]', "bootstrap"),
+        ('advertise = [":7070"]', "advertise"),
+    ],
+)
+def test_bad_prices_and_addresses_are_config_errors(text: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=why):
+        parse_services(text)
+
+
+def test_publisher_signs_one_offer_per_service_and_a_node_record() -> None:
+    config = parse_services(SERVICES)
+    publisher = OfferPublisher(IDENTITY, config, ("127.0.0.1:7070",), ttl=300)
+    publication = publisher.publish(Load(0, 0, 2), NOW)
+    offers = [offer_from_record(ProviderRecord.parse(r.raw, now=NOW)) for r in publication.offers]
+    assert sorted(o.name for o in offers) == ["cat", "espeak"]
+    assert all(o.expires_at == NOW + 300 and o.load == Load(0, 0, 2) for o in offers)
+    node = NodeRecord.parse(publication.node_record.raw, now=NOW)
+    assert node.addresses == (("127.0.0.1", 7070),)
+
+
+def test_publisher_republishes_on_timer_and_on_load_change_but_not_too_often() -> None:
+    config = parse_services(SERVICES)
+    publisher = OfferPublisher(IDENTITY, config, ("127.0.0.1:7070",), interval=100, min_gap=5)
+    idle, busy = Load(0, 0, 2), Load(2, 1, 2)
+    assert publisher.due(idle, NOW)
+    first = publisher.publish(idle, NOW)
+    assert not publisher.due(idle, NOW + 99)
+    assert not publisher.due(busy, NOW + 4)  # changed, but too soon after the last
+    assert publisher.due(busy, NOW + 5)
+    assert publisher.due(idle, NOW + 100)
+    second = publisher.publish(busy, NOW + 5)
+    # Sequences only grow, even across a restart with a fresh publisher at the same time.
+    assert second.offers[0].sequence > first.offers[0].sequence
+    restarted = OfferPublisher(IDENTITY, config, ("127.0.0.1:7070",)).publish(idle, NOW + 6)
+    assert restarted.offers[0].sequence > second.offers[0].sequence
