@@ -21,6 +21,7 @@ import pytest
 from hubnet.cli import cli
 from hubnet.config import load_client_config
 from hubnet.known_hosts import KnownHosts
+from hubnet.select import parse_selection_rules
 from identity.errors import ConfigError, PolicyError
 from identity.keys import decode_peer_id
 from node.services import Service, parse_services
@@ -338,7 +339,9 @@ def test_every_toml_example_is_valid_toml(block: Block, tmp_path: Path) -> None:
     if "client.toml" in block.body.splitlines()[0]:
         path = tmp_path / "client.toml"
         path.write_text(block.body, encoding="utf-8")
-        assert load_client_config(path).server
+        config = load_client_config(path)
+        parse_selection_rules(config.select, source=block.where)
+        assert config.server or config.bootstrap or config.select, f"{block.where}: an empty client.toml"
 
 
 @pytest.mark.parametrize(
