@@ -80,7 +80,8 @@ def hubnode_server(services_toml: str, env: dict[str, str] | None = None) -> Ite
     try:
         with log.open("wb") as log_file:
             proc = subprocess.Popen(
-                [HUBNODE, "--home", str(server_home), "serve"],
+                # No LAN beacon: a benchmark talks to 127.0.0.1 only.
+                [HUBNODE, "--home", str(server_home), "serve", "--no-lan"],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log_file,

@@ -5,6 +5,9 @@ Starts a real `hubnode serve` with a `true` service in a temporary home and time
 processes (fork to exit), interleaved, after warm-ups:
 
   hubnode call --server PEER@127.0.0.1:PORT true   (pinned key: Noise IK), stdin /dev/null
+  hubnode call true                                discovered: a caller whose client.toml
+                                                   names the node only as a DHT bootstrap
+                                                   (lookup, offer checks, live probe, call)
   python -c "import hubnet.cli"                    the import floor of the CLI
   python -c "pass"                                 the interpreter floor
   python -c "<connect, send 1 byte, read 1 byte>"  a plain TCP round trip from a fresh process
@@ -69,6 +72,7 @@ s.sendall(b"x")
 sys.exit(0 if s.recv(1) == b"x" else 1)
 """
 CALL = "hubnode call (IK)"
+DISCOVERED = "hubnode call (DHT, probe, IK)"
 _RUN_TIMEOUT = 30.0
 _IMPORTTIME_REPEATS = 5
 
@@ -343,8 +347,13 @@ def main() -> int:
             echo_server() as echo_port,
         ):
             call_argv = ["--home", str(server.client_home), "call", "--server", server.target, "true"]
+            # A second caller that knows only a DHT node (client.toml's bootstrap), not the server.
+            discovering = server.client_home.parent / "discovering"
+            discovering.mkdir()
+            (discovering / "client.toml").write_text(f'bootstrap = ["{server.target}"]\n', encoding="utf-8")
             cases = [
                 Case(CALL, [HUBNODE, *call_argv], env),
+                Case(DISCOVERED, [HUBNODE, "--home", str(discovering), "call", "true"], env),
                 Case('python -c "import hubnet.cli"', [PYTHON, "-c", "import hubnet.cli"], env),
                 Case('python -c "pass"', [PYTHON, "-c", "pass"], env),
                 Case("python TCP 1-byte round trip", [PYTHON, "-c", TCP_CLIENT, str(echo_port)], env),
@@ -378,7 +387,7 @@ def main() -> int:
         print(f"  {SSH}: SKIPPED: {ssh_reason}")
     call = times[CALL]
     print("  ratios of hubnode call (mean, median):")
-    for name in [n for n in times if not n.startswith(CALL)]:
+    for name in [n for n in times if n not in (CALL, DISCOVERED)]:
         print(
             f"    / {name:<32} {statistics.fmean(call) / statistics.fmean(times[name]):>5.2f}x "
             f"{median(call) / median(times[name]):>5.2f}x"

@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from dht.ids import node_id
-from dht.lookup import ALPHA, Lookup, ProviderResults
+from dht.ids import K, node_id
+from dht.lookup import ALPHA, MAX_PAGES, RPC_TIMEOUT, Lookup, ProviderResults, Seed
 from dht.messages import (
     MAX_DATAGRAM,
     Contact,
@@ -28,10 +28,8 @@ from dht.messages import (
     Reply,
     Request,
 )
-from dht.node import MAX_PAGES, RPC_TIMEOUT, Seed
 from dht.protocol import DhtProtocol, ReplyReceived
 from dht.records import NodeRecord, ProviderRecord
-from dht.routing import K
 from identity.errors import TransportError
 from identity.keys import Identity
 from identity.records import InvalidRecord

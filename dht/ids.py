@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 
 ID_LEN = 20
+K = 20  # bucket size, and how many nodes store each record
 ID_BITS = ID_LEN * 8
 
 

@@ -9,15 +9,26 @@ blocking client and the simulator all drive the same code.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from kademlia.node import Node, NodeHeap
 
+from dht.ids import K
 from dht.messages import Contact
-from dht.records import ProviderRecord
-from dht.routing import K
+from dht.records import Address, ProviderRecord
 from identity.records import InvalidRecord
 
 ALPHA = 3
+RPC_TIMEOUT = 1.0  # seconds a node has to answer one request
+MAX_PAGES = 12  # pages of provider records read from one node (64 per key / 6 per page)
+
+
+@dataclass(frozen=True)
+class Seed:
+    """A node to join through: its address and, if known, its key (then it is pinned)."""
+
+    address: Address
+    public_key: bytes | None = None
 
 
 class Lookup:

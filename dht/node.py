@@ -13,12 +13,11 @@ import functools
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 
 import trio
 
-from dht.ids import distance, node_id
-from dht.lookup import ALPHA, Lookup, ProviderResults
+from dht.ids import K, distance, node_id
+from dht.lookup import ALPHA, MAX_PAGES, RPC_TIMEOUT, Lookup, ProviderResults, Seed
 from dht.messages import (
     AddProvider,
     Contact,
@@ -36,7 +35,6 @@ from dht.messages import (
 )
 from dht.protocol import DhtProtocol, PingNeeded, ReplyReceived, Send
 from dht.records import Address, NodeRecord, ProviderRecord
-from dht.routing import K
 from dht.store import RecordStore
 from dht.transport import DatagramTransport
 from identity.keys import Identity
@@ -45,18 +43,8 @@ from identity.records import InvalidRecord
 # Reads one reply of a lookup: the closer contacts it names, or None if it is useless.
 Take = Callable[[Contact, Reply], Awaitable[Iterable[Contact] | None]]
 
-RPC_TIMEOUT = 1.0
 REFRESH_INTERVAL = 600.0
 EXPIRE_INTERVAL = 60.0
-MAX_PAGES = 12
-
-
-@dataclass(frozen=True)
-class Seed:
-    """A node to join through: its address and, if known, its key (then it is pinned)."""
-
-    address: Address
-    public_key: bytes | None = None
 
 
 class DhtNode:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from dht.ids import node_id
+from dht.ids import K, node_id
 from dht.messages import (
     MAX_RECORDS_PER_REPLY,
     REQUEST_TYPES,
@@ -36,10 +37,12 @@ from dht.messages import (
     encode,
 )
 from dht.records import Address, NodeRecord, ProviderRecord
-from dht.routing import K, RoutingTable
 from dht.store import RecordStore
 from identity.keys import Identity
 from identity.records import InvalidRecord
+
+if TYPE_CHECKING:
+    from dht.routing import RoutingTable
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,12 @@ class DhtProtocol:
         self.serving = serving
         self.k = k
         self.store = store if store is not None else RecordStore()
-        self.table = RoutingTable(Contact(identity.public_key, "0.0.0.0", 1), k=k)
+        if serving:
+            # Only a serving node keeps a table; a one-shot client is spared importing the
+            # `kademlia` package's routing module (and the asyncio it pulls in).
+            from dht.routing import RoutingTable
+
+            self.table: RoutingTable = RoutingTable(Contact(identity.public_key, "0.0.0.0", 1), k=k)
         self._pending: dict[bytes, _Pending] = {}
         self.dropped = 0
 

@@ -13,10 +13,10 @@ import heapq
 
 from kademlia.routing import RoutingTable as _KademliaTable
 
-from dht.ids import ID_BITS, ID_LEN
+from dht.ids import ID_BITS, ID_LEN, K
 from dht.messages import Contact
 
-K = 20
+__all__ = ["K", "RoutingTable"]
 
 
 class RoutingTable(_KademliaTable):  # type: ignore[misc]  # kademlia is untyped

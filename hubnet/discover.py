@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from dht.client import DhtClient
 from dht.ids import service_key
-from dht.node import Seed
+from dht.lookup import Seed
 from hubnet.client import OpenCall, open_call, request
 from hubnet.select import Probe, SelectionRules, acceptable, choose, probe_targets, rank
 from identity.errors import HostKeyMismatch, Rejected, RemoteProtocolError, TransportError

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from dht.node import DhtNode, Seed
+from dht.lookup import Seed
+from dht.node import DhtNode
 from dht.transport import UdpTransport
 from identity.keys import Identity
 from node.naming import Target
