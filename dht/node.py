@@ -258,10 +258,17 @@ class DhtNode:
         return max(found, key=lambda r: r.sequence, default=None)
 
     async def bootstrap(self, seeds: Iterable[Seed]) -> int:
-        """Join through `seeds`: ping them, look up our own id, refresh; return contacts known."""
+        """Join through `seeds`: ping them, look up our own id, refresh; return how many answered."""
+        answered = 0
+
+        async def ping(seed: Seed) -> None:
+            nonlocal answered
+            if await self.rpc(seed.address, Ping(), seed.public_key) is not None:
+                answered += 1
+
         async with trio.open_nursery() as nursery:
             for seed in seeds:
-                nursery.start_soon(self.rpc, seed.address, Ping(), seed.public_key)
+                nursery.start_soon(ping, seed)
         await self.lookup(self.protocol.table.node.id)
         await self.refresh()
-        return len(self.protocol.table)
+        return answered

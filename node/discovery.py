@@ -92,14 +92,21 @@ class Discovery:
 
     async def _keep_published(self, dht: DhtNode, publisher: OfferPublisher) -> None:
         last_join = float("-inf")
+        seeds_answered = False
         while True:
             joined = False
-            lonely = not len(dht.protocol.table)
-            if lonely and self.seeds and trio.current_time() - last_join >= REJOIN_INTERVAL:
+            # Join through the seeds until one answers, even if LAN peers arrived first:
+            # otherwise a LAN could stay a DHT of its own, cut off from the wider network.
+            if self.seeds and not seeds_answered and trio.current_time() - last_join >= REJOIN_INTERVAL:
                 last_join = trio.current_time()
-                known = await dht.bootstrap(self.seeds)
-                joined = known > 0
-                log.info("joined the DHT through %d seed(s): %d contacts", len(self.seeds), known)
+                answered = await dht.bootstrap(self.seeds)
+                seeds_answered = joined = answered > 0
+                log.info(
+                    "joined the DHT: %d of %d seed(s) answered, %d contacts",
+                    answered,
+                    len(self.seeds),
+                    len(dht.protocol.table),
+                )
             load = self.load()
             now = time.time()
             if joined or publisher.due(load, now):

@@ -25,7 +25,11 @@ def _click_parse(argv: list[str]) -> tuple[str | None, bool, str | None, str, tu
     """What the click CLI hands to run_call for argv; None if it never gets there."""
     seen: list[tuple[str | None, bool, str | None, str, tuple[str, ...]]] = []
 
-    def record(ctx: Context, server: str | None, service: str, args: tuple[str, ...]) -> int:
+    def record(
+        ctx: Context, server: str | None, service: str, args: tuple[str, ...], bootstrap: tuple[str, ...]
+    ) -> int:
+        # The fast path has no --bootstrap: a call that gives one is always left to click.
+        assert bootstrap == ()
         seen.append((ctx.home_option, ctx.verbose, server, service, args))
         return 0
 
