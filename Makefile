@@ -9,7 +9,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# compat mode puts the checkout on sys.path with a .pth line; the default import hook costs ~15 ms per start.
-	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	$(PY) -m pip install -q -e '.[dev,speech,face,photos]' --config-settings editable_mode=compat
 	touch $@
 
 venv: $(VENV)/.installed
