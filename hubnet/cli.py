@@ -67,9 +67,19 @@ def id_command(obj: Context) -> None:
 )
 @click.option("--bootstrap", "-b", "bootstrap", metavar="TARGET", multiple=True, help=BOOTSTRAP_HELP)
 @click.option("--no-lan", is_flag=True, help="Do not announce this node or listen for others on the LAN.")
+@click.option(
+    "--example-services",
+    is_flag=True,
+    help="Also serve the robot services (speak, listen, face) whose extras are installed.",
+)
 @click.pass_obj
 def serve(
-    obj: Context, listen: str | None, services_path: str | None, bootstrap: tuple[str, ...], no_lan: bool
+    obj: Context,
+    listen: str | None,
+    services_path: str | None,
+    bootstrap: tuple[str, ...],
+    no_lan: bool,
+    example_services: bool,
 ) -> None:
     """Serve the programs in services.toml on one port (default 7070), TCP for jobs, UDP for the DHT.
 
@@ -94,6 +104,13 @@ def serve(
     if listen:
         host, port = parse_hostport(listen)
         config = dataclasses.replace(config, listen_host=host, listen_port=port)
+    if example_services:
+        from hubnet.robot.examples import with_examples
+
+        obj.home.data_dir.mkdir(parents=True, exist_ok=True)
+        config, notes = with_examples(config, obj.home.data_dir)
+        for note in notes:
+            click.echo(f"hubnode: {note}", err=True)
     identity = obj.identity()
     node = Node(config, identity)
     seeds = seeds_from([*(Target.parse(t) for t in bootstrap), *config.bootstrap])
