@@ -157,6 +157,10 @@ class DhtNode:
             closer = await take(contact, reply) if reply is not None else None
             if closer is None:
                 lookup.failed(contact)
+                if reply is None:
+                    # Silent, not merely unhelpful: drop it (promoting a parked newcomer),
+                    # or every later lookup would wait out its timeout again.
+                    self.protocol.evict(contact)
             else:
                 lookup.replied(contact, closer)
             done_send.send_nowait(None)
@@ -214,6 +218,7 @@ class DhtNode:
             with contextlib.suppress(InvalidRecord):
                 keep()
                 stored += 1
+            closest = closest[: self.k - 1]
 
         async def store(contact: Contact) -> None:
             nonlocal stored

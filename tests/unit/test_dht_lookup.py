@@ -1,0 +1,485 @@
+"""dht.lookup and dht.protocol: the sans-IO lookup machine and protocol, driven by hand.
+
+The lookups run on a fake network of pure functions: every node answers with the closest
+contacts in its own k-bucket routing table (the real `RoutingTable`, offered its nearest
+neighbours and a random sample of the others), so the lookup has to walk towards the
+target as it would on the wire.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dht.ids import ID_LEN, distance, node_id
+from dht.lookup import Lookup, ProviderResults
+from dht.messages import (
+    MAX_RECORDS_PER_REPLY,
+    AddProvider,
+    Contact,
+    FindNode,
+    GetNode,
+    GetProviders,
+    NodeFound,
+    Nodes,
+    Ping,
+    Pong,
+    Providers,
+    PutNode,
+    Stored,
+    decode,
+    encode,
+)
+from dht.protocol import DhtProtocol, PingNeeded, ReplyReceived, Send
+from dht.records import NodeRecord, ProviderRecord
+from dht.routing import RoutingTable
+from dht.store import RecordStore, StoreLimits
+from identity.keys import Identity
+
+NOW = 1_700_000_000
+K = 8
+NETWORK_SIZE = 300
+
+
+# -- a fake network of pure functions -------------------------------------------------------
+
+
+def contact(index: int) -> Contact:
+    public_key = Identity.from_seed(index.to_bytes(32, "big")).public_key
+    return Contact(public_key, f"10.0.{index >> 8}.{index & 255}", 7070)
+
+
+@functools.cache
+def fake_network(size: int = NETWORK_SIZE, k: int = K) -> tuple[list[Contact], dict[bytes, RoutingTable]]:
+    """`size` contacts, each with a routing table offered its 2k nearest and 40 random others.
+
+    Knowing one's own neighbourhood is what Kademlia maintains (a node looks itself up on
+    joining); the random sample stands for everything else it happened to meet.
+    """
+    rng = random.Random(size)
+    contacts = [contact(i) for i in range(size)]
+    tables = {}
+    for own in contacts:
+        table = RoutingTable(own, k=k)
+        for other in true_closest(contacts, own.id, 2 * k + 1) + rng.sample(contacts, 40):
+            table.add_contact(other)
+        tables[own.id] = table
+    return contacts, tables
+
+
+def true_closest(contacts: Iterable[Contact], target: bytes, k: int = K) -> list[Contact]:
+    return sorted(contacts, key=lambda c: distance(c.id, target))[:k]
+
+
+Answer = Callable[[Contact, bytes], list[Contact] | None]
+
+
+def drive(
+    lookup: Lookup, answer: Answer, rng: random.Random, named: dict[bytes, Contact] | None = None
+) -> Counter[bytes]:
+    """Run `lookup` to the end, completing its in-flight queries in a random order.
+
+    `answer(contact, target)` is the contacts it names, or None if it does not answer;
+    `named` collects every contact named. Returns how many times each contact was asked.
+    """
+    asked: Counter[bytes] = Counter()
+    in_flight: list[Contact] = []
+    while True:
+        for queried in lookup.next_queries():
+            asked[queried.id] += 1
+            in_flight.append(queried)
+        assert len(in_flight) <= lookup.alpha
+        if lookup.finished:
+            assert not in_flight
+            return asked
+        assert in_flight, "a lookup that is not finished must be waiting for something"
+        queried = in_flight.pop(rng.randrange(len(in_flight)))
+        closer = answer(queried, lookup.target)
+        if closer is None:
+            lookup.failed(queried)
+        else:
+            lookup.replied(queried, closer)
+            if named is not None:
+                named.update((c.id, c) for c in closer)
+
+
+def table_answer(
+    tables: dict[bytes, RoutingTable], querier: Contact, dead: frozenset[bytes] = frozenset()
+) -> Answer:
+    """Each node answers from its table, leaving the querier out (as DhtProtocol does)."""
+
+    def answer(asked: Contact, target: bytes) -> list[Contact] | None:
+        if asked.id in dead:
+            return None
+        closest = tables[asked.id].closest(target, K + 1)
+        return [c for c in closest if c.id != querier.id][:K]
+
+    return answer
+
+
+def test_fake_network_is_not_all_knowing() -> None:
+    """The lookup tests below mean something only if no node knows everyone."""
+    contacts, tables = fake_network()
+    assert max(len(t) for t in tables.values()) < len(contacts) // 4
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    querier_index=st.integers(0, NETWORK_SIZE - 1),
+    target=st.binary(min_size=ID_LEN, max_size=ID_LEN),
+    order_seed=st.integers(0, 2**32 - 1),
+)
+def test_lookup_converges_to_the_true_k_closest(querier_index: int, target: bytes, order_seed: int) -> None:
+    contacts, tables = fake_network()
+    querier = contacts[querier_index]
+    lookup = Lookup(target, tables[querier.id].closest(target), k=K, alpha=3)
+    asked = drive(lookup, table_answer(tables, querier), random.Random(order_seed))
+    others = [c for c in contacts if c.id != querier.id]
+    assert lookup.closest() == true_closest(others, target)
+    assert max(asked.values()) == 1  # nobody is asked twice
+    assert lookup.queries == len(asked)
+    assert lookup.queries < len(contacts) // 4  # it walked there; it did not ask everyone
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    querier_index=st.integers(0, NETWORK_SIZE - 1),
+    target=st.binary(min_size=ID_LEN, max_size=ID_LEN),
+    dead_seed=st.integers(0, 2**32 - 1),
+)
+def test_failed_contacts_are_not_asked_again_nor_returned(
+    querier_index: int, target: bytes, dead_seed: int
+) -> None:
+    contacts, tables = fake_network()
+    querier = contacts[querier_index]
+    others = [c for c in contacts if c.id != querier.id]
+    # A quarter of the nodes are dead, among them half of the true closest (so they are met).
+    rng = random.Random(dead_seed)
+    near = true_closest(others, target, 2 * K)
+    dead = frozenset(c.id for c in rng.sample(near, K) + rng.sample(others, len(others) // 4))
+    seeds = tables[querier.id].closest(target)
+    lookup = Lookup(target, seeds, k=K, alpha=3)
+    named = {c.id: c for c in seeds}
+    asked = drive(lookup, table_answer(tables, querier, dead), rng, named)
+    assert max(asked.values()) == 1
+    assert any(i in dead for i in asked)  # the dead were met...
+    found = lookup.closest()
+    assert not {c.id for c in found} & dead  # ...and never returned
+    # It returns the k closest live nodes it heard of. (Not necessarily the true k closest
+    # live ones: answers name at most k contacts, dead ones among them, and so may never
+    # name the live nodes just beyond; the simulation measures how often that happens.)
+    assert found == true_closest([c for c in named.values() if c.id not in dead], target)
+    assert found
+
+
+def test_lookup_without_seeds_finishes_empty() -> None:
+    lookup = Lookup(bytes(ID_LEN), [], k=K)
+    assert lookup.finished
+    assert lookup.next_queries() == []
+    assert lookup.closest() == []
+
+
+def test_lookup_keeps_at_most_alpha_in_flight_and_waits() -> None:
+    seeds = [contact(i) for i in range(10)]
+    lookup = Lookup(bytes(ID_LEN), seeds, k=K, alpha=3)
+    first = lookup.next_queries()
+    assert len(first) == 3
+    assert lookup.next_queries() == []  # all three still in flight
+    assert not lookup.finished
+    lookup.replied(first[0], [])
+    assert len(lookup.next_queries()) == 1
+    assert lookup.queries == 4
+
+
+def test_contacts_named_after_failing_are_ignored() -> None:
+    a, b, c = contact(1), contact(2), contact(3)
+    lookup = Lookup(bytes(ID_LEN), [a, b], k=K, alpha=1)
+    first = lookup.next_queries()[0]
+    lookup.failed(first)
+    second = lookup.next_queries()[0]
+    assert second != first
+    lookup.replied(second, [first, c])  # names the one that failed: not asked again
+    assert lookup.next_queries() == [c]
+    lookup.replied(c, [first, second])
+    assert lookup.finished
+    assert set(lookup.closest()) == {second, c}
+
+
+def test_lookup_returns_only_those_that_replied() -> None:
+    contacts = [contact(i) for i in range(12)]
+    target = bytes(ID_LEN)
+    lookup = Lookup(target, contacts, k=4, alpha=4)
+    silent: set[bytes] = set()
+    while not lookup.finished:
+        for queried in lookup.next_queries():
+            if len(silent) < 2:
+                silent.add(queried.id)
+                lookup.failed(queried)
+            else:
+                lookup.replied(queried, [])
+    found = lookup.closest()
+    assert len(found) == 4
+    assert not {c.id for c in found} & silent
+    assert found == true_closest([c for c in contacts if c.id not in silent], target, 4)
+
+
+# -- ProviderResults ----------------------------------------------------------------------
+
+ALICE = Identity.from_seed(b"a" * 32)
+BOB = Identity.from_seed(b"b" * 32)
+MALLORY = Identity.from_seed(b"m" * 32)
+KEY = bytes(range(20))
+
+
+def record(
+    identity: Identity = ALICE, *, key: bytes = KEY, sequence: int = 1, issued_at: int = NOW, ttl: int = 600
+) -> ProviderRecord:
+    payload = f"{identity.public_key.hex()[:8]} #{sequence}".encode()
+    return ProviderRecord.create(identity, key, payload, sequence=sequence, issued_at=issued_at, ttl=ttl)
+
+
+def test_provider_results_keep_the_newest_valid_record_per_publisher() -> None:
+    results = ProviderResults(KEY, now=NOW)
+    a1, a3, b2 = record(ALICE, sequence=1), record(ALICE, sequence=3), record(BOB, sequence=2)
+    results.add([a1.raw, b2.raw])
+    results.add([a3.raw, a1.raw, b2.raw])
+    assert results.records() == sorted([a3, b2], key=lambda r: r.publisher)
+    assert results.refused == 0
+
+
+def test_provider_results_refuse_invalid_records() -> None:
+    results = ProviderResults(KEY, now=NOW)
+    genuine = record(ALICE)
+    tampered = genuine.raw.replace(genuine.payload, genuine.payload.upper())
+    assert tampered != genuine.raw
+    other_key = record(ALICE, key=bytes(20), sequence=9)
+    expired = record(BOB, issued_at=NOW - 700)
+    future = record(BOB, issued_at=NOW + 3600, sequence=5)
+    node = NodeRecord.create(MALLORY, (("192.0.2.1", 1),), sequence=1, issued_at=NOW, ttl=60)
+    results.add([tampered, other_key.raw, expired.raw, future.raw, node.raw, b"garbage", genuine.raw])
+    assert results.records() == [genuine]
+    assert results.refused == 6
+
+
+# -- DhtProtocol ----------------------------------------------------------------------------
+
+S_ADDRESS, P_ADDRESS, C_ADDRESS = ("10.0.0.1", 1), ("10.0.0.2", 2), ("10.0.0.3", 3)
+X_ADDRESS = ("10.0.0.9", 9)
+
+
+def protocols() -> tuple[DhtProtocol, DhtProtocol, DhtProtocol]:
+    server = DhtProtocol(Identity.from_seed(b"s" * 32), serving=True)
+    peer = DhtProtocol(Identity.from_seed(b"p" * 32), serving=True)
+    client = DhtProtocol(Identity.from_seed(b"c" * 32), serving=False)
+    return server, peer, client
+
+
+def exchange(
+    asker: DhtProtocol,
+    asker_address: tuple[str, int],
+    answerer: DhtProtocol,
+    message: object,
+    answerer_address: tuple[str, int] = S_ADDRESS,
+    expected_key: bytes | None = None,
+) -> tuple[bytes, bytes]:
+    """`asker` sends `message`; `answerer` answers it. Returns (txid, reply datagram)."""
+    txid, data = asker.request(message, answerer_address, expected_key)  # type: ignore[arg-type]
+    events = answerer.receive(data, asker_address, now=NOW)
+    sends = [e for e in events if isinstance(e, Send)]
+    assert len(sends) == 1 and sends[0].address == asker_address
+    return txid, sends[0].data
+
+
+def in_table(protocol: DhtProtocol, other: DhtProtocol) -> bool:
+    return any(c.public_key == other.identity.public_key for c in protocol.table.contacts())
+
+
+def test_request_and_reply_update_both_tables() -> None:
+    server, peer, _ = protocols()
+    txid, reply = exchange(peer, P_ADDRESS, server, Ping())
+    assert in_table(server, peer)
+    assert server.table.contacts()[0].address == P_ADDRESS
+    events = peer.receive(reply, S_ADDRESS, now=NOW)
+    assert events == [ReplyReceived(txid, Contact(server.identity.public_key, *S_ADDRESS), Pong())]
+    assert in_table(peer, server)
+    assert peer.receive(reply, S_ADDRESS, now=NOW) == []  # a duplicate: the txid is done
+    assert peer.dropped == 1
+
+
+def test_reply_from_the_wrong_address_dropped() -> None:
+    server, peer, _ = protocols()
+    _, reply = exchange(peer, P_ADDRESS, server, Ping())
+    assert peer.receive(reply, X_ADDRESS, now=NOW) == []
+    assert peer.dropped == 1
+    assert not in_table(peer, server)
+    # The request is still pending: the genuine reply from the right address is taken.
+    assert [type(e) for e in peer.receive(reply, S_ADDRESS, now=NOW)] == [ReplyReceived]
+
+
+def test_reply_signed_by_the_wrong_key_dropped() -> None:
+    server, peer, _ = protocols()
+    impostor = DhtProtocol(Identity.from_seed(b"i" * 32), serving=True)
+    # The peer expects the server's key at S_ADDRESS; an impostor answers from that address.
+    _, data = peer.request(Ping(), S_ADDRESS, server.identity.public_key)
+    sends = [e for e in impostor.receive(data, P_ADDRESS, now=NOW) if isinstance(e, Send)]
+    assert peer.receive(sends[0].data, S_ADDRESS, now=NOW) == []
+    assert peer.dropped == 1
+    assert not in_table(peer, impostor)
+    genuine = next(e for e in server.receive(data, P_ADDRESS, now=NOW) if isinstance(e, Send))
+    assert [type(e) for e in peer.receive(genuine.data, S_ADDRESS, now=NOW)] == [ReplyReceived]
+
+
+def test_reply_with_an_unknown_txid_dropped() -> None:
+    server, peer, _ = protocols()
+    unsolicited = encode(server.identity, b"x" * 8, Pong(), serving=True)
+    assert peer.receive(unsolicited, S_ADDRESS, now=NOW) == []
+    assert peer.dropped == 1
+    assert not in_table(peer, server)
+    txid, reply = exchange(peer, P_ADDRESS, server, Ping())
+    peer.forget(txid)  # timed out
+    assert peer.receive(reply, S_ADDRESS, now=NOW) == []
+    assert peer.dropped == 2
+
+
+def test_garbage_is_dropped_not_raised() -> None:
+    server, _, _ = protocols()
+    for data in (b"", b"\x00" * 100, b"\x94" * 9000):
+        assert server.receive(data, P_ADDRESS, now=NOW) == []
+    assert server.dropped == 3
+    assert len(server.table) == 0
+
+
+def test_client_never_answers_and_is_never_added() -> None:
+    server, peer, client = protocols()
+    _, reply = exchange(client, C_ADDRESS, server, FindNode(bytes(ID_LEN)))
+    assert isinstance(decode(reply).message, Nodes)  # it was answered...
+    assert not in_table(server, client)  # ...but the client is not a contact
+    events = client.receive(reply, S_ADDRESS, now=NOW)
+    assert [type(e) for e in events] == [ReplyReceived]
+    assert len(getattr(client, "table", ())) == 0  # a client keeps no table
+    # A request to the client is not answered.
+    _, request = peer.request(Ping(), C_ADDRESS)
+    assert client.receive(request, P_ADDRESS, now=NOW) == []
+    assert client.dropped == 1
+    # Its own datagrams say it is not serving.
+    assert decode(client.request(Ping(), S_ADDRESS)[1]).serving is False
+
+
+def test_find_node_answer_leaves_the_requester_out() -> None:
+    server = DhtProtocol(Identity.from_seed(b"s" * 32), serving=True, k=4)
+    peers = [DhtProtocol(Identity.from_seed(bytes([i]) * 32), serving=True) for i in range(6)]
+    for index, peer in enumerate(peers):
+        exchange(peer, ("10.0.1.1", 100 + index), server, Ping())
+    asker = peers[0]
+    target = node_id(asker.identity.public_key)  # the asker is the closest to its own id
+    _, reply = exchange(asker, ("10.0.1.1", 100), server, FindNode(target))
+    message = decode(reply).message
+    assert isinstance(message, Nodes)
+    expected = true_closest([c for c in server.table.contacts() if c.id != target], target, 4)
+    assert list(message.contacts) == expected
+
+
+def test_store_and_fetch_provider_records_in_pages() -> None:
+    server, peer, _ = protocols()
+    publishers = [Identity.from_seed(bytes([i + 1]) * 32) for i in range(MAX_RECORDS_PER_REPLY + 3)]
+    for publisher in publishers:
+        _, reply = exchange(peer, P_ADDRESS, server, AddProvider(record(publisher).raw))
+        assert decode(reply).message == Stored(True)
+    _, reply = exchange(peer, P_ADDRESS, server, GetProviders(KEY))
+    first = decode(reply).message
+    assert isinstance(first, Providers)
+    assert (len(first.records), first.total) == (MAX_RECORDS_PER_REPLY, len(publishers))
+    _, reply = exchange(peer, P_ADDRESS, server, GetProviders(KEY, MAX_RECORDS_PER_REPLY))
+    second = decode(reply).message
+    assert isinstance(second, Providers)
+    assert len(second.records) == 3
+    results = ProviderResults(KEY, now=NOW)
+    results.add(first.records + second.records)
+    assert {r.publisher for r in results.records()} == {p.public_key for p in publishers}
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (record(ALICE, issued_at=NOW - 600).raw, "expired"),
+        (record(ALICE).raw[:-1], "not msgpack"),
+        (NodeRecord.create(ALICE, (("192.0.2.1", 1),), sequence=1, issued_at=NOW, ttl=60).raw, "domain"),
+    ],
+)
+def test_invalid_provider_record_not_stored(raw: bytes, reason: str) -> None:
+    server, peer, _ = protocols()
+    _, reply = exchange(peer, P_ADDRESS, server, AddProvider(raw))
+    stored = decode(reply).message
+    assert isinstance(stored, Stored) and not stored.ok and reason in stored.reason
+    assert len(server.store) == 0
+
+
+def test_older_sequence_not_stored() -> None:
+    server, peer, _ = protocols()
+    exchange(peer, P_ADDRESS, server, AddProvider(record(ALICE, sequence=2).raw))
+    _, reply = exchange(peer, P_ADDRESS, server, AddProvider(record(ALICE, sequence=1).raw))
+    assert decode(reply).message == Stored(False, "sequence 1 is not newer than the stored 2")
+    assert [r.sequence for r in server.store.providers(KEY, now=NOW)] == [2]
+
+
+def test_quota_refusal_is_reported() -> None:
+    store = RecordStore(StoreLimits(max_per_key=1))
+    server = DhtProtocol(Identity.from_seed(b"s" * 32), serving=True, store=store)
+    _, peer, _ = protocols()
+    exchange(peer, P_ADDRESS, server, AddProvider(record(ALICE).raw))
+    _, reply = exchange(peer, P_ADDRESS, server, AddProvider(record(BOB).raw))
+    assert decode(reply).message == Stored(False, "key has too many providers")
+
+
+def test_put_and_get_node_record() -> None:
+    server, peer, _ = protocols()
+    mine = NodeRecord.create(ALICE, (("192.0.2.1", 7070),), sequence=1, issued_at=NOW, ttl=600)
+    _, reply = exchange(peer, P_ADDRESS, server, PutNode(mine.raw))
+    assert decode(reply).message == Stored(True)
+    _, reply = exchange(peer, P_ADDRESS, server, GetNode(ALICE.public_key))
+    found = decode(reply).message
+    assert isinstance(found, NodeFound) and found.record == mine.raw
+    _, reply = exchange(peer, P_ADDRESS, server, GetNode(BOB.public_key))
+    missing = decode(reply).message
+    assert isinstance(missing, NodeFound) and missing.record is None
+
+
+def identities_with_prefixes(prefixes: list[str]) -> list[Identity]:
+    """One identity per bit prefix, found by trying seeds in order."""
+    found: list[Identity] = []
+    seed = 0
+    for prefix in prefixes:
+        while True:
+            seed += 1
+            identity = Identity.from_seed(seed.to_bytes(32, "big"))
+            bits = bin(int.from_bytes(node_id(identity.public_key), "big"))[2:].zfill(ID_LEN * 8)
+            if bits.startswith(prefix):
+                found.append(identity)
+                break
+    return found
+
+
+def test_full_bucket_asks_for_a_ping_of_its_head() -> None:
+    # Our id starts with 0; the others share exactly the five bits 10000, so with k=2 their
+    # bucket is full and may not be split (the paper's depth rule).
+    own, first, second, newcomer = identities_with_prefixes(["0", "100000", "100001", "10000"])
+    server = DhtProtocol(own, serving=True, k=2)
+    asked = [DhtProtocol(identity, serving=True) for identity in (first, second, newcomer)]
+    addresses = [("10.0.2.1", 1), ("10.0.2.2", 2), ("10.0.2.3", 3)]
+    for protocol, address in zip(asked[:2], addresses[:2], strict=True):
+        _, data = protocol.request(Ping(), S_ADDRESS)
+        assert [type(e) for e in server.receive(data, address, now=NOW)] == [Send]
+    _, data = asked[2].request(Ping(), S_ADDRESS)
+    events = server.receive(data, addresses[2], now=NOW)
+    assert [type(e) for e in events] == [Send, PingNeeded]  # still answered
+    head = events[1]
+    assert isinstance(head, PingNeeded)
+    assert head.contact == Contact(first.public_key, *addresses[0])
+    server.evict(head.contact)
+    assert {c.public_key for c in server.table.contacts()} == {second.public_key, newcomer.public_key}

@@ -1,0 +1,171 @@
+"""dht.routing: k-buckets that report a full bucket's head instead of pinging it themselves."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dht.ids import ID_BITS, ID_LEN, distance
+from dht.messages import Contact
+from dht.routing import K, RoutingTable
+
+FAST = settings(max_examples=100, deadline=None, derandomize=True)
+
+
+def contact_with_id(long_id: int, port: int = 7070) -> Contact:
+    """A Contact whose id is forced to `long_id` (ids normally derive from the key)."""
+    contact = Contact(long_id.to_bytes(32, "big"), "192.0.2.1", port)
+    contact.id = long_id.to_bytes(ID_LEN, "big")
+    contact.long_id = long_id
+    return contact
+
+
+def prefixed(prefix: str, rest: int) -> Contact:
+    """A contact whose id starts with the bits `prefix`, then `rest` in the remaining bits."""
+    shift = ID_BITS - len(prefix)
+    return contact_with_id(int(prefix, 2) << shift | rest % (1 << shift))
+
+
+OWN = contact_with_id(0)  # its id starts with 0 bits
+
+
+def test_contact_with_id_helper_keeps_ids_consistent() -> None:
+    contact = prefixed("10000", 5)
+    assert contact.long_id == int.from_bytes(contact.id, "big")
+    assert contact.id[0] >> 3 == 0b10000
+
+
+def test_adds_up_to_k_and_ignores_own_id() -> None:
+    table = RoutingTable(OWN, k=4)
+    assert table.add_contact(contact_with_id(0, port=9999)) is None  # our own id
+    assert len(table) == 0
+    added = [prefixed("1", i) for i in range(1, 5)]
+    for contact in added:
+        assert table.add_contact(contact) is None
+    assert len(table) == 4
+    assert set(table.contacts()) == set(added)
+
+
+def test_re_adding_moves_a_contact_to_the_tail_without_duplicating() -> None:
+    table = RoutingTable(OWN, k=4)
+    contacts = [prefixed("10000", i << 150) for i in range(4)]
+    for contact in contacts:
+        table.add_contact(contact)
+    table.add_contact(contacts[0])
+    assert len(table) == 4
+    assert table.contacts() == [*contacts[1:], contacts[0]]
+
+
+def full_far_bucket(k: int = 4) -> tuple[RoutingTable, list[Contact]]:
+    """A table whose far half holds one full bucket that may not split.
+
+    The contacts share exactly 5 leading bits (10000, then 0 or 1), and the bucket does not
+    hold our own id, so by the paper's rule (depth % 5 == 0) it is not split again.
+    """
+    table = RoutingTable(OWN, k=k)
+    contacts = [prefixed("10000" + "01"[i % 2], i + 1) for i in range(k)]
+    for contact in contacts:
+        assert table.add_contact(contact) is None
+    return table, contacts
+
+
+def test_full_bucket_returns_its_head_and_keeps_the_newcomer_aside() -> None:
+    table, contacts = full_far_bucket()
+    newcomer = prefixed("100001", 99)
+    assert table.add_contact(newcomer) is contacts[0]  # least recently seen
+    assert newcomer not in table.contacts()
+    assert set(table.contacts()) == set(contacts)
+
+
+def test_head_that_answers_stays_and_newcomer_waits() -> None:
+    table, contacts = full_far_bucket()
+    newcomer = prefixed("100001", 99)
+    assert table.add_contact(newcomer) is contacts[0]
+    assert table.add_contact(contacts[0]) is None  # it answered the ping: seen again
+    assert set(table.contacts()) == set(contacts)
+    assert table.add_contact(prefixed("100000", 77)) is contacts[1]  # now the oldest
+
+
+def test_evicting_the_head_promotes_the_newcomer() -> None:
+    table, contacts = full_far_bucket()
+    newcomer = prefixed("100001", 99)
+    assert table.add_contact(newcomer) is contacts[0]
+    table.evict(contacts[0])
+    assert set(table.contacts()) == {*contacts[1:], newcomer}
+
+
+def test_evicting_without_a_replacement_just_removes() -> None:
+    table, contacts = full_far_bucket()
+    table.evict(contacts[2])
+    assert set(table.contacts()) == {contacts[0], contacts[1], contacts[3]}
+    table.evict(prefixed("100000", 12345))  # unknown: nothing happens
+    assert len(table) == 3
+
+
+def test_buckets_near_our_own_id_split() -> None:
+    table = RoutingTable(OWN, k=2)
+    near = [prefixed("0" * depth + "1", 1) for depth in range(1, 12)]  # one per distance range
+    for contact in near:
+        assert table.add_contact(contact) is None
+    assert set(table.contacts()) == set(near)
+
+
+@FAST
+@given(
+    own=st.integers(0, 2**ID_BITS - 1),
+    others=st.lists(st.integers(0, 2**ID_BITS - 1), max_size=120, unique=True),
+    target=st.integers(0, 2**ID_BITS - 1),
+    count=st.integers(1, 30),
+    k=st.integers(1, 8),
+)
+def test_closest_is_the_true_closest_of_what_it_holds(
+    own: int, others: list[int], target: int, count: int, k: int
+) -> None:
+    """closest() equals brute force over every contact the table accepted (and holds)."""
+    table = RoutingTable(contact_with_id(own), k=k)
+    accepted: dict[bytes, Contact] = {}
+    for long_id in others:
+        contact = contact_with_id(long_id)
+        if table.add_contact(contact) is None and long_id != own:
+            accepted[contact.id] = contact
+    assert {c.id for c in table.contacts()} == set(accepted)
+    assert own.to_bytes(ID_LEN, "big") not in accepted
+    target_id = target.to_bytes(ID_LEN, "big")
+    by_distance = sorted(accepted.values(), key=lambda c: distance(c.id, target_id))
+    assert table.closest(target_id, count) == by_distance[:count]
+    assert table.closest(target_id) == by_distance[:k]
+
+
+def test_closest_defaults_to_k_and_scans_every_bucket() -> None:
+    """Many random contacts: closest() from any target matches brute force over those accepted."""
+    rng = random.Random(7)
+    table = RoutingTable(contact_with_id(rng.getrandbits(ID_BITS)), k=K)
+    held = []
+    for _ in range(2000):
+        contact = contact_with_id(rng.getrandbits(ID_BITS))
+        if table.add_contact(contact) is None:
+            held.append(contact)
+    assert len(table.buckets) > 5
+    assert len(held) < 2000  # some buckets were full
+    for _ in range(50):
+        target = rng.randbytes(ID_LEN)
+        got = table.closest(target)
+        assert len(got) == K
+        assert got == sorted(held, key=lambda c: distance(c.id, target))[:K]
+
+
+def test_stale_buckets_name_a_target_inside_each_stale_bucket_once() -> None:
+    rng = random.Random(3)
+    table = RoutingTable(OWN, k=2)
+    for _ in range(60):
+        table.add_contact(contact_with_id(rng.getrandbits(ID_BITS)))
+    targets = table.stale_buckets(now=1000.0, interval=600.0)
+    assert len(targets) == len(table.buckets)
+    for bucket, target in zip(table.buckets, targets, strict=True):
+        assert bucket.range[0] <= int.from_bytes(target, "big") <= bucket.range[1]
+    assert table.stale_buckets(now=1100.0, interval=600.0) == []
+    table.mark_refreshed(targets[0], now=2000.0)  # a lookup ran in the first bucket
+    assert table.stale_buckets(now=2500.0, interval=600.0) == targets[1:]
+    assert table.stale_buckets(now=2600.0, interval=600.0) == []  # each is named once per interval
