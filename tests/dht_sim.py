@@ -347,8 +347,14 @@ async def simulation(
 
 
 def seed_scheduler(seed: int) -> None:
-    """Seed the private `random.Random` with which Trio shuffles its run queue."""
-    trio._core._run._r.seed(seed)
+    """Seed the private `random.Random` with which Trio shuffles its run queue, if it has one.
+
+    Private, so guarded: without it a run is merely not repeatable, and the tests'
+    thresholds are set with margin for that.
+    """
+    shuffler = getattr(getattr(trio._core, "_run", None), "_r", None)
+    if shuffler is not None:
+        shuffler.seed(seed)
 
 
 def run(main: Callable[[], Awaitable[T]], *, seed: int = 0) -> T:
