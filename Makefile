@@ -30,6 +30,8 @@ lint: venv
 bench: venv
 	$(PY) bench/throughput.py
 	$(PY) bench/latency.py
+	$(PY) bench/robot_services.py
+	$(PY) bench/dht_sim.py --sizes 1000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis triumph.wav

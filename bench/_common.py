@@ -67,7 +67,9 @@ def bytecode_cache() -> Iterator[dict[str, str]]:
 
 
 @contextmanager
-def hubnode_server(services_toml: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+def hubnode_server(
+    services_toml: str, env: dict[str, str] | None = None, serve_args: Sequence[str] = ()
+) -> Iterator[Server]:
     """Start `hubnode serve` on 127.0.0.1:0 in a temporary home; SIGTERM and wait on the way out."""
     check_hubnode()
     work = Path(tempfile.mkdtemp(prefix="hubnet-bench-"))
@@ -81,7 +83,7 @@ def hubnode_server(services_toml: str, env: dict[str, str] | None = None) -> Ite
         with log.open("wb") as log_file:
             proc = subprocess.Popen(
                 # No LAN beacon: a benchmark talks to 127.0.0.1 only.
-                [HUBNODE, "--home", str(server_home), "serve", "--no-lan"],
+                [HUBNODE, "--home", str(server_home), "serve", "--no-lan", *serve_args],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log_file,
@@ -114,6 +116,27 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def command_latency(
+    prefix: Sequence[str], args: Sequence[str], stdin: bytes, runs: int, env: dict[str, str], expect: int = 0
+) -> float:
+    """Median wall time in seconds of `prefix + args` with `stdin`, after one warm-up run.
+
+    `prefix` is a local program or `hubnode call --server TARGET SERVICE`, so one service
+    is timed alike both ways. Every run must exit with `expect`: a benchmark of failures
+    fails loudly.
+    """
+    times = []
+    for i in range(runs + 1):
+        start = time.perf_counter()
+        proc = subprocess.run([*prefix, *args], input=stdin, capture_output=True, env=env, check=False)
+        elapsed = time.perf_counter() - start
+        if proc.returncode != expect:
+            raise BenchError(f"{[*prefix, *args]} exited {proc.returncode}: {proc.stderr.decode()}")
+        if i:
+            times.append(elapsed)
+    return statistics.median(times)
 
 
 def median(values: Sequence[float]) -> float:

@@ -8,7 +8,7 @@ person; the only photos of them that ship) and against the other person. The ser
 
 Latency: whole `python -m hubnet.robot.face` processes (fork to exit, so model loading
 included), median of --runs after one warm-up, for identify (one face, two faces, a
-12-megapixel JPEG), enroll and forget, on a temporary database. `latency()` takes the
+12-megapixel JPEG), enroll and forget, on a temporary database. `command_latency()` takes the
 command prefix, so the same figures can be taken through a node with
 `["hubnode", "call", "--server", TARGET, "face"]`. Then the same work done warm, in this
 process, to show what is model loading and what is computing.
@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,29 +32,10 @@ from numpy.typing import NDArray
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PYTHON, BenchError, bytecode_cache
+from _common import PYTHON, bytecode_cache, command_latency
 
 from hubnet.robot import face
 from tests import photos
-
-
-def latency(
-    prefix: Sequence[str], args: Sequence[str], stdin: bytes, runs: int, env: dict[str, str], expect: int = 0
-) -> float:
-    """Median wall time in seconds of `prefix + args` with `stdin`, after one warm-up run.
-
-    Every run must exit with `expect`, so a benchmark of failures fails loudly.
-    """
-    times = []
-    for i in range(runs + 1):
-        start = time.perf_counter()
-        proc = subprocess.run([*prefix, *args], input=stdin, capture_output=True, env=env, check=False)
-        elapsed = time.perf_counter() - start
-        if proc.returncode != expect:
-            raise BenchError(f"{[*prefix, *args]} exited {proc.returncode}: {proc.stderr.decode()}")
-        if i:
-            times.append(elapsed)
-    return statistics.median(times)
 
 
 def as_jpeg(image: Image.Image) -> Image.Image:
@@ -112,7 +92,7 @@ def main() -> int:
         prefix = [PYTHON, "-m", "hubnet.robot.face", "--db", db]
         print(f"\nwall time per call, whole process, median of {runs}:")
         for label, args, stdin, expect in cases:
-            print(f"  {label:34} {latency(prefix, args, stdin, runs, env, expect) * 1000:6.0f} ms")
+            print(f"  {label:34} {command_latency(prefix, args, stdin, runs, env, expect) * 1000:6.0f} ms")
 
     print(f"\nthe same work warm, in-process (decode, detect, describe), median of {runs}:")
     for label, _args, stdin, _expect in cases[:3]:

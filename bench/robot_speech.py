@@ -10,7 +10,7 @@ in this process, so the model loads once; `-v` prints every transcript.
 
 Latency: whole processes (fork to exit, so imports and model loading included), median of
 --runs after one warm-up: hubnet-speak of a short sentence, hubnet-listen of its WAV with
-the free vocabulary and with `--words`. `latency()` takes the command prefix, so the same
+the free vocabulary and with `--words`. `command_latency()` takes the command prefix, so the same
 figures can be taken through a node with `["hubnode", "call", "--server", TARGET, "speak"]`.
 
     .venv/bin/python bench/robot_speech.py [--runs 5] [-v]
@@ -19,7 +19,6 @@ figures can be taken through a node with `["hubnode", "call", "--server", TARGET
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PYTHON, BenchError, bytecode_cache
+from _common import PYTHON, BenchError, bytecode_cache, command_latency
 
 from hubnet.robot import listen
 
@@ -99,26 +98,6 @@ def word_error_rate(wavs: Sequence[bytes], words: Sequence[str] | None, verbose:
     return errors / said, seconds / len(wavs)
 
 
-# Reusable through a node: pass ["hubnode", "call", "--server", TARGET, "listen"] as `prefix`.
-def latency(
-    prefix: Sequence[str], args: Sequence[str], stdin: bytes, runs: int, env: dict[str, str]
-) -> float:
-    """Median wall time in seconds of `prefix + args` with `stdin`, after one warm-up run.
-
-    Every run must succeed, so a benchmark of failures fails loudly.
-    """
-    times = []
-    for i in range(runs + 1):
-        start = time.perf_counter()
-        proc = subprocess.run([*prefix, *args], input=stdin, capture_output=True, env=env, check=False)
-        elapsed = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise BenchError(f"{[*prefix, *args]} exited {proc.returncode}: {proc.stderr.decode()}")
-        if i:
-            times.append(elapsed)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -147,7 +126,7 @@ def main() -> None:
             ("hubnet-listen --words", LISTEN, ["--words", " ".join(vocabulary)], wav),
         ]
         for label, prefix, call_args, stdin in rows:
-            seconds = latency(prefix, call_args, stdin, args.runs, env)
+            seconds = command_latency(prefix, call_args, stdin, args.runs, env)
             print(f"  {label:24} {seconds * 1000:7.0f} ms")
     seconds_of_audio = (len(wav) - 44) / 2 / 22050
     print(f"  (the WAV: {len(wav)} bytes, {seconds_of_audio:.1f} s of audio)")
