@@ -32,6 +32,8 @@ bench: venv
 	$(PY) bench/latency.py
 	$(PY) bench/robot_services.py
 	$(PY) bench/dht_sim.py --sizes 1000
+	$(PY) bench/robot_services.py
+	$(PY) bench/dht_sim.py --sizes 1000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis triumph.wav
