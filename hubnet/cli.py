@@ -182,11 +182,12 @@ def services(
 ) -> None:
     """List who offers SERVICE in the DHT, or the services one server offers.
 
-    With SERVICE: every valid offer for it (peer, address, price, load) and the round trip
-    of a live status probe, best first by client.toml's [select] rules. With --server and
-    no SERVICE: the services that server offers and the arguments each accepts.
+    With SERVICE and no --server: every valid offer for it in the DHT (peer, address,
+    price, load) and the round trip of a live status probe, best first by client.toml's
+    [select] rules. With --server: the services that server offers (only SERVICE, if
+    given) and the arguments each accepts.
     """
-    if service is not None:
+    if service is not None and server is None:
         _print_providers(obj, service, bootstrap, as_json)
         return
     from hubnet.client import request
@@ -202,6 +203,7 @@ def services(
             "arguments": s.arguments,
         }
         for s in reply.services
+        if service is None or service in (s.name, format_service_id(s.service_id))
     ]
     if as_json:
         import json

@@ -175,7 +175,7 @@ class Server:
         with self._changed:
             return "\n".join(self._lines)
 
-    def wait_for_log(self, matches: Callable[[str], object], timeout: float = 10.0) -> str | None:
+    def wait_for_log(self, matches: Callable[[str], object], timeout: float = 30.0) -> str | None:
         """The first stderr line for which `matches` is true, waiting up to `timeout` seconds."""
         deadline = time.monotonic() + timeout
         seen = 0

@@ -90,6 +90,14 @@ def test_every_offer_is_found_with_its_price(network: Network) -> None:
     assert all(row["rtt_ms"] is not None for row in offers)  # both answered the live probe
 
 
+def test_services_with_a_server_asks_that_server_only(network: Network) -> None:
+    b = network.servers[PROVIDER_B]
+    for service, expected in [("who", ["who"]), ("nothing-here", [])]:
+        result = network.client.run("services", "--json", "--server", b.target, service, input=None)
+        assert result.returncode == 0, result.stderr.decode()
+        assert [row["name"] for row in json.loads(result.stdout)] == expected
+
+
 def test_peers_sees_the_whole_chain(network: Network) -> None:
     result = network.client.run("peers", "--json", "-b", network.seed, input=None)
     assert result.returncode == 0, result.stderr.decode()
