@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import trio
 import trio.testing
 
-from dht.ids import ID_LEN, distance, service_key
+from dht.ids import ID_LEN, distance, node_id, service_key
 from dht.lookup import ALPHA, Lookup, Seed
 from dht.messages import Contact, Ping
 from dht.node import DhtNode
@@ -365,3 +365,18 @@ def run(main: Callable[[], Awaitable[T]], *, seed: int = 0) -> T:
     """
     seed_scheduler(seed)
     return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def identities_with_prefixes(prefixes: list[str]) -> list[Identity]:
+    """One identity per bit prefix, found by trying seeds in order."""
+    found: list[Identity] = []
+    seed = 0
+    for prefix in prefixes:
+        while True:
+            seed += 1
+            identity = Identity.from_seed(seed.to_bytes(32, "big"))
+            bits = bin(int.from_bytes(node_id(identity.public_key), "big"))[2:].zfill(ID_LEN * 8)
+            if bits.startswith(prefix):
+                found.append(identity)
+                break
+    return found

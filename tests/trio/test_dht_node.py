@@ -18,7 +18,7 @@ import pytest
 import trio
 import trio.testing
 
-from dht.ids import ID_BITS, ID_LEN, node_id, service_key
+from dht.ids import ID_LEN, node_id, service_key
 from dht.lookup import Seed
 from dht.messages import DATAGRAM_DOMAIN, FindNode, Nodes, Ping, Pong, decode, encode
 from dht.node import DhtNode
@@ -26,7 +26,7 @@ from dht.records import NodeRecord, ProviderRecord
 from dht.transport import MemoryNetwork, UdpTransport
 from identity.keys import Identity
 from identity.records import SignedRecord
-from tests.dht_sim import EPOCH, simulation
+from tests.dht_sim import EPOCH, identities_with_prefixes, simulation
 
 UDP_DEADLINE = 30  # seconds; a healthy run takes well under one
 
@@ -144,20 +144,6 @@ async def test_udp_rpc_times_out_on_silence() -> None:
 
 
 # -- on the in-memory network -----------------------------------------------------------------
-
-
-def identities_with_prefixes(prefixes: list[str]) -> list[Identity]:
-    """One identity per bit prefix of its node id, found by trying seeds in order."""
-    found: list[Identity] = []
-    seed = 0
-    for prefix in prefixes:
-        while True:
-            seed += 1
-            identity = Identity.from_seed(seed.to_bytes(32, "big"))
-            if bin(int.from_bytes(node_id(identity.public_key), "big"))[2:].zfill(ID_BITS).startswith(prefix):
-                found.append(identity)
-                break
-    return found
 
 
 @asynccontextmanager

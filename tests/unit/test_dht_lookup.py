@@ -41,6 +41,7 @@ from dht.records import NodeRecord, ProviderRecord
 from dht.routing import RoutingTable
 from dht.store import RecordStore, StoreLimits
 from identity.keys import Identity
+from tests.dht_sim import identities_with_prefixes
 
 NOW = 1_700_000_000
 K = 8
@@ -448,21 +449,6 @@ def test_put_and_get_node_record() -> None:
     _, reply = exchange(peer, P_ADDRESS, server, GetNode(BOB.public_key))
     missing = decode(reply).message
     assert isinstance(missing, NodeFound) and missing.record is None
-
-
-def identities_with_prefixes(prefixes: list[str]) -> list[Identity]:
-    """One identity per bit prefix, found by trying seeds in order."""
-    found: list[Identity] = []
-    seed = 0
-    for prefix in prefixes:
-        while True:
-            seed += 1
-            identity = Identity.from_seed(seed.to_bytes(32, "big"))
-            bits = bin(int.from_bytes(node_id(identity.public_key), "big"))[2:].zfill(ID_LEN * 8)
-            if bits.startswith(prefix):
-                found.append(identity)
-                break
-    return found
 
 
 def test_full_bucket_asks_for_a_ping_of_its_head() -> None:

@@ -36,6 +36,7 @@ from dht.messages import (
 from dht.records import MAX_PROVIDER_RECORD_LEN, ProviderRecord
 from identity.keys import PUBLIC_KEY_LEN, Identity
 from identity.records import SignedRecord
+from tests.strategies import msgpack_values
 
 FAST = settings(max_examples=200, deadline=None, derandomize=True)
 ALICE = Identity.from_seed(b"a" * 32)
@@ -299,18 +300,6 @@ def test_sender_key_swapped_refused(message: Message, prefix: bytes) -> None:
         decode(bytes(msgpack.packb([domain, body, other, signature])))
 
 
-msgpack_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats()
-    | st.text(max_size=20)
-    | st.binary(max_size=40),
-    lambda children: (
-        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=5), children, max_size=3)
-    ),
-    max_leaves=25,
-)
 field_values = (
     st.sampled_from([b"k" * 20, b"k" * 32, 0, 7, True, "", "reason", None, [], CONTACT, [CONTACT]])
     | msgpack_values

@@ -21,6 +21,7 @@ from dht.records import (
 )
 from identity.keys import Identity
 from identity.records import InvalidRecord, SignedRecord
+from tests.strategies import msgpack_values
 
 FAST = settings(max_examples=200, deadline=None, derandomize=True)
 NOW = 1_700_000_000
@@ -291,18 +292,6 @@ def test_malformed_envelope_refused(raw: bytes) -> None:
         NodeRecord.parse(bytes(raw), now=NOW)
 
 
-msgpack_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
-    | st.floats()
-    | st.text(max_size=20)
-    | st.binary(max_size=40),
-    lambda children: (
-        st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=5), children, max_size=4)
-    ),
-    max_leaves=20,
-)
 near_valid_values = st.sampled_from([KEY, NOW, NOW + 60, 0, 1, b"", "192.0.2.1", 7070]) | msgpack_values
 
 
