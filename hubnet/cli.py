@@ -121,6 +121,7 @@ def serve(
         seeds=seeds,
         lan=not no_lan,
     )
+    node.peers = discovery.peers
 
     async def run() -> None:
         # SIGTERM and SIGINT cancel everything, so every job's process group is killed on the way out.
@@ -261,29 +262,60 @@ def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_
 
 
 @cli.command()
+@click.option("--server", "-s", metavar="TARGET", help=DEFAULT_TARGET_HELP)
 @click.option("--bootstrap", "-b", "bootstrap", metavar="TARGET", multiple=True, help=BOOTSTRAP_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def peers(obj: Context, bootstrap: tuple[str, ...], as_json: bool) -> None:
-    """Summarise the DHT as seen from here: the nodes that answered two lookups."""
-    from dht.client import DhtClient
-    from hubnet.discover import seeds
+def peers(obj: Context, server: str | None, bootstrap: tuple[str, ...], as_json: bool) -> None:
+    """Summarise a node's DHT routing table, or the DHT as seen from here.
+
+    With --server: the contacts in that node's routing table, with how many leading bits
+    of DHT id each shares with the node (its bucket). Without: the nodes that answered two
+    lookups through the bootstrap nodes.
+    """
+    from dht.ids import ID_BITS, distance, node_id
     from identity.keys import encode_peer_id
 
-    given = obj.bootstrap(bootstrap)
-    if not given:
-        _fail("no DHT to ask: give --bootstrap PEER_ID@HOST:PORT or set bootstrap in client.toml", 2)
-    with DhtClient(obj.identity(), seeds(given)) as dht:
-        dht.find_nodes(os.urandom(20))
-        dht.find_nodes(obj.identity().public_key[:20])
-        contacts = list(dht.seen.values())
-    rows = [{"peer": encode_peer_id(c.public_key), "address": f"{c.ip}:{c.port}"} for c in contacts]
+    if server is not None:
+        from hubnet.client import request
+        from node.protocol import GetPeers, Peers
+
+        target = obj.target(server)
+        reply = request(target, obj.identity(), obj.known_hosts(), GetPeers(), Peers)
+        own = node_id(target.peer) if target.peer else None
+        contacts = [(p.public_key, p.host, p.port) for p in reply.peers]
+        heading = f"{len(contacts)} contact(s) in the routing table of {target.address}"
+    else:
+        from dht.client import DhtClient
+        from hubnet.discover import seeds
+
+        given = obj.bootstrap(bootstrap)
+        if not given:
+            _fail(
+                "no DHT to ask: give --server, or --bootstrap PEER_ID@HOST:PORT "
+                "(or bootstrap in client.toml)",
+                2,
+            )
+        with DhtClient(obj.identity(), seeds(given)) as dht:
+            dht.find_nodes(os.urandom(20))
+            dht.find_nodes(node_id(obj.identity().public_key))
+            contacts = [(c.public_key, c.ip, c.port) for c in dht.seen.values()]
+        own = node_id(obj.identity().public_key)
+        heading = f"{len(contacts)} node(s) answered"
+    rows: list[dict[str, Any]] = [
+        {
+            "peer": encode_peer_id(key),
+            "address": f"{host}:{port}",
+            "shared_bits": ID_BITS - distance(own, node_id(key)).bit_length() if own else None,
+        }
+        for key, host, port in contacts
+    ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{len(rows)} node(s) answered")
-    for row in sorted(rows, key=lambda r: r["address"]):
-        click.echo(f"{row['peer']}  {row['address']}")
+    click.echo(heading)
+    for row in sorted(rows, key=lambda r: (-(r["shared_bits"] or 0), r["address"])):
+        click.echo(f"{row['peer']}  {row['address']:<22} {row['shared_bits']!s:>3} bits shared")
 
 
 @cli.command()

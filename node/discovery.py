@@ -21,6 +21,7 @@ from dht.transport import UdpTransport
 from identity.keys import Identity
 from node.naming import Target
 from node.offers import Load
+from node.protocol import PeerInfo
 from node.publisher import OfferPublisher
 from node.services import NodeConfig
 
@@ -55,6 +56,12 @@ def seeds_from(targets: Sequence[Target]) -> list[Seed]:
 
 class Discovery:
     """Runs the node's DHT peer and its publisher."""
+
+    def peers(self) -> list[PeerInfo]:
+        """The DHT contacts in our routing table (none before the DHT has started)."""
+        if self.dht is None:
+            return []
+        return [PeerInfo(c.public_key, c.ip, c.port) for c in self.dht.protocol.table.contacts()]
 
     def __init__(
         self,

@@ -24,6 +24,8 @@ MAX_ARGS = 256
 MAX_ARGS_BYTES = 64 * 1024
 MAX_TEXT = 4096
 MAX_SERVICES = 1024
+MAX_PEERS = 4096  # a routing table holds at most k per bucket: 20 x 160, with room
+MAX_HOST = 253
 # Largest stdin/stdout/stderr chunk in one message. Senders read up to DATA_CHUNK at a time:
 # a read returns what is there, so this adds no latency, and under bulk load fewer, larger
 # messages cost less per byte (the secure session splits them into Noise frames).
@@ -39,6 +41,7 @@ class Kind(enum.IntEnum):
     STDIN = 5
     STDIN_END = 6
     CANCEL = 7
+    PEERS = 8
     ACCEPT = 16
     REJECT = 17
     STDOUT = 18
@@ -46,6 +49,7 @@ class Kind(enum.IntEnum):
     EXIT = 20
     SERVICES = 21
     STATUS_REPLY = 22
+    PEERS_REPLY = 23
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,11 @@ class ListServices:
 @dataclass(frozen=True)
 class GetStatus:
     """Ask how busy the node is."""
+
+
+@dataclass(frozen=True)
+class GetPeers:
+    """Ask which DHT nodes the node knows (its routing table)."""
 
 
 @dataclass(frozen=True)
@@ -159,8 +168,23 @@ class StatusReply:
     load: tuple[float, float, float]
 
 
-ClientMessage = Call | ListServices | GetStatus | Start | Stdin | StdinEnd | Cancel
-ServerMessage = Accept | Reject | Stdout | Stderr | Exit | Services | StatusReply
+@dataclass(frozen=True)
+class PeerInfo:
+    """One DHT contact: its Ed25519 key and UDP address."""
+
+    public_key: bytes
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Peers:
+    peers: tuple[PeerInfo, ...]
+
+
+ClientMessage = Call | ListServices | GetStatus | GetPeers | Start | Stdin | StdinEnd | Cancel
+ServerMessage = Accept | Reject | Stdout | Stderr | Exit | Services | StatusReply | Peers
+Request = Call | ListServices | GetStatus | GetPeers
 Message = ClientMessage | ServerMessage
 
 
@@ -249,10 +273,28 @@ def _decode_status(f: list[Any]) -> StatusReply:
     return StatusReply(_count(running), _count(queued), _count(capacity), (load[0], load[1], load[2]))
 
 
+def _decode_peers(f: list[Any]) -> Peers:
+    (items,) = f
+    if not isinstance(items, list) or len(items) > MAX_PEERS:
+        raise RemoteProtocolError(f"peer list must be an array of at most {MAX_PEERS}")
+    peers = []
+    for item in items:
+        if not isinstance(item, list) or len(item) != 3:
+            raise RemoteProtocolError("bad peer entry")
+        key, host, port = item
+        if not isinstance(key, bytes) or len(key) != 32:
+            raise RemoteProtocolError("peer key must be 32 bytes")
+        if not _is_int(port) or not 0 < port < 65536:
+            raise RemoteProtocolError("peer port must be in 1..65535")
+        peers.append(PeerInfo(key, _text(host, MAX_HOST), port))
+    return Peers(tuple(peers))
+
+
 _CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[list[Any]], Message]]] = {
     Call: (Kind.CALL, 2, lambda m: [m.service_id, list(m.args)], _decode_call),
     ListServices: (Kind.LIST, 0, lambda m: [], lambda f: ListServices()),
     GetStatus: (Kind.STATUS, 0, lambda m: [], lambda f: GetStatus()),
+    GetPeers: (Kind.PEERS, 0, lambda m: [], lambda f: GetPeers()),
     Start: (Kind.START, 0, lambda m: [], lambda f: Start()),
     Stdin: (Kind.STDIN, 1, lambda m: [m.data], lambda f: Stdin(_bytes(f[0]))),
     StdinEnd: (Kind.STDIN_END, 0, lambda m: [], lambda f: StdinEnd()),
@@ -290,6 +332,12 @@ _CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[
         4,
         lambda m: [m.running, m.queued, m.capacity, list(m.load)],
         _decode_status,
+    ),
+    Peers: (
+        Kind.PEERS_REPLY,
+        1,
+        lambda m: [[[p.public_key, p.host, p.port] for p in m.peers]],
+        _decode_peers,
     ),
 }
 _KIND_OF = {cls: spec[0] for cls, spec in _CODECS.items()}
@@ -378,7 +426,7 @@ class Phase(enum.Enum):
     DONE = "done"  # final reply seen: exit, reject, services, status
 
 
-_FINAL = (Reject, Exit, Services, StatusReply)
+_FINAL = (Reject, Exit, Services, StatusReply, Peers)
 
 
 class JobConnection:
@@ -391,7 +439,7 @@ class JobConnection:
     def __init__(self, role: Role, max_message: int = MAX_MESSAGE) -> None:
         self.role = role
         self.phase = Phase.IDLE
-        self.request: Call | ListServices | GetStatus | None = None
+        self.request: Request | None = None
         self.started = False
         self.stdin_closed = False
         self._decoder = MessageDecoder(max_message)
@@ -425,7 +473,7 @@ class JobConnection:
             )
 
     def _apply(self, message: Message) -> None:
-        if isinstance(message, Call | ListServices | GetStatus):
+        if isinstance(message, Call | ListServices | GetStatus | GetPeers):
             self.request = message
             self.phase = Phase.REQUESTED
         elif isinstance(message, Start):
@@ -457,7 +505,7 @@ def _legal(conn: JobConnection, message: Message, sender: Role) -> bool:
         # After the final reply a client may still be flushing stdin it had already sent.
         return sender is Role.CLIENT and isinstance(message, Stdin | StdinEnd | Cancel)
     if sender is Role.CLIENT:
-        if isinstance(message, Call | ListServices | GetStatus):
+        if isinstance(message, Call | ListServices | GetStatus | GetPeers):
             return phase is Phase.IDLE
         if not isinstance(request, Call):
             return False
@@ -472,6 +520,8 @@ def _legal(conn: JobConnection, message: Message, sender: Role) -> bool:
         return isinstance(message, Services)
     if isinstance(request, GetStatus):
         return isinstance(message, StatusReply)
+    if isinstance(request, GetPeers):
+        return isinstance(message, Peers)
     if phase is Phase.REQUESTED:
         return isinstance(message, Accept | Reject)
     return isinstance(message, Stdout | Stderr | Exit)

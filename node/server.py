@@ -13,7 +13,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import trio
@@ -25,15 +25,19 @@ from identity.session import MAX_RECEIVE
 from node.naming import format_service_id
 from node.protocol import (
     DATA_CHUNK,
+    MAX_PEERS,
     MAX_TEXT,
     Accept,
     Call,
     Cancel,
     Exit,
+    GetPeers,
     GetStatus,
     JobConnection,
     ListServices,
     Message,
+    PeerInfo,
+    Peers,
     Reject,
     Role,
     ServiceInfo,
@@ -73,6 +77,8 @@ class Node:
         self.handshake_timeout = handshake_timeout
         self.start_timeout = start_timeout
         self.running = 0
+        # What `hubnode peers --server` is told: set by whoever runs the node's DHT peer.
+        self.peers: Callable[[], Sequence[PeerInfo]] = tuple
         self.queued = 0
         # Connections still in the handshake or waiting hold memory and a socket; bound them.
         self._connections = trio.CapacityLimiter(max_connections)
@@ -121,6 +127,8 @@ class Node:
             await _reply(stream, conn, self._services())
         elif isinstance(request, GetStatus):
             await _reply(stream, conn, self.status())
+        elif isinstance(request, GetPeers):
+            await _reply(stream, conn, Peers(tuple(self.peers()[:MAX_PEERS])))
         elif isinstance(request, Call):
             await self._call(stream, conn, request)
         await _linger(stream)

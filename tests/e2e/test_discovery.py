@@ -105,6 +105,17 @@ def test_peers_sees_the_whole_chain(network: Network) -> None:
     assert seen == {s.peer_id for s in network.servers}
 
 
+def test_peers_with_a_server_shows_its_routing_table(network: Network) -> None:
+    seed = network.servers[0]
+    result = network.client.run("peers", "--json", "--server", seed.target, input=None)
+    assert result.returncode == 0, result.stderr.decode()
+    rows = json.loads(result.stdout)
+    everyone = {s.peer_id for s in network.servers} - {seed.peer_id}
+    # Twelve nodes fit in the buckets of one table (k = 20): the seed knows all the others.
+    assert {row["peer"] for row in rows} == everyone
+    assert all(0 <= row["shared_bits"] <= 160 for row in rows)
+
+
 def test_call_reaches_the_cheaper_provider(network: Network) -> None:
     assert [network.call_who() for _ in range(3)] == ["provider-a"] * 3
 

@@ -25,12 +25,15 @@ from node.protocol import (
     Call,
     Cancel,
     Exit,
+    GetPeers,
     GetStatus,
     JobConnection,
     Kind,
     ListServices,
     Message,
     MessageDecoder,
+    PeerInfo,
+    Peers,
     Phase,
     Reject,
     Role,
@@ -81,6 +84,19 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         Services, st.lists(st.builds(ServiceInfo, texts, service_ids, texts, texts), max_size=6).map(tuple)
     ),
     StatusReply: st.builds(StatusReply, counts, counts, counts, st.tuples(floats, floats, floats)),
+    GetPeers: st.just(GetPeers()),
+    Peers: st.builds(
+        Peers,
+        st.lists(
+            st.builds(
+                PeerInfo,
+                st.binary(min_size=32, max_size=32),
+                st.text(max_size=40),
+                st.integers(min_value=1, max_value=65535),
+            ),
+            max_size=6,
+        ).map(tuple),
+    ),
 }
 messages = st.one_of(*MESSAGE_STRATEGIES.values())
 
@@ -379,6 +395,31 @@ def test_status_sequence() -> None:
     p.c2s(GetStatus())
     p.s2c(StatusReply(1, 0, 4, (0.5, 0.25, 0.125)))
     assert p.client.phase is Phase.DONE
+
+
+def test_peers_sequence_and_wrong_replies() -> None:
+    p = Pair()
+    p.c2s(GetPeers())
+    p.refused_from_server(StatusReply(0, 0, 1, (0.0, 0.0, 0.0)))
+    p.refused_from_server(Accept("job"))
+    p.refused_from_client(Start())
+    p.s2c(Peers((PeerInfo(b"k" * 32, "127.0.0.1", 7070),)))
+    assert p.client.phase is Phase.DONE
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [[[b"short", "h", 1]]],
+        [[[b"k" * 32, "h", 0]]],
+        [[[b"k" * 32, "h" * 300, 1]]],
+        [[[b"k" * 32, "h"]]],
+        [[[b"k" * 32, "h", 1]] * 4097],
+    ],
+)
+def test_malformed_peer_lists_are_refused(fields: list[Any]) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode(msgpack.packb([Kind.PEERS_REPLY, fields]))
 
 
 def test_stdin_before_start_is_refused() -> None:
