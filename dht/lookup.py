@@ -19,6 +19,8 @@ from dht.records import Address, ProviderRecord
 from identity.records import InvalidRecord
 
 ALPHA = 3
+# A hostile node can keep naming ever-closer fake contacts; no honest lookup needs this many.
+MAX_QUERIES = 200
 RPC_TIMEOUT = 1.0  # seconds a node has to answer one request
 MAX_PAGES = 12  # pages of provider records read from one node (64 per key / 6 per page)
 
@@ -34,9 +36,18 @@ class Seed:
 class Lookup:
     """Find the k contacts closest to `target` that answer."""
 
-    def __init__(self, target: bytes, seeds: Iterable[Contact], *, k: int = K, alpha: int = ALPHA) -> None:
+    def __init__(
+        self,
+        target: bytes,
+        seeds: Iterable[Contact],
+        *,
+        k: int = K,
+        alpha: int = ALPHA,
+        max_queries: int = MAX_QUERIES,
+    ) -> None:
         self.target = target
         self.alpha = alpha
+        self.max_queries = max_queries
         self._shortlist = NodeHeap(Node(target), k)
         self._in_flight: set[bytes] = set()
         self._replied: dict[bytes, Contact] = {}
@@ -48,7 +59,7 @@ class Lookup:
         """Contacts to query now (marks them in flight); empty when waiting or finished."""
         chosen: list[Contact] = []
         for contact in self._shortlist.get_uncontacted():
-            if len(self._in_flight) >= self.alpha:
+            if len(self._in_flight) >= self.alpha or self.queries + len(chosen) >= self.max_queries:
                 break
             self._shortlist.mark_contacted(contact)
             self._in_flight.add(contact.id)
@@ -70,8 +81,11 @@ class Lookup:
 
     @property
     def finished(self) -> bool:
-        """Every one of the k closest known contacts has been asked and has answered or failed."""
-        return not self._in_flight and self._shortlist.have_contacted_all()
+        """Every one of the k closest known contacts has been asked and has answered or failed
+        (or the query budget is spent)."""
+        if self._in_flight:
+            return False
+        return self.queries >= self.max_queries or self._shortlist.have_contacted_all()
 
     def closest(self) -> list[Contact]:
         """The contacts that answered, closest first, at most k."""

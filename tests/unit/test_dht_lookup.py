@@ -212,6 +212,20 @@ def test_contacts_named_after_failing_are_ignored() -> None:
     assert set(lookup.closest()) == {second, c}
 
 
+def test_a_liar_naming_ever_closer_fakes_cannot_keep_a_lookup_going() -> None:
+    target = bytes(ID_LEN)
+    # Farthest first: every answer names contacts closer than all named before.
+    fakes = sorted((contact(i) for i in range(1, 400)), key=lambda c: -distance(c.id, target))
+    lookup = Lookup(target, fakes[:1], k=4, alpha=1, max_queries=30)
+    named = 1
+    while not lookup.finished:
+        [asked] = lookup.next_queries()
+        lookup.replied(asked, fakes[named : named + 4])
+        named += 4
+        assert lookup.queries <= 30
+    assert lookup.queries == 30 and named < len(fakes)  # stopped by the budget, not by running dry
+
+
 def test_lookup_returns_only_those_that_replied() -> None:
     contacts = [contact(i) for i in range(12)]
     target = bytes(ID_LEN)
