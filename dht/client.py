@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from dht.ids import K, node_id
-from dht.lookup import ALPHA, MAX_PAGES, RPC_TIMEOUT, Lookup, ProviderResults, Seed
+from dht.lookup import ALPHA, MAX_PAGES, RPC_TIMEOUT, Lookup, NodeRecordResults, ProviderResults, Seed
 from dht.messages import (
     MAX_DATAGRAM,
     Contact,
@@ -32,7 +32,6 @@ from dht.protocol import DhtProtocol, ReplyReceived
 from dht.records import NodeRecord, ProviderRecord
 from identity.errors import TransportError
 from identity.keys import Identity
-from identity.records import InvalidRecord
 
 
 @dataclass
@@ -114,13 +113,11 @@ class DhtClient:
                 return event
         return None
 
-    def _run(
-        self, lookup: Lookup, ask: Callable[[], Request], take: Callable[[Contact, Reply], bool]
-    ) -> None:
+    def _run(self, lookup: Lookup, request: Request, take: Callable[[Contact, Reply], bool]) -> None:
         in_flight: dict[bytes, _InFlight] = {}
         while True:
             for contact in lookup.next_queries():
-                txid, data = self.protocol.request(ask(), contact.address, contact.public_key)
+                txid, data = self.protocol.request(request, contact.address, contact.public_key)
                 self._send(data, contact.address)
                 in_flight[txid] = _InFlight(contact, time.monotonic() + self.rpc_timeout)
             if lookup.finished:
@@ -157,7 +154,7 @@ class DhtClient:
             self._more_pages(contact, key, message, results)
             return True
 
-        self._run(Lookup(key, self._seed_contacts(key), k=K, alpha=ALPHA), lambda: GetProviders(key), take)
+        self._run(Lookup(key, self._seed_contacts(key), k=K, alpha=ALPHA), GetProviders(key), take)
         return results.records()
 
     def _more_pages(self, contact: Contact, key: bytes, first: Providers, results: ProviderResults) -> None:
@@ -176,26 +173,19 @@ class DhtClient:
     def find_node_record(self, public_key: bytes) -> NodeRecord | None:
         """The newest valid node record that `public_key` published, or None."""
         target = node_id(public_key)
-        found: list[NodeRecord] = []
-        now = int(self.clock())
+        results = NodeRecordResults(public_key, now=int(self.clock()))
 
         def take(contact: Contact, message: Reply) -> bool:
             if not isinstance(message, NodeFound):
                 return False
-            if message.record is not None:
-                try:
-                    record = NodeRecord.parse(message.record, now=now)
-                except InvalidRecord:
-                    return True
-                if record.publisher == public_key:
-                    found.append(record)
+            results.add(message.record)
             return True
 
-        self._run(Lookup(target, self._seed_contacts(target)), lambda: GetNode(public_key), take)
-        return max(found, key=lambda r: r.sequence, default=None)
+        self._run(Lookup(target, self._seed_contacts(target)), GetNode(public_key), take)
+        return results.newest
 
     def find_nodes(self, target: bytes) -> list[Contact]:
         """The k live nodes closest to `target`."""
         lookup = Lookup(target, self._seed_contacts(target))
-        self._run(lookup, lambda: FindNode(target), lambda c, m: isinstance(m, Nodes))
+        self._run(lookup, FindNode(target), lambda c, m: isinstance(m, Nodes))
         return lookup.closest()

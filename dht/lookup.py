@@ -15,7 +15,7 @@ from kademlia.node import Node, NodeHeap
 
 from dht.ids import K
 from dht.messages import Contact
-from dht.records import Address, ProviderRecord
+from dht.records import Address, NodeRecord, ProviderRecord
 from identity.records import InvalidRecord
 
 ALPHA = 3
@@ -117,3 +117,24 @@ class ProviderResults:
 
     def records(self) -> list[ProviderRecord]:
         return sorted(self._newest.values(), key=lambda r: r.publisher)
+
+
+class NodeRecordResults:
+    """The node records of `public_key` seen during a lookup: verified at `now`, newest kept."""
+
+    def __init__(self, public_key: bytes, *, now: int) -> None:
+        self.public_key = public_key
+        self.now = now
+        self.newest: NodeRecord | None = None
+
+    def add(self, raw: bytes | None) -> None:
+        if raw is None:
+            return
+        try:
+            record = NodeRecord.parse(raw, now=self.now)
+        except InvalidRecord:
+            return
+        if record.publisher == self.public_key and (
+            self.newest is None or record.sequence > self.newest.sequence
+        ):
+            self.newest = record

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import trio
 
 from dht.ids import K, distance, node_id
-from dht.lookup import ALPHA, MAX_PAGES, RPC_TIMEOUT, Lookup, ProviderResults, Seed
+from dht.lookup import ALPHA, MAX_PAGES, RPC_TIMEOUT, Lookup, NodeRecordResults, ProviderResults, Seed
 from dht.messages import (
     AddProvider,
     Contact,
@@ -148,12 +148,12 @@ class DhtNode:
             del self._waiters[txid]
             self.protocol.forget(txid)
 
-    async def _run(self, lookup: Lookup, ask: Callable[[Contact], Request], take: Take) -> list[Contact]:
-        """Drive `lookup` with up to alpha queries in flight; `take` reads each reply."""
+    async def _run(self, lookup: Lookup, request: Request, take: Take) -> list[Contact]:
+        """Drive `lookup`, sending `request` with up to alpha in flight; `take` reads each reply."""
         done_send, done_receive = trio.open_memory_channel[None](math.inf)
 
         async def query(contact: Contact) -> None:
-            reply = await self.rpc(contact.address, ask(contact), contact.public_key)
+            reply = await self.rpc(contact.address, request, contact.public_key)
             closer = await take(contact, reply) if reply is not None else None
             if closer is None:
                 lookup.failed(contact)
@@ -175,9 +175,8 @@ class DhtNode:
         self.protocol.table.mark_refreshed(lookup.target, trio.current_time())
         return lookup.closest()
 
-    def _start(self, target: bytes, seeds: Iterable[Contact] | None = None) -> Lookup:
-        initial = list(seeds) if seeds is not None else self.protocol.table.closest(target)
-        return Lookup(target, initial, k=self.k, alpha=self.alpha)
+    def _start(self, target: bytes) -> Lookup:
+        return Lookup(target, self.protocol.table.closest(target), k=self.k, alpha=self.alpha)
 
     async def lookup(self, target: bytes) -> list[Contact]:
         """The k live nodes closest to `target`."""
@@ -185,7 +184,7 @@ class DhtNode:
         async def take(contact: Contact, reply: Reply) -> Iterable[Contact] | None:
             return reply.contacts if isinstance(reply, Nodes) else None
 
-        return await self._run(self._start(target), lambda c: FindNode(target), take)
+        return await self._run(self._start(target), FindNode(target), take)
 
     async def find_providers(self, key: bytes) -> list[ProviderRecord]:
         """Every live, valid provider record under `key` held by the nodes closest to it."""
@@ -206,7 +205,7 @@ class DhtNode:
                 skip, pages = skip + len(more.records), pages + 1
             return reply.contacts
 
-        await self._run(self._start(key), lambda c: GetProviders(key), take)
+        await self._run(self._start(key), GetProviders(key), take)
         return results.records()
 
     async def _store_at_closest(self, target: bytes, message: Request, keep: Callable[[], None]) -> int:
@@ -243,24 +242,18 @@ class DhtNode:
 
     async def find_node_record(self, public_key: bytes) -> NodeRecord | None:
         """The newest valid node record of `public_key`, or None."""
-        now = self.now()
-        own = self.protocol.store.node(public_key, now=now)
-        found: list[NodeRecord] = [own] if own is not None else []
+        results = NodeRecordResults(public_key, now=self.now())
+        own = self.protocol.store.node(public_key, now=results.now)
+        results.add(own.raw if own is not None else None)
 
         async def take(contact: Contact, reply: Reply) -> Iterable[Contact] | None:
             if not isinstance(reply, NodeFound):
                 return None
-            if reply.record is not None:
-                try:
-                    record = NodeRecord.parse(reply.record, now=now)
-                except InvalidRecord:
-                    return reply.contacts
-                if record.publisher == public_key:
-                    found.append(record)
+            results.add(reply.record)
             return reply.contacts
 
-        await self._run(self._start(node_id(public_key)), lambda c: GetNode(public_key), take)
-        return max(found, key=lambda r: r.sequence, default=None)
+        await self._run(self._start(node_id(public_key)), GetNode(public_key), take)
+        return results.newest
 
     async def bootstrap(self, seeds: Iterable[Seed]) -> int:
         """Join through `seeds`: ping them, look up our own id, refresh; return how many answered."""

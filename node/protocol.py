@@ -473,7 +473,7 @@ class JobConnection:
             )
 
     def _apply(self, message: Message) -> None:
-        if isinstance(message, Call | ListServices | GetStatus | GetPeers):
+        if isinstance(message, Request):
             self.request = message
             self.phase = Phase.REQUESTED
         elif isinstance(message, Start):
@@ -505,7 +505,7 @@ def _legal(conn: JobConnection, message: Message, sender: Role) -> bool:
         # After the final reply a client may still be flushing stdin it had already sent.
         return sender is Role.CLIENT and isinstance(message, Stdin | StdinEnd | Cancel)
     if sender is Role.CLIENT:
-        if isinstance(message, Call | ListServices | GetStatus | GetPeers):
+        if isinstance(message, Request):
             return phase is Phase.IDLE
         if not isinstance(request, Call):
             return False

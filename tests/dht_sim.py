@@ -87,8 +87,8 @@ class SimNode(DhtNode):
         super().__init__(identity, *args, **kwargs)
         self.started: dict[bytes, Lookup] = {}
 
-    def _start(self, target: bytes, seeds: Iterable[Contact] | None = None) -> Lookup:
-        lookup = super()._start(target, seeds)
+    def _start(self, target: bytes) -> Lookup:
+        lookup = super()._start(target)
         self.started[target] = lookup
         return lookup
 
