@@ -38,7 +38,7 @@ def advertised_addresses(config: NodeConfig, port: int) -> tuple[str, ...]:
     host = config.listen_host
     if host in ("", "0.0.0.0", "::"):
         host = _outward_ip()
-    return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}",)
+    return (Target(host, port).address,)
 
 
 def _outward_ip() -> str:
@@ -57,12 +57,6 @@ def seeds_from(targets: Sequence[Target]) -> list[Seed]:
 class Discovery:
     """Runs the node's DHT peer and its publisher."""
 
-    def peers(self) -> list[PeerInfo]:
-        """The DHT contacts in our routing table (none before the DHT has started)."""
-        if self.dht is None:
-            return []
-        return [PeerInfo(c.public_key, c.ip, c.port) for c in self.dht.protocol.table.contacts()]
-
     def __init__(
         self,
         identity: Identity,
@@ -78,6 +72,12 @@ class Discovery:
         self.seeds = list(seeds)
         self.lan = lan
         self.dht: DhtNode | None = None
+
+    def peers(self) -> list[PeerInfo]:
+        """The DHT contacts in our routing table (none before the DHT has started)."""
+        if self.dht is None:
+            return []
+        return [PeerInfo(c.public_key, c.ip, c.port) for c in self.dht.protocol.table.contacts()]
 
     async def run(self, host: str, port: int, *, task_status: trio.TaskStatus[DhtNode]) -> None:
         """Bind UDP host:port, join, publish until cancelled; `start` returns the DHT node."""
