@@ -8,7 +8,6 @@ and an exit code; the plain forms of `call` are parsed there without click.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -243,6 +242,8 @@ def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_
             }
         )
     if as_json:
+        import json
+
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
@@ -311,6 +312,8 @@ def peers(obj: Context, server: str | None, bootstrap: tuple[str, ...], as_json:
         for key, host, port in contacts
     ]
     if as_json:
+        import json
+
         click.echo(json.dumps(rows, indent=2))
         return
     click.echo(heading)
