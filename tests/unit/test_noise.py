@@ -20,8 +20,8 @@ from identity.noise import (
     public_key,
 )
 
-# The vectors live outside the repository, in the shared tree next to it; see the brief in the README there.
-VECTORS_PATH = Path(__file__).resolve().parents[3] / "shared/vectors/noise/cacophony.json"
+# The cacophony vectors are carried in the repository (tests/vectors/noise/README.md says where they come from).
+VECTORS_PATH = Path(__file__).resolve().parents[1] / "vectors/noise/cacophony.json"
 
 EXPECTED_VECTOR_PROTOCOLS = {
     "Noise_NN_25519_ChaChaPoly_BLAKE2b",
