@@ -91,8 +91,9 @@ def serve(
 
     import trio
 
+    from dht.addresses import parse_hostport
     from node.discovery import Discovery, seeds_from
-    from node.naming import Target, parse_hostport
+    from node.naming import Target
     from node.offers import Load
     from node.server import Node
     from node.services import load_services

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from dht.addresses import parse_hostport
 from dht.client import DhtClient
 from dht.ids import service_key
 from dht.lookup import Seed
@@ -23,7 +24,7 @@ from hubnet.select import Probe, SelectionRules, acceptable, choose, probe_targe
 from identity.errors import HostKeyMismatch, Rejected, RemoteProtocolError, TransportError
 from identity.keys import Identity, encode_peer_id
 from identity.records import InvalidRecord
-from node.naming import Target, parse_hostport
+from node.naming import Target
 from node.offers import InvalidOffer, Load, Offer, offer_from_record
 from node.protocol import Call, GetStatus, StatusReply
 

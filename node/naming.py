@@ -10,15 +10,14 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from dht.addresses import parse_hostport
 from identity.errors import ConfigError
 from identity.keys import decode_peer_id
 
 SERVICE_ID_LEN = 16
-DEFAULT_PORT = 7070
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,63}")
 _HEX_ID_RE = re.compile(r"[0-9A-Fa-f]{32}")
-_HOST_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
 
 
 def service_id_for_name(name: str) -> bytes:
@@ -51,40 +50,6 @@ def resolve_service_ref(text: str) -> bytes:
             f"not a service name or id: {text!r} (1-64 of A-Z a-z 0-9 . _ -, not starting with '-')"
         )
     return service_id_for_name(text)
-
-
-def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """Parse "HOST:PORT", "[v6]:PORT", ":PORT" or a bare "HOST" / "[v6]".
-
-    An empty host (":PORT") means every interface when listening; callers decide what it
-    means elsewhere. Port 0 is accepted so a listener can ask for any free port. Bare IPv6
-    without brackets is refused: "::1:7070" has no single reading.
-    """
-    bad = ConfigError(f"not a HOST:PORT address: {text!r}")
-    s = text.strip()
-    port_text: str | None = None
-    if s.startswith("["):
-        host, close, rest = s[1:].partition("]")
-        import ipaddress  # only bracketed IPv6 needs it
-
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise bad from None
-        if not close or (rest and not rest.startswith(":")):
-            raise bad
-        port_text = rest[1:] if rest else None
-    else:
-        host, colon, port_text = s.rpartition(":") if ":" in s else (s, "", None)
-        if ":" in host:
-            raise ConfigError(f"not a HOST:PORT address: {text!r} (write IPv6 as [addr]:port)")
-        if (host or not colon) and not _HOST_RE.fullmatch(host):
-            raise bad
-    if port_text is None:
-        return host, default_port
-    if not re.fullmatch(r"[0-9]{1,5}", port_text) or int(port_text) > 65535:
-        raise bad
-    return host, int(port_text)
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import msgpack
 
+from dht.addresses import parse_hostport
 from dht.ids import service_key
 from dht.records import ProviderRecord
 from identity.errors import ConfigError, RemoteProtocolError
-from node.naming import SERVICE_ID_LEN, is_service_name, parse_hostport
+from node.naming import SERVICE_ID_LEN, is_service_name
 
 MAX_ADDRESSES = 8
 MAX_ADDRESS_CHARS = 270  # a DNS name (253) plus ':' and a port

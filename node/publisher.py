@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dht.addresses import parse_hostport
 from dht.ids import service_key
 from dht.records import NodeRecord, ProviderRecord
 from identity.keys import Identity
-from node.naming import parse_hostport
 from node.offers import Load, Offer
 from node.services import NodeConfig
 

@@ -20,14 +20,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from dht.addresses import DEFAULT_PORT, parse_hostport
 from identity.errors import ConfigError, PolicyError
 from identity.keys import decode_peer_id
 from node.naming import (
-    DEFAULT_PORT,
     Target,
     format_service_id,
     is_service_name,
-    parse_hostport,
     parse_service_id,
     service_id_for_name,
 )

@@ -20,7 +20,7 @@ from identity.noise import (
     public_key,
 )
 
-# The cacophony vectors are carried in the repository (tests/vectors/noise/README.md says where they come from).
+# The cacophony vectors are carried in the repository (see tests/vectors/noise/README.md).
 VECTORS_PATH = Path(__file__).resolve().parents[1] / "vectors/noise/cacophony.json"
 
 EXPECTED_VECTOR_PROTOCOLS = {

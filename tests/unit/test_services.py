@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dht.addresses import parse_hostport
 from identity.errors import ConfigError, PolicyError
 from node.naming import (
     format_service_id,
-    parse_hostport,
     parse_service_id,
     resolve_service_ref,
     service_id_for_name,
