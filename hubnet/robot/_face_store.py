@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,7 +56,7 @@ class FaceStore:
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open {path}: {exc}") from None
         try:
-            self._prepare()
+            self._prepare_when_free()
         except (sqlite3.Error, StoreError) as exc:
             self._db.close()
             raise StoreError(f"cannot use {path}: {exc}") from None
@@ -65,6 +66,23 @@ class FaceStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self._db.close()
+
+    def _prepare_when_free(self) -> None:
+        """`_prepare`, retried while another process holds the lock, up to the busy timeout.
+
+        Turning a new file into WAL needs an exclusive lock, and SQLite reports "locked" at once
+        for it instead of calling its busy handler: several jobs opening a new store together
+        would otherwise fail (seen with four writers on a loaded machine).
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+        while True:
+            try:
+                self._prepare()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _prepare(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
