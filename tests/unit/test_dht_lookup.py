@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dht.ids import ID_LEN, distance, node_id
-from dht.lookup import Lookup, ProviderResults
+from dht.lookup import Lookup, ProviderResults, Query
 from dht.messages import (
     MAX_RECORDS_PER_REPLY,
     AddProvider,
@@ -90,22 +90,23 @@ def drive(
     `named` collects every contact named. Returns how many times each contact was asked.
     """
     asked: Counter[bytes] = Counter()
-    in_flight: list[Contact] = []
+    in_flight: list[Query] = []
     while True:
-        for queried in lookup.next_queries():
-            asked[queried.id] += 1
-            in_flight.append(queried)
+        for query in lookup.next_queries():
+            assert query.request == FindNode(lookup.target)
+            asked[query.contact.id] += 1
+            in_flight.append(query)
         assert len(in_flight) <= lookup.alpha
         if lookup.finished:
             assert not in_flight
             return asked
         assert in_flight, "a lookup that is not finished must be waiting for something"
-        queried = in_flight.pop(rng.randrange(len(in_flight)))
-        closer = answer(queried, lookup.target)
+        query = in_flight.pop(rng.randrange(len(in_flight)))
+        closer = answer(query.contact, lookup.target)
         if closer is None:
-            lookup.failed(queried)
+            lookup.failed(query)
         else:
-            lookup.replied(queried, closer)
+            lookup.replied(query, Nodes(tuple(closer)))
             if named is not None:
                 named.update((c.id, c) for c in closer)
 
@@ -193,7 +194,7 @@ def test_lookup_keeps_at_most_alpha_in_flight_and_waits() -> None:
     assert len(first) == 3
     assert lookup.next_queries() == []  # all three still in flight
     assert not lookup.finished
-    lookup.replied(first[0], [])
+    lookup.replied(first[0], Nodes(()))
     assert len(lookup.next_queries()) == 1
     assert lookup.queries == 4
 
@@ -201,15 +202,17 @@ def test_lookup_keeps_at_most_alpha_in_flight_and_waits() -> None:
 def test_contacts_named_after_failing_are_ignored() -> None:
     a, b, c = contact(1), contact(2), contact(3)
     lookup = Lookup(bytes(ID_LEN), [a, b], k=K, alpha=1)
-    first = lookup.next_queries()[0]
+    [first] = lookup.next_queries()
     lookup.failed(first)
-    second = lookup.next_queries()[0]
-    assert second != first
-    lookup.replied(second, [first, c])  # names the one that failed: not asked again
-    assert lookup.next_queries() == [c]
-    lookup.replied(c, [first, second])
+    [second] = lookup.next_queries()
+    assert second.contact != first.contact
+    lookup.replied(second, Nodes((first.contact, c)))  # names the one that failed: not asked again
+    [third] = lookup.next_queries()
+    assert third == Query(c, FindNode(bytes(ID_LEN)))
+    lookup.replied(third, Nodes((first.contact, second.contact)))
     assert lookup.finished
-    assert set(lookup.closest()) == {second, c}
+    assert set(lookup.closest()) == {second.contact, c}
+    assert lookup.failures == 1
 
 
 def test_a_liar_naming_ever_closer_fakes_cannot_keep_a_lookup_going() -> None:
@@ -220,7 +223,7 @@ def test_a_liar_naming_ever_closer_fakes_cannot_keep_a_lookup_going() -> None:
     named = 1
     while not lookup.finished:
         [asked] = lookup.next_queries()
-        lookup.replied(asked, fakes[named : named + 4])
+        lookup.replied(asked, Nodes(tuple(fakes[named : named + 4])))
         named += 4
         assert lookup.queries <= 30
     assert lookup.queries == 30 and named < len(fakes)  # stopped by the budget, not by running dry
@@ -232,12 +235,12 @@ def test_lookup_returns_only_those_that_replied() -> None:
     lookup = Lookup(target, contacts, k=4, alpha=4)
     silent: set[bytes] = set()
     while not lookup.finished:
-        for queried in lookup.next_queries():
+        for query in lookup.next_queries():
             if len(silent) < 2:
-                silent.add(queried.id)
-                lookup.failed(queried)
+                silent.add(query.contact.id)
+                lookup.failed(query)
             else:
-                lookup.replied(queried, [])
+                lookup.replied(query, Nodes(()))
     found = lookup.closest()
     assert len(found) == 4
     assert not {c.id for c in found} & silent
