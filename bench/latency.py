@@ -8,6 +8,9 @@ processes (fork to exit), interleaved, after warm-ups:
   hubnode call true                                discovered: a caller whose client.toml
                                                    names the node only as a DHT bootstrap
                                                    (lookup, offer checks, live probe, call)
+  hubnode call true, 12 providers                  the same on a DHT of 12 more `hubnode
+                                                   serve`s that all offer `true`: every node
+                                                   holds all 12 offers, two pages of records
   python -c "import hubnet.cli"                    the import floor of the CLI
   python -c "pass"                                 the interpreter floor
   python -c "<connect, send 1 byte, read 1 byte>"  a plain TCP round trip from a fresh process
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -49,6 +53,7 @@ from _common import (
     HUBNODE,
     PYTHON,
     BenchError,
+    Server,
     bytecode_cache,
     hubnode_server,
     median,
@@ -71,9 +76,12 @@ s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 s.sendall(b"x")
 sys.exit(0 if s.recv(1) == b"x" else 1)
 """
+PROVIDERS = 12  # more than one page of provider records (dht.messages.MAX_RECORDS_PER_REPLY)
 CALL = "hubnode call (IK)"
 DISCOVERED = "hubnode call (DHT, probe, IK)"
+DISCOVERED_MANY = f"hubnode call (DHT {PROVIDERS}, probe, IK)"
 _RUN_TIMEOUT = 30.0
+_PUBLISH_TIMEOUT = 30.0
 _IMPORTTIME_REPEATS = 5
 
 
@@ -134,6 +142,36 @@ def echo_server() -> Iterator[int]:
         stop.set()
         thread.join(timeout=5)
         listener.close()
+
+
+def discovering_home(parent: Path, name: str, bootstrap: str) -> Path:
+    """A caller's home whose client.toml knows only a DHT node (`bootstrap`), not the servers."""
+    home = parent / name
+    home.mkdir()
+    (home / "client.toml").write_text(f'bootstrap = ["{bootstrap}"]\n', encoding="utf-8")
+    return home
+
+
+@contextlib.contextmanager
+def providers(count: int, env: dict[str, str]) -> Iterator[Server]:
+    """`count` `hubnode serve`s of SERVICES_TOML joined through the first (yielded), once a
+    discovering caller sees all `count` offers; stopped on the way out."""
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(hubnode_server(SERVICES_TOML, env))
+        for _ in range(count - 1):
+            stack.enter_context(hubnode_server(SERVICES_TOML, env, ["--bootstrap", first.target]))
+        home = discovering_home(first.client_home.parent, "waiting", first.target)
+        argv = [HUBNODE, "--home", str(home), "services", "true", "--json"]
+        deadline = time.monotonic() + _PUBLISH_TIMEOUT
+        while True:
+            done = subprocess.run(argv, capture_output=True, timeout=_RUN_TIMEOUT, check=False, env=env)
+            seen = len(json.loads(done.stdout)) if done.returncode == 0 else 0
+            if seen == count:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"{seen} of {count} offers discoverable after {_PUBLISH_TIMEOUT:.0f} s")
+            time.sleep(0.2)
+        yield first
 
 
 SSH = "ssh 127.0.0.1 true (own sshd)"
@@ -344,16 +382,16 @@ def main() -> int:
             ssh_server() as (ssh, ssh_reason),
             bytecode_cache() as env,
             hubnode_server(SERVICES_TOML, env) as server,
+            providers(PROVIDERS, env) as many,
             echo_server() as echo_port,
         ):
             call_argv = ["--home", str(server.client_home), "call", "--server", server.target, "true"]
-            # A second caller that knows only a DHT node (client.toml's bootstrap), not the server.
-            discovering = server.client_home.parent / "discovering"
-            discovering.mkdir()
-            (discovering / "client.toml").write_text(f'bootstrap = ["{server.target}"]\n', encoding="utf-8")
+            discovering = discovering_home(server.client_home.parent, "discovering", server.target)
+            discovering_many = discovering_home(many.client_home.parent, "discovering", many.target)
             cases = [
                 Case(CALL, [HUBNODE, *call_argv], env),
                 Case(DISCOVERED, [HUBNODE, "--home", str(discovering), "call", "true"], env),
+                Case(DISCOVERED_MANY, [HUBNODE, "--home", str(discovering_many), "call", "true"], env),
                 Case('python -c "import hubnet.cli"', [PYTHON, "-c", "import hubnet.cli"], env),
                 Case('python -c "pass"', [PYTHON, "-c", "pass"], env),
                 Case("python TCP 1-byte round trip", [PYTHON, "-c", TCP_CLIENT, str(echo_port)], env),
@@ -387,7 +425,7 @@ def main() -> int:
         print(f"  {SSH}: SKIPPED: {ssh_reason}")
     call = times[CALL]
     print("  ratios of hubnode call (mean, median):")
-    for name in [n for n in times if n not in (CALL, DISCOVERED)]:
+    for name in [n for n in times if n not in (CALL, DISCOVERED, DISCOVERED_MANY)]:
         print(
             f"    / {name:<32} {statistics.fmean(call) / statistics.fmean(times[name]):>5.2f}x "
             f"{median(call) / median(times[name]):>5.2f}x"

@@ -12,22 +12,17 @@ import contextlib
 import functools
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import trio
 
 from dht.ids import K, distance, node_id
-from dht.lookup import ALPHA, MAX_PAGES, RPC_TIMEOUT, Lookup, NodeRecordResults, ProviderResults, Seed
+from dht.lookup import ALPHA, RPC_TIMEOUT, Lookup, NodeRecordLookup, ProviderLookup, Query, Seed
 from dht.messages import (
     AddProvider,
     Contact,
-    FindNode,
-    GetNode,
-    GetProviders,
-    NodeFound,
-    Nodes,
     Ping,
-    Providers,
     PutNode,
     Reply,
     Request,
@@ -40,8 +35,7 @@ from dht.transport import DatagramTransport
 from identity.keys import Identity
 from identity.records import InvalidRecord
 
-# Reads one reply of a lookup: the closer contacts it names, or None if it is useless.
-Take = Callable[[Contact, Reply], Awaitable[Iterable[Contact] | None]]
+L = TypeVar("L", bound=Lookup)
 
 REFRESH_INTERVAL = 600.0
 EXPIRE_INTERVAL = 60.0
@@ -148,65 +142,44 @@ class DhtNode:
             del self._waiters[txid]
             self.protocol.forget(txid)
 
-    async def _run(self, lookup: Lookup, request: Request, take: Take) -> list[Contact]:
-        """Drive `lookup`, sending `request` with up to alpha in flight; `take` reads each reply."""
+    async def _run(self, lookup: L) -> L:
+        """Drive `lookup` to its end, each of its queries an `rpc` in a task of its own."""
         done_send, done_receive = trio.open_memory_channel[None](math.inf)
 
-        async def query(contact: Contact) -> None:
-            reply = await self.rpc(contact.address, request, contact.public_key)
-            closer = await take(contact, reply) if reply is not None else None
-            if closer is None:
-                lookup.failed(contact)
-                if reply is None:
-                    # Silent, not merely unhelpful: drop it (promoting a parked newcomer),
-                    # or every later lookup would wait out its timeout again.
-                    self.protocol.evict(contact)
+        async def ask(query: Query) -> None:
+            reply = await self.rpc(query.contact.address, query.request, query.contact.public_key)
+            if reply is None:
+                lookup.failed(query)
+                # Silent, not merely unhelpful: drop it (promoting a parked newcomer), or
+                # every later lookup would wait out its timeout again.
+                self.protocol.evict(query.contact)
             else:
-                lookup.replied(contact, closer)
+                lookup.replied(query, reply)
             done_send.send_nowait(None)
 
         async with trio.open_nursery() as nursery:
             while True:
-                for contact in lookup.next_queries():
-                    nursery.start_soon(query, contact)
+                for query in lookup.next_queries():
+                    nursery.start_soon(ask, query)
                 if lookup.finished:
                     break
                 await done_receive.receive()
         self.protocol.table.mark_refreshed(lookup.target, trio.current_time())
-        return lookup.closest()
-
-    def _start(self, target: bytes) -> Lookup:
-        return Lookup(target, self.protocol.table.closest(target), k=self.k, alpha=self.alpha)
+        return lookup
 
     async def lookup(self, target: bytes) -> list[Contact]:
         """The k live nodes closest to `target`."""
-
-        async def take(contact: Contact, reply: Reply) -> Iterable[Contact] | None:
-            return reply.contacts if isinstance(reply, Nodes) else None
-
-        return await self._run(self._start(target), FindNode(target), take)
+        lookup = Lookup(target, self.protocol.table.closest(target), k=self.k, alpha=self.alpha)
+        return (await self._run(lookup)).closest()
 
     async def find_providers(self, key: bytes) -> list[ProviderRecord]:
         """Every live, valid provider record under `key` held by the nodes closest to it."""
-        results = ProviderResults(key, now=self.now())
+        lookup = ProviderLookup(
+            key, self.protocol.table.closest(key), now=self.now(), k=self.k, alpha=self.alpha
+        )
         # We may be one of the closest nodes ourselves, and a lookup never asks itself.
-        results.add(r.raw for r in self.protocol.store.providers(key, now=results.now))
-
-        async def take(contact: Contact, reply: Reply) -> Iterable[Contact] | None:
-            if not isinstance(reply, Providers):
-                return None
-            results.add(reply.records)
-            skip, total, pages = len(reply.records), reply.total, 1
-            while skip < total and pages < MAX_PAGES:
-                more = await self.rpc(contact.address, GetProviders(key, skip), contact.public_key)
-                if not isinstance(more, Providers) or not more.records:
-                    break
-                results.add(more.records)
-                skip, pages = skip + len(more.records), pages + 1
-            return reply.contacts
-
-        await self._run(self._start(key), GetProviders(key), take)
-        return results.records()
+        lookup.results.add(r.raw for r in self.protocol.store.providers(key, now=lookup.results.now))
+        return (await self._run(lookup)).results.records()
 
     async def _store_at_closest(self, target: bytes, message: Request, keep: Callable[[], None]) -> int:
         closest = await self.lookup(target)
@@ -242,18 +215,11 @@ class DhtNode:
 
     async def find_node_record(self, public_key: bytes) -> NodeRecord | None:
         """The newest valid node record of `public_key`, or None."""
-        results = NodeRecordResults(public_key, now=self.now())
-        own = self.protocol.store.node(public_key, now=results.now)
-        results.add(own.raw if own is not None else None)
-
-        async def take(contact: Contact, reply: Reply) -> Iterable[Contact] | None:
-            if not isinstance(reply, NodeFound):
-                return None
-            results.add(reply.record)
-            return reply.contacts
-
-        await self._run(self._start(node_id(public_key)), GetNode(public_key), take)
-        return results.newest
+        seeds = self.protocol.table.closest(node_id(public_key))
+        lookup = NodeRecordLookup(public_key, seeds, now=self.now(), k=self.k, alpha=self.alpha)
+        own = self.protocol.store.node(public_key, now=lookup.results.now)
+        lookup.results.add(own.raw if own is not None else None)
+        return (await self._run(lookup)).results.newest
 
     async def bootstrap(self, seeds: Iterable[Seed]) -> int:
         """Join through `seeds`: ping them, look up our own id, refresh; return how many answered."""

@@ -46,6 +46,7 @@ from node.offers import Load, Offer, Price
 EPOCH = 1_700_000_000  # unix time at virtual time 0
 PORT = 7070
 T = TypeVar("T")
+L = TypeVar("L", bound=Lookup)
 
 
 def node_identity(index: int) -> Identity:
@@ -87,10 +88,9 @@ class SimNode(DhtNode):
         super().__init__(identity, *args, **kwargs)
         self.started: dict[bytes, Lookup] = {}
 
-    def _start(self, target: bytes) -> Lookup:
-        lookup = super()._start(target)
-        self.started[target] = lookup
-        return lookup
+    async def _run(self, lookup: L) -> L:
+        self.started[lookup.target] = lookup
+        return await super()._run(lookup)
 
 
 @dataclass(frozen=True)

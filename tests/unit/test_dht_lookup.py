@@ -9,16 +9,17 @@ target as it would on the wire.
 from __future__ import annotations
 
 import functools
+import math
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dht.ids import ID_LEN, distance, node_id
-from dht.lookup import Lookup, ProviderResults
+from dht.lookup import Lookup, ProviderLookup, ProviderResults, Query
 from dht.messages import (
     MAX_RECORDS_PER_REPLY,
     AddProvider,
@@ -32,6 +33,7 @@ from dht.messages import (
     Pong,
     Providers,
     PutNode,
+    Reply,
     Stored,
     decode,
     encode,
@@ -81,33 +83,49 @@ def true_closest(contacts: Iterable[Contact], target: bytes, k: int = K) -> list
 Answer = Callable[[Contact, bytes], list[Contact] | None]
 
 
+def run_queries(lookup: Lookup, answer: Callable[[Query], Reply | None], rng: random.Random) -> list[Query]:
+    """Run `lookup` to the end, completing its in-flight queries in a random order.
+
+    `answer(query)` is the reply, or None if there is none. Returns every query sent, in order.
+    """
+    sent: list[Query] = []
+    in_flight: list[Query] = []
+    while True:
+        queries = lookup.next_queries()
+        sent += queries
+        in_flight += queries
+        assert len(in_flight) <= lookup.alpha
+        if lookup.finished:
+            assert not in_flight
+            return sent
+        assert in_flight, "a lookup that is not finished must be waiting for something"
+        query = in_flight.pop(rng.randrange(len(in_flight)))
+        reply = answer(query)
+        if reply is None:
+            lookup.failed(query)
+        else:
+            lookup.replied(query, reply)
+
+
 def drive(
     lookup: Lookup, answer: Answer, rng: random.Random, named: dict[bytes, Contact] | None = None
 ) -> Counter[bytes]:
-    """Run `lookup` to the end, completing its in-flight queries in a random order.
+    """Run a node lookup to the end, completing its in-flight queries in a random order.
 
     `answer(contact, target)` is the contacts it names, or None if it does not answer;
     `named` collects every contact named. Returns how many times each contact was asked.
     """
-    asked: Counter[bytes] = Counter()
-    in_flight: list[Contact] = []
-    while True:
-        for queried in lookup.next_queries():
-            asked[queried.id] += 1
-            in_flight.append(queried)
-        assert len(in_flight) <= lookup.alpha
-        if lookup.finished:
-            assert not in_flight
-            return asked
-        assert in_flight, "a lookup that is not finished must be waiting for something"
-        queried = in_flight.pop(rng.randrange(len(in_flight)))
-        closer = answer(queried, lookup.target)
+
+    def reply(query: Query) -> Nodes | None:
+        assert query.request == FindNode(lookup.target)
+        closer = answer(query.contact, lookup.target)
         if closer is None:
-            lookup.failed(queried)
-        else:
-            lookup.replied(queried, closer)
-            if named is not None:
-                named.update((c.id, c) for c in closer)
+            return None
+        if named is not None:
+            named.update((c.id, c) for c in closer)
+        return Nodes(tuple(closer))
+
+    return Counter(query.contact.id for query in run_queries(lookup, reply, rng))
 
 
 def table_answer(
@@ -193,7 +211,7 @@ def test_lookup_keeps_at_most_alpha_in_flight_and_waits() -> None:
     assert len(first) == 3
     assert lookup.next_queries() == []  # all three still in flight
     assert not lookup.finished
-    lookup.replied(first[0], [])
+    lookup.replied(first[0], Nodes(()))
     assert len(lookup.next_queries()) == 1
     assert lookup.queries == 4
 
@@ -201,15 +219,17 @@ def test_lookup_keeps_at_most_alpha_in_flight_and_waits() -> None:
 def test_contacts_named_after_failing_are_ignored() -> None:
     a, b, c = contact(1), contact(2), contact(3)
     lookup = Lookup(bytes(ID_LEN), [a, b], k=K, alpha=1)
-    first = lookup.next_queries()[0]
+    [first] = lookup.next_queries()
     lookup.failed(first)
-    second = lookup.next_queries()[0]
-    assert second != first
-    lookup.replied(second, [first, c])  # names the one that failed: not asked again
-    assert lookup.next_queries() == [c]
-    lookup.replied(c, [first, second])
+    [second] = lookup.next_queries()
+    assert second.contact != first.contact
+    lookup.replied(second, Nodes((first.contact, c)))  # names the one that failed: not asked again
+    [third] = lookup.next_queries()
+    assert third == Query(c, FindNode(bytes(ID_LEN)))
+    lookup.replied(third, Nodes((first.contact, second.contact)))
     assert lookup.finished
-    assert set(lookup.closest()) == {second, c}
+    assert set(lookup.closest()) == {second.contact, c}
+    assert lookup.failures == 1
 
 
 def test_a_liar_naming_ever_closer_fakes_cannot_keep_a_lookup_going() -> None:
@@ -220,7 +240,7 @@ def test_a_liar_naming_ever_closer_fakes_cannot_keep_a_lookup_going() -> None:
     named = 1
     while not lookup.finished:
         [asked] = lookup.next_queries()
-        lookup.replied(asked, fakes[named : named + 4])
+        lookup.replied(asked, Nodes(tuple(fakes[named : named + 4])))
         named += 4
         assert lookup.queries <= 30
     assert lookup.queries == 30 and named < len(fakes)  # stopped by the budget, not by running dry
@@ -232,12 +252,12 @@ def test_lookup_returns_only_those_that_replied() -> None:
     lookup = Lookup(target, contacts, k=4, alpha=4)
     silent: set[bytes] = set()
     while not lookup.finished:
-        for queried in lookup.next_queries():
+        for query in lookup.next_queries():
             if len(silent) < 2:
-                silent.add(queried.id)
-                lookup.failed(queried)
+                silent.add(query.contact.id)
+                lookup.failed(query)
             else:
-                lookup.replied(queried, [])
+                lookup.replied(query, Nodes(()))
     found = lookup.closest()
     assert len(found) == 4
     assert not {c.id for c in found} & silent
@@ -280,6 +300,147 @@ def test_provider_results_refuse_invalid_records() -> None:
     results.add([tampered, other_key.raw, expired.raw, future.raw, node.raw, b"garbage", genuine.raw])
     assert results.records() == [genuine]
     assert results.refused == 6
+
+
+# -- ProviderLookup: paging ----------------------------------------------------------------
+
+
+@functools.cache
+def provider_records(count: int = 40) -> tuple[ProviderRecord, ...]:
+    """`count` records under KEY, each from a publisher of its own."""
+    return tuple(record(Identity.from_seed(bytes([7, i]) * 16)) for i in range(count))
+
+
+def page(records: Sequence[ProviderRecord], query: Query) -> Providers:
+    """What an honest node holding `records` answers to `query` (a GetProviders)."""
+    assert isinstance(query.request, GetProviders)
+    skip = query.request.skip
+    shown = records[skip : skip + MAX_RECORDS_PER_REPLY]
+    return Providers(tuple(r.raw for r in shown), len(records), ())
+
+
+def publishers(records: Iterable[ProviderRecord]) -> set[bytes]:
+    return {r.publisher for r in records}
+
+
+def provider_lookup(seeds: Iterable[Contact], **options: int) -> ProviderLookup:
+    return ProviderLookup(KEY, seeds, now=NOW, k=K, **options)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+    holdings=st.lists(st.sets(st.integers(0, 39)), min_size=1, max_size=6),
+    alpha=st.integers(1, 4),
+    order_seed=st.integers(0, 2**32 - 1),
+)
+def test_provider_lookup_reads_every_page_of_every_node_once(
+    holdings: list[set[int]], alpha: int, order_seed: int
+) -> None:
+    records = provider_records()
+    held = {contact(i).id: [records[r] for r in sorted(h)] for i, h in enumerate(holdings)}
+    lookup = provider_lookup([contact(i) for i in range(len(holdings))], alpha=alpha)
+    sent = run_queries(lookup, lambda q: page(held[q.contact.id], q), random.Random(order_seed))
+    assert publishers(lookup.results.records()) == publishers(r for h in held.values() for r in h)
+    assert len(set(sent)) == len(sent)  # no page asked twice
+    pages = Counter(q.contact.id for q in sent)
+    assert pages == {i: max(1, math.ceil(len(h) / MAX_RECORDS_PER_REPLY)) for i, h in held.items()}
+    assert (lookup.queries, lookup.follow_ups, lookup.failures) == (len(held), len(sent) - len(held), 0)
+
+
+def test_a_node_with_more_records_is_asked_for_the_next_page() -> None:
+    records = provider_records(14)
+    seed = contact(1)
+    lookup = provider_lookup([seed])
+    for skip in (0, 6, 12):
+        assert not lookup.finished
+        [query] = lookup.next_queries()
+        assert query == Query(seed, GetProviders(KEY, skip))
+        lookup.replied(query, page(records, query))
+    assert lookup.finished
+    assert publishers(lookup.results.records()) == publishers(records)
+    assert lookup.closest() == [seed]
+
+
+def test_paging_stops_at_max_pages_and_at_an_empty_page() -> None:
+    records = provider_records()
+    liar, quitter = contact(1), contact(2)
+    lookup = provider_lookup([liar, quitter], max_pages=3)
+    # The liar claims ever more records and shows one new one a page; the quitter claims
+    # 40 but shows 6, then an empty page.
+    shown = iter(records)
+    sent = []
+    while not lookup.finished:
+        for query in lookup.next_queries():
+            sent.append(query)
+            if query.contact == liar:
+                lookup.replied(query, Providers((next(shown).raw,), 2**31, ()))
+            elif query.request == GetProviders(KEY):
+                lookup.replied(query, Providers(tuple(r.raw for r in records[30:36]), 40, ()))
+            else:
+                lookup.replied(query, Providers((), 40, ()))
+    assert [q.request for q in sent if q.contact == liar] == [GetProviders(KEY, skip) for skip in (0, 1, 2)]
+    assert [q.request for q in sent if q.contact == quitter] == [GetProviders(KEY), GetProviders(KEY, 6)]
+    assert len(lookup.results.records()) == 3 + 6
+    assert lookup.failures == 0
+
+
+def test_a_lost_page_ends_that_nodes_pages_but_not_its_answer() -> None:
+    records = provider_records(20)
+    seed = contact(1)
+    lookup = provider_lookup([seed])
+    [first] = lookup.next_queries()
+    lookup.replied(first, page(records, first))
+    [second] = lookup.next_queries()
+    lookup.failed(second)  # not asked again: another node holding the key has its copy
+    assert lookup.next_queries() == []
+    assert lookup.finished
+    assert lookup.closest() == [seed]
+    assert (lookup.follow_ups, lookup.failures) == (1, 1)
+    assert publishers(lookup.results.records()) == publishers(records[:MAX_RECORDS_PER_REPLY])
+
+
+def test_a_page_answered_with_the_wrong_kind_of_reply_is_a_failure() -> None:
+    records = provider_records(8)
+    seed, other = contact(1), contact(2)
+    lookup = provider_lookup([seed])
+    [first] = lookup.next_queries()
+    lookup.replied(first, Providers(page(records, first).records, 8, (other,)))
+    [second, walk] = sorted(lookup.next_queries(), key=lambda q: q.contact != seed)
+    assert (second.contact, walk.contact) == (seed, other)
+    lookup.replied(second, Nodes(()))
+    lookup.replied(walk, Nodes(()))  # a node lookup's answer, no use to this one
+    assert lookup.finished
+    assert lookup.closest() == [seed]
+    assert lookup.failures == 2
+
+
+def test_pages_share_the_alpha_slots_and_the_walk_goes_first() -> None:
+    records = provider_records(12)
+    a, b, c = contact(1), contact(2), contact(3)
+    lookup = provider_lookup([a, b, c], alpha=2)
+    walk = {q.contact: q for q in lookup.next_queries()}
+    assert len(walk) == 2
+    holder, other = walk.values()
+    lookup.replied(holder, page(records, holder))  # a page is owed, but the walk has a contact left
+    [third] = lookup.next_queries()
+    assert third.request == GetProviders(KEY) and third.contact not in walk
+    lookup.replied(other, Providers((), 0, ()))
+    [more] = lookup.next_queries()
+    assert more == Query(holder.contact, GetProviders(KEY, 6))
+    assert lookup.next_queries() == []  # both slots taken
+    lookup.replied(third, Providers((), 0, ()))
+    lookup.replied(more, page(records, more))
+    assert lookup.finished
+    assert publishers(lookup.results.records()) == publishers(records)
+
+
+def test_pages_are_not_charged_to_the_walk_budget() -> None:
+    records = provider_records(18)
+    lookup = provider_lookup([contact(1), contact(2)], max_queries=1)
+    sent = run_queries(lookup, lambda q: page(records, q), random.Random(0))
+    assert len(sent) == 3 and {q.contact for q in sent} == {sent[0].contact}
+    assert (lookup.queries, lookup.follow_ups) == (1, 2)
+    assert publishers(lookup.results.records()) == publishers(records)
 
 
 # -- DhtProtocol ----------------------------------------------------------------------------
