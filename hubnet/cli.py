@@ -105,7 +105,7 @@ def serve(
         host, port = parse_hostport(listen)
         config = dataclasses.replace(config, listen_host=host, listen_port=port)
     if example_services:
-        from hubnet.robot.examples import with_examples
+        from hubnet_robot.examples import with_examples
 
         obj.home.data_dir.mkdir(parents=True, exist_ok=True)
         config, notes = with_examples(config, obj.home.data_dir)
