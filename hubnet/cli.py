@@ -189,7 +189,7 @@ def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_
                 "peer": encode_peer_id(offer.publisher),
                 "service": offer.name,
                 "id": format_service_id(offer.service_id),
-                "address": offer.addresses[0],
+                "address": str(offer.addresses[0]),
                 "price": dataclasses.asdict(offer.price),
                 "load": dataclasses.asdict(answer.load if answer and answer.load else offer.load),
                 "rtt_ms": round(answer.rtt * 1000, 2) if answer else None,

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
+from dht.addresses import Address, DirectAddress
 from dht.lookup import Seed
 from dht.node import DhtNode
 from dht.transport import DatagramTransport
@@ -31,14 +32,14 @@ POLL_INTERVAL = 1.0
 REJOIN_INTERVAL = 30.0
 
 
-def advertised_addresses(config: NodeConfig, port: int) -> tuple[str, ...]:
+def advertised_addresses(config: NodeConfig, port: int) -> tuple[Address, ...]:
     """The addresses to put in offers: `advertise`, else the listen host, else our outward IP."""
     if config.advertise:
         return config.advertise
     host = config.listen_host
     if host in ("", "0.0.0.0", "::"):
         host = _outward_ip()
-    return (Target(host, port).address,)
+    return (DirectAddress(host, port),)
 
 
 def _outward_ip() -> str:
