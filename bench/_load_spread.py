@@ -28,6 +28,7 @@ import heapq
 import random
 from collections.abc import Callable, Sequence
 
+from dht.addresses import DirectAddress
 from hubnet.select import Probe, SelectionRules, acceptable, choose, probe_targets, rank
 from node.offers import Load, Offer, Price
 
@@ -61,7 +62,7 @@ def _offer(index: int, jobs: int, capacity: int, now: int) -> Offer:
         publisher=index.to_bytes(32, "big"),
         service_id=bytes(16),
         name="bench",
-        addresses=(f"10.0.{index // 256}.{index % 256}:7070",),
+        addresses=(DirectAddress(f"10.0.{index // 256}.{index % 256}", 7070),),
         price=Price(per_call=100),
         load=Load(min(jobs, capacity), max(jobs - capacity, 0), capacity),
         sequence=now,

@@ -6,7 +6,7 @@ scikit-image, Grace Hopper from matplotlib), each against variations of itself (
 person; the only photos of them that ship) and against the other person. The service says
 "same person" below 0.6.
 
-Latency: whole `python -m hubnet.robot.face` processes (fork to exit, so model loading
+Latency: whole `python -m hubnet_robot.face` processes (fork to exit, so model loading
 included), median of --runs after one warm-up, for identify (one face, two faces, a
 12-megapixel JPEG), enroll and forget, on a temporary database. `command_latency()` takes the
 command prefix, so the same figures can be taken through a node with
@@ -34,7 +34,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PYTHON, bytecode_cache, command_latency
 
-from hubnet.robot import face
+from hubnet_robot import face
 from tests import photos
 
 
@@ -89,7 +89,7 @@ def main() -> int:
     ]
     with tempfile.TemporaryDirectory(prefix="hubnet-bench-face-") as work, bytecode_cache() as env:
         db = str(Path(work) / "faces.sqlite")
-        prefix = [PYTHON, "-m", "hubnet.robot.face", "--db", db]
+        prefix = [PYTHON, "-m", "hubnet_robot.face", "--db", db]
         print(f"\nwall time per call, whole process, median of {runs}:")
         for label, args, stdin, expect in cases:
             print(f"  {label:34} {command_latency(prefix, args, stdin, runs, env, expect) * 1000:6.0f} ms")

@@ -52,7 +52,7 @@ def main() -> int:
             print(f"robot services: whole-process wall time, median of {args.runs} after a warm-up")
             print(f"  {'call':<36} {'local ms':>9} {'hubnode call ms':>16} {'difference':>11}")
             for service, call_args, stdin in cases:
-                local = [PYTHON, "-m", f"hubnet.robot.{service}"]
+                local = [PYTHON, "-m", f"hubnet_robot.{service}"]
                 if service == "face":
                     local += ["--db", str(server.client_home / "faces.sqlite")]
                 remote = [

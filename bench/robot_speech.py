@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PYTHON, BenchError, bytecode_cache, command_latency
 
-from hubnet.robot import listen
+from hubnet_robot import listen
 
 PHRASES = [
     "hello robot",
@@ -63,8 +63,8 @@ PHRASES = [
     "it is raining outside",
 ]
 VOICES = ["en-us", "en"]
-SPEAK = [PYTHON, "-m", "hubnet.robot.speak"]
-LISTEN = [PYTHON, "-m", "hubnet.robot.listen"]
+SPEAK = [PYTHON, "-m", "hubnet_robot.speak"]
+LISTEN = [PYTHON, "-m", "hubnet_robot.listen"]
 
 
 def edit_distance(said: Sequence[str], heard: Sequence[str]) -> int:

@@ -16,9 +16,11 @@ Wire form (msgpack, inside signed offers and node records):
     [1, relay_public_key, host, port, target_public_key]   via a relay
 
 A decoder meets every value from the network as hostile: `decode_address` raises
-`InvalidAddress` for anything but these shapes within their limits. Offers written before
-typed addresses carried plain "HOST:PORT" strings; `decode_address` still reads those as
-direct addresses (see docs/protocol.md, "Versioning").
+`InvalidAddress` for anything but these shapes within their limits. Records written before
+typed addresses carried direct addresses only, offers as "HOST:PORT" strings and node
+records as `[host, port]` pairs; `decode_address` still reads both as direct addresses
+(see docs/protocol.md, "Versioning"). Neither can be mistaken for a typed one: a typed
+address starts with an integer kind, a legacy pair with a string host.
 """
 
 from __future__ import annotations
@@ -154,9 +156,14 @@ def decode_address(value: object) -> Address:
         except ConfigError as exc:
             raise InvalidAddress(str(exc)) from None
         return _direct(host, port)
-    if not (isinstance(value, list | tuple) and value and isinstance(value[0], int)):
+    if not (isinstance(value, list | tuple) and value):
         raise InvalidAddress("an address must be [kind, ...]")
+    if len(value) == 2 and isinstance(value[0], str):
+        # The form node records had before typed addresses: [host, port].
+        return _direct(*value)
     kind, *fields = value
+    if not (isinstance(kind, int) and not isinstance(kind, bool)):
+        raise InvalidAddress("an address must be [kind, ...] with an integer kind")
     if kind == _DIRECT and len(fields) == 2:
         return _direct(*fields)
     if kind == _RELAYED and len(fields) == 4:

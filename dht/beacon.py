@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import trio
 
+from dht.addresses import DirectAddress
 from dht.messages import Ping
 from dht.node import DhtNode
 from dht.records import MAX_NODE_RECORD_LEN, Address, NodeRecord
@@ -104,13 +105,15 @@ def reachable_address(record: NodeRecord, source_ip: str) -> Address | None:
         source = ipaddress.ip_address(source_ip)
     except ValueError:
         return None
-    for host, port in record.addresses:
+    for address in record.addresses:
+        if not isinstance(address, DirectAddress):
+            continue  # via a relay: no DHT port there to ping
         try:
-            announced = ipaddress.ip_address(host)
+            announced = ipaddress.ip_address(address.host)
         except ValueError:
             continue  # a host name: nothing a beacon can vouch for
         if announced == source or announced.is_unspecified:
-            return (source_ip, port)
+            return (source_ip, address.port)
     return None
 
 
@@ -141,8 +144,9 @@ class BeaconState:
     def beacon(self, *, now: float) -> bytes:
         """A fresh beacon announcing our DHT address, signed at `now`."""
         issued = int(now)
+        address = DirectAddress(*self.address)
         record = NodeRecord.create(
-            self.identity, (self.address,), sequence=issued, issued_at=issued, ttl=BEACON_RECORD_TTL
+            self.identity, (address,), sequence=issued, issued_at=issued, ttl=BEACON_RECORD_TTL
         )
         return encode_beacon(record)
 

@@ -2,10 +2,12 @@
 
 A provider record says "the publisher provides the thing named by `key`" and carries an
 opaque payload (for hubnet, an offer: `node.offers`). A node record says "the publisher can
-be reached at these addresses". Both are `SignedRecord` envelopes with a sequence number
-and a short lifetime, because what they describe (load, addresses) goes stale in minutes.
-Every parse checks signature, domain, size and times; a store checks again before keeping
-anything and a reader checks again before believing anything.
+be reached at these addresses" (typed, `dht.addresses`: a direct one is its DHT's UDP port
+and its job port's TCP, a relayed one reaches its job port only). Both are `SignedRecord`
+envelopes with a sequence number and a short lifetime, because what they describe (load,
+addresses) goes stale in minutes. Every parse checks signature, domain, size and times; a
+store checks again before keeping anything and a reader checks again before believing
+anything.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 
 import msgpack
 
+from dht.addresses import MAX_HOST_CHARS, InvalidAddress, decode_address, encode_address
+from dht.addresses import Address as NodeAddress
 from dht.ids import ID_LEN
 from identity.keys import Identity
 from identity.records import InvalidRecord, SignedRecord
@@ -26,8 +30,9 @@ MAX_TTL = 3600  # seconds: a record may not claim to stay true for longer than t
 MAX_CLOCK_SKEW = 60  # seconds a publisher's clock may run ahead of ours
 MAX_SEQUENCE = 2**63 - 1
 MAX_NODE_ADDRESSES = 4
-MAX_HOST_CHARS = 253
 
+# A UDP socket address, as the DHT's datagrams and contacts carry it. What a node record
+# lists is a NodeAddress (typed, `dht.addresses`), which may also name a relay.
 Address = tuple[str, int]
 
 
@@ -68,6 +73,13 @@ def check_address(value: object) -> Address:
     return host, port
 
 
+def _node_address(value: object) -> NodeAddress:
+    try:
+        return decode_address(value)
+    except InvalidAddress as exc:
+        raise InvalidRecord(f"node record address: {exc}") from None
+
+
 @dataclass(frozen=True)
 class ProviderRecord:
     """`publisher` provides `key` until `expires_at` (unix seconds); newest `sequence` wins."""
@@ -105,10 +117,11 @@ class ProviderRecord:
 
 @dataclass(frozen=True)
 class NodeRecord:
-    """`publisher` can be reached at `addresses` (UDP for the DHT, TCP for jobs, same port)."""
+    """`publisher` can be reached at `addresses`: a direct one for the DHT (UDP) and jobs
+    (TCP) on the same port, a relayed one for jobs."""
 
     publisher: bytes
-    addresses: tuple[Address, ...]
+    addresses: tuple[NodeAddress, ...]
     sequence: int
     issued_at: int
     expires_at: int
@@ -116,9 +129,17 @@ class NodeRecord:
 
     @classmethod
     def create(
-        cls, identity: Identity, addresses: tuple[Address, ...], *, sequence: int, issued_at: int, ttl: int
+        cls,
+        identity: Identity,
+        addresses: tuple[NodeAddress, ...],
+        *,
+        sequence: int,
+        issued_at: int,
+        ttl: int,
     ) -> NodeRecord:
-        body = msgpack.packb([[list(a) for a in addresses], sequence, issued_at, issued_at + ttl])
+        if not 1 <= len(addresses) <= MAX_NODE_ADDRESSES:
+            raise ValueError(f"a node record lists 1..{MAX_NODE_ADDRESSES} addresses, not {len(addresses)}")
+        body = msgpack.packb([[encode_address(a) for a in addresses], sequence, issued_at, issued_at + ttl])
         raw = SignedRecord.sign(identity, NODE_DOMAIN, bytes(body)).encode()
         if len(raw) > MAX_NODE_RECORD_LEN:
             raise ValueError(f"node record of {len(raw)} bytes exceeds {MAX_NODE_RECORD_LEN}")
@@ -134,4 +155,4 @@ class NodeRecord:
         if not (isinstance(addresses, list) and 1 <= len(addresses) <= MAX_NODE_ADDRESSES):
             raise InvalidRecord(f"node record must list 1..{MAX_NODE_ADDRESSES} addresses")
         seq, issued, expires = _check_times(sequence, issued_at, expires_at, now)
-        return cls(signed.public_key, tuple(check_address(a) for a in addresses), seq, issued, expires, raw)
+        return cls(signed.public_key, tuple(_node_address(a) for a in addresses), seq, issued, expires, raw)

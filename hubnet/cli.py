@@ -12,20 +12,16 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from hubnet.commands import Context, run_call
-from hubnet.main import EXIT_USAGE
+from hubnet.exits import EXIT_USAGE
+from identity.errors import ConfigError, HubnetError
 
 BOOTSTRAP_HELP = "A DHT node to join through, PEER_ID@HOST:PORT (or HOST:PORT); repeatable."
 DEFAULT_TARGET_HELP = "PEER_ID@HOST:PORT pins the server's key; HOST:PORT trusts it on first use."
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"hubnode: {message}", err=True)
-    sys.exit(code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -87,67 +83,25 @@ def serve(
     address to give callers, PEER_ID@HOST:PORT, and runs until interrupted.
     """
     import logging
-    import signal
-
-    import trio
 
     from dht.addresses import parse_hostport
-    from node.discovery import Discovery, seeds_from
     from node.naming import Target
-    from node.offers import Load
-    from node.server import Node
+    from node.run import run_node
     from node.services import load_services
 
     logging.basicConfig(level=logging.INFO if obj.verbose else logging.WARNING, format="hubnode: %(message)s")
-    log = logging.getLogger("hubnet.node")
     config = load_services(Path(services_path) if services_path else obj.home.services)
     if listen:
         host, port = parse_hostport(listen)
         config = dataclasses.replace(config, listen_host=host, listen_port=port)
     if example_services:
-        from hubnet.robot.examples import with_examples
+        from hubnet_robot.examples import with_examples
 
         obj.home.data_dir.mkdir(parents=True, exist_ok=True)
         config, notes = with_examples(config, obj.home.data_dir)
         for note in notes:
             click.echo(f"hubnode: {note}", err=True)
-    identity = obj.identity()
-    node = Node(config, identity)
-    seeds = seeds_from([*(Target.parse(t) for t in bootstrap), *config.bootstrap])
-    discovery = Discovery(
-        identity,
-        config,
-        lambda: Load(node.running, node.queued, config.max_jobs),
-        seeds=seeds,
-        lan=not no_lan,
-    )
-    node.peers = discovery.peers
-
-    async def run() -> None:
-        # SIGTERM and SIGINT cancel everything, so every job's process group is killed on the way out.
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-                addresses = await nursery.start(node.serve)
-                await nursery.start(discovery.run, config.listen_host, addresses[0][1])
-                for host, port in addresses:
-                    shown = f"[{host}]" if ":" in host else host
-                    click.echo(
-                        f"hubnode: serving {len(config.services)} service(s) "
-                        f"on {identity.peer_id}@{shown}:{port}",
-                        err=True,
-                    )
-                sys.stderr.flush()
-                async for signum in signals:
-                    log.info("stopping on signal %d", signum)
-                    nursery.cancel_scope.cancel()
-                    break
-
-    try:
-        trio.run(run)
-    except* OSError as group:
-        exc = group.exceptions[0]
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        _fail(f"cannot listen on {config.listen_host}:{config.listen_port}: {reason}", 1)
+    run_node(config, obj.identity(), bootstrap=[Target.parse(t) for t in bootstrap], lan=not no_lan)
 
 
 @cli.command(
@@ -235,7 +189,7 @@ def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_
                 "peer": encode_peer_id(offer.publisher),
                 "service": offer.name,
                 "id": format_service_id(offer.service_id),
-                "address": offer.addresses[0],
+                "address": str(offer.addresses[0]),
                 "price": dataclasses.asdict(offer.price),
                 "load": dataclasses.asdict(answer.load if answer and answer.load else offer.load),
                 "rtt_ms": round(answer.rtt * 1000, 2) if answer else None,
@@ -248,8 +202,7 @@ def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
-        click.echo(f"nobody offers {service} ({len(offers)} offer(s) found, none acceptable)", err=True)
-        sys.exit(1)
+        raise HubnetError(f"nobody offers {service} ({len(offers)} offer(s) found, none acceptable)")
     click.echo(
         f"{'PEER':<20} {'ADDRESS':<22} {'PER CALL':>9} {'PER S':>7} {'PER MIB':>8} {'LOAD':>7} {'RTT':>9}"
     )
@@ -293,10 +246,8 @@ def peers(obj: Context, server: str | None, bootstrap: tuple[str, ...], as_json:
 
         given = obj.bootstrap(bootstrap)
         if not given:
-            _fail(
-                "no DHT to ask: give --server, or --bootstrap PEER_ID@HOST:PORT "
-                "(or bootstrap in client.toml)",
-                2,
+            raise ConfigError(
+                "no DHT to ask: give --server, or --bootstrap PEER_ID@HOST:PORT (or bootstrap in client.toml)"
             )
         with DhtClient(obj.identity(), seeds(given)) as dht:
             dht.find_nodes(os.urandom(20))

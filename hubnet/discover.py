@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from dht.addresses import parse_hostport
+from dht.addresses import DirectAddress
 from dht.client import DhtClient
 from dht.ids import service_key
 from dht.lookup import Seed
@@ -68,8 +68,9 @@ def find_offers(identity: Identity, bootstrap: Sequence[str], service_id: bytes)
 
 
 def target_of(offer: Offer) -> Target:
-    host, port = parse_hostport(offer.addresses[0])
-    return Target(host, port, offer.publisher)
+    # Only direct addresses can be dialled so far; hubnet.select drops offers without one.
+    direct = next(a for a in offer.addresses if isinstance(a, DirectAddress))
+    return Target(direct.host, direct.port, offer.publisher)
 
 
 def probe(

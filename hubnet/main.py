@@ -12,35 +12,8 @@ import os
 import sys
 from typing import NoReturn
 
-from identity.errors import (
-    ConfigError,
-    HostKeyMismatch,
-    HubnetError,
-    PolicyError,
-    Rejected,
-    RemoteProtocolError,
-    TransportError,
-)
-
-# ssh's convention: the tool's own failures (network, protocol, keys) are 255, so a
-# script can tell them from the remote program's exit status.
-EXIT_TRANSPORT = 255
-EXIT_USAGE = 2
-# A shell's convention for a command that cannot run (126) or does not exist (127).
-EXIT_REFUSED = 126
-EXIT_NO_SERVICE = 127
-EXIT_INTERRUPTED = 130
-
-
-def exit_code_for(error: HubnetError) -> int:
-    """The one place where an error becomes an exit status."""
-    if isinstance(error, Rejected):
-        return EXIT_NO_SERVICE if error.code == "no-such-service" else EXIT_REFUSED
-    if isinstance(error, TransportError | RemoteProtocolError | HostKeyMismatch):
-        return EXIT_TRANSPORT
-    if isinstance(error, ConfigError | PolicyError):
-        return EXIT_USAGE
-    return 1
+from hubnet.exits import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code_for
+from identity.errors import HubnetError
 
 
 def parse_fast_call(argv: list[str]) -> tuple[str | None, bool, str | None, str, tuple[str, ...]] | None:
@@ -96,4 +69,4 @@ def main() -> None:
     except BrokenPipeError:
         # Our reader went away (`| head`): exit as a pipeline expects, without a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(128 + 13)
+        sys.exit(EXIT_BROKEN_PIPE)

@@ -17,7 +17,7 @@ draw two candidates at random and take the better one. That uses stale load with
 herding (Mitzenmacher, "How useful is old information?", 2000).
 
 The module is on the call path of small machines: it imports only the standard library and
-hubnet's own offer, key and error types.
+hubnet's own offer, address, key and error types.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from dht.addresses import DirectAddress
 from identity.errors import ConfigError
 from identity.keys import decode_peer_id
 from node.offers import Load, Offer, Price
@@ -101,6 +102,8 @@ class Probe:
 
 
 def _allowed(offer: Offer, rules: SelectionRules) -> bool:
+    if not any(isinstance(address, DirectAddress) for address in offer.addresses):
+        return False  # reachable only through relays, which this client cannot dial yet
     peer = offer.publisher
     if peer in rules.exclude or (rules.only and peer not in rules.only):
         return False
@@ -115,8 +118,9 @@ def acceptable(offers: Sequence[Offer], rules: SelectionRules, *, now: int) -> l
     """The offers (of one service) that may be used at unix time `now`, one per publisher.
 
     Expired offers go first, then each publisher's newest sequence supersedes its older
-    offers, and only then are the rules applied, so an old cheap offer cannot stand in
-    for a new expensive one. The survivors come in the order their publishers first appear.
+    offers, and only then are the rules applied (and offers with no address this client can
+    dial dropped), so an old cheap offer cannot stand in for a new expensive one. The
+    survivors come in the order their publishers first appear.
     """
     newest: dict[bytes, Offer] = {}
     for offer in offers:

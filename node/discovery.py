@@ -15,9 +15,10 @@ from collections.abc import Callable, Sequence
 
 import trio
 
+from dht.addresses import Address, DirectAddress
 from dht.lookup import Seed
 from dht.node import DhtNode
-from dht.transport import UdpTransport
+from dht.transport import DatagramTransport
 from identity.keys import Identity
 from node.naming import Target
 from node.offers import Load
@@ -31,14 +32,14 @@ POLL_INTERVAL = 1.0
 REJOIN_INTERVAL = 30.0
 
 
-def advertised_addresses(config: NodeConfig, port: int) -> tuple[str, ...]:
+def advertised_addresses(config: NodeConfig, port: int) -> tuple[Address, ...]:
     """The addresses to put in offers: `advertise`, else the listen host, else our outward IP."""
     if config.advertise:
         return config.advertise
     host = config.listen_host
     if host in ("", "0.0.0.0", "::"):
         host = _outward_ip()
-    return (Target(host, port).address,)
+    return (DirectAddress(host, port),)
 
 
 def _outward_ip() -> str:
@@ -79,23 +80,21 @@ class Discovery:
             return []
         return [PeerInfo(c.public_key, c.ip, c.port) for c in self.dht.protocol.table.contacts()]
 
-    async def run(self, host: str, port: int, *, task_status: trio.TaskStatus[DhtNode]) -> None:
-        """Bind UDP host:port, join, publish until cancelled; `start` returns the DHT node."""
-        transport = await UdpTransport.bind(host or "0.0.0.0", port)
+    async def run(self, transport: DatagramTransport, *, task_status: trio.TaskStatus[DhtNode]) -> None:
+        """Join and publish over `transport` (bound to the job port's number) until cancelled;
+        `start` returns the DHT node. Whoever bound the transport closes it."""
         dht = DhtNode(self.identity, transport)
         self.dht = dht
+        port = transport.local_address[1]
         publisher = OfferPublisher(self.identity, self.config, advertised_addresses(self.config, port))
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(dht.serve)
-                if self.lan:
-                    from dht.beacon import run_beacon
+        async with trio.open_nursery() as nursery:
+            await nursery.start(dht.serve)
+            if self.lan:
+                from dht.beacon import run_beacon
 
-                    await nursery.start(run_beacon, dht)
-                task_status.started(dht)
-                await self._keep_published(dht, publisher)
-        finally:
-            transport.close()
+                await nursery.start(run_beacon, dht)
+            task_status.started(dht)
+            await self._keep_published(dht, publisher)
 
     async def _keep_published(self, dht: DhtNode, publisher: OfferPublisher) -> None:
         last_join = float("-inf")

@@ -12,14 +12,13 @@ from dataclasses import dataclass
 
 import msgpack
 
-from dht.addresses import parse_hostport
+from dht.addresses import Address, InvalidAddress, decode_address, encode_address
 from dht.ids import service_key
 from dht.records import ProviderRecord
-from identity.errors import ConfigError, RemoteProtocolError
+from identity.errors import RemoteProtocolError
 from node.naming import SERVICE_ID_LEN, is_service_name
 
 MAX_ADDRESSES = 8
-MAX_ADDRESS_CHARS = 270  # a DNS name (253) plus ':' and a port
 MAX_PRICE = 2**53  # millisatoshi; far above any sane price, small enough for a float ranking
 MAX_LOAD = 2**20
 
@@ -66,7 +65,7 @@ class Offer:
     publisher: bytes
     service_id: bytes
     name: str
-    addresses: tuple[str, ...]
+    addresses: tuple[Address, ...]  # direct and/or via relays, the preferred first
     price: Price
     load: Load
     sequence: int
@@ -75,12 +74,14 @@ class Offer:
 
     def payload(self) -> bytes:
         """The bytes that go into the provider record."""
+        if not 1 <= len(self.addresses) <= MAX_ADDRESSES:
+            raise ValueError(f"an offer lists 1..{MAX_ADDRESSES} addresses, not {len(self.addresses)}")
         return bytes(
             msgpack.packb(
                 [
                     self.service_id,
                     self.name,
-                    list(self.addresses),
+                    [encode_address(a) for a in self.addresses],
                     [self.price.per_call, self.price.per_second, self.price.per_mib],
                     [self.load.running, self.load.queued, self.load.capacity],
                 ]
@@ -101,17 +102,13 @@ def _int_triple(value: object, limit: int, what: str) -> tuple[int, int, int]:
     return a, b, c
 
 
-def _addresses(value: object) -> tuple[str, ...]:
+def _addresses(value: object) -> tuple[Address, ...]:
     if not (isinstance(value, list) and 1 <= len(value) <= MAX_ADDRESSES):
         raise InvalidOffer(f"offer must list 1..{MAX_ADDRESSES} addresses")
-    for address in value:
-        if not (isinstance(address, str) and len(address) <= MAX_ADDRESS_CHARS):
-            raise InvalidOffer("offer address must be a short string")
-        try:
-            parse_hostport(address)
-        except ConfigError as exc:
-            raise InvalidOffer(f"offer address {address!r} is not HOST:PORT") from exc
-    return tuple(value)
+    try:
+        return tuple(decode_address(address) for address in value)
+    except InvalidAddress as exc:
+        raise InvalidOffer(f"offer address: {exc}") from None
 
 
 def offer_from_record(record: ProviderRecord) -> Offer:

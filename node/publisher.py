@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dht.addresses import parse_hostport
+from dht.addresses import Address
 from dht.ids import service_key
-from dht.records import NodeRecord, ProviderRecord
+from dht.records import MAX_NODE_ADDRESSES, NodeRecord, ProviderRecord
 from identity.keys import Identity
 from node.offers import Load, Offer
 from node.services import NodeConfig
@@ -37,7 +37,7 @@ class OfferPublisher:
         self,
         identity: Identity,
         config: NodeConfig,
-        addresses: tuple[str, ...],
+        addresses: tuple[Address, ...],
         *,
         ttl: int = OFFER_TTL,
         interval: float = REPUBLISH_INTERVAL,
@@ -89,7 +89,7 @@ class OfferPublisher:
         )
         node_record = NodeRecord.create(
             self.identity,
-            tuple(parse_hostport(a) for a in self.addresses[:4]),
+            self.addresses[:MAX_NODE_ADDRESSES],
             sequence=self._sequence,
             issued_at=issued,
             ttl=self.ttl,

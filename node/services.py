@@ -20,7 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from dht.addresses import DEFAULT_PORT, parse_hostport
+from dht.addresses import DEFAULT_PORT, Address, RelayAddress, parse_address, parse_hostport
 from identity.errors import ConfigError, PolicyError
 from identity.keys import decode_peer_id
 from node.naming import (
@@ -30,7 +30,7 @@ from node.naming import (
     parse_service_id,
     service_id_for_name,
 )
-from node.offers import Price
+from node.offers import MAX_ADDRESSES, Price
 from node.protocol import MAX_SERVICES
 
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
@@ -230,7 +230,7 @@ class NodeConfig:
     max_queued: int
     services: Mapping[bytes, Service]  # by id
     bootstrap: tuple[Target, ...] = ()  # DHT nodes to join through
-    advertise: tuple[str, ...] = ()  # HOST:PORT addresses to put in offers, if not the listen address
+    advertise: tuple[Address, ...] = ()  # the addresses to put in offers, if not the listen address
 
     def by_name(self, name: str) -> Service | None:
         return next((s for s in self.services.values() if s.name == name), None)
@@ -396,15 +396,22 @@ def _targets(top: _Table, key: str) -> tuple[Target, ...]:
         raise top.error(key, str(exc)) from None
 
 
-def _advertise(top: _Table) -> tuple[str, ...]:
-    addresses = top.strings("advertise") or []
-    for address in addresses:
+def _advertise(top: _Table) -> tuple[Address, ...]:
+    addresses = []
+    for text in top.strings("advertise") or []:
         try:
-            host, port = parse_hostport(address)
+            address = parse_address(text)
         except ConfigError as exc:
-            raise top.error("advertise", str(exc)) from None
-        if not host or not port:
-            raise top.error("advertise", f"{address!r}: give a host and a port that callers can reach")
+            raise top.error("advertise", f"{exc}: give a host and a port that callers can reach") from None
+        if isinstance(address, RelayAddress):
+            # Reached through a relay only while the node holds a reservation there, which
+            # nothing makes yet: offering the address would promise what nobody keeps.
+            raise top.error(
+                "advertise", f"{text!r}: relay addresses need a reservation this node cannot make yet"
+            )
+        addresses.append(address)
+    if len(addresses) > MAX_ADDRESSES:
+        raise top.error("advertise", f"an offer carries at most {MAX_ADDRESSES} addresses")
     return tuple(addresses)
 
 

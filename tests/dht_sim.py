@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import trio
 import trio.testing
 
+from dht.addresses import DirectAddress
 from dht.ids import ID_LEN, distance, node_id, service_key
 from dht.lookup import ALPHA, Lookup, Seed
 from dht.messages import Contact, Ping
@@ -286,12 +287,11 @@ class Simulation:
     ) -> ProviderRecord:
         """A hubnet offer for `service_id` by `node` (its DHT address as the job address)."""
         now = self.now()
-        host, port = node.contact.address
         offer = Offer(
             publisher=node.identity.public_key,
             service_id=service_id,
             name=name,
-            addresses=(f"{host}:{port}",),
+            addresses=(DirectAddress(*node.contact.address),),
             price=Price(per_call=100),
             load=Load(*load),
             sequence=sequence,
@@ -304,7 +304,11 @@ class Simulation:
 
     def node_record(self, node: SimNode, *, sequence: int = 1, ttl: int = 1800) -> NodeRecord:
         return NodeRecord.create(
-            node.identity, (node.contact.address,), sequence=sequence, issued_at=self.now(), ttl=ttl
+            node.identity,
+            (DirectAddress(*node.contact.address),),
+            sequence=sequence,
+            issued_at=self.now(),
+            ttl=ttl,
         )
 
 

@@ -1,9 +1,10 @@
-"""The other commands a user types: `services`, `status` and `alias`."""
+"""The other commands a user types: `services`, `status`, `alias`, and `serve` failing to listen."""
 
 from __future__ import annotations
 
 import json
 import re
+import socket
 import sys
 from pathlib import Path
 
@@ -105,3 +106,13 @@ def test_alias_made_by_python_dash_m_works(node: Node, client: Client, tmp_path:
     assert made.returncode == 0, made.stderr
     result = run([str(bin_dir / "mycat")], input=b"via python -m")
     assert (result.returncode, result.stdout) == (0, b"via python -m"), result.stderr
+
+
+def test_serve_on_a_port_in_use_says_it_cannot_listen(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = Client(tmp_path).run("serve", "--no-lan", "--listen", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert one_line(result) == f"hubnode: cannot listen on 127.0.0.1:{port}: Address already in use"

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
+from dht.addresses import DirectAddress
 from dht.client import DhtClient
 from dht.ids import service_key
 from dht.lookup import Seed
@@ -76,7 +77,7 @@ async def test_client_learns_an_unpinned_seeds_key_and_finds_all_nodes(nodes: li
 async def test_client_finds_a_node_record(nodes: list[DhtNode]) -> None:
     target = nodes[2]
     record = NodeRecord.create(
-        target.identity, (("127.0.0.1", 9999),), sequence=5, issued_at=int(time.time()), ttl=300
+        target.identity, (DirectAddress("127.0.0.1", 9999),), sequence=5, issued_at=int(time.time()), ttl=300
     )
     assert await target.publish_node_record(record) > 0
 
@@ -85,7 +86,9 @@ async def test_client_finds_a_node_record(nodes: list[DhtNode]) -> None:
             return client.find_node_record(target.identity.public_key)
 
     found = await trio.to_thread.run_sync(lookup)
-    assert found is not None and found.addresses == (("127.0.0.1", 9999),) and found.sequence == 5
+    assert (
+        found is not None and found.addresses == (DirectAddress("127.0.0.1", 9999),) and found.sequence == 5
+    )
 
 
 async def test_a_client_is_never_added_to_a_routing_table(nodes: list[DhtNode]) -> None:

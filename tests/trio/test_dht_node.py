@@ -18,6 +18,7 @@ import pytest
 import trio
 import trio.testing
 
+from dht.addresses import DirectAddress
 from dht.ids import ID_LEN, node_id, service_key
 from dht.lookup import Seed
 from dht.messages import DATAGRAM_DOMAIN, FindNode, Nodes, Ping, Pong, decode, encode
@@ -71,7 +72,7 @@ async def test_udp_chain_finds_every_provider_and_node_record() -> None:
                 )
                 assert await node.publish_provider(offer) >= 3
                 record = NodeRecord.create(
-                    node.identity, (node.contact.address,), sequence=1, issued_at=now, ttl=600
+                    node.identity, (DirectAddress(*node.contact.address),), sequence=1, issued_at=now, ttl=600
                 )
                 assert await node.publish_node_record(record) >= 3
             for searcher in nodes:
@@ -82,7 +83,7 @@ async def test_udp_chain_finds_every_provider_and_node_record() -> None:
                     ]
                     located = await searcher.find_node_record(publisher.identity.public_key)
                     assert located is not None
-                    assert located.addresses == (publisher.contact.address,)
+                    assert located.addresses == (DirectAddress(*publisher.contact.address),)
             # Records really are spread: no node holds them all.
             assert max(len(node.protocol.store) for node in nodes) < 2 * len(nodes)
 

@@ -34,6 +34,7 @@ import pytest
 import trio
 import trio.testing
 
+from dht.addresses import DirectAddress
 from dht.ids import ID_LEN, K, distance, node_id, service_key
 from dht.messages import AddProvider, Stored
 from dht.records import PROVIDER_DOMAIN, NodeRecord, ProviderRecord
@@ -240,7 +241,7 @@ def forgeries(
             mallory, PROVIDER_DOMAIN, bytes(msgpack.packb([key, 1, now, now + 100_000, b"forever"]))
         ).encode(),
         "node record": NodeRecord.create(
-            victim, (("192.0.2.1", 1),), sequence=99, issued_at=now, ttl=600
+            victim, (DirectAddress("192.0.2.1", 1),), sequence=99, issued_at=now, ttl=600
         ).raw,
         "garbage": b"\x94garbage",
     }

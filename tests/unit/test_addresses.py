@@ -17,18 +17,10 @@ from dht.addresses import (
 )
 from identity.errors import ConfigError
 from identity.keys import encode_peer_id
+from tests.strategies import addresses
 
 RELAY = bytes(range(32))
 TARGET = bytes(range(32, 64))
-
-hosts = st.one_of(
-    st.from_regex(r"[a-z0-9][a-z0-9.-]{0,30}", fullmatch=True),
-    st.ip_addresses(v=6).map(str),
-)
-ports = st.integers(1, 65535)
-directs = st.builds(DirectAddress, hosts, ports)
-keys = st.binary(min_size=32, max_size=32)
-addresses = st.one_of(directs, st.builds(RelayAddress, keys, directs, keys))
 
 
 @given(addresses)
@@ -61,6 +53,11 @@ def test_legacy_offer_strings_are_direct_addresses() -> None:
     assert decode_address("[::1]:7070") == DirectAddress("::1", 7070)
 
 
+def test_legacy_node_record_pairs_are_direct_addresses() -> None:
+    assert decode_address(["127.0.0.1", 7070]) == DirectAddress("127.0.0.1", 7070)
+    assert decode_address(["::1", 7070]) == DirectAddress("::1", 7070)
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -71,6 +68,11 @@ def test_legacy_offer_strings_are_direct_addresses() -> None:
         [0, "h", True],
         [1, RELAY, "h", 1, b"x"],
         [2, "h", 1],
+        [True, "h", 1],
+        [0.0, "h", 1],
+        ["h", 0],
+        ["h", 1, 2],
+        ["[::1]", 1],
     ],
 )
 def test_bad_wire_values(value: object) -> None:

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dht.addresses import Address, DirectAddress, RelayAddress
 from dht.beacon import (
     BEACON_INTERVAL,
     BEACON_MAGIC,
@@ -32,9 +33,11 @@ LAN_IP = "192.168.1.20"
 
 
 def record(
-    identity: Identity, *addresses: tuple[str, int], issued_at: int = NOW, ttl: int = 300
+    identity: Identity, *addresses: tuple[str, int] | Address, issued_at: int = NOW, ttl: int = 300
 ) -> NodeRecord:
-    return NodeRecord.create(identity, addresses, sequence=issued_at, issued_at=issued_at, ttl=ttl)
+    """A node record listing `addresses`, (host, port) pairs standing for direct addresses."""
+    typed = tuple(a if isinstance(a, DirectAddress | RelayAddress) else DirectAddress(*a) for a in addresses)
+    return NodeRecord.create(identity, typed, sequence=issued_at, issued_at=issued_at, ttl=ttl)
 
 
 def beacon(identity: Identity, *addresses: tuple[str, int], issued_at: int = NOW, ttl: int = 300) -> bytes:
@@ -59,7 +62,7 @@ def test_a_beacon_round_trips() -> None:
 def test_state_beacons_carry_our_address_and_a_short_lived_record() -> None:
     data = BeaconState(BOB, ("10.0.0.2", 7070)).beacon(now=NOW + 0.9)
     got = decode_beacon(data, now=NOW)
-    assert (got.publisher, got.addresses) == (BOB.public_key, (("10.0.0.2", 7070),))
+    assert (got.publisher, got.addresses) == (BOB.public_key, (DirectAddress("10.0.0.2", 7070),))
     assert (got.issued_at, got.expires_at) == (NOW, NOW + BEACON_RECORD_TTL)
 
 
@@ -165,6 +168,13 @@ def test_an_address_equal_to_the_source_is_pinged() -> None:
 def test_the_first_usable_address_wins() -> None:
     announced = record(BOB, ("203.0.113.9", 1), ("bob.example", 2), (LAN_IP, 3), ("0.0.0.0", 4))
     assert reachable_address(announced, LAN_IP) == (LAN_IP, 3)
+
+
+def test_a_relay_address_is_never_pinged() -> None:
+    # Even a relay on the sender's own IP: its port is the relay's, not the node's DHT port.
+    relayed = RelayAddress(ALICE.public_key, DirectAddress(LAN_IP, 4001), BOB.public_key)
+    assert reachable_address(record(BOB, relayed), LAN_IP) is None
+    assert reachable_address(record(BOB, relayed, ("0.0.0.0", 7070)), LAN_IP) == (LAN_IP, 7070)
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dht.addresses import DirectAddress
 from dht.ids import ID_LEN, distance, node_id
 from dht.lookup import Lookup, ProviderLookup, ProviderResults, Query
 from dht.messages import (
@@ -296,7 +297,7 @@ def test_provider_results_refuse_invalid_records() -> None:
     other_key = record(ALICE, key=bytes(20), sequence=9)
     expired = record(BOB, issued_at=NOW - 700)
     future = record(BOB, issued_at=NOW + 3600, sequence=5)
-    node = NodeRecord.create(MALLORY, (("192.0.2.1", 1),), sequence=1, issued_at=NOW, ttl=60)
+    node = NodeRecord.create(MALLORY, (DirectAddress("192.0.2.1", 1),), sequence=1, issued_at=NOW, ttl=60)
     results.add([tampered, other_key.raw, expired.raw, future.raw, node.raw, b"garbage", genuine.raw])
     assert results.records() == [genuine]
     assert results.refused == 6
@@ -585,7 +586,10 @@ def test_store_and_fetch_provider_records_in_pages() -> None:
     [
         (record(ALICE, issued_at=NOW - 600).raw, "expired"),
         (record(ALICE).raw[:-1], "not msgpack"),
-        (NodeRecord.create(ALICE, (("192.0.2.1", 1),), sequence=1, issued_at=NOW, ttl=60).raw, "domain"),
+        (
+            NodeRecord.create(ALICE, (DirectAddress("192.0.2.1", 1),), sequence=1, issued_at=NOW, ttl=60).raw,
+            "domain",
+        ),
     ],
 )
 def test_invalid_provider_record_not_stored(raw: bytes, reason: str) -> None:
@@ -615,7 +619,7 @@ def test_quota_refusal_is_reported() -> None:
 
 def test_put_and_get_node_record() -> None:
     server, peer, _ = protocols()
-    mine = NodeRecord.create(ALICE, (("192.0.2.1", 7070),), sequence=1, issued_at=NOW, ttl=600)
+    mine = NodeRecord.create(ALICE, (DirectAddress("192.0.2.1", 7070),), sequence=1, issued_at=NOW, ttl=600)
     _, reply = exchange(peer, P_ADDRESS, server, PutNode(mine.raw))
     assert decode(reply).message == Stored(True)
     _, reply = exchange(peer, P_ADDRESS, server, GetNode(ALICE.public_key))

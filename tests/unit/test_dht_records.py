@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dht.addresses import Address, DirectAddress, RelayAddress
 from dht.records import (
     MAX_CLOCK_SKEW,
     MAX_NODE_ADDRESSES,
@@ -21,14 +22,18 @@ from dht.records import (
 )
 from identity.keys import Identity
 from identity.records import InvalidRecord, SignedRecord
-from tests.strategies import msgpack_values
+from tests.strategies import addresses, msgpack_values
 
 FAST = settings(max_examples=200, deadline=None, derandomize=True)
 NOW = 1_700_000_000
 ALICE = Identity.from_seed(b"a" * 32)
 MALLORY = Identity.from_seed(b"m" * 32)
 KEY = bytes(range(20))
-ADDRESSES = (("192.0.2.1", 7070), ("2001:db8::1", 7070))
+ADDRESSES = (
+    DirectAddress("192.0.2.1", 7070),
+    DirectAddress("2001:db8::1", 7070),
+    RelayAddress(MALLORY.public_key, DirectAddress("198.51.100.7", 4001), ALICE.public_key),
+)
 
 
 def provider(**overrides: object) -> ProviderRecord:
@@ -71,6 +76,31 @@ def test_node_record_round_trip() -> None:
     assert parsed == record
     assert parsed.addresses == ADDRESSES
     assert parsed.publisher == ALICE.public_key
+
+
+@FAST
+@given(st.lists(addresses, min_size=1, max_size=MAX_NODE_ADDRESSES))
+def test_node_record_carries_any_typed_addresses_or_refuses_to_sign(listed: list[Address]) -> None:
+    try:
+        record = NodeRecord.create(ALICE, tuple(listed), sequence=1, issued_at=NOW, ttl=60)
+    except ValueError as exc:
+        # Three or four relay addresses with long host names exceed the record's size limit.
+        assert f"exceeds {MAX_NODE_RECORD_LEN}" in str(exc)
+        return
+    assert NodeRecord.parse(record.raw, now=NOW).addresses == tuple(listed)
+
+
+@pytest.mark.parametrize("count", [0, MAX_NODE_ADDRESSES + 1])
+def test_node_record_refuses_to_sign_what_readers_refuse(count: int) -> None:
+    with pytest.raises(ValueError, match="addresses"):
+        NodeRecord.create(ALICE, (ADDRESSES[0],) * count, sequence=1, issued_at=NOW, ttl=60)
+
+
+def test_node_records_from_before_typed_addresses_still_read() -> None:
+    # They listed [host, port] pairs, direct addresses without a kind.
+    body = [[["192.0.2.1", 7070], ["2001:db8::1", 7071]], 1, NOW, NOW + 60]
+    parsed = NodeRecord.parse(signed(body, NODE_DOMAIN), now=NOW)
+    assert parsed.addresses == (DirectAddress("192.0.2.1", 7070), DirectAddress("2001:db8::1", 7071))
 
 
 @FAST
@@ -209,13 +239,14 @@ def test_wrong_domain_refused() -> None:
 # -- malformed bodies ---------------------------------------------------------------------
 
 GOOD_PROVIDER_BODY = [KEY, 1, NOW, NOW + 60, b"payload"]
-GOOD_NODE_BODY = [[["192.0.2.1", 7070]], 1, NOW, NOW + 60]
+GOOD_NODE_BODY = [[[0, "192.0.2.1", 7070]], 1, NOW, NOW + 60]
 
 
 def test_good_bodies_are_good() -> None:
     """The bodies mutated below parse as they are, so each refusal is the mutation's doing."""
     assert ProviderRecord.parse(signed(GOOD_PROVIDER_BODY), now=NOW).payload == b"payload"
-    assert NodeRecord.parse(signed(GOOD_NODE_BODY, NODE_DOMAIN), now=NOW).addresses == (("192.0.2.1", 7070),)
+    parsed = NodeRecord.parse(signed(GOOD_NODE_BODY, NODE_DOMAIN), now=NOW)
+    assert parsed.addresses == (DirectAddress("192.0.2.1", 7070),)
 
 
 @pytest.mark.parametrize(
@@ -265,6 +296,13 @@ def test_malformed_provider_body_refused(body: bytes) -> None:
         [["h" * 254, 7070]],
         [[b"192.0.2.1", 7070]],
         [{"host": "192.0.2.1", "port": 7070}],
+        [[0, "192.0.2.1", 0]],
+        [[0, "192.0.2.1"]],
+        [[0, "a/b", 7070]],
+        [[1, b"k" * 31, "192.0.2.1", 7070, b"t" * 32]],
+        [[1, b"k" * 32, "192.0.2.1", 7070]],
+        [[2, "192.0.2.1", 7070]],
+        [[True, "192.0.2.1", 7070]],
     ],
 )
 def test_malformed_node_addresses_refused(addresses: object) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from dht.addresses import DirectAddress
 from dht.records import NodeRecord, ProviderRecord
 from dht.store import RecordRefused, RecordStore, StoreLimits
 from identity.keys import Identity
@@ -26,7 +27,9 @@ def provider(
 
 
 def node_record(identity: Identity = ALICE, *, sequence: int = 1, ttl: int = 600) -> NodeRecord:
-    return NodeRecord.create(identity, (("192.0.2.1", 7070),), sequence=sequence, issued_at=NOW, ttl=ttl)
+    return NodeRecord.create(
+        identity, (DirectAddress("192.0.2.1", 7070),), sequence=sequence, issued_at=NOW, ttl=ttl
+    )
 
 
 def test_stores_and_returns_providers_newest_issue_first() -> None:

@@ -1,6 +1,11 @@
-"""The hand-written fast path for `hubnode call` must parse exactly as click does."""
+"""`hubnode`'s entry point: the hand-written fast path for `hubnode call` parses exactly as
+click does, imports neither click nor Trio, and errors map to exit statuses in one place."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -10,7 +15,8 @@ from hypothesis import strategies as st
 import hubnet.cli
 from hubnet.cli import cli
 from hubnet.commands import Context
-from hubnet.main import exit_code_for, parse_fast_call
+from hubnet.exits import exit_code_for
+from hubnet.main import parse_fast_call
 from identity.errors import (
     ConfigError,
     HandshakeError,
@@ -109,3 +115,45 @@ def test_fast_path_never_disagrees(argv: list[str]) -> None:
 )
 def test_exit_codes(error: HubnetError, code: int) -> None:
     assert exit_code_for(error) == code
+
+
+# Run in a fresh interpreter (this one has imported everything): `hubnode ARGS` as the
+# console script runs it, then print which of the costly modules it loaded.
+_LOADED_BY = """
+import atexit, sys
+atexit.register(lambda: print(",".join(m for m in ("trio", "click") if m in sys.modules)))
+sys.argv = ["hubnode", *sys.argv[1:]]
+from hubnet.main import main
+main()
+"""
+
+
+def _python(code: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        ["call", "--server", "127.0.0.1:1", "cat"],  # a server given: connect (refused)
+        ["call", "cat"],  # none given: discovery in the DHT (with no bootstrap nodes)
+    ],
+    ids=["server", "discovery"],
+)
+def test_call_imports_neither_click_nor_trio(call: list[str], tmp_path: Path) -> None:
+    done = _python(_LOADED_BY, "--home", str(tmp_path), *call)
+    assert done.returncode != 0  # nothing answers; what matters is what it loaded on the way
+    assert done.stdout.strip() == "", done.stderr
+
+
+def test_cli_and_main_do_not_import_each_other() -> None:
+    # main reaches the click CLI only when it calls it; the CLI needs nothing from main.
+    check = (
+        "import sys; import hubnet.cli; assert 'hubnet.main' not in sys.modules, 'cli imports main'\n"
+        "for m in [m for m in sys.modules if m.startswith('hubnet')]: del sys.modules[m]\n"
+        "import hubnet.main; assert 'hubnet.cli' not in sys.modules, 'main imports cli'"
+    )
+    done = _python(check)
+    assert done.returncode == 0, done.stderr

@@ -9,14 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dht.addresses import Address, DirectAddress, RelayAddress
 from dht.ids import service_key
 from dht.records import NodeRecord, ProviderRecord
 from identity.errors import ConfigError
 from identity.keys import Identity
 from node.naming import service_id_for_name
-from node.offers import InvalidOffer, Load, Offer, Price, offer_from_record
+from node.offers import MAX_ADDRESSES, InvalidOffer, Load, Offer, Price, offer_from_record
 from node.publisher import OfferPublisher
 from node.services import parse_services
+from tests.strategies import addresses
 
 IDENTITY = Identity.from_seed(bytes(range(32)))
 SID = service_id_for_name("espeak")
@@ -32,7 +34,7 @@ def _offer(**changes: object) -> Offer:
         "publisher": IDENTITY.public_key,
         "service_id": SID,
         "name": "espeak",
-        "addresses": ("127.0.0.1:7070",),
+        "addresses": (DirectAddress("127.0.0.1", 7070),),
         "price": Price(5, 2, 1),
         "load": Load(1, 0, 4),
         "sequence": 7,
@@ -51,12 +53,27 @@ loads = st.integers(min_value=0, max_value=2**20)
     price=st.builds(Price, prices, prices, prices),
     load=st.builds(Load, loads, loads, loads),
     name=st.from_regex(r"[a-z][a-z0-9_-]{0,20}", fullmatch=True),
-    port=st.integers(min_value=1, max_value=65535),
+    listed=st.lists(addresses, min_size=1, max_size=4),
 )
-def test_offer_round_trips_through_a_signed_record(price: Price, load: Load, name: str, port: int) -> None:
-    offer = _offer(price=price, load=load, name=name, addresses=(f"10.0.0.1:{port}",))
+def test_offer_round_trips_through_a_signed_record(
+    price: Price, load: Load, name: str, listed: list[Address]
+) -> None:
+    offer = _offer(price=price, load=load, name=name, addresses=tuple(listed))
     record = ProviderRecord.parse(_record(offer.payload()).raw, now=NOW)
     assert offer_from_record(record) == offer
+
+
+def test_offers_from_before_typed_addresses_still_read() -> None:
+    # They listed "HOST:PORT" strings, direct addresses only.
+    payload = msgpack.packb([SID, "espeak", ["10.0.0.1:7070", "[2001:db8::1]:7071"], [0, 0, 0], [0, 0, 1]])
+    offer = offer_from_record(_record(payload))
+    assert offer.addresses == (DirectAddress("10.0.0.1", 7070), DirectAddress("2001:db8::1", 7071))
+
+
+@pytest.mark.parametrize("count", [0, MAX_ADDRESSES + 1])
+def test_an_offer_refuses_to_encode_what_readers_refuse(count: int) -> None:
+    with pytest.raises(ValueError, match="addresses"):
+        _offer(addresses=(DirectAddress("10.0.0.1", 7070),) * count).payload()
 
 
 @pytest.mark.parametrize(
@@ -68,6 +85,9 @@ def test_offer_round_trips_through_a_signed_record(price: Price, load: Load, nam
         (msgpack.packb([SID, "-bad", ["h:1"], [0, 0, 0], [0, 0, 1]]), "name"),
         (msgpack.packb([SID, "espeak", [], [0, 0, 0], [0, 0, 1]]), "addresses"),
         (msgpack.packb([SID, "espeak", ["no port here:x"], [0, 0, 0], [0, 0, 1]]), "HOST:PORT"),
+        (msgpack.packb([SID, "espeak", [[0, "h", 0]], [0, 0, 0], [0, 0, 1]]), "port"),
+        (msgpack.packb([SID, "espeak", [[1, b"k", "h", 1, b"t"]], [0, 0, 0], [0, 0, 1]]), "32 bytes"),
+        (msgpack.packb([SID, "espeak", [[9, "h", 1]], [0, 0, 0], [0, 0, 1]]), "kind"),
         (msgpack.packb([SID, "espeak", ["h:1"], [-1, 0, 0], [0, 0, 1]]), "price"),
         (msgpack.packb([SID, "espeak", ["h:1"], [0, 0, 2**60], [0, 0, 1]]), "price"),
         (msgpack.packb([SID, "espeak", ["h:1"], [0, 0, 0], [0, True, 1]]), "load"),
@@ -98,6 +118,7 @@ def test_price_estimate_and_utilisation() -> None:
     assert Load(0, 0, 0).utilisation == 0.0
 
 
+RELAYED = RelayAddress(bytes(32), DirectAddress("198.51.100.7", 4001), IDENTITY.public_key)
 SERVICES = """
 listen = "127.0.0.1:7070"
 bootstrap = ["127.0.0.1:7071"]
@@ -120,7 +141,7 @@ def test_services_toml_carries_prices_bootstrap_and_advertise() -> None:
     assert espeak.price == Price(per_call=1000, per_second=20)
     assert cat.price == Price()
     assert [(t.host, t.port, t.peer) for t in config.bootstrap] == [("127.0.0.1", 7071, None)]
-    assert config.advertise == ("desk.example:7070",)
+    assert config.advertise == (DirectAddress("desk.example", 7070),)
 
 
 @pytest.mark.parametrize(
@@ -130,6 +151,9 @@ def test_services_toml_carries_prices_bootstrap_and_advertise() -> None:
         ('[services.a]\ncommand = ["x"]\nprice = { per_cal = 1 }', "per_cal"),
         ('bootstrap = ["nope@127.0.0.1:1"]', "bootstrap"),
         ('advertise = [":7070"]', "advertise"),
+        ('advertise = ["desk.example:0"]', "advertise"),
+        (f"advertise = {[f'10.0.0.{i}:7070' for i in range(MAX_ADDRESSES + 1)]}", "at most"),
+        (f'advertise = ["{RELAYED}"]', "reservation"),
     ],
 )
 def test_bad_prices_and_addresses_are_config_errors(text: str, why: str) -> None:
@@ -139,18 +163,20 @@ def test_bad_prices_and_addresses_are_config_errors(text: str, why: str) -> None
 
 def test_publisher_signs_one_offer_per_service_and_a_node_record() -> None:
     config = parse_services(SERVICES)
-    publisher = OfferPublisher(IDENTITY, config, ("127.0.0.1:7070",), ttl=300)
+    listed = (DirectAddress("127.0.0.1", 7070), RELAYED)
+    publisher = OfferPublisher(IDENTITY, config, listed, ttl=300)
     publication = publisher.publish(Load(0, 0, 2), NOW)
     offers = [offer_from_record(ProviderRecord.parse(r.raw, now=NOW)) for r in publication.offers]
     assert sorted(o.name for o in offers) == ["cat", "espeak"]
     assert all(o.expires_at == NOW + 300 and o.load == Load(0, 0, 2) for o in offers)
+    assert all(o.addresses == listed for o in offers)
     node = NodeRecord.parse(publication.node_record.raw, now=NOW)
-    assert node.addresses == (("127.0.0.1", 7070),)
+    assert node.addresses == listed
 
 
 def test_publisher_republishes_on_timer_and_on_load_change_but_not_too_often() -> None:
     config = parse_services(SERVICES)
-    publisher = OfferPublisher(IDENTITY, config, ("127.0.0.1:7070",), interval=100, min_gap=5)
+    publisher = OfferPublisher(IDENTITY, config, (DirectAddress("127.0.0.1", 7070),), interval=100, min_gap=5)
     idle, busy = Load(0, 0, 2), Load(2, 1, 2)
     assert publisher.due(idle, NOW)
     first = publisher.publish(idle, NOW)
@@ -161,5 +187,5 @@ def test_publisher_republishes_on_timer_and_on_load_change_but_not_too_often() -
     second = publisher.publish(busy, NOW + 5)
     # Sequences only grow, even across a restart with a fresh publisher at the same time.
     assert second.offers[0].sequence > first.offers[0].sequence
-    restarted = OfferPublisher(IDENTITY, config, ("127.0.0.1:7070",)).publish(idle, NOW + 6)
+    restarted = OfferPublisher(IDENTITY, config, (DirectAddress("127.0.0.1", 7070),)).publish(idle, NOW + 6)
     assert restarted.offers[0].sequence > second.offers[0].sequence

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hubnet.robot import examples
-from hubnet.robot.examples import EXAMPLES, with_examples
+from hubnet_robot import examples
+from hubnet_robot.examples import EXAMPLES, with_examples
 from node.services import parse_services
 
 BASE = parse_services('listen = "127.0.0.1:0"\n[services.cat]\ncommand = ["cat"]\n')
@@ -23,7 +23,7 @@ def test_every_runnable_example_is_added_and_runs_from_this_interpreter(tmp_path
     assert len(notes) == len(EXAMPLES) - len(runnable)
     for name in runnable:
         command = by_name[name].command
-        assert command[:3] == (sys.executable, "-m", f"hubnet.robot.{name}")
+        assert command[:3] == (sys.executable, "-m", f"hubnet_robot.{name}")
     if "face" in by_name:
         # The placeholder becomes an absolute path in the node's data folder: jobs run in
         # throwaway folders, so a relative database would be lost after every call.

@@ -2,7 +2,7 @@
 
 Photos come from installed packages (see tests.photos); a person's "other photo" is a
 variation of their one photo. Most calls run `main()` in this process so the models load
-once; the tests marked as such run `python -m hubnet.robot.face` as a real subprocess, the
+once; the tests marked as such run `python -m hubnet_robot.face` as a real subprocess, the
 way a hubnet node does. Every test uses a real SQLite file.
 """
 
@@ -25,8 +25,8 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image
 
-from hubnet.robot import face
-from hubnet.robot._face_store import FaceStore
+from hubnet_robot import face
+from hubnet_robot._face_store import FaceStore
 from identity.errors import PolicyError
 from node.services import parse_services
 from tests import photos
@@ -58,9 +58,9 @@ def _environment(client: str | None) -> dict[str, str]:
 
 
 def run_program(args: list[str], data: bytes = b"", client: str | None = None, **env: str) -> Result:
-    """`python -m hubnet.robot.face ARGS` as a real process, stdin `data`."""
+    """`python -m hubnet_robot.face ARGS` as a real process, stdin `data`."""
     proc = subprocess.run(
-        [sys.executable, "-m", "hubnet.robot.face", *args],
+        [sys.executable, "-m", "hubnet_robot.face", *args],
         input=data,
         capture_output=True,
         env={**_environment(client), **env},
@@ -363,7 +363,7 @@ def test_concurrent_writers_do_not_lose_enrolments(tmp_path: Path) -> None:
     """Four processes enrolling into one new database at once: every row arrives."""
     db = tmp_path / "faces.sqlite"
     script = (
-        "import sys; from pathlib import Path; from hubnet.robot._face_store import FaceStore\n"
+        "import sys; from pathlib import Path; from hubnet_robot._face_store import FaceStore\n"
         "for i in range(25):\n"
         "    with FaceStore(Path(sys.argv[1])) as s: s.add(sys.argv[2], f'n{i}', bytes(1024), limit=1000)\n"
     )

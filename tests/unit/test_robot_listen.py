@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from hubnet.robot import listen
-from hubnet.robot._audio import EXTENSIBLE, IEEE_FLOAT, PCM, ProgramError, parse_wav
+from hubnet_robot import listen
+from hubnet_robot._audio import EXTENSIBLE, IEEE_FLOAT, PCM, ProgramError, parse_wav
 from identity.errors import PolicyError
 from node.services import parse_services
 from tests.helpers import require_all, require_program
@@ -52,9 +52,9 @@ class Result:
 
 
 def run(args: list[str], data: bytes) -> Result:
-    """`python -m hubnet.robot.listen ARGS` as a real process, `data` on stdin."""
+    """`python -m hubnet_robot.listen ARGS` as a real process, `data` on stdin."""
     proc = subprocess.run(
-        [sys.executable, "-m", "hubnet.robot.listen", *args],
+        [sys.executable, "-m", "hubnet_robot.listen", *args],
         input=data,
         capture_output=True,
         timeout=60,
@@ -68,7 +68,7 @@ def spoken(text: str) -> bytes:
     """`text` said by espeak-ng's US English voice: a 22050 Hz mono 16-bit WAV."""
     require_program("espeak-ng")
     proc = subprocess.run(
-        [sys.executable, "-m", "hubnet.robot.speak", "--voice", "en-us", text],
+        [sys.executable, "-m", "hubnet_robot.speak", "--voice", "en-us", text],
         capture_output=True,
         check=True,
     )

@@ -1,6 +1,6 @@
 """hubnet-speak: real espeak-ng output, its options, its refusals, and the services.toml table.
 
-Each test runs `python -m hubnet.robot.speak` as a real process (about 0.1 s each), the way
+Each test runs `python -m hubnet_robot.speak` as a real process (about 0.1 s each), the way
 a hubnet node does; the WAVs are read back with the stdlib `wave` module.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hubnet.robot import speak
+from hubnet_robot import speak
 from identity.errors import PolicyError
 from node.services import parse_services
 from tests.helpers import require_program
@@ -35,9 +35,9 @@ class Result:
 def run(
     args: list[str], text: bytes = b"", env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> Result:
-    """`python -m hubnet.robot.speak ARGS` with `text` on stdin."""
+    """`python -m hubnet_robot.speak ARGS` with `text` on stdin."""
     proc = subprocess.run(
-        [sys.executable, "-m", "hubnet.robot.speak", *args],
+        [sys.executable, "-m", "hubnet_robot.speak", *args],
         input=text,
         capture_output=True,
         env=env,

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dht.addresses import DirectAddress
 from hubnet.select import (
     PriceCap,
     Probe,
@@ -53,7 +54,7 @@ def offer(
         publisher=peer(i),
         service_id=b"s" * 16,
         name="espeak",
-        addresses=(f"10.0.0.{i}:7070",),
+        addresses=(DirectAddress(f"10.0.0.{i}", 7070),),
         price=Price(per_call, per_second, per_mib),
         load=Load(running, queued, capacity),
         sequence=sequence,

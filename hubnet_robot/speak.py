@@ -18,7 +18,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
-from hubnet.robot._audio import Exit, Parser, ProgramError, WavError, parse_wav, read_stdin, run_main
+from hubnet_robot._audio import Exit, Parser, ProgramError, WavError, parse_wav, read_stdin, run_main
 
 PROG = "hubnet-speak"
 ESPEAK = "espeak-ng"

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hubnet.robot._audio import (
+from hubnet_robot._audio import (
     IEEE_FLOAT,
     PCM,
     Exit,

@@ -2,7 +2,7 @@
 
 Each robot module carries the services.toml table that serves it safely (`SERVICE_TOML`,
 also shown in the docs). Here those tables are parsed like any services.toml, and their
-commands are pointed at this interpreter (`python -m hubnet.robot.NAME`), because a job's
+commands are pointed at this interpreter (`python -m hubnet_robot.NAME`), because a job's
 PATH need not contain the virtualenv's scripts. A service whose extra is not installed is
 left out, with the reason, rather than offered and failing on every call.
 """
@@ -39,12 +39,12 @@ class Example:
 
 EXAMPLES = (
     Example(
-        "speak", "hubnet.robot.speak", "speech", lambda: None if shutil.which("espeak-ng") else "no espeak-ng"
+        "speak", "hubnet_robot.speak", "speech", lambda: None if shutil.which("espeak-ng") else "no espeak-ng"
     ),
-    Example("listen", "hubnet.robot.listen", "speech", lambda: _missing_modules("pocketsphinx", "numpy")),
+    Example("listen", "hubnet_robot.listen", "speech", lambda: _missing_modules("pocketsphinx", "numpy")),
     Example(
         "face",
-        "hubnet.robot.face",
+        "hubnet_robot.face",
         "face",
         lambda: _missing_modules("dlib", "numpy", "PIL", "face_recognition_models"),
     ),

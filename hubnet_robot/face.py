@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 import platformdirs
 
-from hubnet.robot._face_store import FaceStore, StoreError, StoreFull
+from hubnet_robot._face_store import FaceStore, StoreError, StoreFull
 
 if TYPE_CHECKING:
     import numpy as np

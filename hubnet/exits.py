@@ -1,0 +1,42 @@
+"""`hubnode`'s exit statuses, and the one place where an error becomes one.
+
+Both entry points import this: `hubnet.main` (which reports every error) and `hubnet.cli`
+(click's usage errors). It imports only the error classes, so neither entry point has to
+import the other for a constant, and `hubnode call`'s import path stays small.
+"""
+
+from __future__ import annotations
+
+from identity.errors import (
+    ConfigError,
+    HostKeyMismatch,
+    HubnetError,
+    PolicyError,
+    Rejected,
+    RemoteProtocolError,
+    TransportError,
+)
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+# A shell's convention for a command that cannot run (126) or does not exist (127).
+EXIT_REFUSED = 126
+EXIT_NO_SERVICE = 127
+# A shell's convention for death by signal N: 128 + N (numbers, not the `signal` module,
+# which `hubnode call` would otherwise import for two constants).
+EXIT_INTERRUPTED = 128 + 2  # SIGINT
+EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE
+# ssh's convention: the tool's own failures (network, protocol, keys) are 255, so a
+# script can tell them from the remote program's exit status.
+EXIT_TRANSPORT = 255
+
+
+def exit_code_for(error: HubnetError) -> int:
+    """The exit status for `error`; anything not named here is a plain failure (1)."""
+    if isinstance(error, Rejected):
+        return EXIT_NO_SERVICE if error.code == "no-such-service" else EXIT_REFUSED
+    if isinstance(error, TransportError | RemoteProtocolError | HostKeyMismatch):
+        return EXIT_TRANSPORT
+    if isinstance(error, ConfigError | PolicyError):
+        return EXIT_USAGE
+    return EXIT_FAILURE
