@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from dht.addresses import parse_address
 from dht.ids import service_key
 from dht.messages import AddProvider, decode, encode
 from dht.records import ProviderRecord
@@ -172,7 +173,7 @@ def _offer_record(
 ) -> ProviderRecord:
     now = int(time.time())
     offer = Offer(
-        identity.public_key, sid, "who", (address,), Price(per_call=price), Load(0, 0, 1), 1, now, now + 300
+        identity.public_key, sid, "who", (parse_address(address),), Price(per_call=price), Load(0, 0, 1), 1, now, now + 300
     )
     return ProviderRecord.create(
         identity, service_key(sid), offer.payload(), sequence=now, issued_at=now, ttl=300
