@@ -173,7 +173,15 @@ def _offer_record(
 ) -> ProviderRecord:
     now = int(time.time())
     offer = Offer(
-        identity.public_key, sid, "who", (parse_address(address),), Price(per_call=price), Load(0, 0, 1), 1, now, now + 300
+        identity.public_key,
+        sid,
+        "who",
+        (parse_address(address),),
+        Price(per_call=price),
+        Load(0, 0, 1),
+        1,
+        now,
+        now + 300,
     )
     return ProviderRecord.create(
         identity, service_key(sid), offer.payload(), sequence=now, issued_at=now, ttl=300
