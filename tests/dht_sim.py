@@ -40,7 +40,7 @@ from dht.messages import Contact, Ping
 from dht.node import DhtNode
 from dht.records import Address, NodeRecord, ProviderRecord
 from dht.routing import K
-from dht.transport import MemoryNetwork
+from dht.transport import MemoryNetwork, UdpTransport
 from identity.keys import Identity
 from node.offers import Load, Offer, Price
 
@@ -384,3 +384,26 @@ def identities_with_prefixes(prefixes: list[str]) -> list[Identity]:
                 found.append(identity)
                 break
     return found
+
+
+NodeT = TypeVar("NodeT", bound=DhtNode)
+
+
+@asynccontextmanager
+async def udp_chain(count: int, make: Callable[[int, UdpTransport], NodeT]) -> AsyncIterator[list[NodeT]]:
+    """`count` nodes from `make(index, transport)` on UDP sockets on 127.0.0.1, each joined
+    through the one before it; stopped and closed on the way out."""
+    nodes: list[NodeT] = []
+    async with trio.open_nursery() as nursery:
+        for index in range(count):
+            node = make(index, await UdpTransport.bind("127.0.0.1", 0))
+            await nursery.start(node.serve)
+            if nodes:
+                await node.bootstrap([Seed(nodes[-1].contact.address, nodes[-1].identity.public_key)])
+            nodes.append(node)
+        try:
+            yield nodes
+        finally:
+            nursery.cancel_scope.cancel()
+            for node in nodes:
+                node.transport.close()

@@ -12,7 +12,7 @@ import os
 import random
 import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
 import trio
@@ -24,10 +24,10 @@ from dht.lookup import Seed
 from dht.messages import DATAGRAM_DOMAIN, FindNode, Nodes, Ping, Pong, decode, encode
 from dht.node import DhtNode
 from dht.records import NodeRecord, ProviderRecord
-from dht.transport import MemoryNetwork, UdpTransport
+from dht.transport import MemoryNetwork
 from identity.keys import Identity
 from identity.records import SignedRecord
-from tests.dht_sim import EPOCH, identities_with_prefixes, simulation
+from tests.dht_sim import EPOCH, identities_with_prefixes, simulation, udp_chain
 
 UDP_DEADLINE = 30  # seconds; a healthy run takes well under one
 
@@ -40,23 +40,9 @@ def seed_of(node: DhtNode) -> Seed:
     return Seed(node.contact.address, node.identity.public_key)
 
 
-@asynccontextmanager
-async def udp_nodes(count: int, *, k: int) -> AsyncIterator[list[DhtNode]]:
+def udp_nodes(count: int, *, k: int) -> AbstractAsyncContextManager[list[DhtNode]]:
     """`count` nodes on UDP sockets on 127.0.0.1, each joined through the one before it."""
-    nodes: list[DhtNode] = []
-    async with trio.open_nursery() as nursery:
-        for index in range(count):
-            node = DhtNode(seeded(index), await UdpTransport.bind("127.0.0.1", 0), k=k)
-            await nursery.start(node.serve)
-            if nodes:
-                await node.bootstrap([seed_of(nodes[-1])])
-            nodes.append(node)
-        try:
-            yield nodes
-        finally:
-            nursery.cancel_scope.cancel()
-            for node in nodes:
-                node.transport.close()
+    return udp_chain(count, lambda index, transport: DhtNode(seeded(index), transport, k=k))
 
 
 async def test_udp_chain_finds_every_provider_and_node_record() -> None:

@@ -14,8 +14,7 @@ Real UDP runs on the real clock: the lost request costs one RPC timeout per driv
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import TypeVar
 
 import trio
@@ -27,7 +26,7 @@ from dht.messages import GetProviders, InvalidMessage, decode
 from dht.records import Address, ProviderRecord
 from dht.transport import DatagramTransport, UdpTransport
 from identity.keys import Identity
-from tests.dht_sim import SimNode
+from tests.dht_sim import SimNode, udp_chain
 
 NODES = 12
 PROVIDERS = 40
@@ -98,25 +97,14 @@ class RecordingClient(DhtClient):
         return super()._run(lookup)
 
 
-@asynccontextmanager
-async def lossy_nodes(loss: PageLoss) -> AsyncIterator[list[SimNode]]:
+def lossy_nodes(loss: PageLoss) -> AbstractAsyncContextManager[list[SimNode]]:
     """NODES nodes with k=K on 127.0.0.1, each joined through the one before it."""
-    nodes: list[SimNode] = []
-    async with trio.open_nursery() as nursery:
-        for index in range(NODES):
-            transport = LossyTransport(await UdpTransport.bind("127.0.0.1", 0), loss)
-            identity = Identity.from_seed((2000 + index).to_bytes(32, "big"))
-            node = SimNode(identity, transport, k=K, rpc_timeout=RPC_TIMEOUT)
-            await nursery.start(node.serve)
-            if nodes:
-                await node.bootstrap([Seed(nodes[-1].contact.address, nodes[-1].identity.public_key)])
-            nodes.append(node)
-        try:
-            yield nodes
-        finally:
-            nursery.cancel_scope.cancel()
-            for node in nodes:
-                node.transport.close()
+
+    def make(index: int, transport: UdpTransport) -> SimNode:
+        identity = Identity.from_seed((2000 + index).to_bytes(32, "big"))
+        return SimNode(identity, LossyTransport(transport, loss), k=K, rpc_timeout=RPC_TIMEOUT)
+
+    return udp_chain(NODES, make)
 
 
 async def test_both_drivers_page_through_every_record_despite_a_lost_datagram() -> None:
