@@ -36,10 +36,6 @@ def seeded(index: int) -> Identity:
     return Identity.from_seed((1000 + index).to_bytes(32, "big"))
 
 
-def seed_of(node: DhtNode) -> Seed:
-    return Seed(node.contact.address, node.identity.public_key)
-
-
 def udp_nodes(count: int, *, k: int) -> AbstractAsyncContextManager[list[DhtNode]]:
     """`count` nodes on UDP sockets on 127.0.0.1, each joined through the one before it."""
     return udp_chain(count, lambda index, transport: DhtNode(seeded(index), transport, k=k))
