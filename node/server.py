@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from identity.errors import HubnetError, PolicyError
+from identity.errors import HubnetError, PolicyError, TransportError
 from identity.keys import Identity, encode_peer_id, fingerprint
 from identity.secure import SecureStream, accept_secure
 from identity.session import MAX_RECEIVE
@@ -260,6 +260,11 @@ async def _pump_client(
         while True:
             try:
                 message = await _next_message(stream, conn)
+            except TransportError as exc:
+                # A reset (a killed caller with unread data sends one) is as much a vanished caller
+                # as a clean close: end the job the same way, so it is reported, not torn down.
+                log.info("caller lost: %s", exc)
+                message = None
             except HubnetError:
                 job.cancel("disconnected")
                 raise

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -250,3 +251,50 @@ async def test_garbage_ends_only_that_connection(tmp_path: Path, caller: Identit
     replies, out, _ = await _exchange(node, caller, Call(service_id_for_name("cat")), b"still here")
     assert out == b"still here"
     assert isinstance(replies[-1], Exit)
+
+
+class _ResetAfterArmed(trio.abc.Stream):
+    """The node's side of a connection that a reset breaks once `armed`: the next read fails,
+    as a read does when a killed caller's kernel answers with RST instead of FIN."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.armed = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.inner.receive_some(max_bytes)
+        if self.armed:
+            raise trio.BrokenResourceError("connection reset by peer")
+        return data
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_reset_caller_ends_its_job_as_disconnected(
+    tmp_path: Path, caller: Identity, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hubnet.node")
+    node = _node(tmp_path, caller)
+    client_side, server_side = trio.testing.memory_stream_pair()
+    resettable = _ResetAfterArmed(server_side)
+    job = JobConnection(Role.CLIENT)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node.handle_connection, resettable)
+            stream = await connect_secure(
+                client_side, caller, node.identity.public_key, job.send(Call(service_id_for_name("cat")))
+            )
+            await stream.send_all(job.send(Start()) + job.send(Stdin(b"hello")))
+            while b"hello" not in await stream.receive_some():
+                pass  # cat runs and waits for more stdin
+            resettable.armed = True
+            await stream.send_all(job.send(Stdin(b"more")))
+    ended = [r.getMessage() for r in caplog.records if " cat for " in r.getMessage()]
+    assert len(ended) == 1 and "(disconnected)" in ended[0], ended
