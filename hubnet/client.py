@@ -30,6 +30,7 @@ from node.protocol import (
     DATA_CHUNK,
     Accept,
     Call,
+    ConnectionClosed,
     Exit,
     JobConnection,
     Message,
@@ -200,12 +201,9 @@ def _changed_key_message(target: Target, old: bytes, new: bytes, known_hosts: Kn
 
 
 def _messages(conn: SecureConnection, job: JobConnection) -> Message | None:
-    while (message := job.next_event()) is None:
-        data = conn.receive()
-        if not data:
-            return None
-        job.receive_data(data)
-    return message
+    while (event := job.next_event()) is None:
+        job.receive_data(conn.receive())
+    return None if isinstance(event, ConnectionClosed) else event
 
 
 def request(

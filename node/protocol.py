@@ -1,10 +1,15 @@
 """The job protocol: what a client and a node say over the secure stream.
 
-Each message is msgpack `[kind, fields]` with `fields` a fixed-layout array. One
-connection carries one request: a call (then its stdin/stdout/stderr and exit), a
-service list, or a status. `JobConnection` is the sans-IO machine for either role;
-it checks every message's shape and that it is legal in the current state, and
-raises RemoteProtocolError for anything the peer should not have sent.
+Each message is msgpack `[kind, fields]` with `fields` an array whose layout the kind
+fixes; by the versioning rule of docs/protocol.md a reader takes the fields it knows
+and ignores any a newer peer appends. One connection carries one request: a call (then
+its stdin/stdout/stderr, exit and an optional receipt), a service list, a status or a
+peer list.
+
+`JobConnection` is the sans-IO machine for one end (h11-style): each role has its own
+state, every legal step is a row of `TRANSITIONS`, and anything else, sent or received,
+puts the connection in its ERROR state, which refuses every later call. The end of the
+peer's stream is an event too (`ConnectionClosed`), legal only where that role may stop.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 
 import msgpack
 
-from identity.errors import LocalProtocolError, RemoteProtocolError
+from identity.errors import HubnetError, LocalProtocolError, RemoteProtocolError, TransportError
 
 SERVICE_ID_LEN = 16
 MAX_MESSAGE = 1 << 20
@@ -31,6 +36,11 @@ MAX_HOST = 253
 # messages cost less per byte (the secure session splits them into Noise frames).
 MAX_DATA = MAX_MESSAGE - 64
 DATA_CHUNK = 256 * 1024
+# Stdin the client may send beyond what the node has fed to the job (see `Credit`): the
+# node can then always read on, so a Cancel or a vanished caller is seen at once even when
+# the job does not read its stdin, and a connection never buffers more than this of it.
+STDIN_WINDOW = 4 * DATA_CHUNK
+MAX_RECEIPT = 4096
 
 
 class Kind(enum.IntEnum):
@@ -50,6 +60,19 @@ class Kind(enum.IntEnum):
     SERVICES = 21
     STATUS_REPLY = 22
     PEERS_REPLY = 23
+    CREDIT = 24
+    RECEIPT = 25
+
+
+class RejectCode(enum.StrEnum):
+    """Why a node refused a request; on the wire as the text. Readers keep codes they do
+    not know (a newer node may add some) and treat them as a refusal."""
+
+    NO_SUCH_SERVICE = "no-such-service"
+    NOT_ALLOWED = "not-allowed"
+    BAD_ARGUMENTS = "bad-arguments"
+    BUSY = "busy"
+    CANCELLED = "cancelled"  # the caller cancelled while its call waited for a slot
 
 
 @dataclass(frozen=True)
@@ -100,20 +123,46 @@ class Cancel:
 
 
 @dataclass(frozen=True)
+class Terms:
+    """What this job costs this caller, in millisatoshi: per call, per second of wall time,
+    per MiB moved (stdin plus output), and how much is held against it (the most it can
+    cost)."""
+
+    per_call: int = 0
+    per_second: int = 0
+    per_mib: int = 0
+    held: int = 0
+
+
+@dataclass(frozen=True)
 class Accept:
-    """The job started; `quote` is its price per call in millisatoshi."""
+    """The job will run on these terms."""
 
     job_id: str
-    quote: int = 0
+    terms: Terms = field(default_factory=Terms)
 
 
 @dataclass(frozen=True)
 class Reject:
-    """The node refused the request. `code` is one word: no-such-service, not-allowed,
-    bad-arguments, busy, failed-to-start, timeout."""
+    """The node refused the request: `code` is a `RejectCode` (or one this reader does not
+    know yet), `reason` a sentence for people."""
 
     code: str
     reason: str
+
+
+@dataclass(frozen=True)
+class Credit:
+    """The node fed `size` more bytes of stdin to the job: the client may send that much more."""
+
+    size: int
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """After `Exit`: a signed record of what the job used and cost (opaque to this layer)."""
+
+    record: bytes
 
 
 @dataclass(frozen=True)
@@ -182,10 +231,16 @@ class Peers:
     peers: tuple[PeerInfo, ...]
 
 
+@dataclass(frozen=True)
+class ConnectionClosed:
+    """The peer's end of the stream: an event, never sent as a message."""
+
+
 ClientMessage = Call | ListServices | GetStatus | GetPeers | Start | Stdin | StdinEnd | Cancel
-ServerMessage = Accept | Reject | Stdout | Stderr | Exit | Services | StatusReply | Peers
+ServerMessage = Accept | Reject | Stdout | Stderr | Credit | Exit | Receipt | Services | StatusReply | Peers
 Request = Call | ListServices | GetStatus | GetPeers
 Message = ClientMessage | ServerMessage
+Event = Message | ConnectionClosed
 
 
 # ---- codec -------------------------------------------------------------------------------------
@@ -226,6 +281,13 @@ def _bytes(v: object) -> bytes:
     return v
 
 
+def _known(f: list[Any], arity: int, what: str) -> list[Any]:
+    """The first `arity` fields; later ones are a newer peer's additions (versioning rule)."""
+    if not isinstance(f, list) or len(f) < arity:
+        raise RemoteProtocolError(f"{what} needs at least {arity} fields")
+    return f[:arity]
+
+
 def _decode_call(f: list[Any]) -> Call:
     sid, args = f
     if not isinstance(sid, bytes) or len(sid) != SERVICE_ID_LEN:
@@ -240,15 +302,25 @@ def _decode_call(f: list[Any]) -> Call:
 
 def _decode_exit(f: list[Any]) -> Exit:
     code, sig, error, usage, cost = f
-    if not isinstance(usage, list) or len(usage) != 5:
-        raise RemoteProtocolError("bad usage record")
     return Exit(
         _optional_int(code),
         _optional_int(sig),
         None if error is None else _text(error),
-        Usage(*(_count(u) for u in usage)),
+        Usage(*(_count(u) for u in _known(usage, 5, "a usage record"))),
         _count(cost),
     )
+
+
+def _decode_accept(f: list[Any]) -> Accept:
+    job_id, terms = f
+    return Accept(_text(job_id), Terms(*(_count(t) for t in _known(terms, 4, "terms"))))
+
+
+def _decode_receipt(f: list[Any]) -> Receipt:
+    record = _bytes(f[0])
+    if len(record) > MAX_RECEIPT:
+        raise RemoteProtocolError(f"a receipt is at most {MAX_RECEIPT} bytes")
+    return Receipt(record)
 
 
 def _decode_services(f: list[Any]) -> Services:
@@ -257,9 +329,7 @@ def _decode_services(f: list[Any]) -> Services:
         raise RemoteProtocolError(f"service list must be an array of at most {MAX_SERVICES}")
     infos = []
     for item in items:
-        if not isinstance(item, list) or len(item) != 4:
-            raise RemoteProtocolError("bad service entry")
-        name, sid, desc, arguments = item
+        name, sid, desc, arguments = _known(item, 4, "a service entry")
         if not isinstance(sid, bytes) or len(sid) != SERVICE_ID_LEN:
             raise RemoteProtocolError("service id must be 16 bytes")
         infos.append(ServiceInfo(_text(name), sid, _text(desc), _text(arguments)))
@@ -279,9 +349,7 @@ def _decode_peers(f: list[Any]) -> Peers:
         raise RemoteProtocolError(f"peer list must be an array of at most {MAX_PEERS}")
     peers = []
     for item in items:
-        if not isinstance(item, list) or len(item) != 3:
-            raise RemoteProtocolError("bad peer entry")
-        key, host, port = item
+        key, host, port = _known(item, 3, "a peer entry")
         if not isinstance(key, bytes) or len(key) != 32:
             raise RemoteProtocolError("peer key must be 32 bytes")
         if not _is_int(port) or not 0 < port < 65536:
@@ -299,7 +367,14 @@ _CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[
     Stdin: (Kind.STDIN, 1, lambda m: [m.data], lambda f: Stdin(_bytes(f[0]))),
     StdinEnd: (Kind.STDIN_END, 0, lambda m: [], lambda f: StdinEnd()),
     Cancel: (Kind.CANCEL, 0, lambda m: [], lambda f: Cancel()),
-    Accept: (Kind.ACCEPT, 2, lambda m: [m.job_id, m.quote], lambda f: Accept(_text(f[0]), _count(f[1]))),
+    Accept: (
+        Kind.ACCEPT,
+        2,
+        lambda m: [m.job_id, [m.terms.per_call, m.terms.per_second, m.terms.per_mib, m.terms.held]],
+        _decode_accept,
+    ),
+    Credit: (Kind.CREDIT, 1, lambda m: [m.size], lambda f: Credit(_count(f[0]))),
+    Receipt: (Kind.RECEIPT, 1, lambda m: [m.record], _decode_receipt),
     Reject: (Kind.REJECT, 2, lambda m: [m.code, m.reason], lambda f: Reject(_text(f[0]), _text(f[1]))),
     Stdout: (Kind.STDOUT, 1, lambda m: [m.data], lambda f: Stdout(_bytes(f[0]))),
     Stderr: (Kind.STDERR, 1, lambda m: [m.data], lambda f: Stderr(_bytes(f[0]))),
@@ -354,9 +429,7 @@ def decode_object(obj: object) -> Message:
         arity, decoder = _BY_KIND[Kind(kind)]
     except ValueError:
         raise RemoteProtocolError(f"unknown message kind {kind}") from None
-    if len(fields) != arity:
-        raise RemoteProtocolError(f"message kind {kind} takes {arity} fields")
-    return decoder(fields)
+    return decoder(_known(fields, arity, f"message kind {kind}"))
 
 
 def decode(data: bytes) -> Message:
@@ -419,71 +492,192 @@ class Role(enum.Enum):
     SERVER = "server"
 
 
-class Phase(enum.Enum):
-    IDLE = "idle"  # no request yet
-    REQUESTED = "requested"  # call, list or status sent
-    RUNNING = "running"  # call accepted, output flowing
-    DONE = "done"  # final reply seen: exit, reject, services, status
+class State(enum.Enum):
+    """Where one role is. Client and server states are distinct members of one enum, as
+    in h11, so that a table row names its role's states only."""
+
+    # client
+    IDLE = "idle"  # nothing sent yet
+    CALLED = "called"  # a Call sent; Start (the caller is live) not yet
+    SENDING_STDIN = "sending-stdin"
+    STDIN_DONE = "stdin-done"
+    CANCELLED = "cancelled"
+    ASKED = "asked"  # a list, status or peers request sent: nothing more to say
+    # server
+    WAITING = "waiting"  # no request yet
+    MUST_ANSWER_CALL = "must-answer-call"
+    MUST_LIST = "must-list"
+    MUST_STATUS = "must-status"
+    MUST_PEERS = "must-peers"
+    RUNNING = "running"  # accepted: output flows, stdin credit is granted
+    EXITED = "exited"  # Exit sent; a Receipt may follow
+    DONE = "done"  # the last word said
+    # both
+    CLOSED = "closed"  # this role's stream ended
+    ERROR = "error"  # a violation was seen: every later step is refused
 
 
-_FINAL = (Reject, Exit, Services, StatusReply, Peers)
+MessageType = type[Message] | type[ConnectionClosed]
+
+# (role, state) -> {what that role may do next: the state it moves to}. Everything not
+# listed is a protocol violation. A client may always walk away (the node then ends its
+# job as "disconnected"); a node may only close once it has said its last word.
+TRANSITIONS: dict[Role, dict[State, dict[MessageType, State]]] = {
+    Role.CLIENT: {
+        State.IDLE: {
+            Call: State.CALLED,
+            ListServices: State.ASKED,
+            GetStatus: State.ASKED,
+            GetPeers: State.ASKED,
+            ConnectionClosed: State.CLOSED,
+        },
+        State.CALLED: {Start: State.SENDING_STDIN, Cancel: State.CANCELLED, ConnectionClosed: State.CLOSED},
+        State.SENDING_STDIN: {
+            Stdin: State.SENDING_STDIN,
+            StdinEnd: State.STDIN_DONE,
+            Cancel: State.CANCELLED,
+            ConnectionClosed: State.CLOSED,
+        },
+        State.STDIN_DONE: {Cancel: State.CANCELLED, ConnectionClosed: State.CLOSED},
+        State.CANCELLED: {ConnectionClosed: State.CLOSED},
+        State.ASKED: {ConnectionClosed: State.CLOSED},
+        State.CLOSED: {},
+        State.ERROR: {},
+    },
+    Role.SERVER: {
+        State.WAITING: {},
+        State.MUST_ANSWER_CALL: {Accept: State.RUNNING, Reject: State.DONE},
+        State.MUST_LIST: {Services: State.DONE},
+        State.MUST_STATUS: {StatusReply: State.DONE},
+        State.MUST_PEERS: {Peers: State.DONE},
+        State.RUNNING: {
+            Stdout: State.RUNNING,
+            Stderr: State.RUNNING,
+            Credit: State.RUNNING,
+            Exit: State.EXITED,
+        },
+        State.EXITED: {Receipt: State.DONE, ConnectionClosed: State.CLOSED},
+        State.DONE: {ConnectionClosed: State.CLOSED},
+        State.CLOSED: {},
+        State.ERROR: {},
+    },
+}
+
+# A client's request moves the server to the state in which it owes that request's answer.
+SERVER_OWES: dict[MessageType, State] = {
+    Call: State.MUST_ANSWER_CALL,
+    ListServices: State.MUST_LIST,
+    GetStatus: State.MUST_STATUS,
+    GetPeers: State.MUST_PEERS,
+}
+INITIAL = {Role.CLIENT: State.IDLE, Role.SERVER: State.WAITING}
 
 
 class JobConnection:
     """One connection's job protocol for one role (h11-style, no I/O).
 
     `send` checks that *we* follow the protocol (LocalProtocolError otherwise);
-    `next_event` checks that the *peer* does (RemoteProtocolError).
+    `next_event` checks that the *peer* does (RemoteProtocolError; TransportError when
+    the node closed before its last word). After either, the connection is in ERROR and
+    refuses everything. `receive_data(b"")` says the peer closed its stream.
     """
 
     def __init__(self, role: Role, max_message: int = MAX_MESSAGE) -> None:
-        self.role = role
-        self.phase = Phase.IDLE
+        self.our_role = role
+        self.their_role = Role.SERVER if role is Role.CLIENT else Role.CLIENT
+        self.states = dict(INITIAL)
         self.request: Request | None = None
-        self.started = False
-        self.stdin_closed = False
+        # Stdin bytes the client may still send before the node grants more (`Credit`).
+        self.stdin_window = STDIN_WINDOW
         self._decoder = MessageDecoder(max_message)
+        self._peer_closed = False
 
-    def send(self, message: Message) -> bytes:
-        self._check(message, sender=self.role, error=LocalProtocolError)
-        wire = encode(message)
-        _check_peer_accepts(message, wire)
-        self._apply(message)
-        return wire
+    @property
+    def our_state(self) -> State:
+        return self.states[self.our_role]
 
-    def receive_data(self, data: bytes) -> None:
-        self._decoder.feed(data)
+    @property
+    def their_state(self) -> State:
+        return self.states[self.their_role]
 
-    def next_event(self) -> Message | None:
-        message = self._decoder.next_message()
-        if message is not None:
-            peer = Role.SERVER if self.role is Role.CLIENT else Role.CLIENT
-            self._check(message, sender=peer, error=RemoteProtocolError)
-            self._apply(message)
-        return message
+    @property
+    def errored(self) -> bool:
+        return State.ERROR in self.states.values()
 
     @property
     def buffered(self) -> int:
         return self._decoder.buffered
 
-    def _check(self, message: Message, *, sender: Role, error: type[Exception]) -> None:
-        if not _legal(self, message, sender):
-            raise error(
-                f"{type(message).__name__} is not allowed from the {sender.value} while {self.phase.value}"
-            )
+    def send(self, message: Message) -> bytes:
+        """The bytes of `message`, which must be legal for us now."""
+        if self.errored:
+            raise LocalProtocolError("the connection is in its error state")
+        try:
+            self._step(self.our_role, message, LocalProtocolError)
+            wire = encode(message)
+            _check_peer_accepts(message, wire)
+        except LocalProtocolError:
+            self._fail()
+            raise
+        return wire
 
-    def _apply(self, message: Message) -> None:
-        if isinstance(message, Request):
-            self.request = message
-            self.phase = Phase.REQUESTED
-        elif isinstance(message, Start):
-            self.started = True
-        elif isinstance(message, StdinEnd):
-            self.stdin_closed = True
-        elif isinstance(message, Accept):
-            self.phase = Phase.RUNNING
-        elif isinstance(message, _FINAL):
-            self.phase = Phase.DONE
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the peer; b"" when its stream ended."""
+        if self.errored:
+            raise RemoteProtocolError("the connection is in its error state")
+        if self._peer_closed:
+            raise LocalProtocolError("receive_data() after the peer's end of stream")
+        if not data:
+            self._peer_closed = True
+            return
+        try:
+            self._decoder.feed(data)
+        except RemoteProtocolError:
+            self._fail()
+            raise
+
+    def next_event(self) -> Event | None:
+        """The peer's next message, ConnectionClosed once its stream ended, or None for more data."""
+        if self.errored:
+            raise RemoteProtocolError("the connection is in its error state")
+        if self.their_state is State.CLOSED:
+            return ConnectionClosed()
+        try:
+            event: Event | None = self._decoder.next_message()
+            if event is None and self._peer_closed:
+                if self._decoder.buffered:
+                    raise RemoteProtocolError("the peer closed in the middle of a message")
+                event = ConnectionClosed()
+            if event is not None:
+                self._step(self.their_role, event, RemoteProtocolError)
+        except (RemoteProtocolError, TransportError):
+            self._fail()
+            raise
+        return event
+
+    def _step(self, role: Role, event: Event, error: type[HubnetError]) -> None:
+        state = self.states[role]
+        following = TRANSITIONS[role][state].get(type(event))
+        if following is None:
+            if role is Role.SERVER and isinstance(event, ConnectionClosed):
+                # Not garbage but a node gone mid-request (killed, crashed): a transport failure.
+                raise TransportError(f"the node closed the connection before its answer ({state.value})")
+            raise error(f"{type(event).__name__} is not allowed from the {role.value} in state {state.value}")
+        if isinstance(event, Stdin):
+            if len(event.data) > self.stdin_window:
+                raise error(f"stdin beyond the window the node granted ({self.stdin_window} bytes left)")
+            self.stdin_window -= len(event.data)
+        elif isinstance(event, Credit):
+            if self.stdin_window + event.size > STDIN_WINDOW:
+                raise error(f"credit beyond the stdin window of {STDIN_WINDOW} bytes")
+            self.stdin_window += event.size
+        if isinstance(event, Request):
+            self.request = event
+            self.states[Role.SERVER] = SERVER_OWES[type(event)]
+        self.states[role] = following
+
+    def _fail(self) -> None:
+        self.states = dict.fromkeys(self.states, State.ERROR)
 
 
 def _check_peer_accepts(message: Message, wire: bytes) -> None:
@@ -497,31 +691,3 @@ def _check_peer_accepts(message: Message, wire: bytes) -> None:
         decode(wire)
     except RemoteProtocolError as exc:
         raise LocalProtocolError(f"{type(message).__name__} breaks the protocol's limits: {exc}") from None
-
-
-def _legal(conn: JobConnection, message: Message, sender: Role) -> bool:
-    phase, request = conn.phase, conn.request
-    if phase is Phase.DONE:
-        # After the final reply a client may still be flushing stdin it had already sent.
-        return sender is Role.CLIENT and isinstance(message, Stdin | StdinEnd | Cancel)
-    if sender is Role.CLIENT:
-        if isinstance(message, Request):
-            return phase is Phase.IDLE
-        if not isinstance(request, Call):
-            return False
-        if isinstance(message, Start):
-            return not conn.started
-        if isinstance(message, Stdin | StdinEnd):
-            return conn.started and not conn.stdin_closed
-        return isinstance(message, Cancel)
-    if phase is Phase.IDLE:
-        return False
-    if isinstance(request, ListServices):
-        return isinstance(message, Services)
-    if isinstance(request, GetStatus):
-        return isinstance(message, StatusReply)
-    if isinstance(request, GetPeers):
-        return isinstance(message, Peers)
-    if phase is Phase.REQUESTED:
-        return isinstance(message, Accept | Reject)
-    return isinstance(message, Stdout | Stderr | Exit)

@@ -1,14 +1,16 @@
 """The serving node's Trio driver: one TCP port, many services.
 
 Each connection is one secure session carrying one request (see `node.protocol`).
-Everything the peer sends is checked by the sans-IO machines; this module owns the
-sockets, the timeouts, the job slots and the process runner.
+Everything the peer sends is checked by the sans-IO machines, and what a call may do
+and cost is decided by `node.admission`; this module only sequences (admit -> Accept ->
+run -> settle -> Exit) and owns the sockets, the timeouts, the job slots and the runner.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -18,19 +20,23 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from identity.errors import HubnetError, PolicyError, TransportError
+from identity.errors import HubnetError, TransportError
 from identity.keys import Identity, encode_peer_id, fingerprint
 from identity.secure import SecureStream, accept_secure
 from identity.session import MAX_RECEIVE
+from node.admission import Admitted, Occupancy, admit, settle
 from node.naming import format_service_id
 from node.protocol import (
     DATA_CHUNK,
     MAX_PEERS,
     MAX_TEXT,
+    STDIN_WINDOW,
     Accept,
     Call,
     Cancel,
-    Exit,
+    ConnectionClosed,
+    Credit,
+    Event,
     GetPeers,
     GetStatus,
     JobConnection,
@@ -39,16 +45,17 @@ from node.protocol import (
     PeerInfo,
     Peers,
     Reject,
+    RejectCode,
     Role,
     ServiceInfo,
     Services,
     Start,
+    State,
     StatusReply,
     Stderr,
     Stdin,
     StdinEnd,
     Stdout,
-    Usage,
 )
 from node.runner import Job, JobLimits, JobOutcome, SpawnError
 from node.services import NodeConfig, Service
@@ -57,7 +64,6 @@ log = logging.getLogger("hubnet.node")
 
 # A job's environment is built from nothing: only these come from the node's own.
 _PASSED_ENV = ("PATH",)
-_STDIN_BUFFER = 4  # chunks in flight between the client and the job's stdin
 
 
 class Node:
@@ -90,11 +96,15 @@ class Node:
     async def serve(
         self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Listen and serve forever; `nursery.start(node.serve)` returns the bound addresses."""
+        """Listen on the config's TCP port and serve forever; `nursery.start` returns the bound addresses."""
         host = self.config.listen_host or None
         listeners = await trio.open_tcp_listeners(self.config.listen_port, host=host)
         task_status.started([listener.socket.getsockname()[:2] for listener in listeners])
-        await trio.serve_listeners(self.handle_connection, listeners)
+        await self.serve_listeners(listeners)
+
+    async def serve_listeners(self, listeners: Sequence[trio.abc.Listener[trio.abc.Stream]]) -> None:
+        """Serve every connection that any of `listeners` accepts (TCP ports; later, relay reservations)."""
+        await trio.serve_listeners(self.handle_connection, list(listeners))
 
     async def handle_connection(self, transport: trio.abc.Stream) -> None:
         """Serve one connection; a misbehaving peer only ends its own connection."""
@@ -120,9 +130,10 @@ class Node:
         with trio.fail_after(self.handshake_timeout):
             stream, first_data = await accept_secure(transport, self.identity)
         conn = JobConnection(Role.SERVER)
-        conn.receive_data(first_data)
+        if first_data:  # (an empty feed would mean the end of the stream)
+            conn.receive_data(first_data)
         with trio.fail_after(self.start_timeout):
-            request = await _next_message(stream, conn)
+            request = await _next_event(stream, conn)
         if isinstance(request, ListServices):
             await _reply(stream, conn, self._services())
         elif isinstance(request, GetStatus):
@@ -145,41 +156,48 @@ class Node:
             )
         )
 
-    def _check_call(self, call: Call, peer: bytes) -> tuple[Service, list[str]] | Reject:
-        service = self.config.services.get(call.service_id)
-        if service is None:
-            return Reject("no-such-service", f"no service {format_service_id(call.service_id)} here")
-        if not service.allows(peer):
-            return Reject("not-allowed", f"peer {fingerprint(peer)} may not call {service.name}")
-        try:
-            argv = service.argv(call.args)
-        except PolicyError as exc:
-            return Reject("bad-arguments", str(exc))
-        free = self._slots.available_tokens and self._service_slots[service.id].available_tokens
-        if not free and self.queued >= self.config.max_queued:
-            return Reject("busy", "too many calls are waiting; try again later")
-        return service, argv
-
     async def _call(self, stream: SecureStream, conn: JobConnection, call: Call) -> None:
         peer = stream.remote_identity
-        checked = self._check_call(call, peer)
-        if isinstance(checked, Reject):
+        admitted = admit(call, peer, self.config, Occupancy(self._slot_free(call.service_id), self.queued))
+        if isinstance(admitted, Reject):
             log.info(
                 "refused %s from %s: %s",
                 format_service_id(call.service_id),
                 fingerprint(peer),
-                checked.reason,
+                admitted.reason,
             )
-            await _reply(stream, conn, checked)
+            await _reply(stream, conn, admitted)
             return
-        service, argv = checked
         # The request may be a replay of a recorded handshake; only the live caller can send Start.
         with trio.fail_after(self.start_timeout):
-            go = await _next_message(stream, conn)
+            go = await _next_event(stream, conn)
         if not isinstance(go, Start):
             return
-        async with self._job_slot(service):
-            await self._run(stream, conn, service, argv, peer)
+        caller = _Caller(stream, conn)
+        async with trio.open_nursery() as nursery:
+            # From Start on the caller is heard at once: a Cancel or a vanished caller ends the
+            # job, or its wait for a slot, even while the job does not read its stdin.
+            nursery.start_soon(caller.pump)
+            nursery.start_soon(caller.send_credit)
+            with caller.waiting:
+                async with self._job_slot(admitted.service):
+                    await self._run(caller, admitted)
+            nursery.cancel_scope.cancel()
+        if caller.left_while_queued is not None:
+            with contextlib.suppress(TransportError):
+                await caller.reply(
+                    Reject(RejectCode.CANCELLED, "the caller cancelled before the job started")
+                )
+            log.info(
+                "call of %s from %s %s while queued",
+                admitted.service.name,
+                fingerprint(peer),
+                caller.left_while_queued,
+            )
+
+    def _slot_free(self, service_id: bytes) -> bool:
+        service_slots = self._service_slots.get(service_id)
+        return bool(self._slots.available_tokens and service_slots and service_slots.available_tokens)
 
     @asynccontextmanager
     async def _job_slot(self, service: Service) -> AsyncIterator[None]:
@@ -200,9 +218,8 @@ class Node:
         finally:
             self._service_slots[service.id].release()
 
-    async def _run(
-        self, stream: SecureStream, conn: JobConnection, service: Service, argv: list[str], peer: bytes
-    ) -> None:
+    async def _run(self, caller: _Caller, admitted: Admitted) -> None:
+        service, peer = admitted.service, caller.stream.remote_identity
         job_id = secrets.token_hex(8)
         workdir = tempfile.mkdtemp(prefix=f"hubnet-{service.name}-")
         env = {name: os.environ[name] for name in _PASSED_ENV if name in os.environ}
@@ -210,19 +227,16 @@ class Node:
         env |= dict(service.env)
         env |= {"HUBNET_CLIENT": encode_peer_id(peer), "HUBNET_JOB": job_id, "HUBNET_SERVICE": service.name}
         limits = JobLimits(service.timeout, service.max_output, service.cpu_seconds, service.memory_bytes)
-        job = Job(argv, env=env, cwd=workdir, limits=limits, read_size=DATA_CHUNK)
-        output = _JobOutput(stream, conn)
+        job = Job(admitted.argv, env=env, cwd=workdir, limits=limits, read_size=DATA_CHUNK)
+        output = _JobOutput(caller.stream, caller.conn)
         try:
-            await stream.send_all(conn.send(Accept(job_id, 0)))
-            stdin_send, stdin_receive = trio.open_memory_channel[bytes](_STDIN_BUFFER)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_pump_client, stream, conn, job, stdin_send)
-                try:
-                    outcome = await job.run(stdin_receive, output)
-                except SpawnError as exc:
-                    await output.send_stderr(f"hubnode: {exc}\n".encode())
-                    outcome = JobOutcome(127, None, "failed-to-start", 0.0, 0.0, 0, 0, 0)
-                nursery.cancel_scope.cancel()
+            caller.job = job  # a Cancel from now on ends this job (at once, if it comes first)
+            await caller.reply(Accept(job_id, admitted.terms))
+            try:
+                outcome = await job.run(caller.stdin, output)
+            except SpawnError as exc:
+                await output.send_stderr(f"hubnode: {exc}\n".encode())
+                outcome = JobOutcome(127, None, "failed-to-start", 0.0, 0.0, 0, 0, 0)
             ended = f"exit {outcome.exit_code}" if outcome.signal is None else f"signal {outcome.signal}"
             log.info(
                 "job %s %s for %s: %s%s after %.2fs",
@@ -233,9 +247,101 @@ class Node:
                 f" ({outcome.error})" if outcome.error else "",
                 outcome.wall_seconds,
             )
-            await _reply(stream, conn, _exit_message(outcome))
+            await caller.reply(settle(outcome, admitted.terms))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+class _Caller:
+    """The caller's side of a call from Start on: its messages, its stdin and its credit.
+
+    Its messages are read all the time, never held up by the job: stdin goes into a buffer
+    that the protocol bounds (the caller may not send more than STDIN_WINDOW that the job
+    has not taken), and credit is granted back as the job takes it.
+    """
+
+    def __init__(self, stream: SecureStream, conn: JobConnection) -> None:
+        self.stream = stream
+        self.conn = conn
+        self.job: Job | None = None  # set once the job runs
+        self.waiting = trio.CancelScope()  # the wait for a slot, cancelled if the caller goes first
+        self.left_while_queued: str | None = None
+        self._stdin_send, stdin_receive = trio.open_memory_channel[bytes](math.inf)
+        self.stdin = _CreditedStdin(stdin_receive, self._credit)
+        self._uncredited = 0
+        self._credit_due = trio.Event()
+
+    async def reply(self, message: Message) -> None:
+        await _reply(self.stream, self.conn, message)
+
+    def _end(self, reason: str) -> None:
+        if self.job is not None:
+            self.job.cancel(reason)
+        else:
+            self.left_while_queued = reason
+            self.waiting.cancel()
+
+    async def pump(self) -> None:
+        """Caller -> job: stdin, end of stdin, cancel; a vanished caller ends the job."""
+        async with self._stdin_send:
+            while True:
+                try:
+                    event = await _next_event(self.stream, self.conn)
+                except TransportError as exc:
+                    # A reset (a killed caller with unread data sends one) is as much a vanished
+                    # caller as a clean close: end the job the same way, so it is reported.
+                    log.info("caller lost: %s", exc)
+                    event = ConnectionClosed()
+                except HubnetError:
+                    self._end("disconnected")
+                    raise
+                if isinstance(event, ConnectionClosed):
+                    self._end("disconnected")
+                    return
+                if isinstance(event, Stdin):
+                    try:
+                        self._stdin_send.send_nowait(event.data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        # The program closed its stdin: the rest is dropped, as a pipe would, and
+                        # still credited, so that the caller can finish sending it.
+                        self._credit(len(event.data))
+                elif isinstance(event, StdinEnd):
+                    await self._stdin_send.aclose()
+                elif isinstance(event, Cancel):
+                    self._end("cancelled")
+
+    def _credit(self, size: int) -> None:
+        # Neither the pump nor the job's stdin feeder may wait on the network (a caller that
+        # does not read its output would stall its own stdin), so credit goes out from a task
+        # of its own, in quarters of the window: the caller always has three quarters left.
+        self._uncredited += size
+        if self._uncredited >= STDIN_WINDOW // 4:
+            self._credit_due.set()
+
+    async def send_credit(self) -> None:
+        """Grant the caller the stdin credit the job has earned, for as long as the job runs."""
+        while True:
+            await self._credit_due.wait()
+            self._credit_due = trio.Event()
+            size, self._uncredited = self._uncredited, 0
+            if self.conn.our_state is State.RUNNING:
+                await self.reply(Credit(size))
+
+
+class _CreditedStdin(trio.abc.ReceiveChannel[bytes]):
+    """The job's stdin: each chunk the runner takes is credited back to the caller."""
+
+    def __init__(self, chunks: trio.MemoryReceiveChannel[bytes], credit: Callable[[int], None]) -> None:
+        self._chunks = chunks
+        self._credit = credit
+
+    async def receive(self) -> bytes:
+        chunk = await self._chunks.receive()
+        self._credit(len(chunk))
+        return chunk
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()
 
 
 class _JobOutput:
@@ -250,46 +356,6 @@ class _JobOutput:
 
     async def send_stderr(self, data: bytes) -> None:
         await self._stream.send_all(self._conn.send(Stderr(data)))
-
-
-async def _pump_client(
-    stream: SecureStream, conn: JobConnection, job: Job, stdin: trio.MemorySendChannel[bytes]
-) -> None:
-    """Client messages -> the job: stdin data, end of stdin, cancel; a vanished client kills it."""
-    async with stdin:
-        while True:
-            try:
-                message = await _next_message(stream, conn)
-            except TransportError as exc:
-                # A reset (a killed caller with unread data sends one) is as much a vanished caller
-                # as a clean close: end the job the same way, so it is reported, not torn down.
-                log.info("caller lost: %s", exc)
-                message = None
-            except HubnetError:
-                job.cancel("disconnected")
-                raise
-            if message is None:
-                job.cancel("disconnected")
-                return
-            if isinstance(message, Stdin):
-                # If the program closed its stdin, the rest is dropped, as a pipe would.
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await stdin.send(message.data)
-            elif isinstance(message, StdinEnd):
-                await stdin.aclose()
-            elif isinstance(message, Cancel):
-                job.cancel("cancelled")
-
-
-def _exit_message(outcome: JobOutcome) -> Exit:
-    usage = Usage(
-        wall_ms=round(outcome.wall_seconds * 1000),
-        cpu_ms=round(outcome.cpu_seconds * 1000),
-        stdin_bytes=outcome.stdin_bytes,
-        stdout_bytes=outcome.stdout_bytes,
-        stderr_bytes=outcome.stderr_bytes,
-    )
-    return Exit(outcome.exit_code, outcome.signal, outcome.error, usage, 0)
 
 
 async def _reply(stream: SecureStream, conn: JobConnection, message: Message) -> None:
@@ -312,11 +378,8 @@ async def _linger(stream: SecureStream, timeout: float = 5.0) -> None:
             pass
 
 
-async def _next_message(stream: SecureStream, conn: JobConnection) -> Message | None:
-    """The peer's next protocol message, or None when it closed the stream."""
-    while (message := conn.next_event()) is None:
-        data = await stream.receive_some()
-        if not data:
-            return None
-        conn.receive_data(data)
-    return message
+async def _next_event(stream: SecureStream, conn: JobConnection) -> Event:
+    """The peer's next protocol message, or ConnectionClosed."""
+    while (event := conn.next_event()) is None:
+        conn.receive_data(await stream.receive_some())
+    return event

@@ -27,11 +27,11 @@ from node.protocol import (
     JobConnection,
     ListServices,
     Message,
-    Phase,
     Reject,
     Role,
     Services,
     Start,
+    State,
     StatusReply,
     Stderr,
     Stdin,
@@ -87,7 +87,7 @@ async def _exchange(
                 await stream.send_all(
                     job.send(Start()) + job.send(Stdin(stdin or b"")) + job.send(StdinEnd())
                 )
-        while job.phase is not Phase.DONE and (data := await stream.receive_some()):
+        while job.their_state not in _ANSWERED and (data := await stream.receive_some()):
             job.receive_data(data)
             while (message := job.next_event()) is not None:
                 if isinstance(message, Stdout):
@@ -98,6 +98,9 @@ async def _exchange(
                     replies.append(message)
         await stream.aclose()  # as the CLI does after the final reply; the node is waiting for it
     return replies, bytes(out), bytes(err)
+
+
+_ANSWERED = (State.EXITED, State.DONE)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests of node.protocol: the job protocol codec and the JobConnection state machine."""
+"""Tests of node.protocol: the job protocol codec, the JobConnection machine and its table."""
 
 from __future__ import annotations
 
@@ -12,18 +12,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from identity.errors import LocalProtocolError, RemoteProtocolError
+from identity.errors import LocalProtocolError, RemoteProtocolError, TransportError
 from node.protocol import (
+    INITIAL,
     MAX_ARGS,
     MAX_ARGS_BYTES,
     MAX_DATA,
     MAX_MESSAGE,
+    MAX_RECEIPT,
     MAX_SERVICES,
     MAX_TEXT,
     SERVICE_ID_LEN,
+    STDIN_WINDOW,
+    TRANSITIONS,
     Accept,
     Call,
     Cancel,
+    ConnectionClosed,
+    Credit,
+    Event,
     Exit,
     GetPeers,
     GetStatus,
@@ -34,17 +41,19 @@ from node.protocol import (
     MessageDecoder,
     PeerInfo,
     Peers,
-    Phase,
+    Receipt,
     Reject,
     Role,
     ServiceInfo,
     Services,
     Start,
+    State,
     StatusReply,
     Stderr,
     Stdin,
     StdinEnd,
     Stdout,
+    Terms,
     Usage,
     decode,
     encode,
@@ -68,7 +77,9 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     Stdin: st.builds(Stdin, data),
     StdinEnd: st.just(StdinEnd()),
     Cancel: st.just(Cancel()),
-    Accept: st.builds(Accept, texts, counts),
+    Accept: st.builds(Accept, texts, st.builds(Terms, counts, counts, counts, counts)),
+    Credit: st.builds(Credit, counts),
+    Receipt: st.builds(Receipt, st.binary(max_size=MAX_RECEIPT)),
     Reject: st.builds(Reject, texts, texts),
     Stdout: st.builds(Stdout, data),
     Stderr: st.builds(Stderr, data),
@@ -260,12 +271,15 @@ def _raw(kind: int, fields: list[Any]) -> bytes:
         pytest.param(_raw(Kind.CALL, [SID, [b"bytes"]]), id="arg-not-str"),
         pytest.param(_raw(Kind.CALL, [SID, "a"]), id="args-not-list"),
         pytest.param(_raw(Kind.CALL, [SID]), id="call-arity"),
-        pytest.param(_raw(Kind.CALL, [SID, [], 1]), id="call-arity-3"),
-        pytest.param(_raw(Kind.START, [1]), id="start-arity"),
         pytest.param(_raw(Kind.STDIN, ["text"]), id="stdin-not-bytes"),
-        pytest.param(_raw(Kind.ACCEPT, ["job", -1]), id="negative-quote"),
-        pytest.param(_raw(Kind.ACCEPT, ["job", True]), id="bool-quote"),
-        pytest.param(_raw(Kind.ACCEPT, ["job", 1 << 63]), id="huge-quote"),
+        pytest.param(_raw(Kind.ACCEPT, ["job", [-1, 0, 0, 0]]), id="negative-price"),
+        pytest.param(_raw(Kind.ACCEPT, ["job", [True, 0, 0, 0]]), id="bool-price"),
+        pytest.param(_raw(Kind.ACCEPT, ["job", [0, 0, 0, 1 << 63]]), id="huge-hold"),
+        pytest.param(_raw(Kind.ACCEPT, ["job", [0, 0, 0]]), id="terms-arity"),
+        pytest.param(_raw(Kind.ACCEPT, ["job", 0]), id="terms-not-list"),
+        pytest.param(_raw(Kind.CREDIT, [-5]), id="negative-credit"),
+        pytest.param(_raw(Kind.RECEIPT, [b"r" * (MAX_RECEIPT + 1)]), id="long-receipt"),
+        pytest.param(_raw(Kind.RECEIPT, ["text"]), id="receipt-not-bytes"),
         pytest.param(_raw(Kind.REJECT, ["busy", "x" * (MAX_TEXT + 1)]), id="long-reason"),
         pytest.param(_raw(Kind.EXIT, [1 << 31, None, None, [0] * 5, 0]), id="exit-code-range"),
         pytest.param(_raw(Kind.EXIT, [0, None, None, [0] * 4, 0]), id="usage-arity"),
@@ -291,6 +305,36 @@ def test_malformed_fields_are_refused(raw: bytes) -> None:
         decode(raw)
 
 
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        pytest.param(_raw(Kind.CALL, [SID, ["a"], "later"]), Call(SID, ("a",)), id="call"),
+        pytest.param(_raw(Kind.START, [1, 2]), Start(), id="start"),
+        pytest.param(
+            _raw(Kind.ACCEPT, ["j", [1, 2, 3, 4, 5], {}]), Accept("j", Terms(1, 2, 3, 4)), id="terms"
+        ),
+        pytest.param(
+            _raw(Kind.EXIT, [0, None, None, [1, 2, 3, 4, 5, 6], 7, "x"]),
+            Exit(0, None, None, Usage(1, 2, 3, 4, 5), 7),
+            id="usage",
+        ),
+        pytest.param(
+            _raw(Kind.SERVICES, [[["n", SID, "d", "a", "new"]]]),
+            Services((ServiceInfo("n", SID, "d", "a"),)),
+            id="service-entry",
+        ),
+        pytest.param(
+            _raw(Kind.PEERS_REPLY, [[[b"k" * 32, "h", 1, "new"]]]),
+            Peers((PeerInfo(b"k" * 32, "h", 1),)),
+            id="peer-entry",
+        ),
+    ],
+)
+def test_fields_a_newer_peer_appends_are_ignored(raw: bytes, message: Message) -> None:
+    """The versioning rule of docs/protocol.md: readers take the fields they know."""
+    assert decode(raw) == message
+
+
 def test_field_limits_at_their_boundaries_are_accepted() -> None:
     args = ("a" * (MAX_ARGS_BYTES // MAX_ARGS),) * MAX_ARGS
     assert decode(encode(Call(SID, args))) == Call(SID, args)
@@ -298,113 +342,6 @@ def test_field_limits_at_their_boundaries_are_accepted() -> None:
     assert decode(encode(Reject("busy", "r" * MAX_TEXT))) == Reject("busy", "r" * MAX_TEXT)
     edge = Exit(-(1 << 31), (1 << 31) - 1, "timeout", Usage(*([(1 << 63) - 1] * 5)), (1 << 63) - 1)
     assert decode(encode(edge)) == edge
-
-
-# --- JobConnection ---------------------------------------------------------------------------------------
-
-
-class Pair:
-    """A client and a server JobConnection wired back to back."""
-
-    def __init__(self) -> None:
-        self.client = JobConnection(Role.CLIENT)
-        self.server = JobConnection(Role.SERVER)
-
-    def c2s(self, message: Message) -> None:
-        self.server.receive_data(self.client.send(message))
-        assert self.server.next_event() == message
-        assert self.server.phase is self.client.phase
-
-    def s2c(self, message: Message) -> None:
-        self.client.receive_data(self.server.send(message))
-        assert self.client.next_event() == message
-        assert self.client.phase is self.server.phase
-
-    def refused_from_client(self, message: Message) -> None:
-        """The client may not send it, and a server that receives it anyway refuses it."""
-        with pytest.raises(LocalProtocolError):
-            self.client.send(message)
-        self.server.receive_data(encode(message))
-        with pytest.raises(RemoteProtocolError):
-            self.server.next_event()
-
-    def refused_from_server(self, message: Message) -> None:
-        with pytest.raises(LocalProtocolError):
-            self.server.send(message)
-        self.client.receive_data(encode(message))
-        with pytest.raises(RemoteProtocolError):
-            self.client.next_event()
-
-
-EXIT = Exit(0, None, None, Usage(wall_ms=5), 10)
-
-
-def test_call_sequence() -> None:
-    p = Pair()
-    p.c2s(Call(SID, ("-v", "en")))
-    assert p.server.request == Call(SID, ("-v", "en")) and p.server.phase is Phase.REQUESTED
-    p.s2c(Accept("job-1", 7))
-    assert p.client.phase is Phase.RUNNING
-    p.c2s(Start())
-    assert p.server.started
-    for chunk in (b"one", b"two", b""):
-        p.c2s(Stdin(chunk))
-    p.s2c(Stdout(b"out"))
-    p.s2c(Stderr(b"err"))
-    p.c2s(StdinEnd())
-    assert p.server.stdin_closed
-    p.s2c(Stdout(b"more"))
-    p.s2c(EXIT)
-    assert (p.client.phase, p.server.phase) == (Phase.DONE, Phase.DONE)
-
-
-def test_start_may_precede_accept() -> None:
-    p = Pair()
-    p.c2s(Call(SID))
-    p.c2s(Start())
-    p.c2s(Stdin(b"early input"))
-    p.s2c(Accept("job"))
-    p.s2c(EXIT)
-
-
-def test_call_rejected() -> None:
-    p = Pair()
-    p.c2s(Call(SID))
-    p.s2c(Reject("busy", "try later"))
-    assert p.client.phase is Phase.DONE
-    p.refused_from_server(Accept("late"))
-
-
-def test_cancel_while_running() -> None:
-    p = Pair()
-    p.c2s(Call(SID))
-    p.s2c(Accept("job"))
-    p.c2s(Cancel())
-    p.s2c(Exit(None, 15, "cancelled"))
-
-
-def test_list_sequence() -> None:
-    p = Pair()
-    p.c2s(ListServices())
-    p.s2c(Services((ServiceInfo("espeak", SID, "speech", "text"),)))
-    assert p.client.phase is Phase.DONE
-
-
-def test_status_sequence() -> None:
-    p = Pair()
-    p.c2s(GetStatus())
-    p.s2c(StatusReply(1, 0, 4, (0.5, 0.25, 0.125)))
-    assert p.client.phase is Phase.DONE
-
-
-def test_peers_sequence_and_wrong_replies() -> None:
-    p = Pair()
-    p.c2s(GetPeers())
-    p.refused_from_server(StatusReply(0, 0, 1, (0.0, 0.0, 0.0)))
-    p.refused_from_server(Accept("job"))
-    p.refused_from_client(Start())
-    p.s2c(Peers((PeerInfo(b"k" * 32, "127.0.0.1", 7070),)))
-    assert p.client.phase is Phase.DONE
 
 
 @pytest.mark.parametrize(
@@ -422,94 +359,226 @@ def test_malformed_peer_lists_are_refused(fields: list[Any]) -> None:
         decode(msgpack.packb([Kind.PEERS_REPLY, fields]))
 
 
-def test_stdin_before_start_is_refused() -> None:
-    p = Pair()
-    p.c2s(Call(SID))
-    p.s2c(Accept("job"))
-    p.refused_from_client(Stdin(b"no start yet"))
-    p.refused_from_client(StdinEnd())
+# --- JobConnection ---------------------------------------------------------------------------------------
+
+EXIT = Exit(0, None, None, Usage(wall_ms=5), 10)
+CLIENT_MESSAGES: tuple[Message, ...] = (
+    Call(SID, ("-v",)),
+    ListServices(),
+    GetStatus(),
+    GetPeers(),
+    Start(),
+    Stdin(b"in"),
+    StdinEnd(),
+    Cancel(),
+)
+SERVER_MESSAGES: tuple[Message, ...] = (
+    Accept("job", Terms(1, 2, 3, 4)),
+    Reject("busy", "try later"),
+    Stdout(b"out"),
+    Stderr(b"err"),
+    Credit(2),
+    EXIT,
+    Receipt(b"signed"),
+    Services((ServiceInfo("espeak", SID, "speech", "text"),)),
+    StatusReply(1, 0, 4, (0.5, 0.25, 0.125)),
+    Peers((PeerInfo(b"k" * 32, "127.0.0.1", 7070),)),
+)
 
 
-def test_stdin_after_stdin_end_and_second_start_are_refused() -> None:
-    p = Pair()
-    p.c2s(Call(SID))
-    p.c2s(Start())
-    p.c2s(StdinEnd())
-    p.refused_from_client(Stdin(b"after end"))
-    p.refused_from_client(StdinEnd())
-    p.refused_from_client(Start())
+def _from_client(message: Message) -> bool:
+    return any(type(message) is type(m) for m in CLIENT_MESSAGES)
 
 
-def test_accept_to_a_list_request_is_refused() -> None:
-    p = Pair()
-    p.c2s(ListServices())
-    p.refused_from_server(Accept("job"))
-    p.refused_from_server(StatusReply(0, 0, 0, (0.0, 0.0, 0.0)))
-    p.s2c(Services(()))
+class Pair:
+    """A client and a server JobConnection wired back to back; both must agree on every state."""
+
+    def __init__(self, *prefix: Message) -> None:
+        self.client = JobConnection(Role.CLIENT)
+        self.server = JobConnection(Role.SERVER)
+        for message in prefix:
+            self.deliver(message)
+
+    def deliver(self, message: Message) -> None:
+        sender, receiver = (self.client, self.server) if _from_client(message) else (self.server, self.client)
+        receiver.receive_data(sender.send(message))
+        assert receiver.next_event() == message
+        assert self.client.states == self.server.states
+        assert self.client.stdin_window == self.server.stdin_window
+
+    def close(self, role: Role) -> Event | None:
+        """`role` ends its stream: what the other end's machine makes of it."""
+        receiver = self.server if role is Role.CLIENT else self.client
+        receiver.receive_data(b"")
+        return receiver.next_event()
 
 
-def test_wrong_reply_to_status_is_refused() -> None:
-    p = Pair()
-    p.c2s(GetStatus())
-    p.refused_from_server(Services(()))
-    p.refused_from_server(Stdout(b"x"))
-    p.s2c(StatusReply(0, 0, 1, (0.0, 0.0, 0.0)))
+# One way into every state each role can be in, by the messages that lead there.
+PATHS: dict[tuple[Role, State], tuple[Message, ...]] = {
+    (Role.CLIENT, State.IDLE): (),
+    (Role.CLIENT, State.CALLED): (Call(SID),),
+    (Role.CLIENT, State.SENDING_STDIN): (Call(SID), Start()),
+    (Role.CLIENT, State.STDIN_DONE): (Call(SID), Start(), StdinEnd()),
+    (Role.CLIENT, State.CANCELLED): (Call(SID), Cancel()),
+    (Role.CLIENT, State.ASKED): (ListServices(),),
+    (Role.SERVER, State.WAITING): (),
+    (Role.SERVER, State.MUST_ANSWER_CALL): (Call(SID),),
+    (Role.SERVER, State.MUST_LIST): (ListServices(),),
+    (Role.SERVER, State.MUST_STATUS): (GetStatus(),),
+    (Role.SERVER, State.MUST_PEERS): (GetPeers(),),
+    (Role.SERVER, State.RUNNING): (Call(SID), Start(), Stdin(b"in"), Accept("job")),
+    (Role.SERVER, State.EXITED): (Call(SID), Accept("job"), EXIT),
+    (Role.SERVER, State.DONE): (Call(SID), Reject("busy", "")),
+}
+_LIVE_STATES = [
+    (role, state)
+    for role, table in TRANSITIONS.items()
+    for state in table
+    if state not in (State.CLOSED, State.ERROR)
+]
 
 
-def test_start_for_a_list_request_is_refused() -> None:
-    p = Pair()
-    p.c2s(ListServices())
-    p.refused_from_client(Start())
-    p.refused_from_client(Stdin(b"x"))
+def test_every_live_state_of_the_table_has_a_path() -> None:
+    assert sorted(PATHS, key=str) == sorted(_LIVE_STATES, key=str)
+    for (role, state), path in PATHS.items():
+        assert Pair(*path).client.states[role] is state
 
 
-def test_nothing_from_the_server_after_exit() -> None:
-    p = Pair()
-    p.c2s(Call(SID))
-    p.s2c(Accept("job"))
-    p.s2c(EXIT)
-    for late in (Stdout(b"late"), Stderr(b"late"), EXIT, Accept("again"), Reject("busy", "")):
-        p.refused_from_server(late)
+def _cases(legal: bool) -> list[Any]:
+    cases = []
+    for (role, state), path in PATHS.items():
+        own = CLIENT_MESSAGES if role is Role.CLIENT else SERVER_MESSAGES
+        for message in own:
+            if (type(message) in TRANSITIONS[role][state]) is legal:
+                cases.append(
+                    pytest.param(path, message, id=f"{role.value}-{state.value}-{type(message).__name__}")
+                )
+    return cases
 
 
-def test_client_may_flush_stdin_after_exit() -> None:
-    p = Pair()
-    p.c2s(Call(SID))
-    p.c2s(Start())
-    p.s2c(Accept("job"))
-    p.s2c(EXIT)
-    p.c2s(Stdin(b"already in flight"))
-    p.c2s(StdinEnd())
-    p.refused_from_client(Call(SID))
+@pytest.mark.parametrize(("path", "message"), _cases(legal=True))
+def test_every_row_of_the_table_is_a_legal_step(path: tuple[Message, ...], message: Message) -> None:
+    pair = Pair(*path)
+    role = Role.CLIENT if _from_client(message) else Role.SERVER
+    state = pair.client.states[role]
+    pair.deliver(message)
+    assert pair.client.states[role] is TRANSITIONS[role][state][type(message)]
 
 
-def test_second_request_is_refused() -> None:
-    p = Pair()
-    p.c2s(Call(SID))
-    p.refused_from_client(Call(SID))
-    p.refused_from_client(ListServices())
-    p.refused_from_client(GetStatus())
+@pytest.mark.parametrize(("path", "message"), _cases(legal=False))
+def test_every_illegal_step_is_refused_and_leaves_the_machine_in_error(
+    path: tuple[Message, ...], message: Message
+) -> None:
+    sender_role = Role.CLIENT if _from_client(message) else Role.SERVER
+    # Sent by us: refused locally, and nothing works afterwards.
+    pair = Pair(*path)
+    sender = pair.client if sender_role is Role.CLIENT else pair.server
+    with pytest.raises(LocalProtocolError):
+        sender.send(message)
+    _assert_dead(sender)
+    # Received from a peer that broke the rule: refused as the peer's fault, and likewise dead.
+    pair = Pair(*path)
+    receiver = pair.server if sender_role is Role.CLIENT else pair.client
+    receiver.receive_data(encode(message))
+    with pytest.raises(RemoteProtocolError):
+        receiver.next_event()
+    _assert_dead(receiver)
 
 
-def test_server_may_not_speak_first() -> None:
-    p = Pair()
-    for message in (Accept("job"), Stdout(b"x"), EXIT, Services(()), StatusReply(0, 0, 0, (0.0, 0.0, 0.0))):
-        p.refused_from_server(message)
+def _assert_dead(conn: JobConnection) -> None:
+    assert conn.errored and set(conn.states.values()) == {State.ERROR}
+    with pytest.raises(LocalProtocolError):
+        conn.send(Call(SID) if conn.our_role is Role.CLIENT else Reject("busy", ""))
+    with pytest.raises(RemoteProtocolError):
+        conn.next_event()
+    with pytest.raises(RemoteProtocolError):
+        conn.receive_data(b"more")
 
 
-def test_output_before_accept_is_refused() -> None:
-    p = Pair()
-    p.c2s(Call(SID))
-    p.refused_from_server(Stdout(b"before accept"))
-    p.refused_from_server(EXIT)
+@pytest.mark.parametrize(("role", "state"), list(PATHS))
+def test_end_of_stream_is_an_event_the_table_decides(role: Role, state: State) -> None:
+    """A client may always walk away; a node may close only after its last word."""
+    pair = Pair(*PATHS[(role, state)])
+    receiver = pair.server if role is Role.CLIENT else pair.client
+    if ConnectionClosed in TRANSITIONS[role][state]:
+        assert pair.close(role) == ConnectionClosed()
+        assert receiver.their_state is State.CLOSED
+        assert receiver.next_event() == ConnectionClosed()  # and stays so
+    else:
+        with pytest.raises(TransportError, match="closed the connection before its answer"):
+            pair.close(role)
+        assert receiver.errored
 
 
-def test_messages_of_the_wrong_role_are_refused() -> None:
-    p = Pair()
-    p.refused_from_client(Accept("job"))  # a server message from the client
-    p.c2s(Call(SID))
-    p.refused_from_server(Call(SID))  # a client message from the server
-    p.refused_from_server(Stdin(b"x"))
+def test_a_stream_cut_inside_a_message_is_a_remote_error() -> None:
+    conn = JobConnection(Role.CLIENT)
+    conn.send(Call(SID))
+    conn.receive_data(encode(Accept("job"))[:-1])
+    conn.receive_data(b"")
+    with pytest.raises(RemoteProtocolError, match="middle of a message"):
+        conn.next_event()
+    assert conn.errored
+
+
+def test_messages_before_the_close_are_delivered_first() -> None:
+    pair = Pair(Call(SID), Accept("job"))
+    pair.client.receive_data(pair.server.send(Stdout(b"last")) + pair.server.send(EXIT))
+    pair.client.receive_data(b"")
+    assert [pair.client.next_event() for _ in range(3)] == [Stdout(b"last"), EXIT, ConnectionClosed()]
+
+
+def test_a_whole_call_with_receipt() -> None:
+    pair = Pair(Call(SID, ("-v", "en")), Start())
+    assert pair.server.request == Call(SID, ("-v", "en"))
+    steps: list[Message] = [Stdin(b"early"), Accept("job-1", Terms(per_call=7, held=7)), Stdin(b"one")]
+    steps += [Credit(5), Stdout(b"out"), Stderr(b"err"), StdinEnd(), Stdout(b"more"), EXIT, Receipt(b"sig")]
+    for message in steps:
+        pair.deliver(message)
+    assert pair.client.states == {Role.CLIENT: State.STDIN_DONE, Role.SERVER: State.DONE}
+    assert pair.close(Role.SERVER) == ConnectionClosed()
+
+
+def test_stdin_may_flow_before_accept_and_after_exit() -> None:
+    """The caller streams without waiting a round trip, and may still be flushing at the end."""
+    pair = Pair(Call(SID), Start(), Stdin(b"early input"), Accept("job"), EXIT)
+    pair.deliver(Stdin(b"already in flight"))
+    pair.deliver(StdinEnd())
+
+
+def test_stdin_is_bounded_by_the_window_and_credit_reopens_it() -> None:
+    pair = Pair(Call(SID), Start(), Accept("job"))
+    chunk = bytes(STDIN_WINDOW // 4)
+    for _ in range(4):
+        pair.deliver(Stdin(chunk))
+    assert pair.client.stdin_window == 0
+    pair.deliver(Stdin(b""))  # an empty chunk costs nothing
+    with pytest.raises(LocalProtocolError, match="window"):
+        Pair(Call(SID), Start(), *[Stdin(chunk)] * 4).client.send(Stdin(b"x"))
+    receiver = Pair(Call(SID), Start(), Accept("job"), *[Stdin(chunk)] * 4).server
+    receiver.receive_data(encode(Stdin(b"x")))
+    with pytest.raises(RemoteProtocolError, match="window"):
+        receiver.next_event()
+    pair.deliver(Credit(len(chunk)))
+    pair.deliver(Stdin(chunk))
+    assert pair.client.stdin_window == 0
+
+
+def test_credit_beyond_the_window_is_refused() -> None:
+    pair = Pair(Call(SID), Start(), Accept("job"), Stdin(b"12345"))
+    pair.deliver(Credit(5))
+    with pytest.raises(LocalProtocolError, match="credit beyond"):
+        pair.server.send(Credit(1))
+    client = Pair(Call(SID), Start(), Accept("job")).client
+    client.receive_data(encode(Credit(1)))
+    with pytest.raises(RemoteProtocolError, match="credit beyond"):
+        client.next_event()
+
+
+def test_bytes_after_the_end_of_stream_are_a_driver_bug() -> None:
+    conn = JobConnection(Role.SERVER)
+    conn.receive_data(b"")
+    with pytest.raises(LocalProtocolError):
+        conn.receive_data(b"late")
 
 
 def test_garbage_and_oversize_reach_the_connection_as_remote_errors() -> None:
@@ -517,9 +586,11 @@ def test_garbage_and_oversize_reach_the_connection_as_remote_errors() -> None:
     conn.receive_data(b"\xc1")
     with pytest.raises(RemoteProtocolError):
         conn.next_event()
+    assert conn.errored
     conn = JobConnection(Role.SERVER, max_message=128)
     with pytest.raises(RemoteProtocolError):
         conn.receive_data(bytes(1000))
+    assert conn.errored
 
 
 @FAST
@@ -528,19 +599,17 @@ def test_both_ends_agree_on_legality(sequence: list[Message]) -> None:
     """Whatever one side may send, the other accepts; whatever it may not, the other refuses."""
     client, server = JobConnection(Role.CLIENT), JobConnection(Role.SERVER)
     for message in sequence:
-        from_client = isinstance(message, Call | ListServices | GetStatus | Start | Stdin | StdinEnd | Cancel)
-        sender, receiver = (client, server) if from_client else (server, client)
+        sender, receiver = (client, server) if _from_client(message) else (server, client)
         try:
             wire = sender.send(message)
         except LocalProtocolError:
             receiver.receive_data(encode(message))
             with pytest.raises(RemoteProtocolError):
                 receiver.next_event()
-        else:
-            receiver.receive_data(wire)
-            assert receiver.next_event() == message
-        assert client.phase is server.phase
-        assert (client.started, client.stdin_closed) == (server.started, server.stdin_closed)
+            return
+        receiver.receive_data(wire)
+        assert receiver.next_event() == message
+        assert client.states == server.states and client.stdin_window == server.stdin_window
 
 
 @pytest.mark.parametrize(
@@ -558,13 +627,15 @@ def test_both_ends_agree_on_legality(sequence: list[Message]) -> None:
 )
 def test_sender_refuses_what_the_receiver_would_refuse(message: Message) -> None:
     """Whatever the sender accepts, the receiver decodes; what it would refuse, the sender refuses."""
-    p = Pair()
-    p.c2s(Call(SID) if isinstance(message, Stdout) else ListServices())
-    if isinstance(message, Stdout):
-        p.s2c(Accept("job"))
+    pair = Pair(Call(SID), Accept("job")) if isinstance(message, Stdout) else Pair(ListServices())
     try:
-        wire = p.server.send(message)
+        wire = pair.server.send(message)
     except LocalProtocolError:
         return
-    p.client.receive_data(wire)
-    assert p.client.next_event() == message
+    pair.client.receive_data(wire)
+    assert pair.client.next_event() == message
+
+
+def test_initial_states() -> None:
+    conn = JobConnection(Role.CLIENT)
+    assert conn.states == INITIAL and (conn.our_state, conn.their_state) == (State.IDLE, State.WAITING)
