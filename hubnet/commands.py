@@ -24,6 +24,7 @@ _WHY_HUBNET_ENDED = {
     "timeout": "the job ran out of time",
     "output-limit": "the job's output exceeded the server's limit",
     "failed-to-start": "the server could not start the program",
+    "cancelled": "the job was cancelled",
 }
 
 

@@ -21,6 +21,7 @@ from dht.ids import service_key
 from dht.lookup import Seed
 from hubnet.client import OpenCall, open_call, request
 from hubnet.select import Probe, SelectionRules, acceptable, choose, probe_targets, rank
+from hubnet.trust import PinnedKeys
 from identity.errors import HostKeyMismatch, Rejected, RemoteProtocolError, TransportError
 from identity.keys import Identity, encode_peer_id
 from identity.records import InvalidRecord
@@ -32,19 +33,9 @@ MAX_ATTEMPTS = 5
 PROBE_TIMEOUT = 2.0
 
 
-class PinnedKeys:
-    """A known-hosts store for discovered nodes: their keys come from signed offers."""
-
-    def lookup(self, address: str) -> bytes | None:
-        return None
-
-    def add(self, address: str, peer: bytes) -> None:
-        raise AssertionError("a discovered node's key is always pinned")
-
-
 def seeds(targets: Sequence[str]) -> list[Seed]:
     parsed = [Target.parse(t) for t in targets]
-    return [Seed((t.host, t.port), t.peer) for t in parsed]
+    return [Seed((t.direct.host, t.direct.port), t.peer) for t in parsed]
 
 
 def find_offers(identity: Identity, bootstrap: Sequence[str], service_id: bytes) -> list[Offer]:
@@ -70,7 +61,7 @@ def find_offers(identity: Identity, bootstrap: Sequence[str], service_id: bytes)
 def target_of(offer: Offer) -> Target:
     # Only direct addresses can be dialled so far; hubnet.select drops offers without one.
     direct = next(a for a in offer.addresses if isinstance(a, DirectAddress))
-    return Target(direct.host, direct.port, offer.publisher)
+    return Target(direct, offer.publisher)
 
 
 def probe(

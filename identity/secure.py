@@ -1,17 +1,18 @@
 """The Trio driver for a secure session: a `trio.abc.Stream` over another stream.
 
 It owns the transport and the timeouts; all protocol decisions are in
-`identity.session.NoiseSession`. Used by the node; the CLI client drives the same
-session over a blocking socket to avoid Trio's import cost on a Pi.
+`identity.session.NoiseSession`. Its blocking twin, for `hubnode call` on a Pi where
+importing Trio would cost more than the call, is `identity.blocking`: same machine,
+same method names.
 """
 
 from __future__ import annotations
 
 import trio
 
-from identity.errors import HandshakeError, RemoteProtocolError, TransportError
+from identity.errors import HandshakeError, TransportError
 from identity.keys import Identity
-from identity.session import MAX_RECEIVE, Data, HandshakeComplete, NoiseSession
+from identity.session import MAX_RECEIVE, HandshakeComplete, NoiseSession
 
 
 class SecureStream(trio.abc.Stream):
@@ -37,13 +38,11 @@ class SecureStream(trio.abc.Stream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         async with self._receive_guard:
             while not self._plaintext and not self._eof:
-                event = await _next_event(self.transport, self._session)
-                if event is None:
+                data = self._session.next_data()
+                if data is not None:
+                    self._plaintext += data
+                elif not await _receive_into(self.transport, self._session):
                     self._eof = True
-                elif isinstance(event, Data):
-                    self._plaintext += event.data
-                else:
-                    raise RemoteProtocolError("second handshake inside a session")
             size = len(self._plaintext) if max_bytes is None else max_bytes
             chunk = bytes(self._plaintext[:size])
             del self._plaintext[:size]
@@ -62,30 +61,28 @@ async def _send(transport: trio.abc.Stream, data: bytes) -> None:
         raise TransportError("connection closed by peer") from exc
 
 
-async def _next_event(transport: trio.abc.Stream, session: NoiseSession) -> Data | HandshakeComplete | None:
-    """Read until the session yields an event; None on a clean end of stream."""
-    while True:
-        event = session.next_event()
-        await _send(transport, session.data_to_send())
-        if event is not None:
-            return event
-        try:
-            chunk = await transport.receive_some(MAX_RECEIVE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise TransportError("connection lost") from exc
-        if not chunk:
-            session.check_eof()
-            return None
-        session.receive_data(bytes(chunk))
+async def _receive_into(transport: trio.abc.Stream, session: NoiseSession) -> bool:
+    """Feed the session what the transport has; False on a clean end of stream."""
+    try:
+        chunk = await transport.receive_some(MAX_RECEIVE)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise TransportError("connection lost") from exc
+    if not chunk:
+        session.check_eof()
+        return False
+    session.receive_data(bytes(chunk))
+    return True
 
 
 async def _handshake(transport: trio.abc.Stream, session: NoiseSession) -> HandshakeComplete:
-    event = await _next_event(transport, session)
-    if event is None:
-        raise HandshakeError("connection closed during the handshake")
-    if not isinstance(event, HandshakeComplete):
-        raise HandshakeError("data before the handshake finished")
-    return event
+    while True:
+        event = session.next_event()
+        await _send(transport, session.data_to_send())
+        if isinstance(event, HandshakeComplete):
+            return event
+        if event is not None:
+            raise HandshakeError("data before the handshake finished")
+        await _receive_into(transport, session)  # an end of stream here raises HandshakeError
 
 
 async def accept_secure(transport: trio.abc.Stream, identity: Identity) -> tuple[SecureStream, bytes]:

@@ -177,9 +177,26 @@ class NoiseSession:
             self._state = _State.FAILED
             raise
 
+    def next_data(self) -> bytes | None:
+        """Decrypted application bytes once the handshake is done, or None for more input.
+
+        A session has exactly one handshake: drivers switch to this after
+        HandshakeComplete, and every frame from then on is transport data or a failure.
+        """
+        if not self.handshake_done:
+            raise LocalProtocolError("next_data() before the handshake completed")
+        while (event := self.next_event()) is not None:
+            assert isinstance(event, Data), "after the handshake every frame is transport data"
+            if event.data:
+                return event.data
+        return None
+
     def check_eof(self) -> None:
         """Call when the peer closed: an incomplete frame or handshake is truncation."""
-        if self._buffer or self._state not in (_State.TRANSPORT, _State.FINISHING):
+        if not self.handshake_done:
+            self._state = _State.FAILED
+            raise HandshakeError("connection closed during the handshake")
+        if self._buffer:
             self._state = _State.FAILED
             raise RemoteProtocolError("connection closed in the middle of a message")
 

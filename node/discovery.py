@@ -52,7 +52,7 @@ def _outward_ip() -> str:
 
 
 def seeds_from(targets: Sequence[Target]) -> list[Seed]:
-    return [Seed((t.host, t.port), t.peer) for t in targets]
+    return [Seed((t.direct.host, t.direct.port), t.peer) for t in targets]
 
 
 class Discovery:

@@ -10,7 +10,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from dht.addresses import parse_hostport
+from dht.addresses import Address, DirectAddress, RelayAddress, parse_address
 from identity.errors import ConfigError
 from identity.keys import decode_peer_id
 
@@ -54,21 +54,38 @@ def resolve_service_ref(text: str) -> bytes:
 
 @dataclass(frozen=True)
 class Target:
-    """Where to call: `PEER_ID@HOST:PORT` pins the key; `HOST:PORT` trusts on first use."""
+    """Where to call: a typed address and, when known, the node's key.
 
-    host: str
-    port: int
+    `PEER_ID@HOST:PORT` pins the key; `HOST:PORT` trusts on first use; a relayed address
+    (`RELAY_PEER@HOST:PORT/circuit/PEER_ID`) names the node's key itself.
+    """
+
+    address: Address
     peer: bytes | None = None
 
     @classmethod
     def parse(cls, text: str) -> Target:
+        if "/circuit/" in text:
+            relayed = parse_address(text)
+            assert isinstance(relayed, RelayAddress)
+            return cls(relayed, relayed.target)
         peer = None
         if "@" in text:
             peer_text, text = text.split("@", 1)
             peer = decode_peer_id(peer_text)
-        host, port = parse_hostport(text)
-        return cls(host, port, peer)
+        return cls(parse_address(text), peer)
 
     @property
-    def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+    def direct(self) -> DirectAddress:
+        """The direct address, for what only a direct address can reach (a DHT seed's UDP port)."""
+        if not isinstance(self.address, DirectAddress):
+            raise ConfigError(f"{self.address} is a relayed address; a DHT seed needs HOST:PORT")
+        return self.address
+
+    @property
+    def trust_key(self) -> str:
+        """What trust on first use remembers a key under: the address as the user gave it.
+
+        Only direct addresses need it; a relayed address carries its node's key.
+        """
+        return str(self.address)

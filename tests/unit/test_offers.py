@@ -140,7 +140,7 @@ def test_services_toml_carries_prices_bootstrap_and_advertise() -> None:
     assert espeak is not None and cat is not None
     assert espeak.price == Price(per_call=1000, per_second=20)
     assert cat.price == Price()
-    assert [(t.host, t.port, t.peer) for t in config.bootstrap] == [("127.0.0.1", 7071, None)]
+    assert [(t.address, t.peer) for t in config.bootstrap] == [(DirectAddress("127.0.0.1", 7071), None)]
     assert config.advertise == (DirectAddress("desk.example", 7070),)
 
 

@@ -1,0 +1,38 @@
+"""The dialer seam of the blocking client: an address in, a connected socket out.
+
+`hubnet.client` never opens a socket itself; it asks a `Dialer`. `TcpDialer` reaches
+direct addresses; a relay client, later, is one more dialer for relayed addresses, and
+the code above it does not change (the Noise session then runs end to end inside the
+relay's splice). The Trio client has the same seam in `hubnet.trio_client`.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Protocol
+
+from dht.addresses import Address, DirectAddress
+from identity.errors import TransportError
+
+
+class Dialer(Protocol):
+    """Connects to an address within `timeout` seconds, or raises TransportError."""
+
+    def dial(self, address: Address, timeout: float) -> socket.socket: ...
+
+
+class TcpDialer:
+    """Direct addresses over TCP."""
+
+    def dial(self, address: Address, timeout: float) -> socket.socket:
+        if not isinstance(address, DirectAddress):
+            raise TransportError(f"cannot reach {address}: this client has no relay dialer yet")
+        try:
+            sock = socket.create_connection((address.host, address.port), timeout=timeout)
+        except TimeoutError as exc:
+            raise TransportError(f"cannot connect to {address}: timed out") from exc
+        except OSError as exc:
+            raise TransportError(f"cannot connect to {address}: {exc.strerror or exc}") from exc
+        # Each handshake message goes out in one write; without NODELAY delayed ACKs stall every call.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock

@@ -1,0 +1,261 @@
+"""The Trio client: many calls at once from one process, each with its own deadline.
+
+It drives the same sans-IO machines as the blocking `hubnet.client` (the call through
+`hubnet.call_machine`, the session through `identity.secure`, trust through
+`hubnet.trust`), so a call behaves the same from a robot's Trio program as from
+`hubnode call`. Cancelling a call (its deadline, or any enclosing cancel scope) sends
+the node a Cancel, so the job stops at once rather than at its timeout.
+
+    client = Client(identity)
+    async with trio.open_nursery() as nursery:
+        for text in texts:
+            nursery.start_soon(client.call, target, Call(service_id_for_name("espeak")), text.encode())
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from collections.abc import AsyncIterable, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import trio
+
+from dht.addresses import Address, DirectAddress
+from hubnet.call_machine import CANCEL_GRACE, CallMachine, CallResult
+from hubnet.trust import KnownHostsStore, PinnedKeys, expected_key, explain_failure, remember
+from identity.errors import HandshakeError, Rejected, RemoteProtocolError, TransportError
+from identity.keys import Identity
+from identity.secure import SecureStream, connect_secure
+from node.naming import Target
+from node.protocol import (
+    Call,
+    Credit,
+    Event,
+    JobConnection,
+    Message,
+    Reject,
+    Role,
+    Stderr,
+    Stdout,
+)
+
+ReplyT = TypeVar("ReplyT", bound=Message)
+OutputSink = Callable[[bytes], Awaitable[object]]
+Stdin = bytes | AsyncIterable[bytes]
+
+
+class StreamDialer(Protocol):
+    """Connects to an address, or raises TransportError; the caller bounds the time."""
+
+    async def dial(self, address: Address) -> trio.abc.Stream: ...
+
+
+class TcpStreamDialer:
+    """Direct addresses over TCP (Trio sets TCP_NODELAY on its socket streams)."""
+
+    async def dial(self, address: Address) -> trio.abc.Stream:
+        if not isinstance(address, DirectAddress):
+            raise TransportError(f"cannot reach {address}: this client has no relay dialer yet")
+        try:
+            return await trio.open_tcp_stream(address.host, address.port)
+        except OSError as exc:
+            raise TransportError(f"cannot connect to {address}: {exc.strerror or exc}") from exc
+
+
+@dataclass(frozen=True)
+class CallOutput:
+    """A finished call: its result, and its output where no sink took it."""
+
+    result: CallResult
+    stdout: bytes
+    stderr: bytes
+
+
+class Client:
+    """Calls nodes from a Trio program; safe to use from many tasks at once."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        known_hosts: KnownHostsStore | None = None,
+        dialer: StreamDialer | None = None,
+        connect_timeout: float = 10.0,
+        announce: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+    ) -> None:
+        self.identity = identity
+        self.known_hosts = known_hosts or PinnedKeys()
+        self.dialer = dialer or TcpStreamDialer()
+        self.connect_timeout = connect_timeout
+        self.announce = announce
+
+    async def connect(self, target: Target, first_data: bytes) -> SecureStream:
+        """A secure stream to `target` with `first_data` delivered (see `hubnet.trust`)."""
+        expected = expected_key(target, self.known_hosts)
+        try:
+            with trio.fail_after(self.connect_timeout):
+                try:
+                    stream = await self._handshake(target, expected, first_data)
+                except HandshakeError:
+                    if expected is None:
+                        raise
+                    probe = await self._handshake(target, None, b"")
+                    await probe.aclose()
+                    explain_failure(target, expected, probe.remote_identity, self.known_hosts)
+                    raise
+        except trio.TooSlowError:
+            raise TransportError(f"cannot connect to {target.address}: timed out") from None
+        if expected is None:
+            remember(target, stream.remote_identity, self.known_hosts, self.announce)
+            await stream.send_all(first_data)
+        return stream
+
+    async def _handshake(self, target: Target, remote: bytes | None, first_data: bytes) -> SecureStream:
+        transport = await self.dialer.dial(target.address)
+        try:
+            return await connect_secure(
+                transport, self.identity, remote, first_data if remote is not None else b""
+            )
+        except HandshakeError as exc:
+            await transport.aclose()
+            raise HandshakeError(f"{target.address}: {exc}") from None
+        except BaseException:
+            await transport.aclose()
+            raise
+
+    async def request(self, target: Target, message: Message, reply_type: type[ReplyT]) -> ReplyT:
+        """One request, one reply of `reply_type`: a service list, a status or a peer list."""
+        job = JobConnection(Role.CLIENT)
+        stream = await self.connect(target, job.send(message))
+        async with stream:
+            with trio.fail_after(self.connect_timeout):
+                reply = await _next_event(stream, job)
+        if not isinstance(reply, reply_type):
+            raise RemoteProtocolError(f"expected {reply_type.__name__}, got {type(reply).__name__}")
+        return reply
+
+    async def call(
+        self,
+        target: Target,
+        call: Call,
+        *,
+        stdin: Stdin = b"",
+        stdout: OutputSink | None = None,
+        stderr: OutputSink | None = None,
+        timeout: float | None = None,
+    ) -> CallOutput:
+        """Run one job on `target`: stream `stdin` up and the output down until it exits.
+
+        Output goes to the sinks if given, else it is collected into the CallOutput.
+        `timeout` bounds the whole call: when it passes, the job is cancelled and
+        TransportError raised. Raises `Rejected` if the node refuses the call.
+        """
+        machine = CallMachine(call)
+        collected = _Collected(stdout, stderr)
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        with trio.move_on_at(deadline) as connecting:
+            stream = await self.connect(target, machine.request_data())
+        if connecting.cancelled_caught:
+            raise TransportError(f"{target.address}: the call's deadline passed while connecting")
+        async with stream:
+            await stream.send_all(machine.start())
+            credit = trio.lowlevel.ParkingLot()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_feed, stream, machine, stdin, credit)
+                    with trio.move_on_at(deadline):
+                        await _receive_until_finished(stream, machine, collected, credit)
+                    if not machine.finished:
+                        await _cancel_and_wait(target, stream, machine, collected, credit)
+                    nursery.cancel_scope.cancel()
+            except trio.Cancelled:
+                # Cancelled from outside: tell the node, so that the job stops (and costs) no more.
+                with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_GRACE):
+                    await stream.send_all(machine.cancel())
+                raise
+        if machine.reject is not None:
+            raise Rejected(machine.reject.code, machine.reject.reason)
+        return CallOutput(machine.result(), bytes(collected.stdout), bytes(collected.stderr))
+
+
+class _Collected:
+    """Where output goes: the caller's sinks, or buffers."""
+
+    def __init__(self, stdout: OutputSink | None, stderr: OutputSink | None) -> None:
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self._sinks = {Stdout: stdout, Stderr: stderr}
+
+    async def deliver(self, event: Stdout | Stderr) -> None:
+        sink = self._sinks[type(event)]
+        if sink is not None:
+            await sink(event.data)
+        else:
+            (self.stdout if isinstance(event, Stdout) else self.stderr).extend(event.data)
+
+
+async def _next_event(stream: SecureStream, conn: JobConnection | CallMachine) -> Event:
+    while (event := conn.next_event()) is None:
+        conn.receive_data(await stream.receive_some())
+    return event
+
+
+async def _receive_until_finished(
+    stream: SecureStream, machine: CallMachine, collected: _Collected, credit: trio.lowlevel.ParkingLot
+) -> None:
+    while not machine.finished:
+        event = await _next_event(stream, machine)
+        if isinstance(event, Stdout | Stderr):
+            await collected.deliver(event)
+        elif isinstance(event, Credit | Reject):
+            credit.unpark_all()
+    credit.unpark_all()
+
+
+async def _cancel_and_wait(
+    target: Target,
+    stream: SecureStream,
+    machine: CallMachine,
+    collected: _Collected,
+    credit: trio.lowlevel.ParkingLot,
+) -> None:
+    await stream.send_all(machine.cancel())
+    with trio.move_on_after(CANCEL_GRACE):
+        await _receive_until_finished(stream, machine, collected, credit)
+    if machine.exit is None:
+        raise TransportError(f"{target.address}: the call's deadline passed and the node did not end the job")
+    raise TransportError(f"{target.address}: the call's deadline passed; the job was cancelled")
+
+
+async def _chunks(stdin: Stdin) -> AsyncIterable[bytes]:
+    if isinstance(stdin, bytes):
+        if stdin:
+            yield stdin
+        return
+    async for chunk in stdin:
+        yield chunk
+
+
+async def _feed(
+    stream: SecureStream, machine: CallMachine, stdin: Stdin, credit: trio.lowlevel.ParkingLot
+) -> None:
+    """Stdin up, never beyond the credit the node granted; the end of stdin after it.
+
+    A send that fails ends the feeding only: the node may have refused the call and closed,
+    and its Reject (or a real failure) is for the receiving side to report.
+    """
+    with contextlib.suppress(TransportError):
+        async for chunk in _chunks(stdin):
+            view = memoryview(chunk)
+            while view:
+                while machine.stdin_room == 0:
+                    if not machine.wants_stdin:
+                        return  # the job has ended: the rest of stdin has nowhere to go
+                    await credit.park()
+                size = min(len(view), machine.stdin_room)
+                await stream.send_all(machine.send_stdin(bytes(view[:size])))
+                view = view[size:]
+        await stream.send_all(machine.end_stdin())

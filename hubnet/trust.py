@@ -1,0 +1,79 @@
+"""Which key a node must present: pinned, remembered (trust on first use) or not yet known.
+
+The decisions only; both client drivers (blocking and Trio) run the handshakes:
+
+1. `expected_key`: the key to run IK with, or None for XX. A pinned key that contradicts
+   a remembered one is refused before anything is sent.
+2. If an IK handshake with the expected key fails, the driver learns the key the node
+   presents now (an XX probe that sends nothing) and `explain_failure` says whether the
+   key changed (refused loudly, as ssh does) or the failure was something else.
+3. After an XX handshake, `remember` pins the key for next time.
+
+Keys are remembered under `Target.trust_key`, the address as the user typed it: that is
+what stays stable for them. A relayed address carries its node's key and never needs this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from identity.errors import HostKeyMismatch
+from identity.keys import encode_peer_id
+from node.naming import Target
+
+
+class KnownHostsStore(Protocol):
+    """What the client needs from known_hosts (see `hubnet.known_hosts.KnownHosts`)."""
+
+    def lookup(self, address: str) -> bytes | None: ...
+
+    def add(self, address: str, peer: bytes) -> None: ...
+
+
+class PinnedKeys:
+    """A store for targets whose key is always given (discovered nodes: the key comes from
+    their signed offer); it remembers nothing."""
+
+    def lookup(self, address: str) -> bytes | None:
+        return None
+
+    def add(self, address: str, peer: bytes) -> None:
+        raise AssertionError("a pinned target's key is never learned on first use")
+
+
+def expected_key(target: Target, known_hosts: KnownHostsStore) -> bytes | None:
+    """The key `target` must present, or None if it is unknown (then XX, and `remember`)."""
+    remembered = known_hosts.lookup(target.trust_key)
+    if target.peer is not None and remembered is not None and remembered != target.peer:
+        raise HostKeyMismatch(_changed_key_message(target, remembered, target.peer, known_hosts))
+    return target.peer or remembered
+
+
+def explain_failure(target: Target, expected: bytes, actual: bytes, known_hosts: KnownHostsStore) -> None:
+    """After a failed IK handshake: raise HostKeyMismatch if the node's key is not `expected`."""
+    if actual == expected:
+        return
+    if target.peer is not None:
+        raise HostKeyMismatch(
+            f"{target.address} is {encode_peer_id(actual)}, not the pinned {encode_peer_id(expected)}"
+        )
+    raise HostKeyMismatch(_changed_key_message(target, expected, actual, known_hosts))
+
+
+def remember(
+    target: Target, key: bytes, known_hosts: KnownHostsStore, announce: Callable[[str], None]
+) -> None:
+    """Pin the key an XX handshake learned, unless one was already remembered."""
+    if known_hosts.lookup(target.trust_key) is None:
+        known_hosts.add(target.trust_key, key)
+        announce(f"hubnode: remembered {target.address} as {encode_peer_id(key)} (trust on first use)")
+
+
+def _changed_key_message(target: Target, old: bytes, new: bytes, known_hosts: KnownHostsStore) -> str:
+    where = getattr(known_hosts, "path", "known_hosts")
+    return (
+        f"REMOTE KEY CHANGED for {target.address}: remembered {encode_peer_id(old)}, "
+        f"now {encode_peer_id(new)}; someone may be intercepting. "
+        f"If the server really changed its key, remove its line from {where}"
+    )

@@ -1,0 +1,94 @@
+"""The blocking driver for a secure session: `identity.secure`'s twin over a plain socket.
+
+`hubnode call` on a Pi pays for every import, and Trio alone costs more than a whole
+call, so the client drives the same `NoiseSession` over a blocking socket. The method
+names are a `trio.abc.Stream`'s (`send_all`, `receive_some`), plus `close`; all protocol
+decisions stay in the session machine.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from identity.errors import HandshakeError, TransportError
+from identity.keys import Identity
+from identity.session import MAX_RECEIVE, HandshakeComplete, NoiseSession
+
+
+class SecureSocket:
+    """Encrypted, authenticated bytes over a connected blocking socket."""
+
+    def __init__(self, sock: socket.socket, session: NoiseSession, remote_identity: bytes) -> None:
+        self.sock = sock
+        self.remote_identity = remote_identity
+        self._session = session
+        self._eof = False
+
+    def send_all(self, data: bytes) -> None:
+        _send(self.sock, self._session.send(data))
+
+    def receive_some(self) -> bytes:
+        """Decrypted bytes, as soon as a frame is whole; b"" once the peer closed cleanly."""
+        while not self._eof:
+            data = self._session.next_data()
+            if data is not None:
+                # Every whole frame now: a caller that polls the socket must not leave data
+                # behind in the session, where poll cannot see it.
+                while (more := self._session.next_data()) is not None:
+                    data += more
+                return data
+            if not _receive_into(self.sock, self._session):
+                self._eof = True
+        return b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _send(sock: socket.socket, data: bytes) -> None:
+    if not data:
+        return
+    try:
+        sock.sendall(data)
+    except OSError as exc:
+        raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
+
+
+def _receive_into(sock: socket.socket, session: NoiseSession) -> bool:
+    """Feed the session what the socket has; False on a clean end of stream."""
+    try:
+        chunk = sock.recv(MAX_RECEIVE)
+    except TimeoutError as exc:
+        raise TransportError("timed out waiting for the peer") from exc
+    except OSError as exc:
+        raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
+    if not chunk:
+        session.check_eof()
+        return False
+    session.receive_data(chunk)
+    return True
+
+
+def connect_secure_socket(
+    sock: socket.socket, identity: Identity, remote_identity: bytes | None, first_data: bytes = b""
+) -> SecureSocket:
+    """Run the initiator side over `sock`: IK with `remote_identity` (carrying `first_data`), else XX.
+
+    As with `identity.secure.connect_secure`, after XX the caller vets
+    `remote_identity` before sending anything. The socket's timeout bounds every read.
+    """
+    session = NoiseSession(
+        initiator=True,
+        identity=identity.public_key,
+        static_private=identity.noise_private_key,
+        remote_identity=remote_identity,
+    )
+    _send(sock, session.initiate(first_data))
+    while True:
+        event = session.next_event()
+        _send(sock, session.data_to_send())
+        if isinstance(event, HandshakeComplete):
+            return SecureSocket(sock, session, event.remote_identity)
+        if event is not None:
+            raise HandshakeError("data before the handshake finished")
+        _receive_into(sock, session)  # an end of stream here raises HandshakeError
