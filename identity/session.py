@@ -102,6 +102,7 @@ class NoiseSession:
         self._send_cs: CipherState | None = None
         self._recv_cs: CipherState | None = None
         self._outgoing = bytearray()
+        self._pending = b""  # first data beyond what the IK first message can carry
 
     @property
     def pattern(self) -> str | None:
@@ -122,8 +123,12 @@ class NoiseSession:
             self._pattern = XX
         else:
             self._pattern = IK
-            if len(first_data) > _MAX_HANDSHAKE_PAYLOAD:
-                raise LocalProtocolError("first data is too large for the handshake")
+            # What does not fit in the first message follows as transport data as soon as the
+            # handshake completes (`data_to_send`), so a request of any size can be sent early.
+            first_data, self._pending = (
+                first_data[:_MAX_HANDSHAKE_PAYLOAD],
+                first_data[_MAX_HANDSHAKE_PAYLOAD:],
+            )
         self._hs = HandshakeState(
             self._pattern, True, prologue=PROLOGUE, s=self._static, rs=self._remote_static
         )
@@ -132,7 +137,8 @@ class NoiseSession:
         return _frame(self._hs.write_message(payload))
 
     def data_to_send(self) -> bytes:
-        """Handshake replies the machine produced on its own (responder's messages)."""
+        """Bytes the machine produced on its own: the responder's handshake replies, and the
+        initiator's first data that did not fit in its first message."""
         out = bytes(self._outgoing)
         self._outgoing.clear()
         return out
@@ -247,6 +253,9 @@ class NoiseSession:
             self._outgoing += _frame(hs.write_message(self._identity))
         if hs.complete:
             self._enter_transport()
+            if self._pending:
+                self._outgoing += self.send(self._pending)
+                self._pending = b""
         else:
             # XX message 2 read: the responder is known; our final message waits for send().
             self._state = _State.FINISHING

@@ -452,7 +452,7 @@ class MessageDecoder:
             max_buffer_size=2 * max_message,
             max_bin_len=max_message,
             max_str_len=max_message,
-            max_array_len=max(MAX_ARGS, MAX_SERVICES) + 8,
+            max_array_len=max(MAX_ARGS, MAX_SERVICES, MAX_PEERS) + 8,
             max_map_len=0,
             max_ext_len=0,
         )

@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from identity.errors import HubnetError, TransportError
+from identity.errors import HubnetError, RemoteProtocolError, TransportError
 from identity.keys import Identity, encode_peer_id, fingerprint
 from identity.secure import SecureStream, accept_secure
 from identity.session import MAX_RECEIVE
@@ -64,6 +64,7 @@ log = logging.getLogger("hubnet.node")
 
 # A job's environment is built from nothing: only these come from the node's own.
 _PASSED_ENV = ("PATH",)
+_CANCELLED_EARLY = Reject(RejectCode.CANCELLED, "the caller cancelled before the job started")
 
 
 class Node:
@@ -130,10 +131,17 @@ class Node:
         with trio.fail_after(self.handshake_timeout):
             stream, first_data = await accept_secure(transport, self.identity)
         conn = JobConnection(Role.SERVER)
+        request: Event | None = None
         if first_data:  # (an empty feed would mean the end of the stream)
             conn.receive_data(first_data)
-        with trio.fail_after(self.start_timeout):
-            request = await _next_event(stream, conn)
+            request = conn.next_event()
+            if request is not None and conn.buffered:
+                # Anyone who recorded an IK first message can replay it: only the request may
+                # ride there, never the Start that proves the caller live.
+                raise RemoteProtocolError("only the request may ride in the handshake")
+        if request is None:
+            with trio.fail_after(self.start_timeout):
+                request = await _next_event(stream, conn)
         if isinstance(request, ListServices):
             await _reply(stream, conn, self._services())
         elif isinstance(request, GetStatus):
@@ -171,6 +179,9 @@ class Node:
         # The request may be a replay of a recorded handshake; only the live caller can send Start.
         with trio.fail_after(self.start_timeout):
             go = await _next_event(stream, conn)
+        if isinstance(go, Cancel):
+            await _reply(stream, conn, _CANCELLED_EARLY)
+            return
         if not isinstance(go, Start):
             return
         caller = _Caller(stream, conn)
@@ -185,9 +196,7 @@ class Node:
             nursery.cancel_scope.cancel()
         if caller.left_while_queued is not None:
             with contextlib.suppress(TransportError):
-                await caller.reply(
-                    Reject(RejectCode.CANCELLED, "the caller cancelled before the job started")
-                )
+                await caller.reply(_CANCELLED_EARLY)
             log.info(
                 "call of %s from %s %s while queued",
                 admitted.service.name,

@@ -22,6 +22,7 @@ from identity.secure import SecureStream, connect_secure
 from node.naming import service_id_for_name
 from node.protocol import (
     Call,
+    Cancel,
     Exit,
     GetStatus,
     JobConnection,
@@ -301,3 +302,37 @@ async def test_a_reset_caller_ends_its_job_as_disconnected(
             await stream.send_all(job.send(Stdin(b"more")))
     ended = [r.getMessage() for r in caplog.records if " cat for " in r.getMessage()]
     assert len(ended) == 1 and "(disconnected)" in ended[0], ended
+
+
+async def test_a_start_riding_in_the_handshake_is_refused(tmp_path: Path, caller: Identity) -> None:
+    # The IK first message can be replayed by anyone who recorded it, so a Start inside it
+    # would let a replay run a job: the node drops such a connection and runs nothing.
+    node = _node(tmp_path, caller)
+    client_side, server_side = trio.testing.memory_stream_pair()
+    job = JobConnection(Role.CLIENT)
+    early = job.send(Call(service_id_for_name("marker"))) + job.send(Start()) + job.send(StdinEnd())
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node.handle_connection, server_side)
+            stream = await connect_secure(client_side, caller, node.identity.public_key, early)
+            assert await stream.receive_some() == b""  # closed without an answer
+            await stream.aclose()
+    assert not (tmp_path / "ran").exists()
+
+
+async def test_a_cancel_before_start_is_answered_with_a_refusal(tmp_path: Path, caller: Identity) -> None:
+    node = _node(tmp_path, caller)
+    client_side, server_side = trio.testing.memory_stream_pair()
+    job = JobConnection(Role.CLIENT)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node.handle_connection, server_side)
+            stream = await connect_secure(
+                client_side, caller, node.identity.public_key, job.send(Call(service_id_for_name("marker")))
+            )
+            await stream.send_all(job.send(Cancel()))
+            while (event := job.next_event()) is None:
+                job.receive_data(await stream.receive_some())
+            await stream.aclose()
+    assert event == Reject("cancelled", "the caller cancelled before the job started")
+    assert not (tmp_path / "ran").exists()

@@ -19,6 +19,7 @@ from node.protocol import (
     MAX_ARGS_BYTES,
     MAX_DATA,
     MAX_MESSAGE,
+    MAX_PEERS,
     MAX_RECEIPT,
     MAX_SERVICES,
     MAX_TEXT,
@@ -342,6 +343,9 @@ def test_field_limits_at_their_boundaries_are_accepted() -> None:
     assert decode(encode(Reject("busy", "r" * MAX_TEXT))) == Reject("busy", "r" * MAX_TEXT)
     edge = Exit(-(1 << 31), (1 << 31) - 1, "timeout", Usage(*([(1 << 63) - 1] * 5)), (1 << 63) - 1)
     assert decode(encode(edge)) == edge
+    # A whole routing table fits: the decoder's array limit must not be below MAX_PEERS.
+    peers = Peers((PeerInfo(b"k" * 32, "192.0.2.1", 7070),) * MAX_PEERS)
+    assert decode(encode(peers)) == peers
 
 
 @pytest.mark.parametrize(
@@ -351,7 +355,7 @@ def test_field_limits_at_their_boundaries_are_accepted() -> None:
         [[[b"k" * 32, "h", 0]]],
         [[[b"k" * 32, "h" * 300, 1]]],
         [[[b"k" * 32, "h"]]],
-        [[[b"k" * 32, "h", 1]] * 4097],
+        [[[b"k" * 32, "h", 1]] * (MAX_PEERS + 1)],
     ],
 )
 def test_malformed_peer_lists_are_refused(fields: list[Any]) -> None:

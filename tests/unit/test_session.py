@@ -151,8 +151,24 @@ def test_ik_early_data_at_its_size_limit() -> None:
     a, b = initiator(BOB), responder()
     [event] = feed(b, a.initiate(big))
     assert event == HandshakeComplete(ALICE.public_key, big)
-    with pytest.raises(LocalProtocolError):
-        initiator(BOB).initiate(big + b"x")
+
+
+def test_ik_first_data_beyond_the_limit_follows_as_soon_as_the_handshake_completes() -> None:
+    request = bytes(range(256)) * 600  # a long call: more than one handshake message holds
+    a, b = initiator(BOB), responder()
+    [event] = feed(b, a.initiate(request))
+    assert event == HandshakeComplete(ALICE.public_key, request[:MAX_HANDSHAKE_DATA])
+    assert a.data_to_send() == b""  # nothing may go before the responder is authenticated
+    [done] = feed(a, b.data_to_send())
+    assert isinstance(done, HandshakeComplete)
+    rest = a.data_to_send()
+    assert rest and all(len(f) <= 2 + 65535 for f in frames(rest))
+    b.receive_data(rest)
+    received = b""
+    while (data := b.next_data()) is not None:
+        received += data
+    assert received == request[MAX_HANDSHAKE_DATA:]
+    assert a.data_to_send() == b""
 
 
 def test_xx_initiator_cannot_send_first_data() -> None:
