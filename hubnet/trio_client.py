@@ -171,8 +171,9 @@ class Client:
                     if not machine.finished:
                         await _cancel_and_wait(target, stream, machine, collected, credit)
                     nursery.cancel_scope.cancel()
-            except trio.Cancelled:
-                # Cancelled from outside: tell the node, so that the job stops (and costs) no more.
+            except* trio.Cancelled:
+                # Cancelled from outside (it leaves the nursery inside an exception group): tell
+                # the node, so that the job stops (and costs) no more.
                 with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_GRACE):
                     await stream.send_all(machine.cancel())
                 raise

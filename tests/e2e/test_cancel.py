@@ -6,7 +6,7 @@ messages (`node.server._Caller`), so a Cancel or a closed connection still reach
 and it kills the job (`node.runner.Job.cancel`). Three ways for the caller to stop:
 
 1. the Trio API (`hubnet.trio_client`): the call's cancel scope is cancelled, the client sends Cancel
-   (it should: for now it only closes the stream, see the xfail at the end of that test);
+   and the node reports the job as cancelled;
 2. `hubnode call` gets SIGINT (Ctrl-C): the blocking client sends Cancel and exits 130;
 3. `hubnode call` gets SIGKILL: nothing is sent, the node only sees the connection go.
 
@@ -221,12 +221,6 @@ async def test_trio_cancel_kills_a_job_that_never_reads_stdin(node: DeafNode) ->
     assert (output.result.exit.exit_code, output.stdout) == (0, b"still serving"), output
 
     report = _node_report(node, job_id)
-    if _killed_for("disconnected") in report:
-        # Known bug (remove this once fixed): `Client.call` catches `except trio.Cancelled` around
-        # a nursery, but Trio's strict exception groups deliver an outside cancellation as a
-        # BaseExceptionGroup of Cancelled, so the shielded Cancel is never sent; the node only
-        # sees the stream close, which kills the job just as fast but reports it as disconnected.
-        pytest.xfail(f"hubnet.trio_client sends no Cancel on an outside cancellation: {report}")
     assert _killed_for("cancelled") in report, report
 
 
