@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from identity.errors import TransportError
 from node.protocol import (
     MAX_DATA,
     Accept,
@@ -40,6 +41,13 @@ from node.protocol import (
 CANCEL_GRACE = 2.0
 
 _NODE_FINISHED = (State.EXITED, State.DONE, State.CLOSED)
+
+
+def located(error: TransportError, address: object) -> TransportError:
+    """`error`, saying which node it concerns: a caller with many calls needs to know."""
+    if str(address) in str(error):
+        return error
+    return TransportError(f"{address}: {error}")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from hubnet.call_machine import CANCEL_GRACE, CallMachine, CallResult
+from hubnet.call_machine import CANCEL_GRACE, CallMachine, CallResult, located
 from hubnet.dialer import Dialer, TcpDialer
 from hubnet.trust import KnownHostsStore, expected_key, explain_failure, remember
 from identity.blocking import SecureSocket, connect_secure_socket
@@ -116,6 +116,8 @@ def request(
     secure = connect(target, identity, known_hosts, job.send(message), timeout=timeout, dialer=dialer)
     try:
         reply = _next_event(secure, job)
+    except TransportError as exc:
+        raise located(exc, target.address) from exc
     finally:
         secure.close()
     if not isinstance(reply, reply_type):
@@ -155,6 +157,9 @@ def open_call(
     try:
         secure.send_all(machine.start())
         first = _next_event(secure, machine)
+    except TransportError as exc:
+        secure.close()
+        raise located(exc, target.address) from exc
     except BaseException:
         secure.close()
         raise
@@ -215,6 +220,8 @@ def finish_call(
         if stdin_fd is None:
             _send_quietly(secure, machine.end_stdin())
         _pump(opened, stdin_fd, stdout, stderr, deadline)
+    except TransportError as exc:
+        raise located(exc, opened.target.address) from exc
     except KeyboardInterrupt:
         # Tell the node at once, so that the job stops (and stops costing) now, not at its timeout.
         with contextlib.suppress(TransportError):
@@ -264,9 +271,7 @@ def _on_deadline(opened: OpenCall) -> float:
     """The deadline passed: send Cancel and allow CANCEL_GRACE for the Exit; past that, give up."""
     cancel = opened.machine.cancel()
     if not cancel:
-        raise TransportError(
-            f"{opened.target.address} did not end the job within {CANCEL_GRACE:g} s of its cancellation"
-        )
+        raise TransportError(f"the node did not end the job within {CANCEL_GRACE:g} s of its cancellation")
     _send_quietly(opened.secure, cancel)
     return time.monotonic() + CANCEL_GRACE
 

@@ -24,9 +24,9 @@ from typing import Protocol, TypeVar
 import trio
 
 from dht.addresses import Address, DirectAddress
-from hubnet.call_machine import CANCEL_GRACE, CallMachine, CallResult
+from hubnet.call_machine import CANCEL_GRACE, CallMachine, CallResult, located
 from hubnet.trust import KnownHostsStore, PinnedKeys, expected_key, explain_failure, remember
-from identity.errors import HandshakeError, Rejected, RemoteProtocolError, TransportError
+from identity.errors import HandshakeError, HubnetError, Rejected, RemoteProtocolError, TransportError
 from identity.keys import Identity
 from identity.secure import SecureStream, connect_secure
 from node.naming import Target
@@ -153,23 +153,38 @@ class Client:
         `timeout` bounds the whole call: when it passes, the job is cancelled and
         TransportError raised. Raises `Rejected` if the node refuses the call.
         """
+        try:
+            return await self._call(target, call, stdin, _Collected(stdout, stderr), timeout)
+        except TransportError as exc:
+            raise located(exc, target.address) from exc
+
+    async def _call(
+        self, target: Target, call: Call, stdin: Stdin, collected: _Collected, timeout: float | None
+    ) -> CallOutput:
         machine = CallMachine(call)
-        collected = _Collected(stdout, stderr)
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         with trio.move_on_at(deadline) as connecting:
             stream = await self.connect(target, machine.request_data())
         if connecting.cancelled_caught:
-            raise TransportError(f"{target.address}: the call's deadline passed while connecting")
+            raise TransportError("the call's deadline passed while connecting")
         async with stream:
             await stream.send_all(machine.start())
             credit = trio.lowlevel.ParkingLot()
+            feeding = trio.CancelScope()
+            failure: HubnetError | None = None
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_feed, stream, machine, stdin, credit)
-                    with trio.move_on_at(deadline):
-                        await _receive_until_finished(stream, machine, collected, credit)
-                    if not machine.finished:
-                        await _cancel_and_wait(target, stream, machine, collected, credit)
+                    nursery.start_soon(_feed, stream, machine, stdin, credit, feeding)
+                    # Errors are kept out of the nursery, which would wrap them in a group.
+                    try:
+                        with trio.move_on_at(deadline):
+                            await _receive_until_finished(stream, machine, collected, credit)
+                        if not machine.finished:
+                            # The feeder may hold the stream, blocked on a node that reads no more.
+                            feeding.cancel()
+                            await _cancel_and_wait(stream, machine, collected, credit)
+                    except HubnetError as exc:
+                        failure = exc
                     nursery.cancel_scope.cancel()
             except* trio.Cancelled:
                 # Cancelled from outside (it leaves the nursery inside an exception group): tell
@@ -177,6 +192,8 @@ class Client:
                 with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_GRACE):
                     await stream.send_all(machine.cancel())
                 raise
+        if failure is not None:
+            raise failure
         if machine.reject is not None:
             raise Rejected(machine.reject.code, machine.reject.reason)
         return CallOutput(machine.result(), bytes(collected.stdout), bytes(collected.stderr))
@@ -217,18 +234,15 @@ async def _receive_until_finished(
 
 
 async def _cancel_and_wait(
-    target: Target,
-    stream: SecureStream,
-    machine: CallMachine,
-    collected: _Collected,
-    credit: trio.lowlevel.ParkingLot,
+    stream: SecureStream, machine: CallMachine, collected: _Collected, credit: trio.lowlevel.ParkingLot
 ) -> None:
-    await stream.send_all(machine.cancel())
+    """The deadline passed: send Cancel and allow CANCEL_GRACE for the Exit, then give up."""
     with trio.move_on_after(CANCEL_GRACE):
+        await stream.send_all(machine.cancel())
         await _receive_until_finished(stream, machine, collected, credit)
     if machine.exit is None:
-        raise TransportError(f"{target.address}: the call's deadline passed and the node did not end the job")
-    raise TransportError(f"{target.address}: the call's deadline passed; the job was cancelled")
+        raise TransportError("the call's deadline passed and the node did not end the job")
+    raise TransportError("the call's deadline passed; the job was cancelled")
 
 
 async def _chunks(stdin: Stdin) -> AsyncIterable[bytes]:
@@ -241,14 +255,18 @@ async def _chunks(stdin: Stdin) -> AsyncIterable[bytes]:
 
 
 async def _feed(
-    stream: SecureStream, machine: CallMachine, stdin: Stdin, credit: trio.lowlevel.ParkingLot
+    stream: SecureStream,
+    machine: CallMachine,
+    stdin: Stdin,
+    credit: trio.lowlevel.ParkingLot,
+    scope: trio.CancelScope,
 ) -> None:
     """Stdin up, never beyond the credit the node granted; the end of stdin after it.
 
     A send that fails ends the feeding only: the node may have refused the call and closed,
     and its Reject (or a real failure) is for the receiving side to report.
     """
-    with contextlib.suppress(TransportError):
+    with scope, contextlib.suppress(TransportError):
         async for chunk in _chunks(stdin):
             view = memoryview(chunk)
             while view:

@@ -28,7 +28,7 @@ import pytest
 import trio
 
 from hubnet.trio_client import CallOutput, Client
-from identity.errors import HubnetError, TransportError
+from identity.errors import HubnetError
 from identity.keys import Identity
 from node.naming import Target, service_id_for_name
 from node.protocol import STDIN_WINDOW, Call
@@ -53,17 +53,6 @@ timeout = {3 * CALL_TIMEOUT:g}
 """
 CAT = Call(service_id_for_name("cat"))
 
-# KNOWN BUGS. When only these stand between the test and a pass, it xfails and names them;
-# anything else fails it. Once one is fixed, delete it and its `known.add` below, so that
-# it fails the test should it ever come back.
-GROUPED = (
-    "hubnet.trio_client.Client.call raises its TransportError wrapped in an ExceptionGroup "
-    "(it is raised inside the call's nursery)"
-)
-NO_ADDRESS = (
-    "the TransportError for a node lost mid-call does not name the node "
-    "(node.protocol: 'the node closed the connection before its answer')"
-)
 MIB = 1 << 20
 KIB = 1 << 10
 
@@ -166,14 +155,6 @@ async def run_call(
         ended_early()
 
 
-def unwrap(error: BaseException | None) -> tuple[BaseException | None, bool]:
-    """The one error inside (nested) groups of one, and whether it came in a group."""
-    grouped = False
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error, grouped = error.exceptions[0], True
-    return error, grouped
-
-
 def describe(error: BaseException | None) -> str:
     if error is None:
         return "no error"
@@ -182,9 +163,7 @@ def describe(error: BaseException | None) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-async def test_200_concurrent_calls_over_4_nodes_one_killed_midway(
-    servers: list[Server], request: pytest.FixtureRequest
-) -> None:
+async def test_200_concurrent_calls_over_4_nodes_one_killed_midway(servers: list[Server]) -> None:
     seed = int.from_bytes(os.urandom(4))
     every = plans(random.Random(seed))
     where = f"(random seed {seed})"
@@ -229,7 +208,6 @@ async def test_200_concurrent_calls_over_4_nodes_one_killed_midway(
         )
 
     failures = []
-    known: set[str] = set()  # the known bugs this run ran into (see KNOWN BUGS above)
     latest = 0.0
     for plan, outcome in zip(every, outcomes, strict=True):
         assert outcome.ended is not None, f"{plan.name} never ended {where}"
@@ -249,9 +227,7 @@ async def test_200_concurrent_calls_over_4_nodes_one_killed_midway(
                 failures.append(f"{plan.name}: stderr {bytes(outcome.stderr[:200])!r}")
             continue
         latest = max(latest, outcome.ended - kill_time)
-        error, grouped = unwrap(outcome.error)
-        if grouped:
-            known.add(GROUPED)
+        error = outcome.error
         if not isinstance(error, HubnetError):
             failures.append(f"{plan.name} on the killed node: {describe(error)}, not a hubnet error")
         elif "deadline" in str(error):
@@ -259,17 +235,8 @@ async def test_200_concurrent_calls_over_4_nodes_one_killed_midway(
         elif bytes(outcome.stdout) != plan.data[: plan.first]:
             failures.append(f"{plan.name} on the killed node: got {len(outcome.stdout)} bytes back")
         elif victim.address not in str(error):
-            if isinstance(error, TransportError):
-                known.add(NO_ADDRESS)
-            else:
-                failures.append(f"{plan.name} on the killed node: unclear error {describe(error)}")
+            failures.append(f"{plan.name} on the killed node: unclear error {describe(error)}")
     assert not failures, f"{len(failures)} of {len(every)} calls went wrong {where}:\n" + "\n".join(
         failures[:20]
     )
     print(f"the killed node's calls all ended within {latest:.2f} s of the kill")
-    if known:
-        # Marked only now, so that nothing but these bugs can make the test an xfail.
-        # (A marker rather than pytest.xfail(): its reason survives pytest-trio's exception group.)
-        reason = "known bugs: " + "; ".join(sorted(known))
-        request.node.add_marker(pytest.mark.xfail(reason=reason, strict=True))
-        raise AssertionError(reason)
