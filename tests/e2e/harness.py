@@ -6,6 +6,7 @@ it prints it, and every wait has a deadline, so a broken build fails a test inst
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -153,6 +154,17 @@ class Server:
         self._killed = True
         self._proc.kill()
         return self._proc.wait(STOP_TIMEOUT)
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """SIGSTOP the server for the block, then SIGCONT it: a node that went silent without
+        closing anything (a hung process, a pulled cable), whose connections stay open."""
+        assert self._proc is not None and self._proc.poll() is None, "the server is not running"
+        self._proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._proc.send_signal(signal.SIGCONT)
 
     def _kill(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

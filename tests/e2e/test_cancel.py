@@ -28,8 +28,10 @@ from pathlib import Path
 import pytest
 import trio
 
+from hubnet.call_machine import CANCEL_GRACE
 from hubnet.exits import EXIT_INTERRUPTED
 from hubnet.trio_client import Client as TrioClient
+from identity.errors import TransportError
 from identity.keys import Identity
 from node.naming import Target, service_id_for_name
 from node.protocol import Call
@@ -58,6 +60,9 @@ JOB_SCRIPT = (
     'echo $$ > "$PIDDIR/.$HUBNET_JOB" && mv "$PIDDIR/.$HUBNET_JOB" "$PIDDIR/$HUBNET_JOB"'
     f" && exec sleep {JOB_TIMEOUT}"
 )
+
+
+CAT = Call(service_id_for_name("cat"))
 
 
 def services_toml(piddir: Path) -> str:
@@ -350,3 +355,54 @@ def test_hubnode_call_stopped_kills_a_job_that_never_reads_stdin(
     result = client.call(node.server.target, "cat", input=b"still serving")
     assert (result.returncode, result.stdout) == (0, b"still serving"), result.stderr
     assert node.server.running
+
+
+# --- 4. a node that goes silent --------------------------------------------------------------
+
+
+async def test_a_deadline_ends_a_call_to_a_node_that_stopped_answering(tmp_path: Path) -> None:
+    """A frozen node closes nothing and reads nothing: the call's deadline must still end the call
+    within CANCEL_GRACE, even while megabytes of stdin wait to go (the feeder then blocks on a
+    full socket, and must not keep the Cancel from being tried)."""
+    require_program("cat")
+    deadline = 3.0
+    with Server(tmp_path / "silent", 'listen = "127.0.0.1:0"\n[services.cat]\ncommand = ["cat"]\n') as server:
+        client = TrioClient(Identity.generate())
+        echoed, frozen, done = trio.Event(), trio.Event(), trio.Event()
+        failure: list[BaseException] = []
+
+        async def stdin() -> AsyncIterator[bytes]:
+            yield b"x"
+            await frozen.wait()
+            for _ in range(64):  # 4 MiB: more than the credit window and the socket buffers
+                yield bytes(1 << 16)
+
+        async def first_echo(data: bytes) -> None:
+            echoed.set()
+
+        async def call() -> None:
+            try:
+                await client.call(
+                    Target.parse(server.target), CAT, stdin=stdin(), stdout=first_echo, timeout=deadline
+                )
+            except Exception as exc:  # judged below
+                failure.append(exc)
+            finally:
+                done.set()
+
+        started = trio.current_time()
+        with trio.fail_after(CALL_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call)
+                await echoed.wait()
+                with server.frozen():
+                    frozen.set()
+                    with trio.move_on_after(deadline + CANCEL_GRACE + 10) as waiting:
+                        await done.wait()
+                    nursery.cancel_scope.cancel()
+        assert not waiting.cancelled_caught, "the call outlived its deadline and the grace after it"
+        took = trio.current_time() - started
+    [error] = failure
+    assert isinstance(error, TransportError) and "deadline" in str(error), repr(error)
+    assert server.address in str(error), error
+    assert took < deadline + CANCEL_GRACE + 10, took
