@@ -107,7 +107,7 @@ class CallMachine:
 
     def cancel(self) -> bytes:
         """A Cancel, if the node can still act on one; otherwise nothing."""
-        if self.finished or self._conn.our_state in (State.IDLE, State.CANCELLED, State.CLOSED):
+        if self.finished or self._conn.errored or self._conn.our_state in (State.CANCELLED, State.CLOSED):
             return b""
         return self._conn.send(Cancel())
 

@@ -209,9 +209,10 @@ def finish_call(
     """Stream stdin up and stdout/stderr down as they come, until the job exits.
 
     `stdin_fd=None` sends an empty stdin. `deadline` (time.monotonic()) cancels the job
-    when it passes. Raises `Rejected` if the node refuses, TransportError if the
-    connection fails or the node does not stop within CANCEL_GRACE of a Cancel, and
-    RemoteProtocolError if the node breaks the protocol.
+    when it passes, and the call raises TransportError (as the Trio client does) once the
+    node has ended it or CANCEL_GRACE has passed. Raises `Rejected` if the node refuses,
+    TransportError if the connection fails, and RemoteProtocolError if the node breaks
+    the protocol.
     """
     secure, machine = opened.secure, opened.machine
     try:
@@ -236,7 +237,7 @@ def _pump(opened: OpenCall, stdin_fd: int | None, stdout: Sink, stderr: Sink, de
     secure, machine, sock = opened.secure, opened.machine, opened.secure.sock
     poller = select.poll()
     poller.register(sock, select.POLLIN)
-    reading_stdin = False
+    reading_stdin = cancelled = False
     while not machine.finished:
         if stdin_fd is not None and (machine.stdin_room > 0) != reading_stdin:
             reading_stdin = not reading_stdin
@@ -247,7 +248,7 @@ def _pump(opened: OpenCall, stdin_fd: int | None, stdout: Sink, stderr: Sink, de
         wait_ms = None if deadline is None else max(0, round((deadline - time.monotonic()) * 1000))
         ready = dict(poller.poll(wait_ms))
         if not ready:
-            deadline = _on_deadline(opened)
+            deadline, cancelled = _on_deadline(opened), True
             continue
         if sock.fileno() in ready:
             machine.receive_data(secure.receive_some())
@@ -256,6 +257,8 @@ def _pump(opened: OpenCall, stdin_fd: int | None, stdout: Sink, stderr: Sink, de
         elif stdin_fd is not None and stdin_fd in ready:
             data = os.read(stdin_fd, min(machine.stdin_room, DATA_CHUNK))
             _send_quietly(secure, machine.send_stdin(data) if data else machine.end_stdin())
+    if cancelled:
+        raise TransportError("the call's deadline passed; the job was cancelled")
 
 
 def _deliver(event: Event, stdout: Sink, stderr: Sink) -> None:
@@ -271,7 +274,7 @@ def _on_deadline(opened: OpenCall) -> float:
     """The deadline passed: send Cancel and allow CANCEL_GRACE for the Exit; past that, give up."""
     cancel = opened.machine.cancel()
     if not cancel:
-        raise TransportError(f"the node did not end the job within {CANCEL_GRACE:g} s of its cancellation")
+        raise TransportError("the call's deadline passed and the node did not end the job")
     _send_quietly(opened.secure, cancel)
     return time.monotonic() + CANCEL_GRACE
 

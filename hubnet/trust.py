@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from identity.errors import HostKeyMismatch
+from identity.errors import ConfigError, HostKeyMismatch
 from identity.keys import encode_peer_id
 from node.naming import Target
 
@@ -44,6 +44,8 @@ class PinnedKeys:
 
 def expected_key(target: Target, known_hosts: KnownHostsStore) -> bytes | None:
     """The key `target` must present, or None if it is unknown (then XX, and `remember`)."""
+    if target.peer is None and isinstance(known_hosts, PinnedKeys):
+        raise ConfigError(f"no key to check {target.address} by: give it as PEER_ID@{target.address}")
     remembered = known_hosts.lookup(target.trust_key)
     if target.peer is not None and remembered is not None and remembered != target.peer:
         raise HostKeyMismatch(_changed_key_message(target, remembered, target.peer, known_hosts))

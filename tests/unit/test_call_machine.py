@@ -311,6 +311,15 @@ def test_no_cancel_once_the_node_has_said_its_last_word(last_word: Exit | Reject
     assert pair.machine.cancel() == b""
 
 
+@pytest.mark.parametrize("garbage", [b"", b"\xc1"], ids=["closed-before-exit", "garbage"])
+def test_no_cancel_once_the_connection_has_failed(garbage: bytes) -> None:
+    pair = BackToBack().started(accept=Accept("j"))
+    pair.machine.receive_data(garbage)
+    with pytest.raises((TransportError, RemoteProtocolError)):
+        pair.machine.next_event()
+    assert pair.machine.cancel() == b""
+
+
 def test_no_cancel_after_a_receipt() -> None:
     pair = BackToBack().started()
     pair.to_caller(EXIT, Receipt(b"r"))

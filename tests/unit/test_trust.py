@@ -208,3 +208,8 @@ def test_pinned_keys_remember_nothing() -> None:
     assert expected_key(Target.parse(f"{encode_peer_id(OLD)}@127.0.0.1:7070"), keys) == OLD
     with pytest.raises(AssertionError):
         keys.add("127.0.0.1:7070", OLD)
+
+
+def test_a_target_without_a_key_is_refused_before_dialling_when_only_pinned_keys_count() -> None:
+    with pytest.raises(ConfigError, match=r"no key to check 127\.0\.0\.1:7070 by: give it as PEER_ID@"):
+        expected_key(Target.parse("127.0.0.1:7070"), PinnedKeys())
