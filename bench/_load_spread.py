@@ -28,9 +28,9 @@ import heapq
 import random
 from collections.abc import Callable, Sequence
 
-from dht.addresses import DirectAddress
+from hubnet.dht.addresses import DirectAddress
+from hubnet.node.offers import Load, Offer, Price
 from hubnet.select import Probe, SelectionRules, acceptable, choose, probe_targets, rank
-from node.offers import Load, Offer, Price
 
 RTT = 0.05  # every probe takes as long, so latency decides nothing here
 Policy = Callable[[Sequence[Offer], SelectionRules, random.Random], Offer]

@@ -44,9 +44,9 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dht.ids import K, service_key  # noqa: E402
-from dht.node import REFRESH_INTERVAL  # noqa: E402
-from dht.records import ProviderRecord  # noqa: E402
+from hubnet.dht.ids import K, service_key  # noqa: E402
+from hubnet.dht.node import REFRESH_INTERVAL  # noqa: E402
+from hubnet.dht.records import ProviderRecord  # noqa: E402
 from tests.dht_sim import SimNode, Simulation, Summary, describe, gather, run, simulation  # noqa: E402
 
 CHURN = 0.25

@@ -28,8 +28,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from identity.errors import ConfigError
-from identity.keys import PUBLIC_KEY_LEN, decode_peer_id, encode_peer_id
+from hubnet.identity.errors import ConfigError
+from hubnet.identity.keys import PUBLIC_KEY_LEN, decode_peer_id, encode_peer_id
 
 DEFAULT_PORT = 7070
 MAX_HOST_CHARS = 253

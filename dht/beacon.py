@@ -28,13 +28,13 @@ from dataclasses import dataclass
 
 import trio
 
-from dht.addresses import DirectAddress
-from dht.messages import Ping
-from dht.node import DhtNode
-from dht.records import MAX_NODE_RECORD_LEN, Address, NodeRecord
-from identity.errors import RemoteProtocolError
-from identity.keys import Identity, fingerprint
-from identity.records import InvalidRecord
+from hubnet.dht.addresses import DirectAddress
+from hubnet.dht.messages import Ping
+from hubnet.dht.node import DhtNode
+from hubnet.dht.records import MAX_NODE_RECORD_LEN, Address, NodeRecord
+from hubnet.identity.errors import RemoteProtocolError
+from hubnet.identity.keys import Identity, fingerprint
+from hubnet.identity.records import InvalidRecord
 
 __all__ = [
     "BEACON_GROUP",

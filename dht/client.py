@@ -15,13 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from dht.ids import node_id
-from dht.lookup import RPC_TIMEOUT, Lookup, NodeRecordLookup, ProviderLookup, Query, Seed
-from dht.messages import MAX_DATAGRAM, Contact, FindNode
-from dht.protocol import DhtProtocol, ReplyReceived
-from dht.records import NodeRecord, ProviderRecord
-from identity.errors import TransportError
-from identity.keys import Identity
+from hubnet.dht.ids import node_id
+from hubnet.dht.lookup import RPC_TIMEOUT, Lookup, NodeRecordLookup, ProviderLookup, Query, Seed
+from hubnet.dht.messages import MAX_DATAGRAM, Contact, FindNode
+from hubnet.dht.protocol import DhtProtocol, ReplyReceived
+from hubnet.dht.records import NodeRecord, ProviderRecord
+from hubnet.identity.errors import TransportError
+from hubnet.identity.keys import Identity
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,20 @@ from dataclasses import dataclass
 
 from kademlia.node import Node, NodeHeap
 
-from dht.ids import K, node_id
-from dht.messages import Contact, FindNode, GetNode, GetProviders, NodeFound, Nodes, Providers, Reply, Request
-from dht.records import Address, NodeRecord, ProviderRecord
-from identity.records import InvalidRecord
+from hubnet.dht.ids import K, node_id
+from hubnet.dht.messages import (
+    Contact,
+    FindNode,
+    GetNode,
+    GetProviders,
+    NodeFound,
+    Nodes,
+    Providers,
+    Reply,
+    Request,
+)
+from hubnet.dht.records import Address, NodeRecord, ProviderRecord
+from hubnet.identity.records import InvalidRecord
 
 ALPHA = 3
 # A hostile node can keep naming ever-closer fake contacts; no honest lookup needs this many.

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import msgpack
 from kademlia.node import Node
 
-from dht.ids import ID_LEN, node_id
-from dht.records import Address, check_address
-from identity.errors import RemoteProtocolError
-from identity.keys import PUBLIC_KEY_LEN, Identity
-from identity.records import InvalidRecord, SignedRecord
+from hubnet.dht.ids import ID_LEN, node_id
+from hubnet.dht.records import Address, check_address
+from hubnet.identity.errors import RemoteProtocolError
+from hubnet.identity.keys import PUBLIC_KEY_LEN, Identity
+from hubnet.identity.records import InvalidRecord, SignedRecord
 
 DATAGRAM_DOMAIN = "hubnet/dht/1"
 MAX_DATAGRAM = 8192

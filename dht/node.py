@@ -17,9 +17,9 @@ from typing import TypeVar
 
 import trio
 
-from dht.ids import K, distance, node_id
-from dht.lookup import ALPHA, RPC_TIMEOUT, Lookup, NodeRecordLookup, ProviderLookup, Query, Seed
-from dht.messages import (
+from hubnet.dht.ids import K, distance, node_id
+from hubnet.dht.lookup import ALPHA, RPC_TIMEOUT, Lookup, NodeRecordLookup, ProviderLookup, Query, Seed
+from hubnet.dht.messages import (
     AddProvider,
     Contact,
     Ping,
@@ -28,12 +28,12 @@ from dht.messages import (
     Request,
     Stored,
 )
-from dht.protocol import DhtProtocol, PingNeeded, ReplyReceived, Send
-from dht.records import Address, NodeRecord, ProviderRecord
-from dht.store import RecordStore
-from dht.transport import DatagramTransport
-from identity.keys import Identity
-from identity.records import InvalidRecord
+from hubnet.dht.protocol import DhtProtocol, PingNeeded, ReplyReceived, Send
+from hubnet.dht.records import Address, NodeRecord, ProviderRecord
+from hubnet.dht.store import RecordStore
+from hubnet.dht.transport import DatagramTransport
+from hubnet.identity.keys import Identity
+from hubnet.identity.records import InvalidRecord
 
 L = TypeVar("L", bound=Lookup)
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dht.ids import K, node_id
-from dht.messages import (
+from hubnet.dht.ids import K, node_id
+from hubnet.dht.messages import (
     MAX_RECORDS_PER_REPLY,
     REQUEST_TYPES,
     TXID_LEN,
@@ -36,13 +36,13 @@ from dht.messages import (
     decode,
     encode,
 )
-from dht.records import Address, NodeRecord, ProviderRecord
-from dht.store import RecordStore
-from identity.keys import Identity
-from identity.records import InvalidRecord
+from hubnet.dht.records import Address, NodeRecord, ProviderRecord
+from hubnet.dht.store import RecordStore
+from hubnet.identity.keys import Identity
+from hubnet.identity.records import InvalidRecord
 
 if TYPE_CHECKING:
-    from dht.routing import RoutingTable
+    from hubnet.dht.routing import RoutingTable
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class DhtProtocol:
         if serving:
             # Only a serving node keeps a table; a one-shot client is spared importing the
             # `kademlia` package's routing module (and the asyncio it pulls in).
-            from dht.routing import RoutingTable
+            from hubnet.dht.routing import RoutingTable
 
             self.table: RoutingTable = RoutingTable(Contact(identity.public_key, "0.0.0.0", 1), k=k)
         self._pending: dict[bytes, _Pending] = {}

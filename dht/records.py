@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import msgpack
 
-from dht.addresses import MAX_HOST_CHARS, InvalidAddress, decode_address, encode_address
-from dht.addresses import Address as NodeAddress
-from dht.ids import ID_LEN
-from identity.keys import Identity
-from identity.records import InvalidRecord, SignedRecord
+from hubnet.dht.addresses import MAX_HOST_CHARS, InvalidAddress, decode_address, encode_address
+from hubnet.dht.addresses import Address as NodeAddress
+from hubnet.dht.ids import ID_LEN
+from hubnet.identity.keys import Identity
+from hubnet.identity.records import InvalidRecord, SignedRecord
 
 PROVIDER_DOMAIN = "hubnet/provider/1"
 NODE_DOMAIN = "hubnet/node/1"

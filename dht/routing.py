@@ -13,8 +13,8 @@ import heapq
 
 from kademlia.routing import RoutingTable as _KademliaTable
 
-from dht.ids import ID_BITS, ID_LEN, K
-from dht.messages import Contact
+from hubnet.dht.ids import ID_BITS, ID_LEN, K
+from hubnet.dht.messages import Contact
 
 __all__ = ["K", "RoutingTable"]
 

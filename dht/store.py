@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dht.records import NodeRecord, ProviderRecord
-from identity.records import InvalidRecord
+from hubnet.dht.records import NodeRecord, ProviderRecord
+from hubnet.identity.records import InvalidRecord
 
 
 class RecordRefused(InvalidRecord):

@@ -14,8 +14,8 @@ from typing import Protocol
 
 import trio
 
-from dht.messages import MAX_DATAGRAM
-from dht.records import Address
+from hubnet.dht.messages import MAX_DATAGRAM
+from hubnet.dht.records import Address
 
 RECEIVE_QUEUE = 256
 

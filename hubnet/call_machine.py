@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from identity.errors import TransportError
-from node.protocol import (
+from hubnet.identity.errors import TransportError
+from hubnet.node.protocol import (
     MAX_DATA,
     Accept,
     Call,

@@ -18,7 +18,7 @@ import click
 
 from hubnet.commands import Context, run_call
 from hubnet.exits import EXIT_USAGE
-from identity.errors import ConfigError, HubnetError
+from hubnet.identity.errors import ConfigError, HubnetError
 
 BOOTSTRAP_HELP = "A DHT node to join through, PEER_ID@HOST:PORT (or HOST:PORT); repeatable."
 DEFAULT_TARGET_HELP = "PEER_ID@HOST:PORT pins the server's key; HOST:PORT trusts it on first use."
@@ -84,10 +84,10 @@ def serve(
     """
     import logging
 
-    from dht.addresses import parse_hostport
-    from node.naming import Target
-    from node.run import run_node
-    from node.services import load_services
+    from hubnet.dht.addresses import parse_hostport
+    from hubnet.node.naming import Target
+    from hubnet.node.run import run_node
+    from hubnet.node.services import load_services
 
     logging.basicConfig(level=logging.INFO if obj.verbose else logging.WARNING, format="hubnode: %(message)s")
     config = load_services(Path(services_path) if services_path else obj.home.services)
@@ -146,8 +146,8 @@ def services(
         _print_providers(obj, service, bootstrap, as_json)
         return
     from hubnet.client import request
-    from node.naming import format_service_id
-    from node.protocol import ListServices, Services
+    from hubnet.node.naming import format_service_id
+    from hubnet.node.protocol import ListServices, Services
 
     reply = request(obj.target(server), obj.identity(), obj.known_hosts(), ListServices(), Services)
     rows = [
@@ -172,9 +172,9 @@ def services(
 
 def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_json: bool) -> None:
     from hubnet.discover import find_offers, probe
+    from hubnet.identity.keys import encode_peer_id
+    from hubnet.node.naming import format_service_id, resolve_service_ref
     from hubnet.select import acceptable, rank
-    from identity.keys import encode_peer_id
-    from node.naming import format_service_id, resolve_service_ref
 
     sid = resolve_service_ref(service)
     rules = obj.selection_rules()
@@ -228,12 +228,12 @@ def peers(obj: Context, server: str | None, bootstrap: tuple[str, ...], as_json:
     of DHT id each shares with the node (its bucket). Without: the nodes that answered two
     lookups through the bootstrap nodes.
     """
-    from dht.ids import ID_BITS, distance, node_id
-    from identity.keys import encode_peer_id
+    from hubnet.dht.ids import ID_BITS, distance, node_id
+    from hubnet.identity.keys import encode_peer_id
 
     if server is not None:
         from hubnet.client import request
-        from node.protocol import GetPeers, Peers
+        from hubnet.node.protocol import GetPeers, Peers
 
         target = obj.target(server)
         reply = request(target, obj.identity(), obj.known_hosts(), GetPeers(), Peers)
@@ -241,7 +241,7 @@ def peers(obj: Context, server: str | None, bootstrap: tuple[str, ...], as_json:
         contacts = [(p.public_key, p.host, p.port) for p in reply.peers]
         heading = f"{len(contacts)} contact(s) in the routing table of {target.address}"
     else:
-        from dht.client import DhtClient
+        from hubnet.dht.client import DhtClient
         from hubnet.discover import seeds
 
         given = obj.bootstrap(bootstrap)
@@ -280,7 +280,7 @@ def peers(obj: Context, server: str | None, bootstrap: tuple[str, ...], as_json:
 def status(obj: Context, server: str | None, as_json: bool) -> None:
     """Show how busy a server is: jobs running, queued, capacity, load average."""
     from hubnet.client import request
-    from node.protocol import GetStatus, StatusReply
+    from hubnet.node.protocol import GetStatus, StatusReply
 
     reply = request(obj.target(server), obj.identity(), obj.known_hosts(), GetStatus(), StatusReply)
     if as_json:
@@ -324,7 +324,7 @@ def alias(
     import shlex
 
     from hubnet.config import Alias, save_alias
-    from node.naming import resolve_service_ref
+    from hubnet.node.naming import resolve_service_ref
 
     resolve_service_ref(name)  # the same rules as service names: no spaces, slashes or leading dash
     resolve_service_ref(service)

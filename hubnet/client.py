@@ -20,12 +20,11 @@ from typing import TypeVar
 
 from hubnet.call_machine import CANCEL_GRACE, CallMachine, CallResult, located
 from hubnet.dialer import Dialer, TcpDialer
-from hubnet.trust import KnownHostsStore, expected_key, explain_failure, remember
-from identity.blocking import SecureSocket, connect_secure_socket
-from identity.errors import HandshakeError, Rejected, RemoteProtocolError, TransportError
-from identity.keys import Identity
-from node.naming import Target
-from node.protocol import (
+from hubnet.identity.blocking import SecureSocket, connect_secure_socket
+from hubnet.identity.errors import HandshakeError, Rejected, RemoteProtocolError, TransportError
+from hubnet.identity.keys import Identity
+from hubnet.node.naming import Target
+from hubnet.node.protocol import (
     DATA_CHUNK,
     Accept,
     Call,
@@ -37,6 +36,7 @@ from node.protocol import (
     Stderr,
     Stdout,
 )
+from hubnet.trust import KnownHostsStore, expected_key, explain_failure, remember
 
 ReplyT = TypeVar("ReplyT", bound=Message)
 Sink = Callable[[bytes], object]

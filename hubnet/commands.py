@@ -10,15 +10,15 @@ import sys
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from identity.errors import ConfigError, TransportError
+from hubnet.identity.errors import ConfigError, TransportError
 
 if TYPE_CHECKING:
     from hubnet.config import ClientConfig
     from hubnet.home import Home
+    from hubnet.identity.keys import Identity
     from hubnet.known_hosts import KnownHosts
+    from hubnet.node.naming import Target
     from hubnet.select import SelectionRules
-    from identity.keys import Identity
-    from node.naming import Target
 
 _WHY_HUBNET_ENDED = {
     "timeout": "the job ran out of time",
@@ -48,7 +48,7 @@ class Context:
         return load_client_config(self.home.client)
 
     def identity(self) -> Identity:
-        from identity.keys import load_or_create_identity
+        from hubnet.identity.keys import load_or_create_identity
 
         return load_or_create_identity(self.home.identity_key)
 
@@ -69,7 +69,7 @@ class Context:
 
     def target(self, server: str | None, alias_server: str | None = None) -> Target:
         """--server, else the alias's server, else client.toml's `server`."""
-        from node.naming import Target
+        from hubnet.node.naming import Target
 
         chosen = server or alias_server or self.client_config.server
         if not chosen:
@@ -87,8 +87,8 @@ def run_call(
     """
     from hubnet.client import finish_call, open_call
     from hubnet.config import load_aliases
-    from node.naming import resolve_service_ref
-    from node.protocol import Call
+    from hubnet.node.naming import resolve_service_ref
+    from hubnet.node.protocol import Call
 
     alias = load_aliases(ctx.home.aliases).get(service)
     alias_server = None

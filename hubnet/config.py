@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from identity.errors import ConfigError
+from hubnet.identity.errors import ConfigError
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 

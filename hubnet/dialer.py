@@ -11,8 +11,8 @@ from __future__ import annotations
 import socket
 from typing import Protocol
 
-from dht.addresses import Address, DirectAddress
-from identity.errors import TransportError
+from hubnet.dht.addresses import Address, DirectAddress
+from hubnet.identity.errors import TransportError
 
 
 class Dialer(Protocol):

@@ -15,19 +15,19 @@ import threading
 import time
 from collections.abc import Sequence
 
-from dht.addresses import DirectAddress
-from dht.client import DhtClient
-from dht.ids import service_key
-from dht.lookup import Seed
 from hubnet.client import OpenCall, open_call, request
+from hubnet.dht.addresses import DirectAddress
+from hubnet.dht.client import DhtClient
+from hubnet.dht.ids import service_key
+from hubnet.dht.lookup import Seed
+from hubnet.identity.errors import HostKeyMismatch, Rejected, RemoteProtocolError, TransportError
+from hubnet.identity.keys import Identity, encode_peer_id
+from hubnet.identity.records import InvalidRecord
+from hubnet.node.naming import Target
+from hubnet.node.offers import InvalidOffer, Load, Offer, offer_from_record
+from hubnet.node.protocol import Call, GetStatus, StatusReply
 from hubnet.select import Probe, SelectionRules, acceptable, choose, probe_targets, rank
 from hubnet.trust import PinnedKeys
-from identity.errors import HostKeyMismatch, Rejected, RemoteProtocolError, TransportError
-from identity.keys import Identity, encode_peer_id
-from identity.records import InvalidRecord
-from node.naming import Target
-from node.offers import InvalidOffer, Load, Offer, offer_from_record
-from node.protocol import Call, GetStatus, StatusReply
 
 MAX_ATTEMPTS = 5
 PROBE_TIMEOUT = 2.0

@@ -7,7 +7,7 @@ import the other for a constant, and `hubnode call`'s import path stays small.
 
 from __future__ import annotations
 
-from identity.errors import (
+from hubnet.identity.errors import (
     ConfigError,
     HostKeyMismatch,
     HubnetError,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from identity.errors import ConfigError
-from identity.keys import decode_peer_id, encode_peer_id
+from hubnet.identity.errors import ConfigError
+from hubnet.identity.keys import decode_peer_id, encode_peer_id
 
 
 class KnownHosts:

@@ -13,7 +13,7 @@ import sys
 from typing import NoReturn
 
 from hubnet.exits import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code_for
-from identity.errors import HubnetError
+from hubnet.identity.errors import HubnetError
 
 
 def parse_fast_call(argv: list[str]) -> tuple[str | None, bool, str | None, str, tuple[str, ...]] | None:

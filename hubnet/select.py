@@ -28,10 +28,10 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from dht.addresses import DirectAddress
-from identity.errors import ConfigError
-from identity.keys import decode_peer_id
-from node.offers import Load, Offer, Price
+from hubnet.dht.addresses import DirectAddress
+from hubnet.identity.errors import ConfigError
+from hubnet.identity.keys import decode_peer_id
+from hubnet.node.offers import Load, Offer, Price
 
 _T = TypeVar("_T")
 _TABLE = "select"  # the table of client.toml this module parses

@@ -23,14 +23,13 @@ from typing import Protocol, TypeVar
 
 import trio
 
-from dht.addresses import Address, DirectAddress
 from hubnet.call_machine import CANCEL_GRACE, CallMachine, CallResult, located
-from hubnet.trust import KnownHostsStore, PinnedKeys, expected_key, explain_failure, remember
-from identity.errors import HandshakeError, HubnetError, Rejected, RemoteProtocolError, TransportError
-from identity.keys import Identity
-from identity.secure import SecureStream, connect_secure
-from node.naming import Target
-from node.protocol import (
+from hubnet.dht.addresses import Address, DirectAddress
+from hubnet.identity.errors import HandshakeError, HubnetError, Rejected, RemoteProtocolError, TransportError
+from hubnet.identity.keys import Identity
+from hubnet.identity.secure import SecureStream, connect_secure
+from hubnet.node.naming import Target
+from hubnet.node.protocol import (
     Call,
     Credit,
     Event,
@@ -41,6 +40,7 @@ from node.protocol import (
     Stderr,
     Stdout,
 )
+from hubnet.trust import KnownHostsStore, PinnedKeys, expected_key, explain_failure, remember
 
 ReplyT = TypeVar("ReplyT", bound=Message)
 OutputSink = Callable[[bytes], Awaitable[object]]

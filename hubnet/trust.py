@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from identity.errors import ConfigError, HostKeyMismatch
-from identity.keys import encode_peer_id
-from node.naming import Target
+from hubnet.identity.errors import ConfigError, HostKeyMismatch
+from hubnet.identity.keys import encode_peer_id
+from hubnet.node.naming import Target
 
 
 class KnownHostsStore(Protocol):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from node.services import NodeConfig, Service, parse_services
+from hubnet.node.services import NodeConfig, Service, parse_services
 
 FACE_DB_PLACEHOLDER = "faces.sqlite"
 

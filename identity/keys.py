@@ -24,7 +24,7 @@ from nacl.bindings import (
     randombytes,
 )
 
-from identity.errors import ConfigError
+from hubnet.identity.errors import ConfigError
 
 PUBLIC_KEY_LEN = 32
 SEED_LEN = 32

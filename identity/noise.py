@@ -21,7 +21,7 @@ import nacl.bindings
 import nacl.exceptions
 import nacl.utils
 
-from identity.errors import DecryptError, HandshakeError, LocalProtocolError
+from hubnet.identity.errors import DecryptError, HandshakeError, LocalProtocolError
 
 __all__ = [
     "DHLEN",

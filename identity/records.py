@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import msgpack
 
-from identity.errors import RemoteProtocolError
-from identity.keys import PUBLIC_KEY_LEN, Identity, verify_signature
+from hubnet.identity.errors import RemoteProtocolError
+from hubnet.identity.keys import PUBLIC_KEY_LEN, Identity, verify_signature
 
 MAX_RECORD_LEN = 8192
 _SIGNATURE_LEN = 64

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import trio
 
-from identity.errors import HandshakeError, TransportError
-from identity.keys import Identity
-from identity.session import MAX_RECEIVE, HandshakeComplete, NoiseSession
+from hubnet.identity.errors import HandshakeError, TransportError
+from hubnet.identity.keys import Identity
+from hubnet.identity.session import MAX_RECEIVE, HandshakeComplete, NoiseSession
 
 
 class SecureStream(trio.abc.Stream):

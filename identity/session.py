@@ -22,9 +22,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from identity.errors import ConfigError, HandshakeError, LocalProtocolError, RemoteProtocolError
-from identity.keys import PUBLIC_KEY_LEN, noise_public_key
-from identity.noise import MAX_MESSAGE_LEN, TAG_LEN, CipherState, HandshakeState
+from hubnet.identity.errors import ConfigError, HandshakeError, LocalProtocolError, RemoteProtocolError
+from hubnet.identity.keys import PUBLIC_KEY_LEN, noise_public_key
+from hubnet.identity.noise import MAX_MESSAGE_LEN, TAG_LEN, CipherState, HandshakeState
 
 PROLOGUE = b"hubnet/1"
 IK = "Noise_IK_25519_ChaChaPoly_BLAKE2b"

@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from identity.errors import PolicyError
-from identity.keys import fingerprint
-from node.naming import format_service_id
-from node.protocol import Call, Exit, Reject, RejectCode, Terms, Usage
-from node.runner import JobOutcome
-from node.services import NodeConfig, Service
+from hubnet.identity.errors import PolicyError
+from hubnet.identity.keys import fingerprint
+from hubnet.node.naming import format_service_id
+from hubnet.node.protocol import Call, Exit, Reject, RejectCode, Terms, Usage
+from hubnet.node.runner import JobOutcome
+from hubnet.node.services import NodeConfig, Service
 
 MIB = 1 << 20
 

@@ -15,16 +15,16 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from dht.addresses import Address, DirectAddress
-from dht.lookup import Seed
-from dht.node import DhtNode
-from dht.transport import DatagramTransport
-from identity.keys import Identity
-from node.naming import Target
-from node.offers import Load
-from node.protocol import PeerInfo
-from node.publisher import OfferPublisher
-from node.services import NodeConfig
+from hubnet.dht.addresses import Address, DirectAddress
+from hubnet.dht.lookup import Seed
+from hubnet.dht.node import DhtNode
+from hubnet.dht.transport import DatagramTransport
+from hubnet.identity.keys import Identity
+from hubnet.node.naming import Target
+from hubnet.node.offers import Load
+from hubnet.node.protocol import PeerInfo
+from hubnet.node.publisher import OfferPublisher
+from hubnet.node.services import NodeConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class Discovery:
         async with trio.open_nursery() as nursery:
             await nursery.start(dht.serve)
             if self.lan:
-                from dht.beacon import run_beacon
+                from hubnet.dht.beacon import run_beacon
 
                 await nursery.start(run_beacon, dht)
             task_status.started(dht)

@@ -10,9 +10,9 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from dht.addresses import Address, DirectAddress, RelayAddress, parse_address
-from identity.errors import ConfigError
-from identity.keys import decode_peer_id
+from hubnet.dht.addresses import Address, DirectAddress, RelayAddress, parse_address
+from hubnet.identity.errors import ConfigError
+from hubnet.identity.keys import decode_peer_id
 
 SERVICE_ID_LEN = 16
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import msgpack
 
-from dht.addresses import Address, InvalidAddress, decode_address, encode_address
-from dht.ids import service_key
-from dht.records import ProviderRecord
-from identity.errors import RemoteProtocolError
-from node.naming import SERVICE_ID_LEN, is_service_name
+from hubnet.dht.addresses import Address, InvalidAddress, decode_address, encode_address
+from hubnet.dht.ids import service_key
+from hubnet.dht.records import ProviderRecord
+from hubnet.identity.errors import RemoteProtocolError
+from hubnet.node.naming import SERVICE_ID_LEN, is_service_name
 
 MAX_ADDRESSES = 8
 MAX_PRICE = 2**53  # millisatoshi; far above any sane price, small enough for a float ranking

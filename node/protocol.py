@@ -21,7 +21,7 @@ from typing import Any
 
 import msgpack
 
-from identity.errors import HubnetError, LocalProtocolError, RemoteProtocolError, TransportError
+from hubnet.identity.errors import HubnetError, LocalProtocolError, RemoteProtocolError, TransportError
 
 SERVICE_ID_LEN = 16
 MAX_MESSAGE = 1 << 20

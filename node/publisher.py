@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dht.addresses import Address
-from dht.ids import service_key
-from dht.records import MAX_NODE_ADDRESSES, NodeRecord, ProviderRecord
-from identity.keys import Identity
-from node.offers import Load, Offer
-from node.services import NodeConfig
+from hubnet.dht.addresses import Address
+from hubnet.dht.ids import service_key
+from hubnet.dht.records import MAX_NODE_ADDRESSES, NodeRecord, ProviderRecord
+from hubnet.identity.keys import Identity
+from hubnet.node.offers import Load, Offer
+from hubnet.node.services import NodeConfig
 
 OFFER_TTL = 300
 REPUBLISH_INTERVAL = 100.0

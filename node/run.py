@@ -15,15 +15,15 @@ from collections.abc import Sequence
 
 import trio
 
-from dht.addresses import DirectAddress
-from dht.transport import UdpTransport
-from identity.errors import HubnetError
-from identity.keys import Identity
-from node.discovery import Discovery, seeds_from
-from node.naming import Target
-from node.offers import Load
-from node.server import Node
-from node.services import NodeConfig
+from hubnet.dht.addresses import DirectAddress
+from hubnet.dht.transport import UdpTransport
+from hubnet.identity.errors import HubnetError
+from hubnet.identity.keys import Identity
+from hubnet.node.discovery import Discovery, seeds_from
+from hubnet.node.naming import Target
+from hubnet.node.offers import Load
+from hubnet.node.server import Node
+from hubnet.node.services import NodeConfig
 
 log = logging.getLogger("hubnet.node")
 

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import trio
 
-from identity.errors import HubnetError
+from hubnet.identity.errors import HubnetError
 
 _CHUNK = 65536
 _PIPE_SIZE = 1 << 20

@@ -20,13 +20,13 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from identity.errors import HubnetError, RemoteProtocolError, TransportError
-from identity.keys import Identity, encode_peer_id, fingerprint
-from identity.secure import SecureStream, accept_secure
-from identity.session import MAX_RECEIVE
-from node.admission import Admitted, Occupancy, admit, settle
-from node.naming import format_service_id
-from node.protocol import (
+from hubnet.identity.errors import HubnetError, RemoteProtocolError, TransportError
+from hubnet.identity.keys import Identity, encode_peer_id, fingerprint
+from hubnet.identity.secure import SecureStream, accept_secure
+from hubnet.identity.session import MAX_RECEIVE
+from hubnet.node.admission import Admitted, Occupancy, admit, settle
+from hubnet.node.naming import format_service_id
+from hubnet.node.protocol import (
     DATA_CHUNK,
     MAX_PEERS,
     MAX_TEXT,
@@ -57,8 +57,8 @@ from node.protocol import (
     StdinEnd,
     Stdout,
 )
-from node.runner import Job, JobLimits, JobOutcome, SpawnError
-from node.services import NodeConfig, Service
+from hubnet.node.runner import Job, JobLimits, JobOutcome, SpawnError
+from hubnet.node.services import NodeConfig, Service
 
 log = logging.getLogger("hubnet.node")
 

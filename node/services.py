@@ -20,18 +20,18 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from dht.addresses import DEFAULT_PORT, Address, RelayAddress, parse_address, parse_hostport
-from identity.errors import ConfigError, PolicyError
-from identity.keys import decode_peer_id
-from node.naming import (
+from hubnet.dht.addresses import DEFAULT_PORT, Address, RelayAddress, parse_address, parse_hostport
+from hubnet.identity.errors import ConfigError, PolicyError
+from hubnet.identity.keys import decode_peer_id
+from hubnet.node.naming import (
     Target,
     format_service_id,
     is_service_name,
     parse_service_id,
     service_id_for_name,
 )
-from node.offers import MAX_ADDRESSES, Price
-from node.protocol import MAX_SERVICES
+from hubnet.node.offers import MAX_ADDRESSES, Price
+from hubnet.node.protocol import MAX_SERVICES
 
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
 MAX_ARGS = 256

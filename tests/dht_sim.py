@@ -33,16 +33,16 @@ from typing import Any, TypeVar
 import trio
 import trio.testing
 
-from dht.addresses import DirectAddress
-from dht.ids import ID_LEN, distance, node_id, service_key
-from dht.lookup import ALPHA, Lookup, Seed
-from dht.messages import Contact, Ping
-from dht.node import DhtNode
-from dht.records import Address, NodeRecord, ProviderRecord
-from dht.routing import K
-from dht.transport import MemoryNetwork, UdpTransport
-from identity.keys import Identity
-from node.offers import Load, Offer, Price
+from hubnet.dht.addresses import DirectAddress
+from hubnet.dht.ids import ID_LEN, distance, node_id, service_key
+from hubnet.dht.lookup import ALPHA, Lookup, Seed
+from hubnet.dht.messages import Contact, Ping
+from hubnet.dht.node import DhtNode
+from hubnet.dht.records import Address, NodeRecord, ProviderRecord
+from hubnet.dht.routing import K
+from hubnet.dht.transport import MemoryNetwork, UdpTransport
+from hubnet.identity.keys import Identity
+from hubnet.node.offers import Load, Offer, Price
 
 EPOCH = 1_700_000_000  # unix time at virtual time 0
 PORT = 7070

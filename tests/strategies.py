@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from dht.addresses import DirectAddress, RelayAddress
+from hubnet.dht.addresses import DirectAddress, RelayAddress
 
 # Any value msgpack can carry, nested: what a hostile peer can put where a field belongs.
 msgpack_values = st.recursive(

@@ -30,11 +30,11 @@ import trio
 
 from hubnet.call_machine import CANCEL_GRACE
 from hubnet.exits import EXIT_INTERRUPTED
+from hubnet.identity.errors import TransportError
+from hubnet.identity.keys import Identity
+from hubnet.node.naming import Target, service_id_for_name
+from hubnet.node.protocol import Call
 from hubnet.trio_client import Client as TrioClient
-from identity.errors import TransportError
-from identity.keys import Identity
-from node.naming import Target, service_id_for_name
-from node.protocol import Call
 from tests.e2e.harness import CALL_TIMEOUT, Client, Server, base_env, toml_string
 from tests.helpers import require_program
 

@@ -15,14 +15,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from dht.addresses import parse_address
-from dht.ids import service_key
-from dht.messages import AddProvider, decode, encode
-from dht.records import ProviderRecord
-from identity.keys import Identity
-from identity.records import SignedRecord
-from node.naming import service_id_for_name
-from node.offers import Load, Offer, Price
+from hubnet.dht.addresses import parse_address
+from hubnet.dht.ids import service_key
+from hubnet.dht.messages import AddProvider, decode, encode
+from hubnet.dht.records import ProviderRecord
+from hubnet.identity.keys import Identity
+from hubnet.identity.records import SignedRecord
+from hubnet.node.naming import service_id_for_name
+from hubnet.node.offers import Load, Offer, Price
 from tests.e2e.harness import Client, Server, wait_until
 
 NODES = 12
@@ -157,7 +157,7 @@ def test_stopping_the_cheaper_provider_moves_calls_to_the_other(network: Network
 
 
 def _peer_hex(server: Server) -> str:
-    from identity.keys import decode_peer_id
+    from hubnet.identity.keys import decode_peer_id
 
     return decode_peer_id(server.peer_id).hex()
 

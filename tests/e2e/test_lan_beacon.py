@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from dht.beacon import BEACON_GROUP, BEACON_PORT
+from hubnet.dht.beacon import BEACON_GROUP, BEACON_PORT
 from tests.helpers import REQUIRE_ALL_VARIABLE, require_all, require_program
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,17 +36,17 @@ IP_TIMEOUT = 10.0
 NODE_SCRIPT = """
 import json, logging, sys
 import trio
-from dht.beacon import run_beacon
-from dht.node import DhtNode
-from dht.transport import UdpTransport
-from identity.keys import Identity
+from hubnet.dht.beacon import run_beacon
+from hubnet.dht.node import DhtNode
+from hubnet.dht.transport import UdpTransport
+from hubnet.identity.keys import Identity
 
 async def main(host, port, expect, timeout, interval, deaf):
     if deaf:
         # Stands in for a node whose beacon goes out but whose pings never do (a one-way
         # firewall, say): the others must reach it by themselves.
-        import dht.beacon
-        dht.beacon.BeaconState.receive = lambda self, data, source_ip, *, now: None
+        import hubnet.dht.beacon
+        hubnet.dht.beacon.BeaconState.receive = lambda self, data, source_ip, *, now: None
     node = DhtNode(Identity.generate(), await UdpTransport.bind(host, port))
     stopped = trio.Event()
 
@@ -76,7 +76,7 @@ trio.run(main, *json.loads(sys.argv[1]))
 # `seconds` (the test kills it sooner); says so once the first round is out.
 SPRAY_SCRIPT = """
 import json, socket, sys, time
-from dht.beacon import BEACON_MAGIC, BEACON_VERSION, MAX_BEACON_LEN
+from hubnet.dht.beacon import BEACON_MAGIC, BEACON_VERSION, MAX_BEACON_LEN
 group, port, seconds = json.loads(sys.argv[1])
 junk = [
     b"", b"garbage", BEACON_MAGIC, BEACON_MAGIC + bytes([BEACON_VERSION]) + b"\\xc1" * 40,

@@ -27,11 +27,11 @@ from pathlib import Path
 import pytest
 import trio
 
+from hubnet.identity.errors import HubnetError
+from hubnet.identity.keys import Identity
+from hubnet.node.naming import Target, service_id_for_name
+from hubnet.node.protocol import STDIN_WINDOW, Call
 from hubnet.trio_client import CallOutput, Client
-from identity.errors import HubnetError
-from identity.keys import Identity
-from node.naming import Target, service_id_for_name
-from node.protocol import STDIN_WINDOW, Call
 from tests.e2e.harness import Server
 from tests.helpers import require_program
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from identity.keys import Identity, decode_peer_id
-from identity.session import NoiseSession
+from hubnet.identity.keys import Identity, decode_peer_id
+from hubnet.identity.session import NoiseSession
 from tests.e2e.conftest import Node
 from tests.e2e.harness import CALL_TIMEOUT, Client, base_env, wait_until
 

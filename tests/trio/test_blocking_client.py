@@ -19,17 +19,17 @@ from pathlib import Path
 import pytest
 import trio
 
-from dht.addresses import DirectAddress, RelayAddress
 from hubnet import client
+from hubnet.dht.addresses import DirectAddress, RelayAddress
 from hubnet.dialer import TcpDialer
+from hubnet.identity.errors import Rejected, TransportError
+from hubnet.identity.keys import Identity, encode_peer_id
 from hubnet.known_hosts import KnownHosts
+from hubnet.node.naming import Target, service_id_for_name
+from hubnet.node.protocol import STDIN_WINDOW, Call, GetStatus, ListServices, Services, StatusReply
+from hubnet.node.server import Node
+from hubnet.node.services import parse_services
 from hubnet.trust import PinnedKeys
-from identity.errors import Rejected, TransportError
-from identity.keys import Identity, encode_peer_id
-from node.naming import Target, service_id_for_name
-from node.protocol import STDIN_WINDOW, Call, GetStatus, ListServices, Services, StatusReply
-from node.server import Node
-from node.services import parse_services
 from tests.helpers import require_program
 
 SERVICES = """

@@ -13,15 +13,15 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from dht.addresses import DirectAddress
-from dht.client import DhtClient
-from dht.ids import service_key
-from dht.lookup import Seed
-from dht.node import DhtNode
-from dht.records import NodeRecord, ProviderRecord
-from dht.transport import UdpTransport
-from identity.errors import TransportError
-from identity.keys import Identity
+from hubnet.dht.addresses import DirectAddress
+from hubnet.dht.client import DhtClient
+from hubnet.dht.ids import service_key
+from hubnet.dht.lookup import Seed
+from hubnet.dht.node import DhtNode
+from hubnet.dht.records import NodeRecord, ProviderRecord
+from hubnet.dht.transport import UdpTransport
+from hubnet.identity.errors import TransportError
+from hubnet.identity.keys import Identity
 
 NODES = 6
 

@@ -18,15 +18,15 @@ import pytest
 import trio
 import trio.testing
 
-from dht.addresses import DirectAddress
-from dht.ids import ID_LEN, node_id, service_key
-from dht.lookup import Seed
-from dht.messages import DATAGRAM_DOMAIN, FindNode, Nodes, Ping, Pong, decode, encode
-from dht.node import DhtNode
-from dht.records import NodeRecord, ProviderRecord
-from dht.transport import MemoryNetwork
-from identity.keys import Identity
-from identity.records import SignedRecord
+from hubnet.dht.addresses import DirectAddress
+from hubnet.dht.ids import ID_LEN, node_id, service_key
+from hubnet.dht.lookup import Seed
+from hubnet.dht.messages import DATAGRAM_DOMAIN, FindNode, Nodes, Ping, Pong, decode, encode
+from hubnet.dht.node import DhtNode
+from hubnet.dht.records import NodeRecord, ProviderRecord
+from hubnet.dht.transport import MemoryNetwork
+from hubnet.identity.keys import Identity
+from hubnet.identity.records import SignedRecord
 from tests.dht_sim import EPOCH, identities_with_prefixes, simulation, udp_chain
 
 UDP_DEADLINE = 30  # seconds; a healthy run takes well under one

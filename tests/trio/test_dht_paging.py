@@ -19,13 +19,13 @@ from typing import TypeVar
 
 import trio
 
-from dht.client import DhtClient
-from dht.ids import service_key
-from dht.lookup import Lookup, Seed
-from dht.messages import GetProviders, InvalidMessage, decode
-from dht.records import Address, ProviderRecord
-from dht.transport import DatagramTransport, UdpTransport
-from identity.keys import Identity
+from hubnet.dht.client import DhtClient
+from hubnet.dht.ids import service_key
+from hubnet.dht.lookup import Lookup, Seed
+from hubnet.dht.messages import GetProviders, InvalidMessage, decode
+from hubnet.dht.records import Address, ProviderRecord
+from hubnet.dht.transport import DatagramTransport, UdpTransport
+from hubnet.identity.keys import Identity
 from tests.dht_sim import SimNode, udp_chain
 
 NODES = 12

@@ -34,14 +34,14 @@ import pytest
 import trio
 import trio.testing
 
-from dht.addresses import DirectAddress
-from dht.ids import ID_LEN, K, distance, node_id, service_key
-from dht.messages import AddProvider, Stored
-from dht.records import PROVIDER_DOMAIN, NodeRecord, ProviderRecord
-from dht.store import RecordStore
-from identity.keys import Identity
-from identity.records import SignedRecord
-from node.offers import offer_from_record
+from hubnet.dht.addresses import DirectAddress
+from hubnet.dht.ids import ID_LEN, K, distance, node_id, service_key
+from hubnet.dht.messages import AddProvider, Stored
+from hubnet.dht.records import PROVIDER_DOMAIN, NodeRecord, ProviderRecord
+from hubnet.dht.store import RecordStore
+from hubnet.identity.keys import Identity
+from hubnet.identity.records import SignedRecord
+from hubnet.node.offers import offer_from_record
 from tests.dht_sim import SimNode, Summary, run, seed_scheduler, simulation
 
 NODES = 250

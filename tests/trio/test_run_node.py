@@ -13,10 +13,10 @@ import pytest
 import trio
 
 from hubnet.exits import EXIT_FAILURE, exit_code_for
-from identity.keys import Identity
-from node.discovery import Discovery
-from node.run import ListenError, run_node
-from node.services import parse_services
+from hubnet.identity.keys import Identity
+from hubnet.node.discovery import Discovery
+from hubnet.node.run import ListenError, run_node
+from hubnet.node.services import parse_services
 
 
 @pytest.mark.parametrize("kind", [socket.SOCK_STREAM, socket.SOCK_DGRAM], ids=["tcp-jobs", "udp-dht"])

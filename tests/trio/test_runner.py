@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from node.runner import Job, JobLimits, JobOutcome, SpawnError
+from hubnet.node.runner import Job, JobLimits, JobOutcome, SpawnError
 
 ROOMY = JobLimits(timeout=60, max_output=64 << 20)  # never fires in these tests
 SH = shutil.which("sh") or "/bin/sh"

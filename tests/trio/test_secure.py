@@ -15,15 +15,15 @@ import pytest
 import trio
 import trio.testing
 
-from identity.errors import (
+from hubnet.identity.errors import (
     DecryptError,
     HandshakeError,
     LocalProtocolError,
     RemoteProtocolError,
     TransportError,
 )
-from identity.keys import Identity
-from identity.secure import SecureStream, accept_secure, connect_secure
+from hubnet.identity.keys import Identity
+from hubnet.identity.secure import SecureStream, accept_secure, connect_secure
 
 ALICE = Identity.from_seed(bytes(range(32)))  # the client
 BOB = Identity.from_seed(bytes(range(32, 64)))  # the server

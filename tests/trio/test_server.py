@@ -16,11 +16,11 @@ import pytest
 import trio
 import trio.testing
 
-from identity.errors import TransportError
-from identity.keys import Identity
-from identity.secure import SecureStream, connect_secure
-from node.naming import service_id_for_name
-from node.protocol import (
+from hubnet.identity.errors import TransportError
+from hubnet.identity.keys import Identity
+from hubnet.identity.secure import SecureStream, connect_secure
+from hubnet.node.naming import service_id_for_name
+from hubnet.node.protocol import (
     Call,
     Cancel,
     Exit,
@@ -39,8 +39,8 @@ from node.protocol import (
     StdinEnd,
     Stdout,
 )
-from node.server import Node
-from node.services import parse_services
+from hubnet.node.server import Node
+from hubnet.node.services import parse_services
 
 
 def _node(tmp_path: Path, caller: Identity) -> Node:

@@ -15,13 +15,12 @@ import pytest
 import trio
 import trio.testing
 
-from dht.addresses import Address, DirectAddress, RelayAddress
-from hubnet.trio_client import Client, TcpStreamDialer
-from identity.errors import HostKeyMismatch, Rejected, RemoteProtocolError, TransportError
-from identity.keys import Identity, encode_peer_id
-from identity.secure import SecureStream, accept_secure
-from node.naming import Target, service_id_for_name
-from node.protocol import (
+from hubnet.dht.addresses import Address, DirectAddress, RelayAddress
+from hubnet.identity.errors import HostKeyMismatch, Rejected, RemoteProtocolError, TransportError
+from hubnet.identity.keys import Identity, encode_peer_id
+from hubnet.identity.secure import SecureStream, accept_secure
+from hubnet.node.naming import Target, service_id_for_name
+from hubnet.node.protocol import (
     STDIN_WINDOW,
     Accept,
     Call,
@@ -34,8 +33,9 @@ from node.protocol import (
     StatusReply,
     Stdout,
 )
-from node.server import Node
-from node.services import parse_services
+from hubnet.node.server import Node
+from hubnet.node.services import parse_services
+from hubnet.trio_client import Client, TcpStreamDialer
 from tests.helpers import require_program
 
 ADDRESS = DirectAddress("node.test", 7070)  # never resolved: the in-memory dialer takes it

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dht.addresses import (
+from hubnet.dht.addresses import (
     DirectAddress,
     InvalidAddress,
     RelayAddress,
@@ -15,8 +15,8 @@ from dht.addresses import (
     encode_address,
     parse_address,
 )
-from identity.errors import ConfigError
-from identity.keys import encode_peer_id
+from hubnet.identity.errors import ConfigError
+from hubnet.identity.keys import encode_peer_id
 from tests.strategies import addresses
 
 RELAY = bytes(range(32))

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dht.addresses import Address, DirectAddress, RelayAddress
-from dht.beacon import (
+from hubnet.dht.addresses import Address, DirectAddress, RelayAddress
+from hubnet.dht.beacon import (
     BEACON_INTERVAL,
     BEACON_MAGIC,
     BEACON_RECORD_TTL,
@@ -21,9 +21,9 @@ from dht.beacon import (
     encode_beacon,
     reachable_address,
 )
-from dht.records import NODE_DOMAIN, NodeRecord, ProviderRecord
-from identity.keys import Identity
-from identity.records import SignedRecord
+from hubnet.dht.records import NODE_DOMAIN, NodeRecord, ProviderRecord
+from hubnet.identity.keys import Identity
+from hubnet.identity.records import SignedRecord
 
 FAST = settings(max_examples=200, deadline=None)
 ALICE = Identity.from_seed(bytes(range(32)))

@@ -15,10 +15,10 @@ from typing import TypeVar
 
 import pytest
 
-from identity.blocking import SecureSocket, connect_secure_socket
-from identity.errors import HandshakeError, RemoteProtocolError, TransportError
-from identity.keys import Identity
-from identity.session import IK, MAX_RECEIVE, XX, HandshakeComplete, NoiseSession
+from hubnet.identity.blocking import SecureSocket, connect_secure_socket
+from hubnet.identity.errors import HandshakeError, RemoteProtocolError, TransportError
+from hubnet.identity.keys import Identity
+from hubnet.identity.session import IK, MAX_RECEIVE, XX, HandshakeComplete, NoiseSession
 
 ALICE = Identity.from_seed(bytes(range(32)))  # the initiator
 BOB = Identity.from_seed(bytes(range(32, 64)))  # the responder

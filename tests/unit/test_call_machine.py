@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hubnet.call_machine import CallMachine
-from identity.errors import LocalProtocolError, RemoteProtocolError, TransportError
-from node.naming import service_id_for_name
-from node.protocol import (
+from hubnet.identity.errors import LocalProtocolError, RemoteProtocolError, TransportError
+from hubnet.node.naming import service_id_for_name
+from hubnet.node.protocol import (
     MAX_DATA,
     STDIN_WINDOW,
     Accept,

@@ -18,10 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dht.addresses import DirectAddress
-from dht.ids import ID_LEN, distance, node_id
-from dht.lookup import Lookup, ProviderLookup, ProviderResults, Query
-from dht.messages import (
+from hubnet.dht.addresses import DirectAddress
+from hubnet.dht.ids import ID_LEN, distance, node_id
+from hubnet.dht.lookup import Lookup, ProviderLookup, ProviderResults, Query
+from hubnet.dht.messages import (
     MAX_RECORDS_PER_REPLY,
     AddProvider,
     Contact,
@@ -39,11 +39,11 @@ from dht.messages import (
     decode,
     encode,
 )
-from dht.protocol import DhtProtocol, PingNeeded, ReplyReceived, Send
-from dht.records import NodeRecord, ProviderRecord
-from dht.routing import RoutingTable
-from dht.store import RecordStore, StoreLimits
-from identity.keys import Identity
+from hubnet.dht.protocol import DhtProtocol, PingNeeded, ReplyReceived, Send
+from hubnet.dht.records import NodeRecord, ProviderRecord
+from hubnet.dht.routing import RoutingTable
+from hubnet.dht.store import RecordStore, StoreLimits
+from hubnet.identity.keys import Identity
 from tests.dht_sim import identities_with_prefixes
 
 NOW = 1_700_000_000

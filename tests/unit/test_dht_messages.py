@@ -7,8 +7,8 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from dht.ids import ID_LEN, node_id
-from dht.messages import (
+from hubnet.dht.ids import ID_LEN, node_id
+from hubnet.dht.messages import (
     DATAGRAM_DOMAIN,
     MAX_CONTACTS,
     MAX_DATAGRAM,
@@ -33,9 +33,9 @@ from dht.messages import (
     decode,
     encode,
 )
-from dht.records import MAX_PROVIDER_RECORD_LEN, ProviderRecord
-from identity.keys import PUBLIC_KEY_LEN, Identity
-from identity.records import SignedRecord
+from hubnet.dht.records import MAX_PROVIDER_RECORD_LEN, ProviderRecord
+from hubnet.identity.keys import PUBLIC_KEY_LEN, Identity
+from hubnet.identity.records import SignedRecord
 from tests.strategies import msgpack_values
 
 FAST = settings(max_examples=200, deadline=None, derandomize=True)

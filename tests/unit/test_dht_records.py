@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dht.addresses import Address, DirectAddress, RelayAddress
-from dht.records import (
+from hubnet.dht.addresses import Address, DirectAddress, RelayAddress
+from hubnet.dht.records import (
     MAX_CLOCK_SKEW,
     MAX_NODE_ADDRESSES,
     MAX_NODE_RECORD_LEN,
@@ -20,8 +20,8 @@ from dht.records import (
     NodeRecord,
     ProviderRecord,
 )
-from identity.keys import Identity
-from identity.records import InvalidRecord, SignedRecord
+from hubnet.identity.keys import Identity
+from hubnet.identity.records import InvalidRecord, SignedRecord
 from tests.strategies import addresses, msgpack_values
 
 FAST = settings(max_examples=200, deadline=None, derandomize=True)

@@ -7,9 +7,9 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dht.ids import ID_BITS, ID_LEN, distance
-from dht.messages import Contact
-from dht.routing import K, RoutingTable
+from hubnet.dht.ids import ID_BITS, ID_LEN, distance
+from hubnet.dht.messages import Contact
+from hubnet.dht.routing import K, RoutingTable
 
 FAST = settings(max_examples=100, deadline=None, derandomize=True)
 

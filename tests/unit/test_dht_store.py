@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from dht.addresses import DirectAddress
-from dht.records import NodeRecord, ProviderRecord
-from dht.store import RecordRefused, RecordStore, StoreLimits
-from identity.keys import Identity
+from hubnet.dht.addresses import DirectAddress
+from hubnet.dht.records import NodeRecord, ProviderRecord
+from hubnet.dht.store import RecordRefused, RecordStore, StoreLimits
+from hubnet.identity.keys import Identity
 
 NOW = 1_700_000_000
 PUBLISHERS = [Identity.from_seed(i.to_bytes(32, "big")) for i in range(1, 9)]

@@ -20,11 +20,11 @@ import pytest
 
 from hubnet.cli import cli
 from hubnet.config import load_client_config
+from hubnet.identity.errors import ConfigError, PolicyError
+from hubnet.identity.keys import decode_peer_id
 from hubnet.known_hosts import KnownHosts
+from hubnet.node.services import Service, parse_services
 from hubnet.select import parse_selection_rules
-from identity.errors import ConfigError, PolicyError
-from identity.keys import decode_peer_id
-from node.services import Service, parse_services
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from identity.errors import ConfigError, RemoteProtocolError
-from identity.keys import (
+from hubnet.identity.errors import ConfigError, RemoteProtocolError
+from hubnet.identity.keys import (
     Identity,
     decode_peer_id,
     encode_peer_id,
@@ -20,8 +20,8 @@ from identity.keys import (
     load_or_create_identity,
     noise_public_key,
 )
-from identity.noise import public_key as x25519_public_key
-from identity.records import MAX_RECORD_LEN, InvalidRecord, SignedRecord
+from hubnet.identity.noise import public_key as x25519_public_key
+from hubnet.identity.records import MAX_RECORD_LEN, InvalidRecord, SignedRecord
 
 FAST = settings(max_examples=100, deadline=None)
 ALICE = Identity.from_seed(bytes(range(32)))

@@ -16,8 +16,7 @@ import hubnet.cli
 from hubnet.cli import cli
 from hubnet.commands import Context
 from hubnet.exits import exit_code_for
-from hubnet.main import parse_fast_call
-from identity.errors import (
+from hubnet.identity.errors import (
     ConfigError,
     HandshakeError,
     HostKeyMismatch,
@@ -25,6 +24,7 @@ from identity.errors import (
     Rejected,
     TransportError,
 )
+from hubnet.main import parse_fast_call
 
 
 def _click_parse(argv: list[str]) -> tuple[str | None, bool, str | None, str, tuple[str, ...]] | None:

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from identity.errors import DecryptError, HandshakeError, LocalProtocolError
-from identity.noise import (
+from hubnet.identity.errors import DecryptError, HandshakeError, LocalProtocolError
+from hubnet.identity.noise import (
     MAX_MESSAGE_LEN,
     TAG_LEN,
     CipherState,

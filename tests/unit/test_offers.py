@@ -9,15 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dht.addresses import Address, DirectAddress, RelayAddress
-from dht.ids import service_key
-from dht.records import NodeRecord, ProviderRecord
-from identity.errors import ConfigError
-from identity.keys import Identity
-from node.naming import service_id_for_name
-from node.offers import MAX_ADDRESSES, InvalidOffer, Load, Offer, Price, offer_from_record
-from node.publisher import OfferPublisher
-from node.services import parse_services
+from hubnet.dht.addresses import Address, DirectAddress, RelayAddress
+from hubnet.dht.ids import service_key
+from hubnet.dht.records import NodeRecord, ProviderRecord
+from hubnet.identity.errors import ConfigError
+from hubnet.identity.keys import Identity
+from hubnet.node.naming import service_id_for_name
+from hubnet.node.offers import MAX_ADDRESSES, InvalidOffer, Load, Offer, Price, offer_from_record
+from hubnet.node.publisher import OfferPublisher
+from hubnet.node.services import parse_services
 from tests.strategies import addresses
 
 IDENTITY = Identity.from_seed(bytes(range(32)))

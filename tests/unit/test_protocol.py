@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from identity.errors import LocalProtocolError, RemoteProtocolError, TransportError
-from node.protocol import (
+from hubnet.identity.errors import LocalProtocolError, RemoteProtocolError, TransportError
+from hubnet.node.protocol import (
     INITIAL,
     MAX_ARGS,
     MAX_ARGS_BYTES,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from hubnet.node.services import parse_services
 from hubnet_robot import examples
 from hubnet_robot.examples import EXAMPLES, with_examples
-from node.services import parse_services
 
 BASE = parse_services('listen = "127.0.0.1:0"\n[services.cat]\ncommand = ["cat"]\n')
 

@@ -25,10 +25,10 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image
 
+from hubnet.identity.errors import PolicyError
+from hubnet.node.services import parse_services
 from hubnet_robot import face
 from hubnet_robot._face_store import FaceStore
-from identity.errors import PolicyError
-from node.services import parse_services
 from tests import photos
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "robot-face.md"

@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
+from hubnet.identity.errors import PolicyError
+from hubnet.node.services import parse_services
 from hubnet_robot import listen
 from hubnet_robot._audio import EXTENSIBLE, IEEE_FLOAT, PCM, ProgramError, parse_wav
-from identity.errors import PolicyError
-from node.services import parse_services
 from tests.helpers import require_all, require_program
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "robot-speech.md"

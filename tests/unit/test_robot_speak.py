@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from hubnet.identity.errors import PolicyError
+from hubnet.node.services import parse_services
 from hubnet_robot import speak
-from identity.errors import PolicyError
-from node.services import parse_services
 from tests.helpers import require_program
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "robot-speech.md"

@@ -13,7 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dht.addresses import DirectAddress
+from hubnet.dht.addresses import DirectAddress
+from hubnet.identity.errors import ConfigError
+from hubnet.identity.keys import encode_peer_id
+from hubnet.node.offers import Load, Offer, Price
 from hubnet.select import (
     PriceCap,
     Probe,
@@ -25,9 +28,6 @@ from hubnet.select import (
     probe_targets,
     rank,
 )
-from identity.errors import ConfigError
-from identity.keys import encode_peer_id
-from node.offers import Load, Offer, Price
 
 NOW = 1_700_000_000
 DOC = Path(__file__).resolve().parents[2] / "docs" / "client-rules.md"

@@ -10,15 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dht.addresses import parse_hostport
-from identity.errors import ConfigError, PolicyError
-from node.naming import (
+from hubnet.dht.addresses import parse_hostport
+from hubnet.identity.errors import ConfigError, PolicyError
+from hubnet.node.naming import (
     format_service_id,
     parse_service_id,
     resolve_service_ref,
     service_id_for_name,
 )
-from node.services import (
+from hubnet.node.services import (
     ArgumentPolicy,
     Shape,
     load_services,

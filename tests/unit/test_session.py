@@ -9,15 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from identity.errors import (
+from hubnet.identity.errors import (
     DecryptError,
     HandshakeError,
     LocalProtocolError,
     RemoteProtocolError,
 )
-from identity.keys import Identity
-from identity.noise import MAX_MESSAGE_LEN
-from identity.session import (
+from hubnet.identity.keys import Identity
+from hubnet.identity.noise import MAX_MESSAGE_LEN
+from hubnet.identity.session import (
     IK,
     MAX_PAYLOAD,
     MAX_RECEIVE,

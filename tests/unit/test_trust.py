@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from dht.addresses import DirectAddress, RelayAddress
+from hubnet.dht.addresses import DirectAddress, RelayAddress
+from hubnet.identity.errors import ConfigError, HostKeyMismatch
+from hubnet.identity.keys import Identity, encode_peer_id
 from hubnet.known_hosts import KnownHosts
+from hubnet.node.naming import Target
 from hubnet.trust import KnownHostsStore, PinnedKeys, expected_key, explain_failure, remember
-from identity.errors import ConfigError, HostKeyMismatch
-from identity.keys import Identity, encode_peer_id
-from node.naming import Target
 
 OLD = Identity.from_seed(bytes(range(32))).public_key  # the node's key when first met
 NEW = Identity.from_seed(bytes(range(32, 64))).public_key  # the key it presents later
