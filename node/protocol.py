@@ -41,6 +41,8 @@ DATA_CHUNK = 256 * 1024
 # the job does not read its stdin, and a connection never buffers more than this of it.
 STDIN_WINDOW = 4 * DATA_CHUNK
 MAX_RECEIPT = 4096
+MAX_CALL_ATTESTATIONS = 8  # a caller belongs to a few organisations, not to many
+MAX_ATTESTATION_BYTES = 512  # hubnet.identity.orgs.MAX_ATTESTATION_LEN, with room
 
 
 class Kind(enum.IntEnum):
@@ -77,10 +79,13 @@ class RejectCode(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Call:
-    """Run `service_id` with the client's `args`."""
+    """Run `service_id` with the client's `args`; `attestations` are the caller's organisation
+    attestations (encoded `hubnet.identity.orgs.Attestation`s), for services that serve
+    organisations' members only or free."""
 
     service_id: bytes
     args: tuple[str, ...] = ()
+    attestations: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -281,15 +286,22 @@ def _bytes(v: object) -> bytes:
     return v
 
 
-def _known(f: list[Any], arity: int, what: str) -> list[Any]:
-    """The first `arity` fields; later ones are a newer peer's additions (versioning rule)."""
-    if not isinstance(f, list) or len(f) < arity:
-        raise RemoteProtocolError(f"{what} needs at least {arity} fields")
+def _known(f: list[Any], arity: int, what: str, required: int | None = None) -> list[Any]:
+    """The first `arity` fields (of which `required`, by default all, must be there); later
+    ones are a newer peer's additions (versioning rule)."""
+    needed = arity if required is None else required
+    if not isinstance(f, list) or len(f) < needed:
+        raise RemoteProtocolError(f"{what} needs at least {needed} fields")
     return f[:arity]
 
 
 def _decode_call(f: list[Any]) -> Call:
-    sid, args = f
+    sid, args, *optional = f
+    attestations = optional[0] if optional else []
+    if not isinstance(attestations, list) or len(attestations) > MAX_CALL_ATTESTATIONS:
+        raise RemoteProtocolError(f"a call carries at most {MAX_CALL_ATTESTATIONS} attestations")
+    if not all(isinstance(a, bytes) and len(a) <= MAX_ATTESTATION_BYTES for a in attestations):
+        raise RemoteProtocolError(f"an attestation is at most {MAX_ATTESTATION_BYTES} bytes")
     if not isinstance(sid, bytes) or len(sid) != SERVICE_ID_LEN:
         raise RemoteProtocolError("service id must be 16 bytes")
     if not isinstance(args, list) or len(args) > MAX_ARGS:
@@ -297,7 +309,7 @@ def _decode_call(f: list[Any]) -> Call:
     parsed = tuple(_text(a, MAX_ARGS_BYTES) for a in args)
     if sum(len(a) for a in parsed) > MAX_ARGS_BYTES:
         raise RemoteProtocolError("arguments too long")
-    return Call(sid, parsed)
+    return Call(sid, parsed, tuple(attestations))
 
 
 def _decode_exit(f: list[Any]) -> Exit:
@@ -359,7 +371,13 @@ def _decode_peers(f: list[Any]) -> Peers:
 
 
 _CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[list[Any]], Message]]] = {
-    Call: (Kind.CALL, 2, lambda m: [m.service_id, list(m.args)], _decode_call),
+    Call: (
+        Kind.CALL,
+        2,
+        # The attestations field is optional: a call without any stays as short as before.
+        lambda m: [m.service_id, list(m.args), *([list(m.attestations)] if m.attestations else [])],
+        _decode_call,
+    ),
     ListServices: (Kind.LIST, 0, lambda m: [], lambda f: ListServices()),
     GetStatus: (Kind.STATUS, 0, lambda m: [], lambda f: GetStatus()),
     GetPeers: (Kind.PEERS, 0, lambda m: [], lambda f: GetPeers()),
@@ -418,6 +436,8 @@ _CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[
 _KIND_OF = {cls: spec[0] for cls, spec in _CODECS.items()}
 _FIELDS_OF = {cls: spec[2] for cls, spec in _CODECS.items()}
 _BY_KIND = {spec[0]: (spec[1], spec[3]) for spec in _CODECS.values()}
+# Fields this version knows beyond a kind's required ones, which a sender may leave out.
+_OPTIONAL_FIELDS = {Kind.CALL: 1}
 
 
 def decode_object(obj: object) -> Message:
@@ -429,7 +449,7 @@ def decode_object(obj: object) -> Message:
         arity, decoder = _BY_KIND[Kind(kind)]
     except ValueError:
         raise RemoteProtocolError(f"unknown message kind {kind}") from None
-    return decoder(_known(fields, arity, f"message kind {kind}"))
+    return decoder(_known(fields, arity + _OPTIONAL_FIELDS.get(kind, 0), f"message kind {kind}", arity))
 
 
 def decode(data: bytes) -> Message:

@@ -17,6 +17,8 @@ from hubnet.node.protocol import (
     INITIAL,
     MAX_ARGS,
     MAX_ARGS_BYTES,
+    MAX_ATTESTATION_BYTES,
+    MAX_CALL_ATTESTATIONS,
     MAX_DATA,
     MAX_MESSAGE,
     MAX_PEERS,
@@ -71,7 +73,12 @@ floats = st.floats(allow_nan=False)
 data = st.binary(max_size=300)
 
 MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
-    Call: st.builds(Call, service_ids, st.lists(texts, max_size=12).map(tuple)),
+    Call: st.builds(
+        Call,
+        service_ids,
+        st.lists(texts, max_size=12).map(tuple),
+        st.lists(st.binary(max_size=MAX_ATTESTATION_BYTES), max_size=MAX_CALL_ATTESTATIONS).map(tuple),
+    ),
     ListServices: st.just(ListServices()),
     GetStatus: st.just(GetStatus()),
     Start: st.just(Start()),
@@ -309,7 +316,9 @@ def test_malformed_fields_are_refused(raw: bytes) -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        pytest.param(_raw(Kind.CALL, [SID, ["a"], "later"]), Call(SID, ("a",)), id="call"),
+        pytest.param(
+            _raw(Kind.CALL, [SID, ["a"], [b"att"], "later"]), Call(SID, ("a",), (b"att",)), id="call"
+        ),
         pytest.param(_raw(Kind.START, [1, 2]), Start(), id="start"),
         pytest.param(
             _raw(Kind.ACCEPT, ["j", [1, 2, 3, 4, 5], {}]), Accept("j", Terms(1, 2, 3, 4)), id="terms"
@@ -334,6 +343,25 @@ def test_malformed_fields_are_refused(raw: bytes) -> None:
 def test_fields_a_newer_peer_appends_are_ignored(raw: bytes, message: Message) -> None:
     """The versioning rule of docs/protocol.md: readers take the fields they know."""
     assert decode(raw) == message
+
+
+def test_a_call_without_attestations_keeps_its_short_form() -> None:
+    assert encode(Call(SID, ("a",))) == _raw(Kind.CALL, [SID, ["a"]])
+    assert decode(_raw(Kind.CALL, [SID, ["a"], []])) == Call(SID, ("a",))
+
+
+@pytest.mark.parametrize(
+    "attestations",
+    [
+        pytest.param("x", id="not-an-array"),
+        pytest.param([b"a"] * (MAX_CALL_ATTESTATIONS + 1), id="too-many"),
+        pytest.param([bytes(MAX_ATTESTATION_BYTES + 1)], id="too-long"),
+        pytest.param(["text"], id="not-bytes"),
+    ],
+)
+def test_bad_call_attestations_are_refused(attestations: object) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode(_raw(Kind.CALL, [SID, [], attestations]))
 
 
 def test_field_limits_at_their_boundaries_are_accepted() -> None:
