@@ -3,10 +3,11 @@
 The decisions only; both client drivers (blocking and Trio) run the handshakes:
 
 1. `expected_key`: the key to run IK with, or None for XX. A pinned key that contradicts
-   a remembered one is refused before anything is sent.
+   a remembered one is refused before anything is sent (most likely a mistyped id).
 2. If an IK handshake with the expected key fails, the driver learns the key the node
-   presents now (an XX probe that sends nothing) and `explain_failure` says whether the
-   key changed (refused loudly, as ssh does) or the failure was something else.
+   presents now (an XX probe that sends nothing) and `explain_failure` says whether a
+   remembered key changed (REMOTE KEY CHANGED, refused loudly, as ssh does), a pinned one
+   is not the node's (check the id typed) or the failure was something else.
 3. After an XX handshake, `remember` pins the key for next time.
 
 Keys are remembered under `Target.trust_key`, the address as the user typed it: that is
@@ -48,7 +49,15 @@ def expected_key(target: Target, known_hosts: KnownHostsStore) -> bytes | None:
         raise ConfigError(f"no key to check {target.address} by: give it as PEER_ID@{target.address}")
     remembered = known_hosts.lookup(target.trust_key)
     if target.peer is not None and remembered is not None and remembered != target.peer:
-        raise HostKeyMismatch(_changed_key_message(target, remembered, target.peer, known_hosts))
+        # Not a changed key: nothing was asked of the node yet, and the likelier cause is a
+        # slip in the id typed. Either way the pin and the memory disagree, so nothing is sent.
+        where = getattr(known_hosts, "path", "known_hosts")
+        raise HostKeyMismatch(
+            f"{target.address} is remembered as {encode_peer_id(remembered)} in {where}, not the pinned "
+            f"{encode_peer_id(target.peer)}: the pinned id does not match the node's key; check the id "
+            f"you typed (`hubnode id` on the server prints it), or if the server really changed its "
+            f"key, remove its line from {where}"
+        )
     return target.peer or remembered
 
 
@@ -58,7 +67,9 @@ def explain_failure(target: Target, expected: bytes, actual: bytes, known_hosts:
         return
     if target.peer is not None:
         raise HostKeyMismatch(
-            f"{target.address} is {encode_peer_id(actual)}, not the pinned {encode_peer_id(expected)}"
+            f"{target.address} is {encode_peer_id(actual)}, not the pinned {encode_peer_id(expected)}: "
+            "the pinned id does not match the node's key; check the id you typed "
+            "(`hubnode id` on the server prints it)"
         )
     raise HostKeyMismatch(_changed_key_message(target, expected, actual, known_hosts))
 

@@ -53,6 +53,13 @@ def decode_peer_id(text: str) -> bytes:
         raise ConfigError(f"not a peer id: {text!r}") from exc
     if len(raw) != PUBLIC_KEY_LEN:
         raise ConfigError(f"not a peer id: {text!r}")
+    if len(text) == 52 and encode_peer_id(raw) != text.lower():
+        # 52 characters carry 260 bits and a key has 256: the last character's four low bits
+        # must be zero, or 16 spellings would name one key (and a typo there would go unseen).
+        raise ConfigError(
+            f"not a peer id: {text!r} ends in {text[-1]!r}, but the last character of a peer id "
+            "is always 'a' or 'q' (only its top bit is part of the key); check the id you typed"
+        )
     return raw
 
 
@@ -66,7 +73,8 @@ def noise_public_key(public_key: bytes) -> bytes:
     try:
         return bytes(crypto_sign_ed25519_pk_to_curve25519(public_key))
     except Exception as exc:  # PyNaCl raises a bare RuntimeError for points off the curve
-        raise ConfigError("peer id is not a valid Ed25519 public key") from exc
+        shown = encode_peer_id(public_key) if len(public_key) == PUBLIC_KEY_LEN else public_key.hex()
+        raise ConfigError(f"peer id {shown} is not a valid Ed25519 public key (no node can have it)") from exc
 
 
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:

@@ -44,6 +44,38 @@ def test_peer_id_round_trips_through_base32_and_hex(key: bytes) -> None:
     assert decode_peer_id(key.hex().upper()) == key
 
 
+BASE32_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
+
+
+@FAST
+@given(st.binary(min_size=32, max_size=32))
+def test_exactly_one_spelling_of_the_last_base32_character_decodes(key: bytes) -> None:
+    # 52 characters carry 260 bits, a key 256: the last character holds the key's last bit
+    # and four unused bits, which must be zero. So of the 32 characters that could end the
+    # id exactly one spells this key, and one other ('a' for 'q' and back) the key whose
+    # last bit differs; the other 30 are refused.
+    text = encode_peer_id(key)
+    decoded: dict[str, bytes] = {}
+    for last in BASE32_ALPHABET:
+        try:
+            decoded[last] = decode_peer_id(text[:-1] + last)
+        except ConfigError as exc:
+            assert "check the id you typed" in str(exc)
+            assert repr(last) in str(exc)
+    assert sorted(decoded) == ["a", "q"]
+    assert [last for last, got in decoded.items() if got == key] == [text[-1]]
+    assert set(decoded.values()) == {key, key[:-1] + bytes([key[-1] ^ 1])}
+
+
+def test_a_non_canonical_last_character_is_refused_with_what_it_must_be() -> None:
+    text = ALICE.peer_id
+    wrong = text[:-1] + ("b" if text[-1] == "a" else "r")
+    with pytest.raises(ConfigError, match=r"ends in '[br]'.*always 'a' or 'q'.*check the id you typed"):
+        decode_peer_id(wrong)
+    with pytest.raises(ConfigError):
+        decode_peer_id(wrong.upper())
+
+
 def test_identity_peer_id_and_fingerprint() -> None:
     assert ALICE.peer_id == encode_peer_id(ALICE.public_key)
     assert fingerprint(ALICE.public_key) == ALICE.peer_id[:8]
@@ -89,8 +121,9 @@ def test_encode_peer_id_wants_32_bytes() -> None:
 
 def test_noise_key_is_the_converted_ed25519_key() -> None:
     assert noise_public_key(ALICE.public_key) == x25519_public_key(ALICE.noise_private_key)
-    with pytest.raises(ConfigError):
-        noise_public_key(bytes([2]) + bytes(31))  # not a curve point
+    off_curve = bytes([2]) + bytes(31)
+    with pytest.raises(ConfigError, match=f"peer id {encode_peer_id(off_curve)} is not a valid"):
+        noise_public_key(off_curve)  # not a curve point
 
 
 # --- Key files -------------------------------------------------------------------------------------------

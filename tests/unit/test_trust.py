@@ -3,6 +3,7 @@ targets it decides for (node.naming.Target)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -122,16 +123,27 @@ def test_a_pinned_key_that_contradicts_the_remembered_one_is_refused(store: Know
     with pytest.raises(HostKeyMismatch) as caught:
         expected_key(Target.parse(f"{encode_peer_id(NEW)}@127.0.0.1:7070"), store)
     message = str(caught.value)
-    assert encode_peer_id(OLD) in message and encode_peer_id(NEW) in message
-    assert "127.0.0.1:7070" in message
+    assert f"127.0.0.1:7070 is remembered as {encode_peer_id(OLD)}" in message
+    assert f"not the pinned {encode_peer_id(NEW)}" in message
+    # Most likely a mistyped id, and nothing was asked of the node: no talk of a changed key.
+    assert "the pinned id does not match the node's key; check the id you typed" in message
+    assert "REMOTE KEY CHANGED" not in message and "intercept" not in message
+
+
+def test_the_pinned_mismatch_message_names_the_known_hosts_file(tmp_path: Path) -> None:
+    hosts = KnownHosts(tmp_path / "known_hosts")
+    hosts.add("127.0.0.1:7070", OLD)
+    with pytest.raises(HostKeyMismatch, match="check the id you typed") as caught:
+        expected_key(Target.parse(f"{encode_peer_id(NEW)}@127.0.0.1:7070"), hosts)
+    assert f"remove its line from {tmp_path / 'known_hosts'}" in str(caught.value)
 
 
 def test_the_changed_key_message_names_the_known_hosts_file(tmp_path: Path) -> None:
     hosts = KnownHosts(tmp_path / "known_hosts")
     hosts.add("127.0.0.1:7070", OLD)
     with pytest.raises(HostKeyMismatch, match="REMOTE KEY CHANGED") as caught:
-        expected_key(Target.parse(f"{encode_peer_id(NEW)}@127.0.0.1:7070"), hosts)
-    assert str(tmp_path / "known_hosts") in str(caught.value)
+        explain_failure(Target.parse("127.0.0.1:7070"), OLD, NEW, hosts)
+    assert f"remove its line from {tmp_path / 'known_hosts'}" in str(caught.value)
 
 
 def test_a_relayed_target_needs_no_store() -> None:
@@ -161,8 +173,9 @@ def test_a_pinned_key_the_node_does_not_have_is_refused(store: KnownHostsStore) 
     with pytest.raises(HostKeyMismatch) as caught:
         explain_failure(target, OLD, NEW, store)
     message = str(caught.value)
-    assert f"is {encode_peer_id(NEW)}" in message
-    assert f"not the pinned {encode_peer_id(OLD)}" in message
+    assert f"127.0.0.1:7070 is {encode_peer_id(NEW)}, not the pinned {encode_peer_id(OLD)}" in message
+    assert "the pinned id does not match the node's key; check the id you typed" in message
+    assert "REMOTE KEY CHANGED" not in message and "intercept" not in message
 
 
 # ---- remember -------------------------------------------------------------------------------------
@@ -213,3 +226,37 @@ def test_pinned_keys_remember_nothing() -> None:
 def test_a_target_without_a_key_is_refused_before_dialling_when_only_pinned_keys_count() -> None:
     with pytest.raises(ConfigError, match=r"no key to check 127\.0\.0\.1:7070 by: give it as PEER_ID@"):
         expected_key(Target.parse("127.0.0.1:7070"), PinnedKeys())
+
+
+# ---- the known_hosts file -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("127.0.0.1:7070", "1 fields where a line has 2"),
+        (f"127.0.0.1:7070 {encode_peer_id(OLD)} extra", "3 fields where a line has 2"),
+        (f"127.0.0.1:7070 {encode_peer_id(OLD)[:-1]}", "not a peer id"),
+        (f"127.0.0.1:7070 {encode_peer_id(OLD)[:-1]}z", "ends in 'z'"),
+        # Decodes, but is no point of the curve: no node can have it.
+        (f"127.0.0.1:7070 {encode_peer_id(bytes([2]) + bytes(31))}", "is not a valid Ed25519 public key"),
+    ],
+)
+def test_a_bad_known_hosts_line_is_named_by_file_and_line(tmp_path: Path, line: str, problem: str) -> None:
+    path = tmp_path / "known_hosts"
+    path.write_text(f"# remembered keys\n\nother:7070 {encode_peer_id(NEW)}\n{line}\n")
+    with pytest.raises(ConfigError) as caught:
+        KnownHosts(path).lookup("127.0.0.1:7070")
+    message = str(caught.value)
+    assert message.startswith(f"{path}:4: ")
+    assert problem in message
+    assert "fix or delete this line" in message
+
+
+def test_a_known_hosts_line_no_node_can_have_spoils_only_its_own_address(tmp_path: Path) -> None:
+    path = tmp_path / "known_hosts"
+    path.write_text(f"bad:7070 {encode_peer_id(bytes([2]) + bytes(31))}\ngood:7070 {encode_peer_id(OLD)}\n")
+    assert KnownHosts(path).lookup("good:7070") == OLD
+    assert KnownHosts(path).lookup("new:7070") is None
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}:1: "):
+        KnownHosts(path).lookup("bad:7070")
