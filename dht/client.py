@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from hubnet.dht.ids import node_id
 from hubnet.dht.lookup import RPC_TIMEOUT, Lookup, NodeRecordLookup, ProviderLookup, Query, Seed
-from hubnet.dht.messages import MAX_DATAGRAM, Contact, FindNode
+from hubnet.dht.messages import MAX_DATAGRAM, AddProvider, Contact, FindNode, Stored
 from hubnet.dht.protocol import DhtProtocol, ReplyReceived
 from hubnet.dht.records import NodeRecord, ProviderRecord
 from hubnet.identity.errors import TransportError
@@ -138,3 +138,23 @@ class DhtClient:
     def find_nodes(self, target: bytes) -> list[Contact]:
         """The k live nodes closest to `target`."""
         return self._run(Lookup(target, self._seed_contacts(target))).closest()
+
+    def publish_provider(self, record: ProviderRecord) -> int:
+        """Store `record` at the k nodes closest to its key; how many said they kept it.
+
+        For a process that publishes once and exits (`hubnode org revoke` on a machine
+        that never serves); a serving node publishes through its own `DhtNode`.
+        """
+        pending: set[bytes] = set()
+        for contact in self.find_nodes(record.key):
+            txid, data = self.protocol.request(AddProvider(record.raw), contact.address, contact.public_key)
+            self._send(data, contact.address)
+            pending.add(txid)
+        stored = 0
+        deadline = time.monotonic() + self.rpc_timeout
+        while pending and (reply := self._next_reply(deadline)) is not None:
+            pending.discard(reply.txid)
+            stored += isinstance(reply.message, Stored) and reply.message.ok
+        for txid in pending:
+            self.protocol.forget(txid)
+        return stored

@@ -117,3 +117,17 @@ def test_a_pinned_seed_that_never_answers_fails_the_lookup_quietly() -> None:
         seed = Seed(silent.getsockname(), Identity.generate().public_key)
         with _client([seed], rpc_timeout=0.2) as client:
             assert client.find_providers(b"\x01" * 20) == []
+
+
+async def test_client_publishes_a_record_that_the_nodes_then_serve(nodes: list[DhtNode]) -> None:
+    key = service_key(b"p" * 16)
+    publisher = Identity.generate()
+    record = ProviderRecord.create(publisher, key, b"list", sequence=1, issued_at=int(time.time()), ttl=300)
+
+    def publish() -> int:
+        with _client([_seed(nodes[0])]) as client:
+            return client.publish_provider(record)
+
+    stored = await trio.to_thread.run_sync(publish)
+    assert stored == NODES  # fewer than k nodes: every one keeps it
+    assert [r.raw for r in await nodes[-1].find_providers(key)] == [record.raw]
