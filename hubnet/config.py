@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hubnet.identity.errors import ConfigError
+from hubnet.identity.hints import did_you_mean
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
@@ -51,11 +52,17 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: {exc}") from exc
 
 
+_CLIENT_KEYS = ("server", "connect_timeout", "bootstrap", "select")
+
+
 def load_client_config(path: Path) -> ClientConfig:
     data = _read_toml(path)
-    unknown = set(data) - {"server", "connect_timeout", "bootstrap", "select"}
-    if unknown:
-        raise ConfigError(f"{path}: unknown key {sorted(unknown)[0]!r}")
+    for key in data:
+        if key not in _CLIENT_KEYS:
+            import re
+
+            shown = key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else repr(key)  # a bare TOML key, or quoted
+            raise ConfigError(f"{path}: {shown}: unknown key{did_you_mean(key, _CLIENT_KEYS)}")
     bootstrap = data.get("bootstrap", [])
     if not (isinstance(bootstrap, list) and all(isinstance(b, str) for b in bootstrap)):
         raise ConfigError(f"{path}: bootstrap: must be a list of strings PEER_ID@HOST:PORT")

@@ -30,6 +30,7 @@ from typing import TypeVar
 
 from hubnet.dht.addresses import DirectAddress
 from hubnet.identity.errors import ConfigError
+from hubnet.identity.hints import did_you_mean
 from hubnet.identity.keys import decode_peer_id
 from hubnet.node.offers import Load, Offer, Price
 
@@ -253,11 +254,7 @@ def _error(where: str, message: str) -> ConfigError:
 def _check_keys(table: Mapping[str, object], known: Collection[str], where: str) -> None:
     for key in table:
         if key not in known:
-            import difflib  # only on this error path: a Pi pays for every import on every call
-
-            near = difflib.get_close_matches(key, list(known), 1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise _error(f"{where}.{key}", f"unknown key{hint}")
+            raise _error(f"{where}.{key}", "unknown key" + did_you_mean(key, known))
 
 
 def _table(value: object, where: str) -> Mapping[str, object]:

@@ -9,7 +9,6 @@ the only I/O is `load_services`, so the listener and job runner can trust what t
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -22,6 +21,7 @@ from typing import Any
 
 from hubnet.dht.addresses import DEFAULT_PORT, Address, RelayAddress, parse_address, parse_hostport
 from hubnet.identity.errors import ConfigError, PolicyError
+from hubnet.identity.hints import did_you_mean
 from hubnet.identity.keys import decode_peer_id
 from hubnet.node.naming import (
     Target,
@@ -84,7 +84,14 @@ class Shape:
         return f"/{self.spec[3:]}/" if self.spec.startswith("re:") else self.spec.upper()
 
     def matches(self, value: str) -> bool:
-        return len(value) <= MAX_VALUE_CHARS and self.pattern.fullmatch(value) is not None
+        return self.mismatch(value) is None
+
+    def mismatch(self, value: str) -> str | None:
+        """None if `value` has this shape, else why not, to follow "value of -v" or "positional
+        argument". A value longer than any shape allows is told the limit, not "is not TEXT"."""
+        if len(value) > MAX_VALUE_CHARS:
+            return f"is {len(value)} characters long, at most {MAX_VALUE_CHARS}"
+        return None if self.pattern.fullmatch(value) is not None else f"is not {self.label}"
 
 
 TEXT = Shape.parse("text")
@@ -161,15 +168,17 @@ class ArgumentPolicy:
                         raise _refuse(pos, arg, f"option {name} takes no value")
                 else:
                     raise _refuse(pos, arg, "option not allowed")
-                if not shape.matches(value):
-                    raise _refuse(pos, arg, f"value of {name} is not {shape.label}")
+                why = shape.mismatch(value)
+                if why is not None:
+                    raise _refuse(pos, arg, f"value of {name} {why}")
                 continue
             positionals += 1
             if positionals > self.max_positional:
                 limit = f"at most {self.max_positional}" if self.max_positional else "no"
                 raise _refuse(pos, arg, f"{limit} positional arguments allowed")
-            if not self.positional_shape.matches(arg):
-                raise _refuse(pos, arg, f"positional argument is not {self.positional_shape.label}")
+            why = self.positional_shape.mismatch(arg)
+            if why is not None:
+                raise _refuse(pos, arg, f"positional argument {why}")
 
     def describe(self) -> dict[str, object]:
         """A plain (msgpack-able) description for service listings."""
@@ -256,8 +265,7 @@ class _Table:
 
     def done(self) -> None:
         for key in self._data:
-            near = difflib.get_close_matches(key, self._known, 1)
-            raise self.error(key, "unknown key" + (f" (did you mean {near[0]!r}?)" if near else ""))
+            raise self.error(key, "unknown key" + did_you_mean(key, self._known))
 
     def entries(self) -> list[tuple[str, Any]]:
         """All remaining keys, for tables whose keys are names chosen by the operator."""

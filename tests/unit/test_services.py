@@ -368,13 +368,41 @@ def test_espeak_refuses(args: list[str], message: str) -> None:
         ([b"x"], "argument 1: not a string"),
         (["x"] * 257, "too many arguments (257, at most 256)"),
         (["x" * 4096] * 17, "arguments too long (69632 bytes, at most 65536)"),
-        (["a" * 4097], "positional argument is not TEXT"),
+        (["a" * 4097], "positional argument is 4097 characters long, at most 4096"),
     ],
 )
 def test_limits(args: object, message: str) -> None:
     policy = ArgumentPolicy(max_positional=256)
     with pytest.raises(PolicyError, match=re.escape(message)):
         policy.check(args)  # type: ignore[arg-type]
+
+
+LONG = "a" * 5000
+SHOWN = repr("a" * 40 + "...")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # Too long for any shape: the limit is named, not "is not TEXT".
+        ([LONG], f"argument 1 ({SHOWN}): positional argument is 5000 characters long, at most 4096"),
+        (["-m", LONG], f"argument 2 ({SHOWN}): value of -m is 5000 characters long, at most 4096"),
+        (
+            ["--name=" + LONG],
+            f"argument 1 ({'--name=' + 'a' * 33 + '...'!r}): value of --name is 5000 characters long, "
+            "at most 4096",
+        ),
+        # Within the limit, a value is judged by its shape as before.
+        (["--name", "a" * 4096], f"argument 2 ({SHOWN}): value of --name is not WORD"),
+    ],
+)
+def test_a_value_over_the_length_limit_is_told_the_limit(args: list[str], message: str) -> None:
+    policy = ArgumentPolicy(options=WIDE_POLICY.options, max_positional=1)
+    with pytest.raises(PolicyError) as info:
+        policy.check(args)
+    assert str(info.value) == message
+    policy.check(["a" * 4096])
+    policy.check(["-m", "a" * 4096])
 
 
 def test_no_positionals_message() -> None:

@@ -1,0 +1,69 @@
+"""Tests of hubnet.config's client.toml: what it accepts, and what a typo in it is told."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hubnet.config import DEFAULT_CONNECT_TIMEOUT, ClientConfig, load_client_config
+from hubnet.identity.errors import ConfigError
+from hubnet.identity.hints import did_you_mean
+from hubnet.select import parse_selection_rules
+
+
+def _load(tmp_path: Path, text: str) -> ClientConfig:
+    path = tmp_path / "client.toml"
+    path.write_text(text, encoding="utf-8")
+    return load_client_config(path)
+
+
+def test_a_missing_client_toml_is_the_defaults(tmp_path: Path) -> None:
+    config = load_client_config(tmp_path / "client.toml")
+    assert (config.server, config.connect_timeout, config.bootstrap) == (None, DEFAULT_CONNECT_TIMEOUT, ())
+
+
+def test_every_key(tmp_path: Path) -> None:
+    text = 'server = "desktop:7070"\nconnect_timeout = 3\nbootstrap = ["seed:7070"]\n'
+    config = _load(tmp_path, text + "[select]\nprobe_count = 2\n")
+    assert config.server == "desktop:7070"
+    assert config.connect_timeout == 3.0
+    assert config.bootstrap == ("seed:7070",)
+    assert config.select == {"probe_count": 2}
+    assert config.source == str(tmp_path / "client.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('sever = "desktop:7070"', "sever: unknown key (did you mean 'server'?)"),
+        ("timeout = 3", "timeout: unknown key (did you mean 'connect_timeout'?)"),
+        ("connect_timout = 3", "connect_timout: unknown key (did you mean 'connect_timeout'?)"),
+        ('bootstraps = ["seed:7070"]', "bootstraps: unknown key (did you mean 'bootstrap'?)"),
+        ("[selct]\nprobe_count = 2", "selct: unknown key (did you mean 'select'?)"),
+        # Nothing close: no guess.
+        ("colour = 1", "colour: unknown key"),
+        ('"two words" = 1', "'two words': unknown key"),
+    ],
+)
+def test_a_typo_is_named_with_its_file_and_the_key_it_was_meant_to_be(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, text)
+    assert str(caught.value) == f"{tmp_path / 'client.toml'}: {message}"
+
+
+def test_typos_in_select_are_told_the_same_way(tmp_path: Path) -> None:
+    # The [select] table is checked by hubnet.select, with the same hint.
+    config = _load(tmp_path, "[select]\nprobe_cont = 2\n")
+    with pytest.raises(
+        ConfigError, match=r"select\.probe_cont: unknown key \(did you mean 'probe_count'\?\)$"
+    ):
+        parse_selection_rules(config.select, source=config.source)
+
+
+def test_did_you_mean_offers_only_a_close_choice() -> None:
+    assert did_you_mean("timout", ["timeout", "listen"]) == " (did you mean 'timeout'?)"
+    assert did_you_mean("zzz", ["timeout", "listen"]) == ""
+    assert did_you_mean("x", []) == ""
