@@ -18,7 +18,8 @@ import click
 
 from hubnet.commands import Context, run_call
 from hubnet.exits import EXIT_USAGE
-from hubnet.identity.errors import ConfigError, HubnetError
+from hubnet.identity.errors import ConfigError, HubnetError, NotOffered
+from hubnet.org_cli import org
 
 BOOTSTRAP_HELP = "A DHT node to join through, PEER_ID@HOST:PORT (or HOST:PORT); repeatable."
 DEFAULT_TARGET_HELP = "PEER_ID@HOST:PORT pins the server's key; HOST:PORT trusts it on first use."
@@ -32,7 +33,13 @@ DEFAULT_TARGET_HELP = "PEER_ID@HOST:PORT pins the server's key; HOST:PORT trusts
     help="Keep identity.key, services.toml, client.toml and known_hosts in this one folder "
     "(default: the platform's config and data folders). Also $HUBNET_HOME.",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Log connections and jobs to stderr.")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Say more: `serve` logs at debug level (as `serve --log-level debug`); "
+    "`call` names each provider it tries.",
+)
 @click.version_option(package_name="hubnet")
 @click.pass_context
 def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
@@ -67,6 +74,12 @@ def id_command(obj: Context) -> None:
     is_flag=True,
     help="Also serve the robot services (speak, listen, face) whose extras are installed.",
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    help="Log this and worse: info (the default) is a line per job and per refusal; "
+    "warning only problems; debug also connections and republishing. The global -v means debug.",
+)
 @click.pass_obj
 def serve(
     obj: Context,
@@ -75,13 +88,44 @@ def serve(
     bootstrap: tuple[str, ...],
     no_lan: bool,
     example_services: bool,
+    log_level: str | None,
 ) -> None:
     """Serve the programs in services.toml on one port (default 7070), TCP for jobs, UDP for the DHT.
 
     Joins the DHT through the bootstrap nodes (--bootstrap, or `bootstrap` in services.toml)
     and nodes found on the LAN, and publishes a signed offer for every service. Prints the
     address to give callers, PEER_ID@HOST:PORT, and runs until interrupted.
+
+    Logs to stderr, one line per job and per refusal: with the local time and level, or,
+    when stderr is systemd's journal ($JOURNAL_STREAM), with a <N> priority prefix only.
     """
+    import logging
+
+    from hubnet.logs import LEVELS, configure
+    from hubnet.node.run import START_LOGGER
+
+    level = LEVELS[log_level.lower()] if log_level else logging.DEBUG if obj.verbose else logging.INFO
+    to_journal = configure(level, always=[START_LOGGER])
+    try:
+        _serve(obj, listen, services_path, bootstrap, no_lan, example_services)
+    except HubnetError as exc:
+        if not to_journal:
+            raise
+        # `hubnet.main` would print it with no priority, which the journal files as info.
+        from hubnet.exits import exit_code_for
+
+        logging.getLogger("hubnet.node").error("%s", exc)
+        sys.exit(exit_code_for(exc))
+
+
+def _serve(
+    obj: Context,
+    listen: str | None,
+    services_path: str | None,
+    bootstrap: tuple[str, ...],
+    no_lan: bool,
+    example_services: bool,
+) -> None:
     import logging
 
     from hubnet.dht.addresses import parse_hostport
@@ -89,8 +133,8 @@ def serve(
     from hubnet.node.run import run_node
     from hubnet.node.services import load_services
 
-    logging.basicConfig(level=logging.INFO if obj.verbose else logging.WARNING, format="hubnode: %(message)s")
-    config = load_services(Path(services_path) if services_path else obj.home.services)
+    services_file = Path(services_path) if services_path else obj.home.services
+    config = load_services(services_file)
     if listen:
         host, port = parse_hostport(listen)
         config = dataclasses.replace(config, listen_host=host, listen_port=port)
@@ -100,8 +144,9 @@ def serve(
         obj.home.data_dir.mkdir(parents=True, exist_ok=True)
         config, notes = with_examples(config, obj.home.data_dir)
         for note in notes:
-            click.echo(f"hubnode: {note}", err=True)
-    run_node(config, obj.identity(), bootstrap=[Target.parse(t) for t in bootstrap], lan=not no_lan)
+            logging.getLogger("hubnet.node").warning("%s", note)
+    targets = [Target.parse(t) for t in bootstrap]
+    run_node(config, obj.identity(), bootstrap=targets, lan=not no_lan, services_file=services_file)
 
 
 @cli.command(
@@ -117,11 +162,16 @@ def call(
 ) -> None:
     """Run SERVICE on a server with ARGS, streaming stdin, stdout and stderr.
 
-    SERVICE is a name, a 32-hex-digit service id or an alias. With no server (--server,
-    the alias's or client.toml's), the service's offers are found in the DHT and the best
-    provider by client.toml's [select] rules is called. Exits with the remote program's
-    status (128+N if it died of signal N); 255 if the connection or the protocol failed;
-    126 if the server refused the call, 127 if it has no such service.
+    SERVICE is a name, a 32-hex-digit service id or an alias. Options of hubnode go before
+    SERVICE (-v and --home before `call`); everything after SERVICE goes to the remote
+    program. With no server (--server, the alias's or client.toml's), the service's offers
+    are found in the DHT and the best provider by client.toml's [select] rules is called.
+
+    Exits with the remote program's status (128+N if it died of signal N); 127 if the
+    service is not to be had (the server has no such service, nobody in the DHT offers
+    it, or no offer passes [select]); 126 if the server refused the call; 2 for a usage
+    or configuration error (e.g. no server and no DHT given); 255 if the connection or
+    the protocol failed.
     """
     sys.exit(run_call(obj, server, service, args, bootstrap))
 
@@ -141,15 +191,20 @@ def services(
     price, load) and the round trip of a live status probe, best first by client.toml's
     [select] rules. With --server: the services that server offers (only SERVICE, if
     given) and the arguments each accepts.
+
+    A SERVICE that is not to be had exits 127, as `call` does, with a line on stderr
+    (--json still prints []).
     """
     if service is not None and server is None:
         _print_providers(obj, service, bootstrap, as_json)
         return
     from hubnet.client import request
-    from hubnet.node.naming import format_service_id
+    from hubnet.node.naming import format_service_id, parse_service_id
     from hubnet.node.protocol import ListServices, Services
 
-    reply = request(obj.target(server), obj.identity(), obj.known_hosts(), ListServices(), Services)
+    target = obj.target(server)
+    reply = request(target, obj.identity(), obj.known_hosts(), ListServices(), Services)
+    typed_id = parse_service_id(service) if service is not None else None
     rows = [
         {
             "name": s.name,
@@ -158,20 +213,28 @@ def services(
             "arguments": s.arguments,
         }
         for s in reply.services
-        if service is None or service in (s.name, format_service_id(s.service_id))
+        if service is None or service == s.name or typed_id == s.service_id
     ]
     if as_json:
         import json
 
         click.echo(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        click.echo(f"{row['name']:<16} {row['id']}  {row['description']}")
-        click.echo(f"{'':<16} arguments: {row['arguments']}")
+    else:
+        for row in rows:
+            click.echo(f"{row['name']:<16} {row['id']}  {row['description']}")
+            click.echo(f"{'':<16} arguments: {row['arguments']}")
+    if service is not None and not rows:
+        from hubnet.commands import suggest_names
+
+        names = [s.name for s in reply.services]
+        shown = server or obj.client_config.server or str(target.address)
+        raise NotOffered(
+            f"no service {service!r} on {target.address}; {suggest_names(service, names, shown)}"
+        )
 
 
 def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_json: bool) -> None:
-    from hubnet.discover import find_offers, probe
+    from hubnet.discover import find_offers, nobody_offers, none_acceptable, probe
     from hubnet.identity.keys import encode_peer_id
     from hubnet.node.naming import format_service_id, resolve_service_ref
     from hubnet.select import acceptable, rank
@@ -180,6 +243,12 @@ def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_
     rules = obj.selection_rules()
     offers = find_offers(obj.identity(), obj.bootstrap(bootstrap), sid)
     ranked = rank(acceptable(offers, rules, now=int(time.time())), rules)
+    if not ranked:
+        if as_json:
+            click.echo("[]")
+        if not offers:
+            raise nobody_offers(repr(service))
+        raise none_acceptable(repr(service), len(offers), obj.client_config.source)
     probes = probe(obj.identity(), ranked)
     rows: list[dict[str, Any]] = []
     for offer in ranked:
@@ -201,8 +270,6 @@ def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_
 
         click.echo(json.dumps(rows, indent=2))
         return
-    if not rows:
-        raise HubnetError(f"nobody offers {service} ({len(offers)} offer(s) found, none acceptable)")
     click.echo(
         f"{'PEER':<20} {'ADDRESS':<22} {'PER CALL':>9} {'PER S':>7} {'PER MIB':>8} {'LOAD':>7} {'RTT':>9}"
     )
@@ -356,14 +423,57 @@ def alias(
         click.echo(f"hubnode: add {directory} to PATH to run it by name", err=True)
 
 
+cli.add_command(org)
+
+
 def run_cli() -> None:
     """Run the click CLI; hubnet errors propagate to `hubnet.main.main`, which reports them."""
     try:
         cli.main(prog_name="hubnode", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()  # plain `hubnode`: the help
+        sys.exit(EXIT_USAGE)
+    except click.UsageError as exc:
+        click.echo(f"hubnode: {_usage_message(exc, sys.argv[1:])}", err=True)
+        sys.exit(EXIT_USAGE)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
+        sys.exit(exc.exit_code)
     except click.Abort:
         raise KeyboardInterrupt from None
+
+
+def _usage_message(exc: click.UsageError, argv: list[str]) -> str:
+    """click's usage error as one line that names the command and where to read more.
+
+    A global option given after the command (`hubnode serve -v`) gets the command line
+    with the option where it belongs instead.
+    """
+    from hubnet.commands import GLOBAL_OPTIONS
+
+    path = exc.ctx.command_path if exc.ctx is not None else "hubnode"
+    command = exc.ctx.info_name if exc.ctx is not None and exc.ctx.parent is not None else None
+    if isinstance(exc, click.NoSuchOption) and exc.option_name in GLOBAL_OPTIONS and command:
+        return _global_option_after(exc.option_name, command, argv)
+    message = " ".join(exc.format_message().split())
+    where = path.removeprefix("hubnode").strip()
+    return f"{where + ': ' if where else ''}{message} See '{path} --help'."
+
+
+def _global_option_after(option: str, command: str, argv: list[str]) -> str:
+    """`hubnode COMMAND ... -v ...` -> the message with the line as it should be."""
+    from hubnet.commands import GLOBAL_OPTIONS, shown_command
+
+    words = list(argv)
+    start = words.index(command) + 1 if command in words else len(words)
+    found = next((i for i in range(start, len(words)) if words[i].partition("=")[0] == option), None)
+    if found is None:
+        fix = f"hubnode {option} {command} ..."
+    else:
+        count = 2 if GLOBAL_OPTIONS[option] and "=" not in words[found] else 1
+        moved = words[found : found + count]
+        del words[found : found + count]
+        fix = shown_command(["hubnode", *moved, *words])
+    return f"{option} is an option of hubnode itself and goes before the command: {fix}"
