@@ -25,6 +25,7 @@ from hubnet.node.org_records import (
     revocations_key,
     revocations_record,
 )
+from hubnet.node.org_watch import REFRESH, OrgWatch
 from tests.dht_sim import seed_scheduler, simulation
 
 LAB = Identity.from_seed(b"L" * 32)
@@ -86,3 +87,32 @@ async def test_a_list_relayed_by_members_outlives_the_organisations_record(
         mallory = sim.nodes[5]
         assert await mallory.publish_provider(revocations_record(mallory.identity, older, sim.now())) > 0
         assert newest_revocations(await reader.find_providers(key), LAB.public_key) == revocations
+
+
+async def test_a_node_learns_a_new_list_within_its_refresh_and_keeps_it_alive(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seed_scheduler(12)
+    async with simulation(30, seed=12) as sim:
+        org_node, watcher_node, reader = sim.nodes[2], sim.nodes[11], sim.nodes[23]
+        watch = OrgWatch(watcher_node, [LAB.public_key])
+        first = RevocationList.issue(LAB, 1, sim.now(), [])
+        assert await org_node.publish_provider(revocations_record(LAB, first, sim.now())) > 0
+        sim.nursery.start_soon(watch.run)
+        await trio.sleep(1)
+        assert watch.revocations[LAB.public_key] == first
+        # The organisation revokes a member: the watcher knows within one refresh.
+        revoked = RevocationList.issue(LAB, 2, sim.now(), MEMBERS[:1])
+        published_at = trio.current_time()
+        assert await org_node.publish_provider(revocations_record(LAB, revoked, sim.now())) > 0
+        while watch.revocations[LAB.public_key] != revoked:
+            await trio.sleep(1)
+        assert trio.current_time() - published_at <= REFRESH + 1
+        # Two hours on, the organisation's own records are long gone; the watcher's are not.
+        await trio.sleep(2 * RECORD_TTL)
+        records = await reader.find_providers(revocations_key(LAB.public_key))
+        assert LAB.public_key not in {r.publisher for r in records}
+        assert newest_revocations(records, LAB.public_key) == revoked
+        # An older list never takes the newer one's place at the watcher.
+        assert not watch.learn(first)
+        assert watch.revocations[LAB.public_key] == revoked
