@@ -52,14 +52,14 @@ def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
     ctx.obj = Context(home, verbose)
 
 
-@cli.command("id")
+@cli.command("id", short_help="Print this node's peer id.")
 @click.pass_obj
 def id_command(obj: Context) -> None:
     """Print this node's peer id (creating its key on first use)."""
     click.echo(obj.identity().peer_id)
 
 
-@cli.command()
+@cli.command(short_help="Serve the programs in services.toml.")
 @click.option("--listen", metavar="HOST:PORT", help="Override services.toml's listen address.")
 @click.option(
     "--services",
@@ -150,6 +150,7 @@ def _serve(
 
 
 @cli.command(
+    short_help="Run a service on a server, or on one found in the DHT.",
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
 @click.option("--server", "-s", metavar="TARGET", help=DEFAULT_TARGET_HELP)
@@ -176,7 +177,7 @@ def call(
     sys.exit(run_call(obj, server, service, args, bootstrap))
 
 
-@cli.command()
+@cli.command(short_help="List a server's services, or who offers one in the DHT.")
 @click.option("--server", "-s", metavar="TARGET", help=DEFAULT_TARGET_HELP)
 @click.option("--bootstrap", "-b", "bootstrap", metavar="TARGET", multiple=True, help=BOOTSTRAP_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -283,7 +284,7 @@ def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_
         )
 
 
-@cli.command()
+@cli.command(short_help="Show a node's DHT contacts, or the DHT as seen from here.")
 @click.option("--server", "-s", metavar="TARGET", help=DEFAULT_TARGET_HELP)
 @click.option("--bootstrap", "-b", "bootstrap", metavar="TARGET", multiple=True, help=BOOTSTRAP_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -340,12 +341,16 @@ def peers(obj: Context, server: str | None, bootstrap: tuple[str, ...], as_json:
         click.echo(f"{row['peer']}  {row['address']:<22} {row['shared_bits']!s:>3} bits shared")
 
 
-@cli.command()
+@cli.command(short_help="Show how busy a server is.")
 @click.option("--server", "-s", metavar="TARGET", help=DEFAULT_TARGET_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def status(obj: Context, server: str | None, as_json: bool) -> None:
-    """Show how busy a server is: jobs running, queued, capacity, load average."""
+    """Show how busy a server is: jobs running, queued, capacity, load average.
+
+    The load averages (1, 5 and 15 minutes) are rounded to two decimals, as /proc/loadavg
+    shows them: some systems report them in fixed point (1.2998046875 for 1.30).
+    """
     from hubnet.client import request
     from hubnet.node.protocol import GetStatus, StatusReply
 
@@ -359,7 +364,7 @@ def status(obj: Context, server: str | None, as_json: bool) -> None:
                     "running": reply.running,
                     "queued": reply.queued,
                     "capacity": reply.capacity,
-                    "load": list(reply.load),
+                    "load": [round(x, 2) for x in reply.load],
                 }
             )
         )
@@ -368,7 +373,10 @@ def status(obj: Context, server: str | None, as_json: bool) -> None:
     click.echo(f"running {reply.running}, queued {reply.queued}, capacity {reply.capacity}, load {load}")
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@cli.command(
+    short_help="Make a local command that calls a service.",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
 @click.option("--server", "-s", metavar="TARGET", help="Always call this server. " + DEFAULT_TARGET_HELP)
 @click.option(
     "--bin-dir",
