@@ -20,6 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from hubnet.node.services import NodeConfig, Service, parse_services
+from hubnet_robot._extras import install_hint
 
 FACE_DB_PLACEHOLDER = "faces.sqlite"
 
@@ -33,13 +34,25 @@ def _missing_modules(*names: str) -> str | None:
 class Example:
     name: str
     module: str
-    extra: str
+    extra: str | None  # the extra (pyproject's optional dependencies) it needs, if any
     missing: Callable[[], str | None]  # why it cannot run here, or None
+    program: str | None = None  # the program from apt it needs, if any
+
+    def fix(self) -> str:
+        """The command that installs what it needs here (called only when something is missing)."""
+        fixes = [f"sudo apt-get install {self.program}"] if self.program else []
+        if self.extra is not None:
+            fixes.append(install_hint(self.extra))
+        return "; ".join(fixes)
 
 
 EXAMPLES = (
     Example(
-        "speak", "hubnet_robot.speak", "speech", lambda: None if shutil.which("espeak-ng") else "no espeak-ng"
+        "speak",
+        "hubnet_robot.speak",
+        None,
+        lambda: None if shutil.which("espeak-ng") else "no espeak-ng",
+        program="espeak-ng",
     ),
     Example("listen", "hubnet_robot.listen", "speech", lambda: _missing_modules("pocketsphinx", "numpy")),
     Example(
@@ -76,9 +89,7 @@ def with_examples(config: NodeConfig, data_dir: Path) -> tuple[NodeConfig, list[
             continue
         why = example.missing()
         if why is not None:
-            notes.append(
-                f"example service {example.name} not served: {why} (pip install 'hubnet[{example.extra}]')"
-            )
+            notes.append(f"example service {example.name} not served: {why} ({example.fix()})")
             continue
         service = _service(example, data_dir)
         services[service.id] = service

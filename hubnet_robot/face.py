@@ -193,8 +193,11 @@ def _models_dir() -> Path:
     # setuptools no longer ship, and only its data files are used.
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
+        from hubnet_robot._extras import install_hint
+
         raise FaceError(
-            Exit.UNAVAILABLE, "face_recognition_models is not installed: pip install 'hubnet[face]'"
+            Exit.UNAVAILABLE,
+            f"face_recognition_models is not installed (the face extra): {install_hint('face')}",
         )
     return Path(next(iter(spec.submodule_search_locations))) / "models"
 
@@ -418,7 +421,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: face database: {' '.join(str(exc).split())}", file=sys.stderr)
         return Exit.IOERR
     except ImportError as exc:  # only the face extra's modules are imported late
-        print(f"{PROG}: {exc.name or exc} is not installed: pip install 'hubnet[face]'", file=sys.stderr)
+        from hubnet_robot._extras import install_hint
+
+        hint = install_hint("face")
+        print(f"{PROG}: {exc.name or exc} is not installed (the face extra): {hint}", file=sys.stderr)
         return Exit.UNAVAILABLE
     return 0
 

@@ -311,8 +311,10 @@ def listen(wav: bytes, words: Sequence[str] | None = None, grammar: str | None =
         else:
             decoder = free_decoder()
     except ImportError as exc:  # only the speech extra's modules are imported late
+        from hubnet_robot._extras import install_hint
+
         raise ProgramError(
-            Exit.UNAVAILABLE, f"{exc.name} is not installed: pip install 'hubnet[speech]'"
+            Exit.UNAVAILABLE, f"{exc.name} is not installed (the speech extra): {install_hint('speech')}"
         ) from None
     return transcribe(decoder, pcm)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from hubnet.node.services import parse_services
-from hubnet_robot import examples
+from hubnet_robot import _extras, examples
+from hubnet_robot._extras import extra_requirements, install_hint
 from hubnet_robot.examples import EXAMPLES, with_examples
 
 BASE = parse_services('listen = "127.0.0.1:0"\n[services.cat]\ncommand = ["cat"]\n')
@@ -45,4 +46,31 @@ def test_an_example_whose_extra_is_missing_is_left_out_saying_why(
     monkeypatch.setattr(examples, "EXAMPLES", gone)
     config, notes = with_examples(BASE, tmp_path)
     assert [s.name for s in config.services.values()] == ["cat"]
-    assert len(notes) == 3 and all("not installed (pip install 'hubnet[" in n for n in notes)
+    assert len(notes) == 3
+    by_name = {n.split()[2]: n for n in notes}  # "example service NAME not served: ..."
+    assert "(sudo apt-get install espeak-ng)" in by_name["speak"]
+    for name, extra in [("listen", "speech"), ("face", "face")]:
+        assert f"dlib not installed ({install_hint(extra)})" in by_name[name]
+
+
+# hubnet is not on PyPI: a hint names the extra's own packages, from the installed metadata.
+
+
+def test_an_install_hint_names_the_extras_packages_for_this_interpreter() -> None:
+    assert extra_requirements("speech") == ["pocketsphinx>=5.0", "numpy>=1.26"]
+    hint = install_hint("face")
+    assert hint.startswith(f"{sys.executable} -m pip install ")
+    assert "'dlib-bin>=20.0'" in hint and "'pillow>=10'" in hint and "hubnet[" not in hint
+
+
+def test_in_a_pipx_venv_the_hint_is_pipx_inject(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    venv = tmp_path / "venvs" / "hubnet"
+    venv.mkdir(parents=True)
+    (venv / "pipx_metadata.json").write_text("{}")
+    monkeypatch.setattr(sys, "prefix", str(venv))
+    assert install_hint("speech") == "pipx inject hubnet 'pocketsphinx>=5.0' 'numpy>=1.26'"
+
+
+def test_without_metadata_the_hint_names_the_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_extras, "DISTRIBUTION", "hubnet-never-installed")
+    assert install_hint("face") == "pip install '.[face]' in the hubnet checkout"

@@ -27,6 +27,7 @@ from hubnet.identity.errors import PolicyError
 from hubnet.node.services import parse_services
 from hubnet_robot import listen
 from hubnet_robot._audio import EXTENSIBLE, IEEE_FLOAT, PCM, ProgramError, parse_wav
+from hubnet_robot._extras import install_hint
 from tests.helpers import require_all, require_program
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "robot-speech.md"
@@ -37,7 +38,7 @@ def _speech_module(name: str) -> ModuleType:
     """A module of the speech extra; skipped without it, except on CI (HUBNET_REQUIRE_ALL=1)."""
     if require_all():
         return importlib.import_module(name)
-    return pytest.importorskip(name, reason=f"{name} is not installed: pip install 'hubnet[speech]'")
+    return pytest.importorskip(name, reason=f"{name} is not installed: {install_hint('speech')}")
 
 
 np = _speech_module("numpy")
