@@ -200,12 +200,19 @@ def services(
         _print_providers(obj, service, bootstrap, as_json)
         return
     from hubnet.client import request
-    from hubnet.node.naming import format_service_id, parse_service_id
+    from hubnet.node.naming import format_service_id, resolve_service_ref, service_id_for_name
     from hubnet.node.protocol import ListServices, Services
 
     target = obj.target(server)
     reply = request(target, obj.identity(), obj.known_hosts(), ListServices(), Services)
-    typed_id = parse_service_id(service) if service is not None else None
+    shown = list(reply.services)
+    if service is not None:
+        # What `call` would reach (node.admission.find_service): the service with the id
+        # SERVICE names, else the one whose name has that id.
+        sid = resolve_service_ref(service)
+        shown = [s for s in shown if s.service_id == sid] or [
+            s for s in shown if service_id_for_name(s.name) == sid
+        ]
     rows = [
         {
             "name": s.name,
@@ -213,8 +220,7 @@ def services(
             "description": s.description,
             "arguments": s.arguments,
         }
-        for s in reply.services
-        if service is None or service == s.name or typed_id == s.service_id
+        for s in shown
     ]
     if as_json:
         import json
@@ -228,9 +234,9 @@ def services(
         from hubnet.commands import suggest_names
 
         names = [s.name for s in reply.services]
-        shown = server or obj.client_config.server or str(target.address)
+        typed_server = server or obj.client_config.server or str(target.address)
         raise NotOffered(
-            f"no service {service!r} on {target.address}; {suggest_names(service, names, shown)}"
+            f"no service {service!r} on {target.address}; {suggest_names(service, names, typed_server)}"
         )
 
 

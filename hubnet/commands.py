@@ -10,7 +10,7 @@ import sys
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from hubnet.identity.errors import ConfigError, TransportError
+from hubnet.identity.errors import ConfigError, HubnetError, NotOffered, Rejected
 
 if TYPE_CHECKING:
     from hubnet.config import ClientConfig
@@ -77,6 +77,14 @@ class Context:
         return Target.parse(chosen)
 
 
+# `call`'s own options, each of which takes a value; hubnode's global options, and whether
+# each takes one. Both kinds go before SERVICE (the global ones before the command).
+CALL_OPTIONS = ("--server", "-s", "--bootstrap", "-b")
+GLOBAL_OPTIONS = {"--home": True, "-v": False, "--verbose": False}
+NO_SERVER = "no server given and no DHT to find one in"  # how hubnet.discover's message starts
+CALL_USAGE = "hubnode [-v] [--home DIR] call [--server TARGET] [--bootstrap TARGET] SERVICE [ARGS]..."
+
+
 def run_call(
     ctx: Context, server: str | None, service: str, args: tuple[str, ...], bootstrap: tuple[str, ...] = ()
 ) -> int:
@@ -84,33 +92,68 @@ def run_call(
 
     With a server (--server, the alias's, or client.toml's) the call goes there; without
     one, the service's offers are discovered in the DHT and the best provider is chosen.
+
+    Everything after SERVICE is the remote program's, as after ssh's host: `call espeak
+    -v en-us` gives espeak `-v en-us`. So an option of hubnode's typed after SERVICE is
+    not an error in itself; but when hubnode then fails the call, the message says where
+    the option belongs (see `options_after_service`).
     """
+    if service.startswith("-"):
+        raise misplaced_option(service, server, bootstrap, args)
+    try:
+        return _run_call(ctx, server, service, args, bootstrap)
+    except HubnetError as exc:
+        hint = options_after_service(service, args)
+        if hint is not None:
+            # "No server and no DHT" is what the misplaced option caused: say only that much of it.
+            said = str(exc).partition(":")[0] if str(exc).startswith(NO_SERVER) else str(exc)
+            exc.args = (f"{said}; {hint}",)
+        raise
+
+
+def _run_call(
+    ctx: Context, server: str | None, typed: str, args: tuple[str, ...], bootstrap: tuple[str, ...]
+) -> int:
     from hubnet.client import finish_call, open_call
     from hubnet.config import load_aliases
     from hubnet.node.naming import resolve_service_ref
     from hubnet.node.protocol import Call
 
-    alias = load_aliases(ctx.home.aliases).get(service)
-    alias_server = None
+    service, alias_server = typed, None
+    alias = load_aliases(ctx.home.aliases).get(typed)
     if alias is not None:
         service, args, alias_server = alias.service, alias.args + args, alias.server
+    label = repr(service) if alias is None else f"{service!r} (alias {typed!r})"
     request = Call(resolve_service_ref(service), args)
     timeout = ctx.client_config.connect_timeout
-    if server or alias_server or ctx.client_config.server:
-        opened = open_call(
-            ctx.target(server, alias_server), ctx.identity(), ctx.known_hosts(), request, timeout=timeout
-        )
+    stdin_fd = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.fileno()
+    chosen = server or alias_server or ctx.client_config.server
+    if chosen:
+        target = ctx.target(chosen)
+        try:
+            opened = open_call(target, ctx.identity(), ctx.known_hosts(), request, timeout=timeout)
+            exit = finish_call(opened, stdin_fd=stdin_fd).exit
+        except Rejected as exc:
+            if exc.code != "no-such-service":
+                raise
+            raise no_such_service(ctx, chosen, service, label) from None
     else:
-        from hubnet.discover import find_offers, open_discovered_call
+        from hubnet.discover import find_offers, nobody_offers, open_discovered_call
 
         offers = find_offers(ctx.identity(), ctx.bootstrap(bootstrap), request.service_id)
         if not offers:
-            raise TransportError(f"nobody offers {service} (no valid offer found in the DHT)")
+            raise nobody_offers(label)
         opened = open_discovered_call(
-            ctx.identity(), offers, ctx.selection_rules(), request, timeout=timeout, verbose=ctx.verbose
+            ctx.identity(),
+            offers,
+            ctx.selection_rules(),
+            request,
+            timeout=timeout,
+            verbose=ctx.verbose,
+            name=label,
+            rules_source=ctx.client_config.source,
         )
-    stdin_fd = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.fileno()
-    exit = finish_call(opened, stdin_fd=stdin_fd).exit
+        exit = finish_call(opened, stdin_fd=stdin_fd).exit
     if exit.error:
         print(f"hubnode: {_WHY_HUBNET_ENDED.get(exit.error, exit.error)}", file=sys.stderr)
     if exit.signal is not None:
@@ -120,3 +163,101 @@ def run_call(
         # the output cap): its output was still cut short, so never report success.
         return 1
     return exit.exit_code if exit.exit_code is not None else 1
+
+
+def no_such_service(ctx: Context, server: str, typed: str, label: str | None = None) -> NotOffered:
+    """The node `server` has no service `typed`: say so, with the close names it does offer.
+
+    Asks the node for its list (one more round trip, only on this error path); if that
+    fails too, the message says how to ask for it.
+    """
+    from hubnet.client import request
+    from hubnet.node.protocol import ListServices, Services
+
+    target = ctx.target(server)
+    where = f"no service {label or repr(typed)} on {target.address}"
+    try:
+        reply = request(
+            target,
+            ctx.identity(),
+            ctx.known_hosts(),
+            ListServices(),
+            Services,
+            timeout=ctx.client_config.connect_timeout,
+        )
+    except (HubnetError, OSError):
+        return NotOffered(
+            f"{where}; hubnode services --server {shown_command([server])} lists what it offers"
+        )
+    return NotOffered(f"{where}; {suggest_names(typed, [s.name for s in reply.services], server)}")
+
+
+def suggest_names(typed: str, names: list[str], server: str) -> str:
+    """What to say after "no service X": the offered names closest to `typed`, or what there is."""
+    import difflib
+
+    close = difflib.get_close_matches(typed, names, n=3, cutoff=0.6)
+    if close:
+        return f"did you mean {' or '.join(close)}?"
+    if not names:
+        return "it offers no services"
+    if len(names) <= 8:
+        return f"it offers {', '.join(sorted(names))}"
+    return f"it offers {len(names)} services: hubnode services --server {shown_command([server])} lists them"
+
+
+def options_after_service(service: str, args: tuple[str, ...]) -> str | None:
+    """Where `call`'s own option goes, if one follows SERVICE; None if none does.
+
+    After SERVICE it went to the remote program, so this is said only when hubnode failed
+    the call. The long forms always count; `-s` and `-b` only with a value that looks like
+    a TARGET (has ':' or '@'), because `espeak -s 150` means espeak's own -s. Nothing after
+    `--` counts.
+    """
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return None
+        name, eq, _ = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if name not in CALL_OPTIONS:
+            continue
+        moved = list(args[i : i + 1] if eq else args[i : i + 2])
+        value = arg.partition("=")[2] if eq else (moved[1] if len(moved) > 1 else "")
+        if not name.startswith("--") and not any(c in value for c in ":@"):
+            continue
+        fix = shown_command(["hubnode", "call", *moved, service, *args[:i], *args[i + len(moved) :]])
+        return (
+            f"{arg} after {service} went to the remote program, as everything after SERVICE does; "
+            f"if it was meant for hubnode, put it before SERVICE: {fix}"
+        )
+    return None
+
+
+def misplaced_option(
+    option: str, server: str | None, bootstrap: tuple[str, ...], args: tuple[str, ...]
+) -> ConfigError:
+    """An option where SERVICE should be: hubnode's own (it goes before `call`), or unknown."""
+    name = option.partition("=")[0] if option.startswith("--") else option
+    given = [*(["--server", server] if server else []), *(w for b in bootstrap for w in ("--bootstrap", b))]
+    if name in GLOBAL_OPTIONS:
+        takes_value = GLOBAL_OPTIONS[name] and "=" not in option
+        moved, rest = [option, *args[:1]] if takes_value else [option], args[1:] if takes_value else args
+        fix = shown_command(["hubnode", *moved, "call", *given, *rest])
+        return ConfigError(f"{option} is an option of hubnode itself and goes before the command: {fix}")
+    import difflib
+
+    close = difflib.get_close_matches(name, [*CALL_OPTIONS, *GLOBAL_OPTIONS], n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return ConfigError(f"call has no option {option!r}; {hint}usage: {CALL_USAGE}")
+
+
+def shown_command(words: list[str], limit: int = 300) -> str:
+    """`words` as a shell line for a one-line message: quoted, and cut to '...' if long."""
+    import shlex
+
+    shown: list[str] = []
+    for word in words:
+        quoted = shlex.quote(word)
+        if "\n" in word or len(" ".join([*shown, quoted])) > limit:
+            return " ".join([*shown, "..."])
+        shown.append(quoted)
+    return " ".join(shown)

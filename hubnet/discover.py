@@ -20,7 +20,14 @@ from hubnet.dht.addresses import DirectAddress
 from hubnet.dht.client import DhtClient
 from hubnet.dht.ids import service_key
 from hubnet.dht.lookup import Seed
-from hubnet.identity.errors import HostKeyMismatch, Rejected, RemoteProtocolError, TransportError
+from hubnet.identity.errors import (
+    ConfigError,
+    HostKeyMismatch,
+    NotOffered,
+    Rejected,
+    RemoteProtocolError,
+    TransportError,
+)
 from hubnet.identity.keys import Identity, encode_peer_id
 from hubnet.identity.records import InvalidRecord
 from hubnet.node.naming import Target
@@ -38,15 +45,30 @@ def seeds(targets: Sequence[str]) -> list[Seed]:
     return [Seed((t.direct.host, t.direct.port), t.peer) for t in parsed]
 
 
+# `hubnet.commands.NO_SERVER` is how it starts (that module must not import this one).
+NO_WHERE_TO_LOOK = (
+    "no server given and no DHT to find one in: give --server PEER_ID@HOST:PORT or "
+    "--bootstrap PEER_ID@HOST:PORT before SERVICE, or set server or bootstrap in client.toml"
+)
+
+
 def find_offers(identity: Identity, bootstrap: Sequence[str], service_id: bytes) -> list[Offer]:
-    """Every valid offer for `service_id` that the DHT holds."""
+    """Every valid offer for `service_id` that the DHT holds.
+
+    ConfigError (a usage error) without bootstrap nodes; TransportError if none answers.
+    """
     if not bootstrap:
-        raise TransportError(
-            "no server and no DHT to discover one: give --server, or --bootstrap PEER_ID@HOST:PORT "
-            "(or `bootstrap` in client.toml)"
-        )
-    with DhtClient(identity, seeds(bootstrap)) as dht:
+        raise ConfigError(NO_WHERE_TO_LOOK)
+    given = seeds(bootstrap)
+    with DhtClient(identity, given) as dht:
         records = dht.find_providers(service_key(service_id))
+        if not records and not dht.seen:
+            # Seeds given with their keys are queried without a first question, so a dead one
+            # looks like an empty DHT: say it is the network, not "nobody offers it".
+            where = ", ".join(f"{host}:{port}" for host, port in (seed.address for seed in given))
+            raise TransportError(
+                f"no DHT node answered at {where}: check --bootstrap or `bootstrap` in client.toml"
+            )
     offers = []
     for record in records:
         try:
@@ -56,6 +78,23 @@ def find_offers(identity: Identity, bootstrap: Sequence[str], service_id: bytes)
         if offer.service_id == service_id:
             offers.append(offer)
     return offers
+
+
+def nobody_offers(name: str) -> NotOffered:
+    """The DHT answered and holds no valid offer for the service `name` (as the user typed it)."""
+    return NotOffered(
+        f"nobody in the DHT offers {name}: check the name, or ask a node you know what it offers "
+        "with hubnode services --server PEER_ID@HOST:PORT"
+    )
+
+
+def none_acceptable(name: str, found: int, rules_source: str) -> NotOffered:
+    """Offers for `name` were found, but the client's [select] rules refuse every one."""
+    return NotOffered(
+        f"{found} offer(s) of {name} found, none acceptable under [select] in {rules_source} "
+        "(price, only, exclude, max_utilisation, or no address this client can dial): "
+        "relax those rules, or call one node with --server"
+    )
 
 
 def target_of(offer: Offer) -> Target:
@@ -104,12 +143,19 @@ def open_discovered_call(
     *,
     timeout: float,
     verbose: bool,
+    name: str = "the service",
+    rules_source: str = "client.toml",
 ) -> OpenCall:
-    """Open the call on the first candidate that accepts it."""
+    """Open the call on the first candidate that accepts it.
+
+    NotOffered if the rules accept none of `offers`; Rejected if every provider tried
+    refused the call for one reason (say, all busy); else TransportError if none took it.
+    """
     ordered = candidates(identity, offers, rules)
     if not ordered:
-        raise TransportError(f"no acceptable offer among {len(offers)} found (see [select] in client.toml)")
+        raise none_acceptable(name, len(offers), rules_source)
     failures = []
+    refusals: set[str] = set()
     for offer in ordered[:MAX_ATTEMPTS]:
         target = target_of(offer)
         if verbose:
@@ -118,4 +164,8 @@ def open_discovered_call(
             return open_call(target, identity, PinnedKeys(), call, timeout=timeout, wait_for_accept=True)
         except (TransportError, RemoteProtocolError, HostKeyMismatch, Rejected, OSError) as exc:
             failures.append(f"{target.address}: {exc}")
-    raise TransportError(f"every provider failed before accepting: {'; '.join(failures)}")
+            refusals.add(exc.code if isinstance(exc, Rejected) else "")
+    if len(refusals) == 1 and "" not in refusals:
+        # Every node answered and refused for the same reason: that reason, and its exit status.
+        raise Rejected(refusals.pop(), f"every provider of {name} refused the call: {'; '.join(failures)}")
+    raise TransportError(f"every provider of {name} failed before accepting: {'; '.join(failures)}")

@@ -11,6 +11,7 @@ from hubnet.identity.errors import (
     ConfigError,
     HostKeyMismatch,
     HubnetError,
+    NotOffered,
     PolicyError,
     Rejected,
     RemoteProtocolError,
@@ -19,7 +20,9 @@ from hubnet.identity.errors import (
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-# A shell's convention for a command that cannot run (126) or does not exist (127).
+# A shell's convention for a command that cannot run (126) or does not exist (127): the
+# node refused the call; the service is not to be had (no such service on the server,
+# nobody in the DHT offers it, or no offer passes client.toml's [select] rules).
 EXIT_REFUSED = 126
 EXIT_NO_SERVICE = 127
 # A shell's convention for death by signal N: 128 + N (numbers, not the `signal` module,
@@ -32,7 +35,12 @@ EXIT_TRANSPORT = 255
 
 
 def exit_code_for(error: HubnetError) -> int:
-    """The exit status for `error`; anything not named here is a plain failure (1)."""
+    """The exit status for `error`; anything not named here is a plain failure (1).
+
+    The table in docs/getting-started.md ("Exit codes") says the same; keep them in step.
+    """
+    if isinstance(error, NotOffered):
+        return EXIT_NO_SERVICE
     if isinstance(error, Rejected):
         return EXIT_NO_SERVICE if error.code == "no-such-service" else EXIT_REFUSED
     if isinstance(error, TransportError | RemoteProtocolError | HostKeyMismatch):

@@ -43,6 +43,11 @@ class PolicyError(HubnetError):
     """A request breaks a service's policy (arguments, allow list)."""
 
 
+class NotOffered(HubnetError):
+    """The service asked for is to be had nowhere the caller looked: the server has no
+    service by that name or id, or nobody in the DHT offers it (or nobody acceptably)."""
+
+
 class Rejected(HubnetError):
     """The server refused the request; `code` says why in one word."""
 

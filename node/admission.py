@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from hubnet.identity.errors import PolicyError
 from hubnet.identity.keys import fingerprint
-from hubnet.node.naming import format_service_id
+from hubnet.node.naming import format_service_id, service_id_for_name
 from hubnet.node.protocol import Call, Exit, Reject, RejectCode, Terms, Usage
 from hubnet.node.runner import JobOutcome
 from hubnet.node.services import NodeConfig, Service
@@ -37,9 +37,30 @@ class Admitted:
     terms: Terms
 
 
+def find_service(config: NodeConfig, service_id: bytes) -> Service | None:
+    """The service a call's id names: the service with that id, else the one whose *name*
+    has that default id.
+
+    A service with its own `id` (say `espeak-private`, answering to espeak's id) is listed
+    by its name, and a caller who types that name sends the name's default id: it must
+    reach the service all the same. An exact id always wins, so no service can take
+    another's id away by its name.
+    """
+    service = config.services.get(service_id)
+    if service is not None:
+        return service
+    return next(
+        (s for s in config.services.values() if service_id_for_name(s.name) == service_id),
+        None,
+    )
+
+
 def admit(call: Call, caller: bytes, config: NodeConfig, occupancy: Occupancy) -> Admitted | Reject:
-    """Whether `caller` may run `call` here now, and on what terms."""
-    service = config.services.get(call.service_id)
+    """Whether `caller` may run `call` here now, and on what terms.
+
+    `occupancy` must be that of the service `find_service` gives for the call's id.
+    """
+    service = find_service(config, call.service_id)
     if service is None:
         return Reject(RejectCode.NO_SUCH_SERVICE, f"no service {format_service_id(call.service_id)} here")
     if not service.allows(caller):

@@ -24,7 +24,7 @@ from hubnet.identity.errors import HubnetError, RemoteProtocolError, TransportEr
 from hubnet.identity.keys import Identity, encode_peer_id, fingerprint
 from hubnet.identity.secure import SecureStream, accept_secure
 from hubnet.identity.session import MAX_RECEIVE
-from hubnet.node.admission import Admitted, Occupancy, admit, settle
+from hubnet.node.admission import Admitted, Occupancy, admit, find_service, settle
 from hubnet.node.naming import format_service_id
 from hubnet.node.protocol import (
     DATA_CHUNK,
@@ -166,7 +166,9 @@ class Node:
 
     async def _call(self, stream: SecureStream, conn: JobConnection, call: Call) -> None:
         peer = stream.remote_identity
-        admitted = admit(call, peer, self.config, Occupancy(self._slot_free(call.service_id), self.queued))
+        found = find_service(self.config, call.service_id)  # by its id, or by its name's default id
+        occupancy = Occupancy(self._slot_free(found.id if found else call.service_id), self.queued)
+        admitted = admit(call, peer, self.config, occupancy)
         if isinstance(admitted, Reject):
             log.info(
                 "refused %s from %s: %s",

@@ -6,10 +6,13 @@ import json
 import re
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import ESPEAK_SUMMARY, MAX_JOBS, Node
-from tests.e2e.harness import Client, one_line, run
+from tests.e2e.harness import Client, Server, one_line, run, wait_until
 
 SERVICE_NAMES = {
     "argv",
@@ -116,3 +119,189 @@ def test_serve_on_a_port_in_use_says_it_cannot_listen(tmp_path: Path) -> None:
         result = Client(tmp_path).run("serve", "--no-lan", "--listen", f"127.0.0.1:{port}")
     assert result.returncode == 1
     assert one_line(result) == f"hubnode: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+# --- what goes wrong: one line on stderr naming what was typed, and the documented exit code ---
+# (the table in docs/getting-started.md, "Exit codes"; the one map is hubnet/exits.py)
+
+ESPEAK_ID = "0464183066062102ACA7E1DE02EC3B44"  # the default id of the name "espeak"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _client_toml(client: Client, text: str) -> None:
+    (client.home / "client.toml").write_text(text, encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def custom_id_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """docs/services.md's "every key at once" example, reduced: a local name, espeak's id."""
+    toml = f"""listen = "127.0.0.1:0"
+[services.espeak-private]
+id = "{ESPEAK_ID}"
+command = ["cat"]
+[services.cat]
+command = ["cat"]
+"""
+    with Server(tmp_path_factory.mktemp("custom-id"), toml) as server:
+        yield server
+
+
+def test_a_service_with_its_own_id_answers_to_its_listed_name(custom_id_node: Server, client: Client) -> None:
+    target = custom_id_node.target
+    for typed in ("espeak-private", "espeak", ESPEAK_ID, ESPEAK_ID.lower()):
+        # `services SERVICE` shows what `call SERVICE` reaches.
+        listed = client.run("services", "--server", target, "--json", typed)
+        assert listed.returncode == 0, listed.stderr
+        rows = json.loads(listed.stdout)
+        assert [(row["name"], row["id"]) for row in rows] == [("espeak-private", ESPEAK_ID)]
+        called = client.call(target, typed, input=b"by " + typed.encode())
+        assert (called.returncode, called.stdout) == (0, b"by " + typed.encode()), called.stderr
+    near = client.call(target, "espeak-privat")
+    assert near.returncode == 127
+    assert one_line(near) == (
+        f"hubnode: no service 'espeak-privat' on {custom_id_node.address}; did you mean espeak-private?"
+    )
+
+
+def test_no_such_service_suggests_close_names(node: Node, client: Client, tmp_path: Path) -> None:
+    result = client.call(node.target, "espeek")
+    assert result.returncode == 127
+    assert one_line(result) == f"hubnode: no service 'espeek' on {node.server.address}; did you mean espeak?"
+    made = client.run("alias", "--server", node.target, "--bin-dir", str(tmp_path / "bin"), "say", "espeek")
+    assert made.returncode == 0, made.stderr
+    via_alias = client.run("call", "say")
+    assert via_alias.returncode == 127
+    assert one_line(via_alias) == (
+        f"hubnode: no service 'espeek' (alias 'say') on {node.server.address}; did you mean espeak?"
+    )
+    far = client.call(node.target, "zzzz")
+    assert far.returncode == 127
+    line = one_line(far)
+    assert line.startswith(f"hubnode: no service 'zzzz' on {node.server.address}; it offers ")
+    assert f"hubnode services --server {node.target}" in line  # 14 services: how to see them all
+
+
+def test_services_with_a_server_and_no_such_service_is_127_in_both_modes(node: Node, client: Client) -> None:
+    table = client.run("services", "--server", node.target, "espeek")
+    json_mode = client.run("services", "--server", node.target, "--json", "espeek")
+    expected = f"hubnode: no service 'espeek' on {node.server.address}; did you mean espeak?"
+    assert (table.returncode, table.stdout, one_line(table)) == (127, b"", expected)
+    assert (json_mode.returncode, json.loads(json_mode.stdout), one_line(json_mode)) == (127, [], expected)
+
+
+def test_nobody_offers_it_in_the_dht_is_127_in_every_mode(node: Node, client: Client) -> None:
+    expected = "hubnode: nobody in the DHT offers 'nosuch': check the name, or ask a node you know"
+    for command in (
+        ("call", "--bootstrap", node.target, "nosuch"),
+        ("services", "--bootstrap", node.target, "nosuch"),
+        ("services", "--bootstrap", node.target, "--json", "nosuch"),
+    ):
+        result = client.run(*command)
+        assert result.returncode == 127, (command, result.stderr)
+        assert one_line(result).startswith(expected), command
+        assert result.stdout == (b"[]\n" if "--json" in command else b"")
+
+
+def test_no_acceptable_offer_is_127_in_every_mode(node: Node, client: Client) -> None:
+    seed = ("--bootstrap", node.target)
+    # The node published its offers as it started; wait for them (at most a few seconds).
+    assert wait_until(lambda: client.run("services", *seed, "--json", "cat").returncode == 0, 20.0)
+    _client_toml(client, f'[select]\nexclude = ["{node.server.peer_id}"]\n')
+    source = client.home / "client.toml"
+    for command in (("call", *seed, "cat"), ("services", *seed, "cat"), ("services", *seed, "--json", "cat")):
+        result = client.run(*command)
+        assert result.returncode == 127, (command, result.stderr)
+        assert one_line(result).startswith(
+            f"hubnode: 1 offer(s) of 'cat' found, none acceptable under [select] in {source}"
+        )
+        assert result.stdout == (b"[]\n" if "--json" in command else b"")
+
+
+def test_a_dht_that_does_not_answer_is_a_network_failure(node: Node, client: Client) -> None:
+    dead = f"{node.server.peer_id}@127.0.0.1:{_free_port()}"  # a pinned seed is not asked first
+    for command in (("call", "--bootstrap", dead, "cat"), ("services", "--bootstrap", dead, "cat")):
+        result = client.run(*command)
+        assert result.returncode == 255, (command, result.stderr)
+        assert one_line(result).startswith("hubnode: no DHT node answered at 127.0.0.1:")
+
+
+def test_no_server_and_no_dht_is_a_usage_error(client: Client) -> None:
+    for command in (("call", "cat"), ("services", "cat"), ("status",)):
+        result = client.run(*command)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "--server" in one_line(result), command
+    assert one_line(client.run("call", "cat")).startswith(
+        "hubnode: no server given and no DHT to find one in: give"
+    )
+
+
+def test_call_options_after_service_are_the_programs_but_a_failure_says_where_they_go(
+    node: Node, client: Client
+) -> None:
+    # No server, no DHT: the call cannot go anywhere, and the message says what was meant.
+    result = client.run("call", "cat", "--server", node.target)
+    assert result.returncode == 2
+    assert one_line(result) == (
+        "hubnode: no server given and no DHT to find one in; --server after cat went to the remote "
+        "program, as everything after SERVICE does; if it was meant for hubnode, put it before "
+        f"SERVICE: hubnode call --server {node.target} cat"
+    )
+    # With a default server, `--server X` went to cat, which takes no arguments: refused (126).
+    _client_toml(client, f'server = "{node.target}"\n')
+    refused = client.run("call", "cat", "-s", node.target)
+    assert refused.returncode == 126
+    assert one_line(refused).startswith(
+        "hubnode: bad-arguments: argument 1 ('-s'): option not allowed; -s after cat"
+    )
+    assert one_line(refused).endswith(f"put it before SERVICE: hubnode call -s {node.target} cat")
+    # The program's own options, even hubnode's letters, pass untouched and draw no hint.
+    own = client.run("call", "argv", "-n", "5", "--flag")
+    assert (own.returncode, own.stdout) == (3, b"<-n>\n<5>\n<--flag>\n"), own.stderr
+    plain = client.run("call", "cat", "-s", "140")
+    assert plain.returncode == 126
+    assert one_line(plain) == "hubnode: bad-arguments: argument 1 ('-s'): option not allowed"
+
+
+def test_a_global_option_after_the_command_says_where_it_goes(node: Node, client: Client) -> None:
+    home = str(client.home)
+    result = client.run("call", "-v", "-s", node.target, "cat")
+    assert result.returncode == 2
+    assert one_line(result) == (
+        "hubnode: -v is an option of hubnode itself and goes before the command: "
+        f"hubnode -v call --server {node.target} cat"
+    )
+    for command in (("serve", "-v"), ("services", "--verbose", "--server", node.target)):
+        result = client.run(*command)
+        assert result.returncode == 2, command
+        moved = " ".join([command[1], "--home", home, command[0], *command[2:]])
+        said = f"hubnode: {command[1]} is an option of hubnode itself and goes before the command"
+        assert one_line(result) == f"{said}: hubnode {moved}"
+
+
+def test_other_usage_errors_are_one_line_naming_the_slip(client: Client) -> None:
+    unknown = client.run("call", "--sever", "h:1", "cat")
+    assert unknown.returncode == 2
+    assert one_line(unknown).startswith(
+        "hubnode: call has no option '--sever'; did you mean --server? usage: "
+    )
+    typo = client.run("services", "--jsn")
+    assert typo.returncode == 2
+    assert one_line(typo) == (
+        "hubnode: services: No such option '--jsn'. Did you mean '--json'? See 'hubnode services --help'."
+    )
+
+
+def test_a_refusal_is_126_with_or_without_a_server(node: Node, client: Client) -> None:
+    # `private` allows one other peer only; found in the DHT, its one provider refuses too.
+    seed = ("--bootstrap", node.target)
+    assert wait_until(lambda: client.run("services", *seed, "--json", "private").returncode == 0, 20.0)
+    direct = client.call(node.target, "private")
+    found = client.run("call", *seed, "private")
+    assert (direct.returncode, found.returncode) == (126, 126), found.stderr
+    assert one_line(direct).startswith("hubnode: not-allowed: ")
+    assert one_line(found).startswith("hubnode: not-allowed: every provider of 'private' refused the call: ")

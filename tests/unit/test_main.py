@@ -14,13 +14,14 @@ from hypothesis import strategies as st
 
 import hubnet.cli
 from hubnet.cli import cli
-from hubnet.commands import Context
+from hubnet.commands import Context, misplaced_option, options_after_service, shown_command
 from hubnet.exits import exit_code_for
 from hubnet.identity.errors import (
     ConfigError,
     HandshakeError,
     HostKeyMismatch,
     HubnetError,
+    NotOffered,
     Rejected,
     TransportError,
 )
@@ -105,6 +106,7 @@ def test_fast_path_never_disagrees(argv: list[str]) -> None:
     ("error", "code"),
     [
         (Rejected("no-such-service", "x"), 127),
+        (NotOffered("x"), 127),
         (Rejected("bad-arguments", "x"), 126),
         (TransportError("x"), 255),
         (HandshakeError("x"), 255),
@@ -115,6 +117,62 @@ def test_fast_path_never_disagrees(argv: list[str]) -> None:
 )
 def test_exit_codes(error: HubnetError, code: int) -> None:
     assert exit_code_for(error) == code
+
+
+# --- where options go: the hints a misplaced option gets ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "fix"),
+    [
+        (("--server", "h:1"), "hubnode call --server h:1 espeak"),
+        (("--server=h:1", "hi"), "hubnode call --server=h:1 espeak hi"),
+        (("-v", "en", "-s", "k@h:1"), "hubnode call -s k@h:1 espeak -v en"),
+        (("--bootstrap", "seed"), "hubnode call --bootstrap seed espeak"),
+        (("-b", "h:7070", "hello world"), "hubnode call -b h:7070 espeak 'hello world'"),
+    ],
+)
+def test_call_options_after_service_get_a_hint(args: tuple[str, ...], fix: str) -> None:
+    hint = options_after_service("espeak", args)
+    assert hint is not None and hint.endswith(f"put it before SERVICE: {fix}"), hint
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (),
+        ("-v", "en-us", "hello"),
+        ("-s", "140"),  # espeak's own -s (speed): not an address, so not hubnode's
+        ("-b", "1"),
+        ("--", "--server", "h:1"),  # after --, explicitly the program's
+        ("--servers", "h:1"),
+    ],
+)
+def test_the_programs_own_options_get_no_hint(args: tuple[str, ...]) -> None:
+    assert options_after_service("espeak", args) is None
+
+
+def test_a_global_option_after_call_says_where_it_goes() -> None:
+    message = str(misplaced_option("-v", "k@h:1", ("b:2",), ("cat", "-n")))
+    assert message == (
+        "-v is an option of hubnode itself and goes before the command: "
+        "hubnode -v call --server k@h:1 --bootstrap b:2 cat -n"
+    )
+    message = str(misplaced_option("--home", None, (), ("/srv/my node", "cat")))
+    assert message.endswith("before the command: hubnode --home '/srv/my node' call cat")
+    assert str(misplaced_option("--home=/x", None, (), ("cat",))).endswith(": hubnode --home=/x call cat")
+
+
+def test_an_unknown_call_option_gets_the_closest_and_the_usage() -> None:
+    message = str(misplaced_option("--sever", None, (), ("h:1", "cat")))
+    assert message.startswith("call has no option '--sever'; did you mean --server? usage: hubnode ")
+    assert "did you mean" not in str(misplaced_option("-x", None, (), ()))
+
+
+def test_shown_commands_stay_on_one_line() -> None:
+    assert shown_command(["hubnode", "call", "cat", "a\nb"]) == "hubnode call cat ..."
+    long = shown_command(["hubnode", "call", "espeak", "word " * 100])
+    assert long == "hubnode call espeak ..."
 
 
 # Run in a fresh interpreter (this one has imported everything): `hubnode ARGS` as the
