@@ -27,7 +27,7 @@ DAY = 86400
 ROLES = ("robot", "server", "member")
 
 
-@click.group()
+@click.group(short_help="Organisations: create, attest members, join, list, revoke.")
 def org() -> None:
     """Organisations: a lab's own key, vouching for its robots and desktops.
 
