@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import dataclass
 
 import msgpack
@@ -286,6 +286,6 @@ def memberships(
     return {(a.org, a.role) for a in attestations if check(a, holder, now, revocations.get(a.org)) is None}
 
 
-def satisfies(rules: Iterable[OrgRule], proven: set[tuple[bytes, Role]]) -> bool:
+def satisfies(rules: Iterable[OrgRule], proven: Set[tuple[bytes, Role]]) -> bool:
     """Whether any of `proven` meets any of `rules`."""
     return any(rule.matches(m) for rule in rules for m in proven)

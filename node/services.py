@@ -13,7 +13,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -23,6 +23,7 @@ from hubnet.dht.addresses import DEFAULT_PORT, Address, RelayAddress, parse_addr
 from hubnet.identity.errors import ConfigError, PolicyError
 from hubnet.identity.hints import did_you_mean
 from hubnet.identity.keys import decode_peer_id
+from hubnet.identity.orgs import OrgRule, Role, satisfies
 from hubnet.node.naming import (
     Target,
     format_service_id,
@@ -216,17 +217,32 @@ class Service:
     max_output: int = 100 * 1024 * 1024
     cpu_seconds: int | None = None
     memory_bytes: int | None = None
-    allow: frozenset[bytes] | None = None  # None: every caller
+    allow: frozenset[bytes] | None = None  # None: every caller (unless allow_orgs is set)
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     price: Price = field(default_factory=Price)
+    allow_orgs: tuple[OrgRule, ...] = ()  # members of these (of a role, if given) may call
+    free_orgs: tuple[OrgRule, ...] = ()  # members of these pay nothing
 
     def argv(self, args: Sequence[str]) -> list[str]:
         """The full argv to exec for a client's `args`; PolicyError if they are not allowed."""
         self.policy.check(args)
         return [*self.command, *args]
 
-    def allows(self, peer: bytes) -> bool:
-        return self.allow is None or peer in self.allow
+    def allows(self, peer: bytes, memberships: Set[tuple[bytes, Role]] = frozenset()) -> bool:
+        """Whether `peer`, a proven member of `memberships`, may call: with neither `allow` nor
+        `allow_orgs` everyone may; otherwise a caller in either list is let in."""
+        if self.allow is None and not self.allow_orgs:
+            return True
+        return (self.allow is not None and peer in self.allow) or satisfies(self.allow_orgs, memberships)
+
+    def free_for(self, memberships: Set[tuple[bytes, Role]]) -> bool:
+        """Whether a caller with these proven `memberships` pays nothing."""
+        return satisfies(self.free_orgs, memberships)
+
+    @property
+    def orgs(self) -> set[bytes]:
+        """The organisations whose memberships this service's rules depend on."""
+        return {rule.org for rule in (*self.allow_orgs, *self.free_orgs)}
 
 
 @dataclass(frozen=True)
@@ -240,6 +256,11 @@ class NodeConfig:
     services: Mapping[bytes, Service]  # by id
     bootstrap: tuple[Target, ...] = ()  # DHT nodes to join through
     advertise: tuple[Address, ...] = ()  # the addresses to put in offers, if not the listen address
+
+    @property
+    def orgs(self) -> set[bytes]:
+        """The organisations this node relies on (whose revocation lists it must keep)."""
+        return {org for service in self.services.values() for org in service.orgs}
 
     def by_name(self, name: str) -> Service | None:
         return next((s for s in self.services.values() if s.name == name), None)
@@ -368,6 +389,7 @@ def _parse_service(t: _Table, name: str) -> Service:
         env[key] = value
     args_table = t.table("arguments")
     price_table = t.table("price")
+    allow_orgs, free_orgs = _org_rules(t, "allow_orgs"), _org_rules(t, "free_orgs")
     service = Service(
         name=name,
         id=sid,
@@ -382,9 +404,18 @@ def _parse_service(t: _Table, name: str) -> Service:
         allow=allow,
         env=MappingProxyType(env),
         price=_parse_price(price_table) if price_table else Price(),
+        allow_orgs=allow_orgs,
+        free_orgs=free_orgs,
     )
     t.done()
     return service
+
+
+def _org_rules(t: _Table, key: str) -> tuple[OrgRule, ...]:
+    try:
+        return tuple(OrgRule.parse(text) for text in t.strings(key) or ())
+    except ConfigError as exc:
+        raise t.error(key, f"{exc} (want ORG_ID or ORG_ID/ROLE)") from None
 
 
 def _parse_price(t: _Table) -> Price:

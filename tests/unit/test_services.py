@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from hubnet.dht.addresses import parse_hostport
 from hubnet.identity.errors import ConfigError, PolicyError
+from hubnet.identity.keys import Identity, encode_peer_id
+from hubnet.identity.orgs import OrgRule, Role
 from hubnet.node.naming import (
     format_service_id,
     parse_service_id,
@@ -20,6 +22,7 @@ from hubnet.node.naming import (
 )
 from hubnet.node.services import (
     ArgumentPolicy,
+    Service,
     Shape,
     load_services,
     parse_services,
@@ -513,3 +516,65 @@ def test_arbitrary_args_espeak(args: list[str]) -> None:
 @given(st.lists(_tokens(WIDE_POLICY), max_size=8))
 def test_arbitrary_args_wide(args: list[str]) -> None:
     _check_dashes(WIDE_POLICY, args)
+
+
+# --- organisations ----------------------------------------------------------------------------
+
+_LAB = Identity.from_seed(b"L" * 32)
+_OTHER = Identity.from_seed(b"O" * 32)
+_CALLER = Identity.from_seed(b"C" * 32).public_key
+
+
+def _org_service(extra: str) -> Service:
+    config = parse_services(f'[services.s]\ncommand = ["true"]\n{extra}\n')
+    service = config.by_name("s")
+    assert service is not None
+    return service
+
+
+def test_allow_orgs_and_free_orgs_parse_with_roles() -> None:
+    service = _org_service(
+        f'allow_orgs = ["{_LAB.peer_id}/robot", "{_OTHER.peer_id}"]\nfree_orgs = ["{_LAB.peer_id}"]'
+    )
+    assert service.allow_orgs == (OrgRule(_LAB.public_key, Role.ROBOT), OrgRule(_OTHER.public_key))
+    assert service.free_orgs == (OrgRule(_LAB.public_key),)
+    assert service.orgs == {_LAB.public_key, _OTHER.public_key}
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ('allow_orgs = ["nope"]', "allow_orgs: not a peer id"),
+        (f'allow_orgs = ["{_LAB.peer_id}/pilot"]', "allow_orgs: not a role: 'pilot'"),
+        (f'free_orgs = "{_LAB.peer_id}"', "free_orgs"),
+    ],
+)
+def test_bad_org_rules_are_refused_naming_the_key(extra: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(why)):
+        _org_service(extra)
+
+
+@pytest.mark.parametrize(
+    ("extra", "memberships", "allowed", "free"),
+    [
+        ("", set(), True, False),  # an open service
+        (f'allow_orgs = ["{_LAB.peer_id}"]', set(), False, False),  # members only, a stranger
+        (f'allow_orgs = ["{_LAB.peer_id}"]', {(_LAB.public_key, Role.SERVER)}, True, False),
+        (f'allow_orgs = ["{_LAB.peer_id}/robot"]', {(_LAB.public_key, Role.SERVER)}, False, False),
+        (f'allow_orgs = ["{_LAB.peer_id}/robot"]', {(_LAB.public_key, Role.ROBOT)}, True, False),
+        (f'allow_orgs = ["{_LAB.peer_id}"]', {(_OTHER.public_key, Role.ROBOT)}, False, False),
+        # allow and allow_orgs together: a caller in either list is let in
+        (f'allow = ["{encode_peer_id(_CALLER)}"]\nallow_orgs = ["{_LAB.peer_id}"]', set(), True, False),
+        (f'allow = ["{_OTHER.peer_id}"]\nallow_orgs = ["{_LAB.peer_id}"]', set(), False, False),
+        # free for members, open to everyone
+        (f'free_orgs = ["{_LAB.peer_id}"]', set(), True, False),
+        (f'free_orgs = ["{_LAB.peer_id}"]', {(_LAB.public_key, Role.ROBOT)}, True, True),
+        (f'free_orgs = ["{_LAB.peer_id}/server"]', {(_LAB.public_key, Role.ROBOT)}, True, False),
+    ],
+)
+def test_the_service_decision_table(
+    extra: str, memberships: set[tuple[bytes, Role]], allowed: bool, free: bool
+) -> None:
+    service = _org_service(extra)
+    assert service.allows(_CALLER, memberships) is allowed
+    assert service.free_for(memberships) is free
