@@ -12,6 +12,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import trio
 
@@ -99,6 +100,8 @@ class Discovery:
     async def _keep_published(self, dht: DhtNode, publisher: OfferPublisher) -> None:
         last_join = float("-inf")
         seeds_answered = False
+        joins = 0
+        reported: PublishState | None = None
         while True:
             joined = False
             # Join through the seeds until one answers, even if LAN peers arrived first:
@@ -107,17 +110,77 @@ class Discovery:
                 last_join = trio.current_time()
                 answered = await dht.bootstrap(self.seeds)
                 seeds_answered = joined = answered > 0
-                log.info(
-                    "joined the DHT: %d of %d seed(s) answered, %d contacts",
-                    answered,
-                    len(self.seeds),
-                    len(dht.protocol.table),
-                )
+                joins += 1
+                if answered:
+                    log.info(
+                        "joined the DHT: %d of %d seed(s) answered, %d contacts",
+                        answered,
+                        len(self.seeds),
+                        len(dht.protocol.table),
+                    )
+                else:  # said once; the retries every REJOIN_INTERVAL are detail
+                    log.log(
+                        logging.WARNING if joins == 1 else logging.DEBUG,
+                        "no bootstrap node answered (%s); trying again every %.0fs",
+                        ", ".join(f"{host}:{port}" for host, port in (seed.address for seed in self.seeds)),
+                        REJOIN_INTERVAL,
+                    )
             load = self.load()
             now = time.time()
             if joined or publisher.due(load, now):
                 publication = publisher.publish(load, now)
                 stored = [await dht.publish_provider(offer) for offer in publication.offers]
                 await dht.publish_node_record(publication.node_record)
-                log.info("published %d offer(s), stored at %s node(s)", len(stored), stored)
+                names = [service.name for service in self.config.services.values()]
+                state = PublishState.of(names, stored, len(dht.protocol.table))
+                # The republish every 100 s is news only when what it found changed.
+                level = logging.DEBUG if state == reported else state.level
+                log.log(level, "%s", state.describe(stored, len(dht.protocol.table)))
+                reported = state
             await trio.sleep(POLL_INTERVAL)
+
+
+@dataclass(frozen=True)
+class PublishState:
+    """What a publication found, as far as an operator cares: the offers, which of them were
+    stored at no node or at one only, and whether the node has any DHT contacts. The exact
+    store counts and contact numbers move with every republish and are left out, so that an
+    unchanged state means a republish not worth a line."""
+
+    offered: tuple[str, ...]  # the services' names
+    only_here: tuple[str, ...]  # stored by exactly one node (this one, when it has no contacts)
+    nowhere: tuple[str, ...]  # stored by no node at all
+    alone: bool  # no DHT contacts: only a caller given this node's address can reach it
+
+    @classmethod
+    def of(cls, names: Sequence[str], stored: Sequence[int], contacts: int) -> PublishState:
+        return cls(
+            tuple(sorted(names)),
+            tuple(sorted(n for n, count in zip(names, stored, strict=True) if count == 1)),
+            tuple(sorted(n for n, count in zip(names, stored, strict=True) if count == 0)),
+            contacts == 0,
+        )
+
+    @property
+    def level(self) -> int:
+        if not self.offered:  # a node with no services was warned about at the start
+            return logging.DEBUG
+        return logging.WARNING if self.nowhere else logging.INFO
+
+    def describe(self, stored: Sequence[int], contacts: int) -> str:
+        """The line for a publication that found this state, with its counts."""
+        if not self.offered:
+            return f"published no offers (no services), {contacts} DHT contact(s)"
+        low, high = min(stored), max(stored)
+        counts = f"{low}" if low == high else f"{low}-{high}"
+        text = (
+            f"published {len(self.offered)} offer(s) ({', '.join(self.offered)}), stored at {counts} node(s)"
+        )
+        if self.alone:
+            return f"{text}; no other DHT node known yet: only callers given --server can find this node"
+        text += f", {contacts} DHT contact(s)"
+        if self.nowhere:
+            text += f"; stored nowhere: {', '.join(self.nowhere)}"
+        if self.only_here:
+            text += f"; stored at one node only: {', '.join(self.only_here)}"
+        return text

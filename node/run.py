@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import trio
 
@@ -26,6 +26,10 @@ from hubnet.node.server import Node
 from hubnet.node.services import NodeConfig
 
 log = logging.getLogger("hubnet.node")
+# The line giving the node's address is the command's output, not chatter: whoever sets up
+# logging keeps this logger at info whatever the level (`hubnet.logs.configure(always=...)`).
+START_LOGGER = "hubnet.node.start"
+start_log = logging.getLogger(START_LOGGER)
 
 
 class ListenError(HubnetError):
@@ -33,12 +37,18 @@ class ListenError(HubnetError):
 
 
 def run_node(
-    config: NodeConfig, identity: Identity, *, bootstrap: Sequence[Target] = (), lan: bool = True
+    config: NodeConfig,
+    identity: Identity,
+    *,
+    bootstrap: Sequence[Target] = (),
+    lan: bool = True,
+    services_file: Path | None = None,
 ) -> None:
     """Serve `config`'s services as `identity` until SIGTERM or SIGINT.
 
     Joins the DHT through `bootstrap` and `config.bootstrap` (and, with `lan`, the nodes
-    heard on the LAN), and prints the address to give callers on stderr once listening.
+    heard on the LAN), and logs the address to give callers once listening (on the
+    `START_LOGGER`), after which file (`services_file`) the services came from.
     Raises ListenError if the port cannot be bound; no other error is relabelled as one.
     """
     node = Node(config, identity)
@@ -51,28 +61,48 @@ def run_node(
     )
     node.peers = discovery.peers
     try:
-        trio.run(_serve, config, identity, node, discovery)
+        trio.run(_serve, config, identity, node, discovery, services_file)
     except* ListenError as group:
         # Nothing but the listener had started, so this is the only error: report it alone.
         error = group.exceptions[0]
         raise error from error.__cause__
 
 
-async def _serve(config: NodeConfig, identity: Identity, node: Node, discovery: Discovery) -> None:
+async def _serve(
+    config: NodeConfig, identity: Identity, node: Node, discovery: Discovery, services_file: Path | None
+) -> None:
     # SIGTERM and SIGINT cancel everything, so every job's process group is killed on the way out.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals, contextlib.ExitStack() as stack:
         async with trio.open_nursery() as nursery:
             addresses, udp = await _listen(nursery, node, config)
             stack.callback(udp.close)  # after the nursery, once nothing uses the socket
             await nursery.start(discovery.run, udp)
+            if services_file is not None:  # said once listening, so a node that cannot says only that
+                _say_where_services_came_from(config, services_file)
             for host, port in addresses:
                 where = f"{identity.peer_id}@{DirectAddress(host, port)}"
-                print(f"hubnode: serving {len(config.services)} service(s) on {where}", file=sys.stderr)
-            sys.stderr.flush()
+                start_log.info("serving %d service(s) on %s", len(config.services), where)
             async for signum in signals:
-                log.info("stopping on signal %d", signum)
+                running = f", killing {node.running} running job(s)" if node.running else ""
+                log.info("stopping on %s%s", signal.Signals(signum).name, running)
                 nursery.cancel_scope.cancel()
                 break
+    log.info("stopped")
+
+
+def _say_where_services_came_from(config: NodeConfig, path: Path) -> None:
+    """One line: which services.toml was read, and if it gave nothing, why and where to look."""
+    if config.services:
+        names = ", ".join(sorted(service.name for service in config.services.values()))
+        log.info("read %s; serving %s", path.absolute(), names)
+        return
+    why = "defines no [services.NAME] table" if path.exists() else "does not exist"
+    start_log.warning(
+        "no services to serve: %s %s; write a [services.NAME] table there for each program, "
+        "or read another file with --services FILE (or another home with --home DIR)",
+        path.absolute(),
+        why,
+    )
 
 
 async def _listen(

@@ -118,9 +118,10 @@ class Node:
             try:
                 await self._serve(transport)
             except* trio.TooSlowError:
-                log.info("connection timed out")
+                # Each call's outcome has a line of its own; how a connection ended is detail.
+                log.debug("connection timed out")
             except* (HubnetError, trio.BrokenResourceError, trio.ClosedResourceError) as group:
-                log.info("connection ended: %s", "; ".join(str(e) for e in group.exceptions))
+                log.debug("connection ended: %s", "; ".join(str(e) for e in group.exceptions))
             except* Exception:
                 # A bug must cost one connection, never the node and every other caller's job.
                 log.exception("internal error while serving a connection")
@@ -170,11 +171,15 @@ class Node:
         occupancy = Occupancy(self._slot_free(found.id if found else call.service_id), self.queued)
         admitted = admit(call, peer, self.config, occupancy)
         if isinstance(admitted, Reject):
-            log.info(
-                "refused %s from %s: %s",
-                format_service_id(call.service_id),
+            # The reasons for these two would only repeat the line's service and caller.
+            plain = admitted.code in (RejectCode.NO_SUCH_SERVICE, RejectCode.NOT_ALLOWED)
+            log.log(
+                logging.WARNING if admitted.code == RejectCode.BUSY else logging.INFO,
+                "refused %s from %s: %s%s",
+                self._service_name(call.service_id),
                 fingerprint(peer),
-                admitted.reason,
+                admitted.code,
+                "" if plain else f" ({admitted.reason})",
             )
             await _reply(stream, conn, admitted)
             return
@@ -182,9 +187,13 @@ class Node:
         with trio.fail_after(self.start_timeout):
             go = await _next_event(stream, conn)
         if isinstance(go, Cancel):
+            log.info(
+                "call of %s from %s cancelled before it started", admitted.service.name, fingerprint(peer)
+            )
             await _reply(stream, conn, _CANCELLED_EARLY)
             return
         if not isinstance(go, Start):
+            log.debug("call of %s from %s abandoned before Start", admitted.service.name, fingerprint(peer))
             return
         caller = _Caller(stream, conn)
         async with trio.open_nursery() as nursery:
@@ -205,6 +214,11 @@ class Node:
                 fingerprint(peer),
                 caller.left_while_queued,
             )
+
+    def _service_name(self, service_id: bytes) -> str:
+        """The service's name for the log; an id this node does not serve has only its hex."""
+        service = self.config.services.get(service_id)
+        return service.name if service is not None else f"unknown service {format_service_id(service_id)}"
 
     def _slot_free(self, service_id: bytes) -> bool:
         service_slots = self._service_slots.get(service_id)
@@ -240,27 +254,68 @@ class Node:
         limits = JobLimits(service.timeout, service.max_output, service.cpu_seconds, service.memory_bytes)
         job = Job(admitted.argv, env=env, cwd=workdir, limits=limits, read_size=DATA_CHUNK)
         output = _JobOutput(caller.stream, caller.conn)
+        started = trio.current_time()
         try:
             caller.job = job  # a Cancel from now on ends this job (at once, if it comes first)
             await caller.reply(Accept(job_id, admitted.terms))
+            log.debug("started a call of %s from %s as job %s", service.name, fingerprint(peer), job_id)
+            spawn_error = ""
             try:
                 outcome = await job.run(caller.stdin, output)
             except SpawnError as exc:
+                spawn_error = f": {exc}"
                 await output.send_stderr(f"hubnode: {exc}\n".encode())
                 outcome = JobOutcome(127, None, "failed-to-start", 0.0, 0.0, 0, 0, 0)
-            ended = f"exit {outcome.exit_code}" if outcome.signal is None else f"signal {outcome.signal}"
-            log.info(
-                "job %s %s for %s: %s%s after %.2fs",
+            except BaseException as exc:
+                # The runner killed and reaped the job (its output could not be sent, its
+                # connection failed, or the node is stopping); it still gets its line.
+                stopped = "the connection failed or the node is stopping"
+                why = stopped if isinstance(exc, trio.Cancelled) else str(exc) or type(exc).__name__
+                elapsed = trio.current_time() - started
+                log.info(
+                    "job %s %s for %s: killed after %.2fs (%s)",
+                    job_id,
+                    service.name,
+                    fingerprint(peer),
+                    elapsed,
+                    why,
+                )
+                raise
+            exit_message = settle(outcome, admitted.terms)
+            log.log(
+                logging.WARNING if spawn_error else logging.INFO,
+                "job %s %s for %s: %s%s",
                 job_id,
                 service.name,
                 fingerprint(peer),
-                ended,
-                f" ({outcome.error})" if outcome.error else "",
-                outcome.wall_seconds,
+                describe_outcome(outcome, exit_message.cost),
+                spawn_error,
             )
-            await caller.reply(settle(outcome, admitted.terms))
+            await caller.reply(exit_message)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def describe_outcome(outcome: JobOutcome, cost: int) -> str:
+    """How a job ended, for its log line.
+
+    E.g. `exit 0 after 0.42s, stdin 12 B, stdout 20.1 KiB, stderr 0 B, cost 3 msat`, or
+    `signal 9 (timeout) after 1.00s, ...` when hubnet ended it.
+    """
+    ended = f"exit {outcome.exit_code}" if outcome.signal is None else f"signal {outcome.signal}"
+    why = f" ({outcome.error})" if outcome.error else ""
+    return (
+        f"{ended}{why} after {outcome.wall_seconds:.2f}s, stdin {_size(outcome.stdin_bytes)}, "
+        f"stdout {_size(outcome.stdout_bytes)}, stderr {_size(outcome.stderr_bytes)}, cost {cost} msat"
+    )
+
+
+def _size(count: int) -> str:
+    if count < 10 * 1024:
+        return f"{count} B"
+    if count < 10 * 1024 * 1024:
+        return f"{count / 1024:.1f} KiB"
+    return f"{count / (1024 * 1024):.1f} MiB"
 
 
 class _Caller:
@@ -301,7 +356,7 @@ class _Caller:
                 except TransportError as exc:
                     # A reset (a killed caller with unread data sends one) is as much a vanished
                     # caller as a clean close: end the job the same way, so it is reported.
-                    log.info("caller lost: %s", exc)
+                    log.debug("caller lost: %s", exc)
                     event = ConnectionClosed()
                 except HubnetError:
                     self._end("disconnected")

@@ -26,7 +26,7 @@ start_node() {
     shift 2
     mkdir -p "$work/$name"
     printf '%s\n' "$services" >"$work/$name/services.toml"
-    "$hubnode" --home "$work/$name" -v serve --no-lan "$@" >/dev/null 2>"$work/$name.log" &
+    "$hubnode" --home "$work/$name" serve --no-lan "$@" >/dev/null 2>"$work/$name.log" &
     pids+=($!)
     target=""
     for _ in $(seq 100); do
