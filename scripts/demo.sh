@@ -4,7 +4,9 @@
 # discovers the offers, calls the cheaper one, and the speech lands in triumph.wav.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-hubnode=$PWD/.venv/bin/hubnode
+venv=${VENV:-.venv}  # the Makefile passes its VENV
+[[ $venv == /* ]] || venv=$PWD/$venv
+hubnode=$venv/bin/hubnode
 
 if ! command -v espeak-ng >/dev/null; then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
