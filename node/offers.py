@@ -16,11 +16,16 @@ from hubnet.dht.addresses import Address, InvalidAddress, decode_address, encode
 from hubnet.dht.ids import service_key
 from hubnet.dht.records import ProviderRecord
 from hubnet.identity.errors import RemoteProtocolError
+from hubnet.identity.keys import PUBLIC_KEY_LEN
+from hubnet.identity.orgs import MAX_ATTESTATION_LEN
 from hubnet.node.naming import SERVICE_ID_LEN, is_service_name
 
 MAX_ADDRESSES = 8
 MAX_PRICE = 2**53  # millisatoshi; far above any sane price, small enough for a float ranking
 MAX_LOAD = 2**20
+# A provider record holds at most 1024 bytes: room for two attestations beside the rest.
+MAX_OFFER_ATTESTATIONS = 2
+MAX_FREE_ORGS = 4
 
 
 class InvalidOffer(RemoteProtocolError):
@@ -71,22 +76,31 @@ class Offer:
     sequence: int
     issued_at: int
     expires_at: int
+    # The publisher's organisation attestations (encoded; unverified here: hubnet.select
+    # checks them against the publisher and the organisations' revocation lists), and the
+    # organisations whose members this service serves free.
+    attestations: tuple[bytes, ...] = ()
+    free_orgs: tuple[bytes, ...] = ()
 
     def payload(self) -> bytes:
         """The bytes that go into the provider record."""
         if not 1 <= len(self.addresses) <= MAX_ADDRESSES:
             raise ValueError(f"an offer lists 1..{MAX_ADDRESSES} addresses, not {len(self.addresses)}")
-        return bytes(
-            msgpack.packb(
-                [
-                    self.service_id,
-                    self.name,
-                    [encode_address(a) for a in self.addresses],
-                    [self.price.per_call, self.price.per_second, self.price.per_mib],
-                    [self.load.running, self.load.queued, self.load.capacity],
-                ]
+        if len(self.attestations) > MAX_OFFER_ATTESTATIONS or len(self.free_orgs) > MAX_FREE_ORGS:
+            raise ValueError(
+                f"an offer carries at most {MAX_OFFER_ATTESTATIONS} attestations "
+                f"and {MAX_FREE_ORGS} free_orgs"
             )
-        )
+        fields: list[object] = [
+            self.service_id,
+            self.name,
+            [encode_address(a) for a in self.addresses],
+            [self.price.per_call, self.price.per_second, self.price.per_mib],
+            [self.load.running, self.load.queued, self.load.capacity],
+        ]
+        if self.attestations or self.free_orgs:  # optional: an offer without them keeps its size
+            fields += [list(self.attestations), list(self.free_orgs)]
+        return bytes(msgpack.packb(fields))
 
 
 def _bounded_int(value: object, limit: int, what: str) -> int:
@@ -117,9 +131,11 @@ def offer_from_record(record: ProviderRecord) -> Offer:
         fields = msgpack.unpackb(record.payload, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise InvalidOffer("offer payload is not msgpack") from exc
-    if not (isinstance(fields, list) and len(fields) == 5):
-        raise InvalidOffer("offer payload must be a 5-element array")
-    service_id, name, addresses, price, load = fields
+    if not (isinstance(fields, list) and len(fields) >= 5):
+        raise InvalidOffer("offer payload must be an array of at least 5 elements")
+    # Fields past the 7th are a newer node's additions (the versioning rule of docs/protocol.md).
+    service_id, name, addresses, price, load, *optional = fields[:7]
+    attestations, free_orgs = _optional_lists(optional)
     if not (isinstance(service_id, bytes) and len(service_id) == SERVICE_ID_LEN):
         raise InvalidOffer("offer service id must be 16 bytes")
     if service_key(service_id) != record.key:
@@ -137,4 +153,23 @@ def offer_from_record(record: ProviderRecord) -> Offer:
         sequence=record.sequence,
         issued_at=record.issued_at,
         expires_at=record.expires_at,
+        attestations=attestations,
+        free_orgs=free_orgs,
     )
+
+
+def _optional_lists(optional: list[object]) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    attestations, free_orgs = [*optional, [], []][:2]
+    if not (
+        isinstance(attestations, list)
+        and len(attestations) <= MAX_OFFER_ATTESTATIONS
+        and all(isinstance(a, bytes) and len(a) <= MAX_ATTESTATION_LEN for a in attestations)
+    ):
+        raise InvalidOffer(f"an offer carries at most {MAX_OFFER_ATTESTATIONS} attestations")
+    if not (
+        isinstance(free_orgs, list)
+        and len(free_orgs) <= MAX_FREE_ORGS
+        and all(isinstance(o, bytes) and len(o) == PUBLIC_KEY_LEN for o in free_orgs)
+    ):
+        raise InvalidOffer(f"an offer names at most {MAX_FREE_ORGS} free_orgs, each a 32-byte id")
+    return tuple(attestations), tuple(free_orgs)

@@ -14,8 +14,18 @@ from hubnet.dht.ids import service_key
 from hubnet.dht.records import NodeRecord, ProviderRecord
 from hubnet.identity.errors import ConfigError
 from hubnet.identity.keys import Identity
+from hubnet.identity.orgs import MAX_LABEL, Attestation, Role
 from hubnet.node.naming import service_id_for_name
-from hubnet.node.offers import MAX_ADDRESSES, InvalidOffer, Load, Offer, Price, offer_from_record
+from hubnet.node.offers import (
+    MAX_ADDRESSES,
+    MAX_FREE_ORGS,
+    MAX_OFFER_ATTESTATIONS,
+    InvalidOffer,
+    Load,
+    Offer,
+    Price,
+    offer_from_record,
+)
 from hubnet.node.publisher import OfferPublisher
 from hubnet.node.services import parse_services
 from tests.strategies import addresses
@@ -80,7 +90,7 @@ def test_an_offer_refuses_to_encode_what_readers_refuse(count: int) -> None:
     ("payload", "why"),
     [
         (b"\xc1", "not msgpack"),
-        (msgpack.packb([SID, "espeak"]), "5-element"),
+        (msgpack.packb([SID, "espeak"]), "at least 5 elements"),
         (msgpack.packb([b"short", "espeak", ["h:1"], [0, 0, 0], [0, 0, 1]]), "16 bytes"),
         (msgpack.packb([SID, "-bad", ["h:1"], [0, 0, 0], [0, 0, 1]]), "name"),
         (msgpack.packb([SID, "espeak", [], [0, 0, 0], [0, 0, 1]]), "addresses"),
@@ -92,11 +102,37 @@ def test_an_offer_refuses_to_encode_what_readers_refuse(count: int) -> None:
         (msgpack.packb([SID, "espeak", ["h:1"], [0, 0, 2**60], [0, 0, 1]]), "price"),
         (msgpack.packb([SID, "espeak", ["h:1"], [0, 0, 0], [0, True, 1]]), "load"),
         (msgpack.packb([SID, "espeak", ["h:1"] * 9, [0, 0, 0], [0, 0, 1]]), "addresses"),
+        (msgpack.packb([SID, "espeak", ["h:1"], [0, 0, 0], [0, 0, 1], [b"a"] * 3, []]), "attestations"),
+        (msgpack.packb([SID, "espeak", ["h:1"], [0, 0, 0], [0, 0, 1], ["text"], []]), "attestations"),
+        (msgpack.packb([SID, "espeak", ["h:1"], [0, 0, 0], [0, 0, 1], [], [b"short"]]), "free_orgs"),
+        (msgpack.packb([SID, "espeak", ["h:1"], [0, 0, 0], [0, 0, 1], [], [bytes(32)] * 5]), "free_orgs"),
     ],
 )
 def test_malformed_offers_are_refused(payload: bytes, why: str) -> None:
     with pytest.raises(InvalidOffer, match=why):
         offer_from_record(_record(payload))
+
+
+def test_attestations_and_free_orgs_ride_in_the_offer_and_fit_its_record() -> None:
+    lab = Identity.from_seed(b"L" * 32)
+    attestations = tuple(
+        Attestation.issue(lab, IDENTITY.public_key, Role.SERVER, "x" * MAX_LABEL, NOW, NOW + 86400).encode()
+        for _ in range(MAX_OFFER_ATTESTATIONS)
+    )
+    # A desktop with an IPv4 and an IPv6 address, both attestations with the longest labels.
+    addresses = (DirectAddress("203.0.113.10", 7070), DirectAddress("2001:db8::10", 7070))
+    free = (lab.public_key,) * MAX_FREE_ORGS
+    offer = _offer(addresses=addresses, attestations=attestations, free_orgs=free)
+    parsed = offer_from_record(_record(offer.payload()))  # create() refuses a record over its limit
+    assert (parsed.attestations, parsed.free_orgs) == (offer.attestations, offer.free_orgs)
+    plain = _offer()
+    assert offer_from_record(_record(plain.payload())) == plain
+    assert len(msgpack.unpackb(plain.payload())) == 5  # unchanged on the wire without them
+
+
+def test_fields_a_newer_node_appends_to_an_offer_are_ignored() -> None:
+    payload = msgpack.packb([SID, "espeak", ["h:1"], [0, 0, 0], [0, 0, 1], [], [], "later"])
+    assert offer_from_record(_record(payload)).name == "espeak"
 
 
 def test_an_offer_filed_under_another_services_key_is_refused() -> None:
