@@ -3,7 +3,8 @@
 At the default level: one line per job and per refusal, with the local time and level, the
 service's name, the caller's fingerprint and the outcome. `--log-level warning` keeps only
 the start line and problems. When stderr is systemd's journal stream (`$JOURNAL_STREAM`
-names it), each line is `<N>MESSAGE`, with no timestamp. The republish every 100 s gets a
+names it), each line is `<N>MESSAGE`, with no timestamp, an error that stops the node
+included. The republish every 100 s gets a
 line only when what it found changed. A node with no services says which file it read.
 """
 
@@ -249,3 +250,23 @@ def test_an_unchanged_republish_gets_no_line(
     assert " INFO    hubnode: published 3 offer(s) (cat, nap, private), stored at 1 node(s); " in first, first
     assert " DEBUG   hubnode: published 3 offer(s) " in again, again
     assert [line for line in lines if "INFO    hubnode: published" in line] == [first], lines
+
+
+def test_an_error_that_stops_the_node_is_an_error_in_the_journal(tmp_path: Path) -> None:
+    home = tmp_path / "node"
+    home.mkdir()
+    (home / "services.toml").write_text("[services.cat]\ncomand = ['cat']\n", encoding="utf-8")
+    log_path = tmp_path / "node.log"
+    with log_path.open("wb") as log:
+        status = os.fstat(log.fileno())
+        result = subprocess.run(
+            [*HUBNODE, "--home", str(home), "serve", "--no-lan"],
+            stdin=subprocess.DEVNULL,
+            stderr=log,
+            env=base_env(JOURNAL_STREAM=f"{status.st_dev}:{status.st_ino}"),
+            timeout=START_TIMEOUT,
+            check=False,
+        )
+    assert result.returncode == 2  # a usage error: the documented unit does not restart it
+    (line,) = log_path.read_text(encoding="utf-8").splitlines()
+    assert line.startswith(f"<3>{home / 'services.toml'}: services.cat.command: required"), line
