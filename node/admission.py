@@ -8,10 +8,13 @@ functions and what they are given, never the driver.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from hubnet.identity.errors import PolicyError
 from hubnet.identity.keys import fingerprint
+from hubnet.identity.orgs import Attestation, RevocationList, Role, check
+from hubnet.identity.records import InvalidRecord
 from hubnet.node.naming import format_service_id, service_id_for_name
 from hubnet.node.protocol import Call, Exit, Reject, RejectCode, Terms, Usage
 from hubnet.node.runner import JobOutcome
@@ -55,23 +58,73 @@ def find_service(config: NodeConfig, service_id: bytes) -> Service | None:
     )
 
 
-def admit(call: Call, caller: bytes, config: NodeConfig, occupancy: Occupancy) -> Admitted | Reject:
+@dataclass(frozen=True)
+class Standing:
+    """What a caller's attestations prove: its memberships, and why the others prove nothing."""
+
+    memberships: frozenset[tuple[bytes, Role]] = frozenset()
+    refused: tuple[str, ...] = ()
+
+
+def standing(
+    attestations: Sequence[bytes], caller: bytes, now: int, revocations: Mapping[bytes, RevocationList]
+) -> Standing:
+    """Check the attestations a call carries against its caller, the time and the revocation
+    lists the node holds; one that fails counts as none, and the reason is kept to tell."""
+    proven: set[tuple[bytes, Role]] = set()
+    refused = []
+    for raw in attestations:
+        try:
+            attestation = Attestation.decode(raw)
+        except InvalidRecord as exc:
+            refused.append(f"an attestation is damaged ({exc})")
+            continue
+        why = check(attestation, caller, now, revocations.get(attestation.org))
+        if why is None:
+            proven.add((attestation.org, attestation.role))
+        else:
+            refused.append(f"your attestation from {fingerprint(attestation.org)} counts for nothing: {why}")
+    return Standing(frozenset(proven), tuple(refused))
+
+
+def admit(
+    call: Call, caller: bytes, config: NodeConfig, occupancy: Occupancy, standing: Standing = Standing()
+) -> Admitted | Reject:
     """Whether `caller` may run `call` here now, and on what terms.
 
-    `occupancy` must be that of the service `find_service` gives for the call's id.
+    `occupancy` must be that of the service `find_service` gives for the call's id, and
+    `standing` what the call's attestations prove (see `standing`).
     """
     service = find_service(config, call.service_id)
     if service is None:
         return Reject(RejectCode.NO_SUCH_SERVICE, f"no service {format_service_id(call.service_id)} here")
-    if not service.allows(caller):
-        return Reject(RejectCode.NOT_ALLOWED, f"peer {fingerprint(caller)} may not call {service.name}")
+    if not service.allows(caller, standing.memberships):
+        return Reject(RejectCode.NOT_ALLOWED, _not_allowed(service, caller, standing))
     try:
         argv = service.argv(call.args)
     except PolicyError as exc:
         return Reject(RejectCode.BAD_ARGUMENTS, str(exc))
     if not occupancy.slot_free and occupancy.queued >= config.max_queued:
         return Reject(RejectCode.BUSY, "too many calls are waiting; try again later")
-    return Admitted(service, argv, terms_for(service))
+    terms = Terms() if service.free_for(standing.memberships) else terms_for(service)
+    return Admitted(service, argv, terms)
+
+
+def _not_allowed(service: Service, caller: bytes, standing: Standing) -> str:
+    """Why `caller` may not call `service`: which organisation it would take, and what was wrong
+    with the attestations it presented."""
+    if not service.allow_orgs:
+        return f"peer {fingerprint(caller)} may not call {service.name}"
+    needed = " or ".join(
+        fingerprint(rule.org) + (f" (as {rule.role.value})" if rule.role else "")
+        for rule in service.allow_orgs
+    )
+    why = f"{service.name} serves members of organisation {needed} only"
+    if standing.refused:
+        return f"{why}; {'; '.join(standing.refused)}"
+    if not standing.memberships:
+        return f"{why}, and the call carried no attestation (see `hubnode org join`)"
+    return why
 
 
 def terms_for(service: Service) -> Terms:
