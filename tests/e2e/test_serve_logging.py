@@ -4,8 +4,8 @@ At the default level: one line per job and per refusal, with the local time and 
 service's name, the caller's fingerprint and the outcome. `--log-level warning` keeps only
 the start line and problems. When stderr is systemd's journal stream (`$JOURNAL_STREAM`
 names it), each line is `<N>MESSAGE`, with no timestamp, an error that stops the node
-included. The republish every 100 s gets a
-line only when what it found changed. A node with no services says which file it read.
+included. The republish every 100 s gets a line only when what it found changed. A node
+with no services says which file it read.
 """
 
 from __future__ import annotations
