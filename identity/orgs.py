@@ -34,7 +34,7 @@ REVOCATIONS_DOMAIN = "hubnet/revocations/1"
 PROFILE_DOMAIN = "hubnet/org-profile/1"
 ATTESTATION_PREFIX = "hubnet-attest1:"  # the one-line text form `hubnode org attest` prints
 
-MAX_LABEL = 64
+MAX_LABEL = 64  # bytes of UTF-8
 MAX_URL = 256
 MAX_ATTESTATION_LEN = 300  # an attestation encodes to about 200 bytes with the longest label
 MAX_REVOKED = 1000
@@ -65,9 +65,14 @@ def _body(data: bytes, arity: int, what: str) -> list[object]:
     return fields
 
 
+def _fits(text: str, limit: int) -> bool:
+    """Printable, and at most `limit` bytes as UTF-8 (so that records have a fixed bound)."""
+    return text.isprintable() and len(text.encode("utf-8")) <= limit
+
+
 def _text(value: object, limit: int, what: str) -> str:
-    if not (isinstance(value, str) and len(value) <= limit and value.isprintable()):
-        raise InvalidOrgRecord(f"{what} must be printable text of at most {limit} characters")
+    if not (isinstance(value, str) and _fits(value, limit)):
+        raise InvalidOrgRecord(f"{what} must be printable text of at most {limit} bytes")
     return value
 
 
@@ -103,8 +108,8 @@ class Attestation:
             raise ValueError("a member is a 32-byte key")
         if not (issued_at < expires_at <= issued_at + MAX_VALIDITY):
             raise ValueError(f"an attestation is valid for at most {MAX_VALIDITY // 86400} days")
-        if len(label) > MAX_LABEL or not label.isprintable():
-            raise ValueError(f"a label is printable text of at most {MAX_LABEL} characters")
+        if not _fits(label, MAX_LABEL):
+            raise ValueError(f"a label is printable text of at most {MAX_LABEL} bytes")
         body = msgpack.packb([member, role.value, label, issued_at, expires_at])
         record = SignedRecord.sign(org, ATTEST_DOMAIN, bytes(body))
         return cls(org.public_key, member, role, label, issued_at, expires_at, record)
@@ -210,8 +215,8 @@ class Profile:
 
     @classmethod
     def issue(cls, org: Identity, sequence: int, label: str, url: str) -> Profile:
-        if len(label) > MAX_LABEL or len(url) > MAX_URL or not (label + url).isprintable():
-            raise ValueError(f"a label is at most {MAX_LABEL} and a URL {MAX_URL} printable characters")
+        if not (_fits(label, MAX_LABEL) and _fits(url, MAX_URL)):
+            raise ValueError(f"a label is at most {MAX_LABEL} and a URL {MAX_URL} bytes of printable text")
         record = SignedRecord.sign(org, PROFILE_DOMAIN, bytes(msgpack.packb([sequence, label, url])))
         return cls(org.public_key, sequence, label, url, record)
 
