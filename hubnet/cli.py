@@ -145,8 +145,12 @@ def _serve(
         config, notes = with_examples(config, obj.home.data_dir)
         for note in notes:
             logging.getLogger("hubnet.node").warning("%s", note)
+    from hubnet.orgs import org_setup
+
     targets = [Target.parse(t) for t in bootstrap]
-    run_node(config, obj.identity(), bootstrap=targets, lan=not no_lan, services_file=services_file)
+    identity = obj.identity()
+    orgs = org_setup(obj.home, identity.public_key)
+    run_node(config, identity, bootstrap=targets, lan=not no_lan, services_file=services_file, orgs=orgs)
 
 
 @cli.command(

@@ -24,7 +24,7 @@ from hubnet.home import Home
 from hubnet.identity.errors import ConfigError
 from hubnet.identity.keys import Identity, decode_peer_id, encode_peer_id, load_or_create_identity
 from hubnet.identity.orgs import Attestation, Profile, RevocationList
-from hubnet.node.org_records import MAX_REVOKED
+from hubnet.node.org_records import MAX_REVOKED, OrgSetup
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,63}")
 
@@ -152,3 +152,15 @@ class Memberships:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
         tmp.replace(self.path)
+
+
+def org_setup(home: Home, own_key: bytes) -> OrgSetup:
+    """What `hubnode serve` in `home` brings of organisations: the attestations naming its own
+    key, and the lists and profiles of the organisations whose keys the home holds."""
+    keys = OrgKeys(home)
+    held = [keys.load(name) for name in keys.names()]
+    return OrgSetup(
+        attestations=tuple(a.encode() for a in Memberships(home).all() if a.member == own_key),
+        own_lists=tuple(h.revocations() for h in held),
+        own_profiles=tuple(h.profile() for h in held),
+    )

@@ -67,8 +67,10 @@ class Discovery:
         *,
         seeds: Sequence[Seed] = (),
         lan: bool = True,
+        attestations: tuple[bytes, ...] = (),
     ) -> None:
         self.identity = identity
+        self.attestations = attestations  # this node's organisation attestations, for its offers
         self.config = config
         self.load = load
         self.seeds = list(seeds)
@@ -87,7 +89,8 @@ class Discovery:
         dht = DhtNode(self.identity, transport)
         self.dht = dht
         port = transport.local_address[1]
-        publisher = OfferPublisher(self.identity, self.config, advertised_addresses(self.config, port))
+        addresses = advertised_addresses(self.config, port)
+        publisher = OfferPublisher(self.identity, self.config, addresses, attestations=self.attestations)
         async with trio.open_nursery() as nursery:
             await nursery.start(dht.serve)
             if self.lan:

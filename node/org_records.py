@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from hubnet.dht.ids import ID_LEN
@@ -87,3 +88,13 @@ def _newest(
         if candidate.org == org and (newest is None or candidate.sequence > newest.sequence):
             newest = candidate
     return newest
+
+
+@dataclass(frozen=True)
+class OrgSetup:
+    """What a node brings of organisations: its own attestations (carried in its offers), and
+    the lists and profiles of the organisations whose keys its home holds (kept published)."""
+
+    attestations: tuple[bytes, ...] = ()
+    own_lists: tuple[RevocationList, ...] = ()
+    own_profiles: tuple[Profile, ...] = ()

@@ -29,6 +29,9 @@ from hubnet.node.org_records import (
 log = logging.getLogger("hubnet.node")
 
 REFRESH = 240.0  # seconds between fetches: a revoked member is refused within this (+ a lookup)
+# Until a list of every relied-on organisation has been seen (a node that just started may
+# not have joined the DHT yet), fetch this often instead.
+FIRST_REFRESH = 15.0
 
 
 class OrgWatch:
@@ -76,5 +79,5 @@ class OrgWatch:
         await self.refresh()
         task_status.started()
         while True:
-            await trio.sleep(REFRESH)
+            await trio.sleep(REFRESH if self.relied_on <= self.revocations.keys() else FIRST_REFRESH)
             await self.refresh()

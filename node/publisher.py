@@ -8,14 +8,15 @@ per `min_gap` seconds however fast jobs come and go.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from hubnet.dht.addresses import Address
 from hubnet.dht.ids import service_key
 from hubnet.dht.records import MAX_NODE_ADDRESSES, NodeRecord, ProviderRecord
 from hubnet.identity.keys import Identity
-from hubnet.node.offers import Load, Offer
-from hubnet.node.services import NodeConfig
+from hubnet.node.offers import MAX_FREE_ORGS, MAX_OFFER_ATTESTATIONS, Load, Offer
+from hubnet.node.services import NodeConfig, Service
 
 OFFER_TTL = 300
 REPUBLISH_INTERVAL = 100.0
@@ -42,8 +43,12 @@ class OfferPublisher:
         ttl: int = OFFER_TTL,
         interval: float = REPUBLISH_INTERVAL,
         min_gap: float = MIN_GAP,
+        attestations: tuple[bytes, ...] = (),
     ) -> None:
         self.identity = identity
+        # This node's organisation attestations (encoded), carried by every offer as far as
+        # the record's size allows.
+        self.attestations = attestations[:MAX_OFFER_ATTESTATIONS]
         self.config = config
         self.addresses = addresses
         self.ttl = ttl
@@ -66,27 +71,7 @@ class OfferPublisher:
         # own records from before the restart.
         self._sequence = max(self._sequence + 1, int(now * 1000))
         issued = int(now)
-        offers = tuple(
-            ProviderRecord.create(
-                self.identity,
-                service_key(service.id),
-                Offer(
-                    publisher=self.identity.public_key,
-                    service_id=service.id,
-                    name=service.name,
-                    addresses=self.addresses,
-                    price=service.price,
-                    load=load,
-                    sequence=self._sequence,
-                    issued_at=issued,
-                    expires_at=issued + self.ttl,
-                ).payload(),
-                sequence=self._sequence,
-                issued_at=issued,
-                ttl=self.ttl,
-            )
-            for service in self.config.services.values()
-        )
+        offers = tuple(self._offer(service, load, issued) for service in self.config.services.values())
         node_record = NodeRecord.create(
             self.identity,
             self.addresses[:MAX_NODE_ADDRESSES],
@@ -96,3 +81,35 @@ class OfferPublisher:
         )
         self._last_time, self._last_load = now, load
         return Publication(offers, node_record)
+
+    def _offer(self, service: Service, load: Load, issued: int) -> ProviderRecord:
+        """The signed offer for `service`, with as many of our attestations as fit in a record."""
+        for count in range(len(self.attestations), 0, -1):
+            with contextlib.suppress(ValueError):  # too large for a record: try with one fewer
+                return self._signed_offer(service, load, issued, self.attestations[:count])
+        return self._signed_offer(service, load, issued, ())
+
+    def _signed_offer(
+        self, service: Service, load: Load, issued: int, attestations: tuple[bytes, ...]
+    ) -> ProviderRecord:
+        offer = Offer(
+            publisher=self.identity.public_key,
+            service_id=service.id,
+            name=service.name,
+            addresses=self.addresses,
+            price=service.price,
+            load=load,
+            sequence=self._sequence,
+            issued_at=issued,
+            expires_at=issued + self.ttl,
+            attestations=attestations,
+            free_orgs=tuple(dict.fromkeys(rule.org for rule in service.free_orgs))[:MAX_FREE_ORGS],
+        )
+        return ProviderRecord.create(
+            self.identity,
+            service_key(service.id),
+            offer.payload(),
+            sequence=self._sequence,
+            issued_at=issued,
+            ttl=self.ttl,
+        )

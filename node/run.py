@@ -22,6 +22,8 @@ from hubnet.identity.keys import Identity
 from hubnet.node.discovery import Discovery, seeds_from
 from hubnet.node.naming import Target
 from hubnet.node.offers import Load
+from hubnet.node.org_records import OrgSetup
+from hubnet.node.org_watch import OrgWatch
 from hubnet.node.server import Node
 from hubnet.node.services import NodeConfig
 
@@ -43,12 +45,14 @@ def run_node(
     bootstrap: Sequence[Target] = (),
     lan: bool = True,
     services_file: Path | None = None,
+    orgs: OrgSetup | None = None,
 ) -> None:
     """Serve `config`'s services as `identity` until SIGTERM or SIGINT.
 
     Joins the DHT through `bootstrap` and `config.bootstrap` (and, with `lan`, the nodes
     heard on the LAN), and logs the address to give callers once listening (on the
-    `START_LOGGER`), after which file (`services_file`) the services came from.
+    `START_LOGGER`), after which file (`services_file`) the services came from. `orgs` says
+    what the node brings of organisations (see `node.org_watch.OrgSetup`).
     Raises ListenError if the port cannot be bound; no other error is relabelled as one.
     """
     node = Node(config, identity)
@@ -58,10 +62,11 @@ def run_node(
         lambda: Load(node.running, node.queued, config.max_jobs),
         seeds=seeds_from([*bootstrap, *config.bootstrap]),
         lan=lan,
+        attestations=orgs.attestations if orgs else (),
     )
     node.peers = discovery.peers
     try:
-        trio.run(_serve, config, identity, node, discovery, services_file)
+        trio.run(_serve, config, identity, node, discovery, services_file, orgs or OrgSetup())
     except* ListenError as group:
         # Nothing but the listener had started, so this is the only error: report it alone.
         error = group.exceptions[0]
@@ -69,14 +74,23 @@ def run_node(
 
 
 async def _serve(
-    config: NodeConfig, identity: Identity, node: Node, discovery: Discovery, services_file: Path | None
+    config: NodeConfig,
+    identity: Identity,
+    node: Node,
+    discovery: Discovery,
+    services_file: Path | None,
+    orgs: OrgSetup,
 ) -> None:
     # SIGTERM and SIGINT cancel everything, so every job's process group is killed on the way out.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals, contextlib.ExitStack() as stack:
         async with trio.open_nursery() as nursery:
             addresses, udp = await _listen(nursery, node, config)
             stack.callback(udp.close)  # after the nursery, once nothing uses the socket
-            await nursery.start(discovery.run, udp)
+            dht = await nursery.start(discovery.run, udp)
+            if config.orgs or orgs.own_lists or orgs.own_profiles:
+                watch = OrgWatch(dht, config.orgs, own_lists=orgs.own_lists, own_profiles=orgs.own_profiles)
+                node.revocations = lambda: watch.revocations
+                nursery.start_soon(watch.run)
             if services_file is not None:  # said once listening, so a node that cannot says only that
                 _say_where_services_came_from(config, services_file)
             for host, port in addresses:

@@ -15,16 +15,18 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 import trio
 
 from hubnet.identity.errors import HubnetError, RemoteProtocolError, TransportError
 from hubnet.identity.keys import Identity, encode_peer_id, fingerprint
+from hubnet.identity.orgs import RevocationList
 from hubnet.identity.secure import SecureStream, accept_secure
 from hubnet.identity.session import MAX_RECEIVE
-from hubnet.node.admission import Admitted, Occupancy, admit, find_service, settle
+from hubnet.node.admission import Admitted, Occupancy, admit, find_service, settle, standing
 from hubnet.node.naming import format_service_id
 from hubnet.node.protocol import (
     DATA_CHUNK,
@@ -86,6 +88,9 @@ class Node:
         self.running = 0
         # What `hubnode peers --server` is told: set by whoever runs the node's DHT peer.
         self.peers: Callable[[], Sequence[PeerInfo]] = tuple
+        # The newest revocation lists of the organisations the services rely on: set by whoever
+        # keeps them fresh (`node.org_watch.OrgWatch`).
+        self.revocations: Callable[[], Mapping[bytes, RevocationList]] = dict
         self.queued = 0
         # Connections still in the handshake or waiting hold memory and a socket; bound them.
         self._connections = trio.CapacityLimiter(max_connections)
@@ -169,7 +174,8 @@ class Node:
         peer = stream.remote_identity
         found = find_service(self.config, call.service_id)  # by its id, or by its name's default id
         occupancy = Occupancy(self._slot_free(found.id if found else call.service_id), self.queued)
-        admitted = admit(call, peer, self.config, occupancy)
+        proven = standing(call.attestations, peer, int(time.time()), self.revocations())
+        admitted = admit(call, peer, self.config, occupancy, proven)
         if isinstance(admitted, Reject):
             # The reasons for these two would only repeat the line's service and caller.
             plain = admitted.code in (RejectCode.NO_SUCH_SERVICE, RejectCode.NOT_ALLOWED)
@@ -217,7 +223,7 @@ class Node:
 
     def _service_name(self, service_id: bytes) -> str:
         """The service's name for the log; an id this node does not serve has only its hex."""
-        service = self.config.services.get(service_id)
+        service = find_service(self.config, service_id)
         return service.name if service is not None else f"unknown service {format_service_id(service_id)}"
 
     def _slot_free(self, service_id: bytes) -> bool:

@@ -225,3 +225,26 @@ def test_publisher_republishes_on_timer_and_on_load_change_but_not_too_often() -
     assert second.offers[0].sequence > first.offers[0].sequence
     restarted = OfferPublisher(IDENTITY, config, (DirectAddress("127.0.0.1", 7070),)).publish(idle, NOW + 6)
     assert restarted.offers[0].sequence > second.offers[0].sequence
+
+
+def test_publisher_puts_its_attestations_and_free_orgs_in_every_offer_as_far_as_they_fit() -> None:
+    lab, club = Identity.from_seed(b"L" * 32), Identity.from_seed(b"C" * 32)
+    config = parse_services(f'[services.cat]\ncommand = ["cat"]\nfree_orgs = ["{lab.peer_id}/robot"]\n')
+    attestations = tuple(
+        Attestation.issue(org, IDENTITY.public_key, Role.SERVER, "x" * MAX_LABEL, NOW, NOW + 86400).encode()
+        for org in (lab, club)
+    )
+    short = (DirectAddress("127.0.0.1", 7070),)
+    [record] = (
+        OfferPublisher(IDENTITY, config, short, attestations=attestations).publish(Load(0, 0, 1), NOW).offers
+    )
+    offer = offer_from_record(record)
+    assert offer.attestations == attestations and offer.free_orgs == (lab.public_key,)
+    # Eight long addresses leave room for fewer attestations: the offer still goes out.
+    long = tuple(DirectAddress(f"{'h' * 40}{i}.example", 7070) for i in range(MAX_ADDRESSES))
+    publisher = OfferPublisher(IDENTITY, config, long, attestations=attestations)
+    [record] = publisher.publish(Load(0, 0, 1), NOW).offers
+    assert (
+        offer_from_record(record).attestations == attestations[: len(offer_from_record(record).attestations)]
+    )
+    assert len(offer_from_record(record).attestations) < len(attestations)
