@@ -116,15 +116,18 @@ def _run_call(
 ) -> int:
     from hubnet.client import finish_call, open_call
     from hubnet.config import load_aliases
+    from hubnet.identity.attest_text import read_file
     from hubnet.node.naming import resolve_service_ref
-    from hubnet.node.protocol import Call
+    from hubnet.node.protocol import MAX_CALL_ATTESTATIONS, Call
 
     service, alias_server = typed, None
     alias = load_aliases(ctx.home.aliases).get(typed)
     if alias is not None:
         service, args, alias_server = alias.service, alias.args + args, alias.server
     label = repr(service) if alias is None else f"{service!r} (alias {typed!r})"
-    request = Call(resolve_service_ref(service), args)
+    # The home's organisation attestations go with every call; the node checks them.
+    attestations = tuple(record for _, record in read_file(ctx.home.attestations))[:MAX_CALL_ATTESTATIONS]
+    request = Call(resolve_service_ref(service), args, attestations)
     timeout = ctx.client_config.connect_timeout
     stdin_fd = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.fileno()
     chosen = server or alias_server or ctx.client_config.server

@@ -35,6 +35,11 @@ class Home:
         return self.data_dir / "identity.key"
 
     @property
+    def attestations(self) -> Path:
+        """The organisation attestations issued to this home's key (`hubnode org join`)."""
+        return self.data_dir / "attestations"
+
+    @property
     def known_hosts(self) -> Path:
         return self.data_dir / "known_hosts"
 

@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hubnet.home import Home
+from hubnet.identity import attest_text
 from hubnet.identity.errors import ConfigError
 from hubnet.identity.keys import Identity, decode_peer_id, encode_peer_id, load_or_create_identity
 from hubnet.identity.orgs import Attestation, Profile, RevocationList
+from hubnet.identity.records import InvalidRecord
 from hubnet.node.org_records import MAX_REVOKED, OrgSetup
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,63}")
@@ -122,20 +124,17 @@ class Memberships:
     """The attestations issued to this home's key, one per line in `DATA/attestations`."""
 
     def __init__(self, home: Home) -> None:
-        self.path = home.data_dir / "attestations"
+        self.path = home.attestations
 
     def all(self) -> list[Attestation]:
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
         attestations = []
-        for number, line in enumerate(lines, 1):
-            if line.strip() and not line.startswith("#"):
-                try:
-                    attestations.append(Attestation.from_text(line))
-                except ConfigError as exc:
-                    raise ConfigError(f"{self.path}:{number}: {exc}; delete that line") from None
+        for number, record in attest_text.read_file(self.path):
+            try:
+                attestations.append(Attestation.decode(record))
+            except InvalidRecord as exc:
+                raise ConfigError(
+                    f"{self.path}:{number}: not a valid attestation ({exc}); delete that line"
+                ) from None
         return attestations
 
     def add(self, attestation: Attestation, own_key: bytes) -> None:

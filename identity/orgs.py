@@ -17,14 +17,13 @@ Everything here is pure: bytes in, verdicts out, the time passed in by the calle
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 from collections.abc import Iterable, Set
 from dataclasses import dataclass
 
 import msgpack
 
+from hubnet.identity import attest_text
 from hubnet.identity.errors import ConfigError
 from hubnet.identity.keys import PUBLIC_KEY_LEN, Identity, decode_peer_id
 from hubnet.identity.records import InvalidRecord, SignedRecord
@@ -32,7 +31,6 @@ from hubnet.identity.records import InvalidRecord, SignedRecord
 ATTEST_DOMAIN = "hubnet/attest/1"
 REVOCATIONS_DOMAIN = "hubnet/revocations/1"
 PROFILE_DOMAIN = "hubnet/org-profile/1"
-ATTESTATION_PREFIX = "hubnet-attest1:"  # the one-line text form `hubnode org attest` prints
 
 MAX_LABEL = 64  # bytes of UTF-8
 MAX_URL = 256
@@ -144,20 +142,12 @@ class Attestation:
 
     def to_text(self) -> str:
         """One line, for `hubnode org attest` to print and `hubnode org join` to read."""
-        return ATTESTATION_PREFIX + base64.urlsafe_b64encode(self.encode()).decode("ascii").rstrip("=")
+        return attest_text.to_text(self.encode())
 
     @classmethod
     def from_text(cls, text: str) -> Attestation:
-        text = text.strip()
-        if not text.startswith(ATTESTATION_PREFIX):
-            raise ConfigError(f"not an attestation (it starts with {ATTESTATION_PREFIX!r}): {text[:40]!r}")
-        encoded = text[len(ATTESTATION_PREFIX) :]
         try:
-            data = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-        except (ValueError, binascii.Error):
-            raise ConfigError("the attestation text is damaged (not base64)") from None
-        try:
-            return cls.decode(data)
+            return cls.decode(attest_text.from_text(text))
         except InvalidRecord as exc:
             raise ConfigError(f"the attestation is not valid: {exc}") from None
 
