@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -245,21 +244,20 @@ def services(
 
 
 def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_json: bool) -> None:
-    from hubnet.discover import find_offers, nobody_offers, none_acceptable, probe
+    from hubnet.discover import find_offers, nobody_offers, none_acceptable, probe, ranked_offers
     from hubnet.identity.keys import encode_peer_id
     from hubnet.node.naming import format_service_id, resolve_service_ref
-    from hubnet.select import acceptable, rank
 
     sid = resolve_service_ref(service)
     rules = obj.selection_rules()
-    offers = find_offers(obj.identity(), obj.bootstrap(bootstrap), sid)
-    ranked = rank(acceptable(offers, rules, now=int(time.time())), rules)
+    found = find_offers(obj.identity(), obj.bootstrap(bootstrap), sid, rules.orgs)
+    ranked, _ = ranked_offers(found, rules, verbose=obj.verbose)
     if not ranked:
         if as_json:
             click.echo("[]")
-        if not offers:
+        if not found.offers:
             raise nobody_offers(repr(service))
-        raise none_acceptable(repr(service), len(offers), obj.client_config.source)
+        raise none_acceptable(repr(service), len(found.offers), obj.client_config.source)
     probes = probe(obj.identity(), ranked)
     rows: list[dict[str, Any]] = []
     for offer in ranked:

@@ -143,13 +143,14 @@ def _run_call(
     else:
         from hubnet.discover import find_offers, nobody_offers, open_discovered_call
 
-        offers = find_offers(ctx.identity(), ctx.bootstrap(bootstrap), request.service_id)
-        if not offers:
+        rules = ctx.selection_rules()
+        found = find_offers(ctx.identity(), ctx.bootstrap(bootstrap), request.service_id, rules.orgs)
+        if not found.offers:
             raise nobody_offers(label)
         opened = open_discovered_call(
             ctx.identity(),
-            offers,
-            ctx.selection_rules(),
+            found,
+            rules,
             request,
             timeout=timeout,
             verbose=ctx.verbose,

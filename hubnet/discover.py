@@ -13,7 +13,9 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from hubnet.client import OpenCall, open_call, request
 from hubnet.dht.addresses import DirectAddress
@@ -33,8 +35,20 @@ from hubnet.identity.records import InvalidRecord
 from hubnet.node.naming import Target
 from hubnet.node.offers import InvalidOffer, Load, Offer, offer_from_record
 from hubnet.node.protocol import Call, GetStatus, StatusReply
-from hubnet.select import Probe, SelectionRules, acceptable, choose, probe_targets, rank
+from hubnet.select import (
+    Probe,
+    SelectionRules,
+    acceptable,
+    choose,
+    probe_targets,
+    proven_memberships,
+    rank,
+    with_trusted_orgs,
+)
 from hubnet.trust import PinnedKeys
+
+if TYPE_CHECKING:
+    from hubnet.identity.orgs import RevocationList
 
 MAX_ATTEMPTS = 5
 PROBE_TIMEOUT = 2.0
@@ -52,8 +66,19 @@ NO_WHERE_TO_LOOK = (
 )
 
 
-def find_offers(identity: Identity, bootstrap: Sequence[str], service_id: bytes) -> list[Offer]:
-    """Every valid offer for `service_id` that the DHT holds.
+@dataclass(frozen=True)
+class Found:
+    """What the DHT holds for a call: the service's valid offers, and the newest revocation
+    lists of the organisations the client's rules name."""
+
+    offers: list[Offer]
+    revocations: dict[bytes, RevocationList] = field(default_factory=dict)
+
+
+def find_offers(
+    identity: Identity, bootstrap: Sequence[str], service_id: bytes, orgs: Collection[bytes] = ()
+) -> Found:
+    """Every valid offer for `service_id` that the DHT holds, and the lists of `orgs`.
 
     ConfigError (a usage error) without bootstrap nodes; TransportError if none answers.
     """
@@ -69,6 +94,7 @@ def find_offers(identity: Identity, bootstrap: Sequence[str], service_id: bytes)
             raise TransportError(
                 f"no DHT node answered at {where}: check --bootstrap or `bootstrap` in client.toml"
             )
+        revocations = _revocation_lists(dht, orgs)
     offers = []
     for record in records:
         try:
@@ -77,7 +103,17 @@ def find_offers(identity: Identity, bootstrap: Sequence[str], service_id: bytes)
             continue
         if offer.service_id == service_id:
             offers.append(offer)
-    return offers
+    return Found(offers, revocations)
+
+
+def _revocation_lists(dht: DhtClient, orgs: Collection[bytes]) -> dict[bytes, RevocationList]:
+    if not orgs:
+        return {}
+    # Only a client whose rules name organisations pays for these imports and lookups.
+    from hubnet.node.org_records import newest_revocations, revocations_key
+
+    lists = {org: newest_revocations(dht.find_providers(revocations_key(org)), org) for org in orgs}
+    return {org: found for org, found in lists.items() if found is not None}
 
 
 def nobody_offers(name: str) -> NotOffered:
@@ -128,16 +164,34 @@ def probe(
     return results
 
 
-def candidates(identity: Identity, offers: Sequence[Offer], rules: SelectionRules) -> list[Offer]:
+def ranked_offers(
+    found: Found, rules: SelectionRules, *, verbose: bool = False
+) -> tuple[list[Offer], SelectionRules]:
+    """The acceptable offers best first, and the rules with trusted organisations resolved.
+
+    With `verbose`, says on stderr why an offer's attestation proves nothing."""
+    now = int(time.time())
+    proven, refused = proven_memberships(found.offers, now, found.revocations) if rules.orgs else ({}, [])
+    if verbose:
+        for why in refused:
+            print(f"hubnode: {why}", file=sys.stderr)
+    allowed = acceptable(found.offers, rules, now=now, proven=proven)
+    resolved = with_trusted_orgs(rules, allowed, proven)
+    return rank(allowed, resolved), resolved
+
+
+def candidates(
+    identity: Identity, found: Found, rules: SelectionRules, *, verbose: bool = False
+) -> list[Offer]:
     """The offers to try, in order: filtered, ranked, probed, power-of-two-choices."""
     rng = random.Random()
-    ranked = rank(acceptable(offers, rules, now=int(time.time())), rules)
-    return choose(ranked, probe(identity, probe_targets(ranked, rules, rng)), rules, rng)
+    ranked, resolved = ranked_offers(found, rules, verbose=verbose)
+    return choose(ranked, probe(identity, probe_targets(ranked, resolved, rng)), resolved, rng)
 
 
 def open_discovered_call(
     identity: Identity,
-    offers: Sequence[Offer],
+    found: Found,
     rules: SelectionRules,
     call: Call,
     *,
@@ -151,9 +205,9 @@ def open_discovered_call(
     NotOffered if the rules accept none of `offers`; Rejected if every provider tried
     refused the call for one reason (say, all busy); else TransportError if none took it.
     """
-    ordered = candidates(identity, offers, rules)
+    ordered = candidates(identity, found, rules, verbose=verbose)
     if not ordered:
-        raise none_acceptable(name, len(offers), rules_source)
+        raise none_acceptable(name, len(found.offers), rules_source)
     failures = []
     refusals: set[str] = set()
     for offer in ordered[:MAX_ATTEMPTS]:

@@ -22,17 +22,21 @@ hubnet's own offer, address, key and error types.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from hubnet.dht.addresses import DirectAddress
 from hubnet.identity.errors import ConfigError
 from hubnet.identity.hints import did_you_mean
 from hubnet.identity.keys import decode_peer_id
 from hubnet.node.offers import Load, Offer, Price
+
+if TYPE_CHECKING:
+    from hubnet.identity.orgs import OrgRule, RevocationList, Role
 
 _T = TypeVar("_T")
 _TABLE = "select"  # the table of client.toml this module parses
@@ -82,9 +86,19 @@ class SelectionRules:
     trusted: frozenset[bytes] = frozenset()  # preferred: any trusted offer beats every other
     only: frozenset[bytes] = frozenset()  # when not empty, no other peer is acceptable
     exclude: frozenset[bytes] = frozenset()
+    # The same three by organisation (ORG_ID or ORG_ID/ROLE), over the memberships that an
+    # offer's attestations prove (see `proven_memberships`).
+    trusted_orgs: tuple[OrgRule, ...] = ()
+    only_orgs: tuple[OrgRule, ...] = ()
+    exclude_orgs: tuple[OrgRule, ...] = ()
     price_tolerance: float = 0.1  # the price band: costs up to 10 % above the cheapest
     weights: Weights = field(default_factory=Weights)
     probe_count: int = 3
+
+    @property
+    def orgs(self) -> set[bytes]:
+        """The organisations these rules name: their revocation lists are needed to apply them."""
+        return {rule.org for rule in (*self.trusted_orgs, *self.only_orgs, *self.exclude_orgs)}
 
     def cost(self, offer: Offer) -> float:
         """The offer's price for one job of the expected length and size: one number to compare."""
@@ -102,11 +116,52 @@ class Probe:
 # --- filtering and ranking ---------------------------------------------------------------------
 
 
-def _allowed(offer: Offer, rules: SelectionRules) -> bool:
+Memberships = Mapping[bytes, "Set[tuple[bytes, Role]]"]  # proven (org, role) pairs by publisher
+
+
+def proven_memberships(
+    offers: Sequence[Offer], now: int, revocations: Mapping[bytes, RevocationList]
+) -> tuple[dict[bytes, set[tuple[bytes, Role]]], list[str]]:
+    """What each offer's attestations prove of its publisher at `now`, given the organisations'
+    revocation lists; and why the others prove nothing (for `-v`). An attestation that is
+    forged, expired, not yet valid, revoked or bound to another key counts as none."""
+    from hubnet.identity.keys import fingerprint
+    from hubnet.identity.orgs import Attestation, check
+    from hubnet.identity.records import InvalidRecord
+
+    proven: dict[bytes, set[tuple[bytes, Role]]] = {}
+    refused = []
+    for offer in offers:
+        for raw in offer.attestations:
+            try:
+                attestation = Attestation.decode(raw)
+            except InvalidRecord as exc:
+                refused.append(f"{fingerprint(offer.publisher)}: a damaged attestation ({exc})")
+                continue
+            why = check(attestation, offer.publisher, now, revocations.get(attestation.org))
+            if why is None:
+                proven.setdefault(offer.publisher, set()).add((attestation.org, attestation.role))
+            else:
+                org = fingerprint(attestation.org)
+                refused.append(
+                    f"{fingerprint(offer.publisher)}: its attestation from {org} proves nothing: {why}"
+                )
+    return proven, refused
+
+
+def _member(rules: Sequence[OrgRule], offer: Offer, proven: Memberships) -> bool:
+    return any(rule.matches(m) for rule in rules for m in proven.get(offer.publisher, ()))
+
+
+def _allowed(offer: Offer, rules: SelectionRules, proven: Memberships) -> bool:
     if not any(isinstance(address, DirectAddress) for address in offer.addresses):
         return False  # reachable only through relays, which this client cannot dial yet
     peer = offer.publisher
     if peer in rules.exclude or (rules.only and peer not in rules.only):
+        return False
+    if _member(rules.exclude_orgs, offer, proven):
+        return False
+    if rules.only_orgs and not _member(rules.only_orgs, offer, proven):
         return False
     if not rules.max_price.allows(offer.price):
         return False
@@ -115,13 +170,16 @@ def _allowed(offer: Offer, rules: SelectionRules) -> bool:
     return rules.max_utilisation is None or offer.load.utilisation <= rules.max_utilisation
 
 
-def acceptable(offers: Sequence[Offer], rules: SelectionRules, *, now: int) -> list[Offer]:
+def acceptable(
+    offers: Sequence[Offer], rules: SelectionRules, *, now: int, proven: Memberships | None = None
+) -> list[Offer]:
     """The offers (of one service) that may be used at unix time `now`, one per publisher.
 
     Expired offers go first, then each publisher's newest sequence supersedes its older
     offers, and only then are the rules applied (and offers with no address this client can
     dial dropped), so an old cheap offer cannot stand in for a new expensive one. The
-    survivors come in the order their publishers first appear.
+    survivors come in the order their publishers first appear. `proven` is what
+    `proven_memberships` found; without it no offer is a member of anything.
     """
     newest: dict[bytes, Offer] = {}
     for offer in offers:
@@ -130,7 +188,14 @@ def acceptable(offers: Sequence[Offer], rules: SelectionRules, *, now: int) -> l
         seen = newest.get(offer.publisher)
         if seen is None or offer.sequence > seen.sequence:
             newest[offer.publisher] = offer
-    return [offer for offer in newest.values() if _allowed(offer, rules)]
+    return [offer for offer in newest.values() if _allowed(offer, rules, proven or {})]
+
+
+def with_trusted_orgs(rules: SelectionRules, offers: Sequence[Offer], proven: Memberships) -> SelectionRules:
+    """`rules` with `trusted_orgs` turned into the publishers they make trusted, so that the
+    ranking and the choice treat a proven member as they treat a peer named in `trusted`."""
+    members = {o.publisher for o in offers if _member(rules.trusted_orgs, o, proven)}
+    return dataclasses.replace(rules, trusted=rules.trusted | members) if members else rules
 
 
 def _tier(offer: Offer, rules: SelectionRules) -> int:
@@ -295,6 +360,18 @@ def _peers(value: object, where: str) -> frozenset[bytes]:
         raise _error(where, str(exc)) from None
 
 
+def _org_rules(value: object, where: str) -> tuple[OrgRule, ...]:
+    # Only a client whose rules name organisations pays for importing their parser.
+    from hubnet.identity.orgs import OrgRule
+
+    if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise _error(where, "must be a list of organisation ids (ORG_ID or ORG_ID/ROLE)")
+    try:
+        return tuple(OrgRule.parse(text) for text in value)
+    except ConfigError as exc:
+        raise _error(where, str(exc)) from None
+
+
 def _get(
     table: Mapping[str, object], key: str, parse: Callable[[object, str], _T], default: _T, where: str
 ) -> _T:
@@ -333,6 +410,9 @@ _KEYS = (
     "trusted",
     "only",
     "exclude",
+    "trusted_orgs",
+    "only_orgs",
+    "exclude_orgs",
     "price_tolerance",
     "weights",
     "probe_count",
@@ -351,6 +431,9 @@ def parse_selection_rules(table: Mapping[str, object], *, source: str) -> Select
         trusted = ["PEER_ID", ...]    # preferred: any of these before any other
         only = ["PEER_ID", ...]       # when given, no other peer is used
         exclude = ["PEER_ID", ...]    # never used
+        trusted_orgs = ["ORG_ID", "ORG_ID/server", ...]  # the same, by the organisations
+        only_orgs = ["ORG_ID", ...]                       # an offer's attestations prove
+        exclude_orgs = ["ORG_ID", ...]
         price_tolerance = 0.1         # spread calls over offers up to 10 % dearer than the cheapest
         probe_count = 3               # how many offers to probe live before calling
 
@@ -376,6 +459,9 @@ def parse_selection_rules(table: Mapping[str, object], *, source: str) -> Select
         trusted=_get(table, "trusted", _peers, d.trusted, where),
         only=_get(table, "only", _peers, d.only, where),
         exclude=_get(table, "exclude", _peers, d.exclude, where),
+        trusted_orgs=_get(table, "trusted_orgs", _org_rules, d.trusted_orgs, where),
+        only_orgs=_get(table, "only_orgs", _org_rules, d.only_orgs, where),
+        exclude_orgs=_get(table, "exclude_orgs", _org_rules, d.exclude_orgs, where),
         price_tolerance=_get(table, "price_tolerance", _number, d.price_tolerance, where),
         weights=_get(table, "weights", _parse_weights, d.weights, where),
         probe_count=_get(table, "probe_count", lambda v, w: _integer(v, w, 1), d.probe_count, where),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import tomllib
@@ -15,7 +16,8 @@ from hypothesis import strategies as st
 
 from hubnet.dht.addresses import DirectAddress
 from hubnet.identity.errors import ConfigError
-from hubnet.identity.keys import encode_peer_id
+from hubnet.identity.keys import Identity, encode_peer_id, fingerprint
+from hubnet.identity.orgs import Attestation, RevocationList, Role
 from hubnet.node.offers import Load, Offer, Price
 from hubnet.select import (
     PriceCap,
@@ -26,7 +28,9 @@ from hubnet.select import (
     choose,
     parse_selection_rules,
     probe_targets,
+    proven_memberships,
     rank,
+    with_trusted_orgs,
 )
 
 NOW = 1_700_000_000
@@ -431,3 +435,88 @@ def test_probe_targets_are_distinct_ranked_offers(
     assert len({o.publisher for o in targets}) == len(targets)
     assert all(o in ranked for o in targets)
     assert targets == probe_targets(ranked, rules, random.Random(seed))
+
+
+# --- organisations ------------------------------------------------------------------------------
+
+LAB = Identity.from_seed(b"L" * 32)
+CLUB = Identity.from_seed(b"C" * 32)
+
+
+def member_offer(i: int, per_call: int, *attestations: Attestation) -> Offer:
+    return dataclasses.replace(offer(i, per_call), attestations=tuple(a.encode() for a in attestations))
+
+
+def attest(
+    i: int, org: Identity = LAB, role: Role = Role.SERVER, *, member: bytes | None = None
+) -> Attestation:
+    return Attestation.issue(org, member or peer(i), role, f"desk {i}", NOW - 3600, NOW + 86400)
+
+
+def org_rules(**rules: list[str]) -> SelectionRules:
+    return parse_selection_rules(rules, source="client.toml")
+
+
+def chosen(
+    offers: Sequence[Offer], rules: SelectionRules, revocations: dict[bytes, RevocationList] | None = None
+) -> list[int]:
+    proven, _ = proven_memberships(offers, NOW, revocations or {})
+    allowed = acceptable(offers, rules, now=NOW, proven=proven)
+    return ids(rank(allowed, with_trusted_orgs(rules, allowed, proven)))
+
+
+def test_only_orgs_never_uses_a_cheaper_provider_outside_the_organisation() -> None:
+    offers = [member_offer(1, 500, attest(1)), offer(2, 10), member_offer(3, 900, attest(3, CLUB))]
+    assert chosen(offers, org_rules(only_orgs=[LAB.peer_id])) == [1]
+    assert chosen(offers, org_rules(only_orgs=[LAB.peer_id, CLUB.peer_id])) == [1, 3]
+    assert chosen(offers, org_rules(only_orgs=[f"{LAB.peer_id}/robot"])) == []  # the wrong role
+
+
+def test_trusted_orgs_ranks_members_before_cheaper_strangers() -> None:
+    offers = [offer(2, 10), member_offer(1, 500, attest(1)), offer(4, 20)]
+    assert chosen(offers, org_rules(trusted_orgs=[LAB.peer_id])) == [1, 2, 4]
+    assert chosen(offers, DEFAULTS) == [2, 4, 1]
+
+
+def test_exclude_orgs_drops_members() -> None:
+    offers = [member_offer(1, 5, attest(1)), offer(2, 10)]
+    assert chosen(offers, org_rules(exclude_orgs=[LAB.peer_id])) == [2]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(attest(9), id="another-key"),  # peer 9's attestation, presented by peer 1
+        pytest.param(attest(1, Identity.from_seed(b"X" * 32)), id="another-org"),
+        pytest.param(
+            Attestation.issue(LAB, peer(1), Role.SERVER, "old", NOW - 90000, NOW - 3600), id="expired"
+        ),
+    ],
+)
+def test_an_attestation_that_proves_nothing_counts_as_none_and_says_why(bad: Attestation) -> None:
+    offers = [member_offer(1, 5, bad)]
+    assert chosen(offers, org_rules(only_orgs=[LAB.peer_id])) == []
+    proven, refused = proven_memberships(offers, NOW, {})
+    assert (LAB.public_key, Role.SERVER) not in proven.get(peer(1), set())
+    if bad.org == LAB.public_key:
+        assert len(refused) == 1 and fingerprint(peer(1)) in refused[0]
+
+
+def test_a_revoked_provider_is_no_member() -> None:
+    offers = [member_offer(1, 5, attest(1)), member_offer(3, 50, attest(3))]
+    revoked = {LAB.public_key: RevocationList.issue(LAB, 1, NOW, [peer(1)])}
+    assert chosen(offers, org_rules(only_orgs=[LAB.peer_id]), revoked) == [3]
+    _, refused = proven_memberships(offers, NOW, revoked)
+    assert len(refused) == 1 and refused[0].startswith(fingerprint(peer(1)))
+    assert refused[0].endswith("proves nothing: the organisation revoked it")
+
+
+def test_org_rules_need_organisation_ids() -> None:
+    with pytest.raises(ConfigError, match=r"client.toml: select.only_orgs: .*not a peer id"):
+        org_rules(only_orgs=["lab"])
+    with pytest.raises(ConfigError, match="not a role"):
+        org_rules(trusted_orgs=[f"{LAB.peer_id}/pilot"])
+    assert org_rules(only_orgs=[LAB.peer_id], exclude_orgs=[CLUB.peer_id]).orgs == {
+        LAB.public_key,
+        CLUB.public_key,
+    }
