@@ -5,6 +5,10 @@ Starts a real `hubnode serve` with a `true` service in a temporary home and time
 processes (fork to exit), interleaved, after warm-ups:
 
   hubnode call --server PEER@127.0.0.1:PORT true   (pinned key: Noise IK), stdin /dev/null
+  hubnode call --server ... members                the same node's members-only service
+                                                   (allow_orgs), called from a home that
+                                                   joined the organisation: the call carries
+                                                   an attestation and the node checks it
   hubnode call true                                discovered: a caller whose client.toml
                                                    names the node only as a DHT bootstrap
                                                    (lookup, offer checks, live probe, call)
@@ -16,6 +20,10 @@ processes (fork to exit), interleaved, after warm-ups:
   python -c "<connect, send 1 byte, read 1 byte>"  a plain TCP round trip from a fresh process
   ssh -p PORT -i KEY ... 127.0.0.1 true            against a private sshd (below)
 
+The organisation is made by the bench as a user would: `hubnode org create` in a temporary
+admin home, `hubnode org attest` of the caller's `hubnode id`, `hubnode org join` in the
+caller's home. The members-only row is printed with its difference from the open row.
+
 The ssh row starts its own `sshd -D -e -f CONFIG` on a free 127.0.0.1 port, with a
 temporary ed25519 host key and client key (its public half the only authorized key),
 public-key auth only, no PAM, in a temporary directory, and stops it afterwards. It needs
@@ -24,7 +32,9 @@ saying so, without it. As root it creates sshd's privilege-separation directory
 /run/sshd if missing (removing it again afterwards).
 
 Then `-X importtime` breakdowns of `import hubnet.cli` and of a whole call
-(`python -X importtime -m hubnet ... call`), to show what to make lazy.
+(`python -X importtime -m hubnet ... call`), to show what to make lazy, and a check that
+the members-only call (a home with an attestations file) loads neither Trio nor the
+record parsers (hubnet.identity.orgs): it reads the file with hubnet.identity.attest_text.
 
     .venv/bin/python bench/latency.py [--runs 30] [--warmup 3]
 """
@@ -69,6 +79,14 @@ description = "does nothing, successfully"
 timeout = 10
 """
 
+MEMBERS_SERVICE = """
+[services.members]
+command = ["true"]
+description = "does nothing, successfully, for members of the organisation only"
+timeout = 10
+allow_orgs = ["{org}"]
+"""
+
 TCP_CLIENT = """\
 import socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
@@ -78,6 +96,7 @@ sys.exit(0 if s.recv(1) == b"x" else 1)
 """
 PROVIDERS = 12  # more than one page of provider records (dht.messages.MAX_RECORDS_PER_REPLY)
 CALL = "hubnode call (IK)"
+MEMBERS_CALL = "hubnode call --server, members-only (attestation checked)"
 DISCOVERED = "hubnode call (DHT, probe, IK)"
 DISCOVERED_MANY = f"hubnode call (DHT {PROVIDERS}, probe, IK)"
 _RUN_TIMEOUT = 30.0
@@ -172,6 +191,60 @@ def providers(count: int, env: dict[str, str]) -> Iterator[Server]:
                 raise BenchError(f"{seen} of {count} offers discoverable after {_PUBLISH_TIMEOUT:.0f} s")
             time.sleep(0.2)
         yield first
+
+
+@dataclass(frozen=True)
+class Organisation:
+    org_id: str
+    member_home: Path  # a caller's home that joined the organisation
+
+
+def run_hubnode(argv: list[str], env: dict[str, str], stdin: bytes = b"") -> str:
+    """The stripped stdout of `hubnode ARGV`; BenchError if it fails."""
+    done = subprocess.run(
+        [HUBNODE, *argv], input=stdin, capture_output=True, timeout=_RUN_TIMEOUT, check=False, env=env
+    )
+    if done.returncode != 0:
+        stderr = done.stderr.decode(errors="replace")
+        raise BenchError(f"hubnode {' '.join(argv)}: exit {done.returncode}: {stderr}")
+    return done.stdout.decode().strip()
+
+
+@contextlib.contextmanager
+def organisation(env: dict[str, str]) -> Iterator[Organisation]:
+    """An organisation created in a temporary admin home, and a caller's home that joined it,
+    as a user makes them: `org create`, the caller's `id`, `org attest`, `org join`. Removed
+    on the way out."""
+    work = Path(tempfile.mkdtemp(prefix="hubnet-bench-org-"))
+    admin, member = ["--home", str(work / "admin")], ["--home", str(work / "member")]
+    try:
+        created = run_hubnode([*admin, "org", "create", "bench", "--label", "bench lab"], env)
+        org_id = created.splitlines()[-1]
+        peer_id = run_hubnode([*member, "id"], env)
+        text = run_hubnode(
+            [*admin, "org", "attest", "bench", peer_id, "--role", "robot", "--label", "bench robot"], env
+        )
+        # Through stdin: `org join TEXT` first asks whether TEXT names a file, and a name
+        # this long makes that stat() fail (ENAMETOOLONG) before the text is read.
+        run_hubnode([*member, "org", "join", "-"], env, stdin=text.encode())
+        yield Organisation(org_id, work / "member")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def check_refused(case: Case) -> None:
+    """`case` must be refused as not allowed (exit 126): the service really is members-only."""
+    done = subprocess.run(
+        case.argv,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=_RUN_TIMEOUT,
+        check=False,
+        env=case.env,
+    )
+    stderr = done.stderr.decode(errors="replace")
+    if done.returncode != 126 or "not-allowed" not in stderr:
+        raise BenchError(f"{case.name}: exit {done.returncode}, not refused as not-allowed: {stderr}")
 
 
 SSH = "ssh 127.0.0.1 true (own sshd)"
@@ -352,6 +425,11 @@ def _by_package(modules: list[Imported]) -> list[tuple[str, float, int]]:
     return sorted(((k, v, counts[k]) for k, v in totals.items()), key=lambda x: -x[1])
 
 
+def loaded(modules: list[Imported], package: str) -> list[str]:
+    """The modules of `package` (itself and everything under it) among `modules`."""
+    return [m.name for m in modules if m.name == package or m.name.startswith(package + ".")]
+
+
 def print_importtime(title: str, modules: list[Imported], top: int = 10) -> None:
     total = sum(m.self_us for m in modules)
     print(f"{title}: {len(modules)} modules, {total / 1000:.1f} ms of import in all")
@@ -381,15 +459,21 @@ def main() -> int:
         with (
             ssh_server() as (ssh, ssh_reason),
             bytecode_cache() as env,
-            hubnode_server(SERVICES_TOML, env) as server,
+            organisation(env) as org,
+            hubnode_server(SERVICES_TOML + MEMBERS_SERVICE.format(org=org.org_id), env) as server,
             providers(PROVIDERS, env) as many,
             echo_server() as echo_port,
         ):
             call_argv = ["--home", str(server.client_home), "call", "--server", server.target, "true"]
+            members_argv = ["--home", str(org.member_home), "call", "--server", server.target, "members"]
+            # The open call's home has no attestation: the members-only service must refuse it.
+            stranger = [HUBNODE, *call_argv[:-1], "members"]
+            check_refused(Case(f"{MEMBERS_CALL} without attestation", stranger, env))
             discovering = discovering_home(server.client_home.parent, "discovering", server.target)
             discovering_many = discovering_home(many.client_home.parent, "discovering", many.target)
             cases = [
                 Case(CALL, [HUBNODE, *call_argv], env),
+                Case(MEMBERS_CALL, [HUBNODE, *members_argv], env),
                 Case(DISCOVERED, [HUBNODE, "--home", str(discovering), "call", "true"], env),
                 Case(DISCOVERED_MANY, [HUBNODE, "--home", str(discovering_many), "call", "true"], env),
                 Case('python -c "import hubnet.cli"', [PYTHON, "-c", "import hubnet.cli"], env),
@@ -406,6 +490,7 @@ def main() -> int:
                 for case in cases:
                     times[case.name].append(time_process(case))
             call_modules = importtime(["-m", "hubnet", *call_argv], env)
+            members_modules = importtime(["-m", "hubnet", *members_argv], env)
             cli_modules = importtime(["-c", "import hubnet.cli"], env)
     except BenchError as exc:
         print(f"latency: FAILED: {exc}", file=sys.stderr)
@@ -414,20 +499,27 @@ def main() -> int:
     print(f"latency: whole-process wall time, {args.runs} runs each after {args.warmup} warm-ups, 127.0.0.1")
     print(f"  interpreter: {PYTHON} ({sys.version.split()[0]})")
     print("  bytecode: cached in a private PYTHONPYCACHEPREFIX, as an installed client has it")
-    print(f"  {'':<32} {'mean ms':>8} {'median':>8} {'p90':>8} {'min':>8}")
+    width = max(32, *(len(name) for name in times))
+    print(f"  {'':<{width}} {'mean ms':>8} {'median':>8} {'p90':>8} {'min':>8}")
     for name, values in times.items():
         ms = [v * 1000 for v in values]
         print(
-            f"  {name:<32} {statistics.fmean(ms):>8.1f} {median(ms):>8.1f} "
+            f"  {name:<{width}} {statistics.fmean(ms):>8.1f} {median(ms):>8.1f} "
             f"{percentile(ms, 90):>8.1f} {min(ms):>8.1f}"
         )
     if ssh is None:
         print(f"  {SSH}: SKIPPED: {ssh_reason}")
-    call = times[CALL]
+    call, members = times[CALL], times[MEMBERS_CALL]
+    paired = [m - c for m, c in zip(members, call, strict=True)]  # run one after the other
+    print(
+        f"  members-only minus open hubnode call: {(median(members) - median(call)) * 1000:+.1f} ms "
+        f"(medians), {(statistics.fmean(members) - statistics.fmean(call)) * 1000:+.1f} ms (means), "
+        f"{median(paired) * 1000:+.1f} ms (median of the {len(paired)} back-to-back pairs)"
+    )
     print("  ratios of hubnode call (mean, median):")
-    for name in [n for n in times if n not in (CALL, DISCOVERED, DISCOVERED_MANY)]:
+    for name in [n for n in times if n not in (CALL, MEMBERS_CALL, DISCOVERED, DISCOVERED_MANY)]:
         print(
-            f"    / {name:<32} {statistics.fmean(call) / statistics.fmean(times[name]):>5.2f}x "
+            f"    / {name:<{width}} {statistics.fmean(call) / statistics.fmean(times[name]):>5.2f}x "
             f"{median(call) / median(times[name]):>5.2f}x"
         )
     if SSH in times:
@@ -444,9 +536,23 @@ def main() -> int:
     extra = [m for m in call_modules if m.name not in cli_names]
     print()
     print_importtime("modules the call path adds beyond `import hubnet.cli`", extra)
-    trio = [m.name for m in call_modules if m.name.split(".")[0] == "trio"]
+    trio = loaded(call_modules, "trio")
     found = f"YES ({len(trio)} modules) -- the design says the call path never loads Trio" if trio else "no"
     print(f"  trio on the call path: {found}")
+    print()
+    print("the members-only call (its home has an attestations file):")
+    call_names = {m.name for m in call_modules}
+    added = [m.name for m in members_modules if m.name not in call_names]
+    print(f"  modules it adds beyond the open call: {', '.join(added) or 'none'}")
+    for package, why in (
+        ("trio", "the call path never loads Trio"),
+        ("hubnet.identity.orgs", "the caller sends its attestations unparsed; the node checks them"),
+    ):
+        names = loaded(members_modules, package)
+        found = f"YES ({', '.join(names)}) -- {why}" if names else "no"
+        print(f"  {package} on its path: {found}")
+    reader = "yes" if loaded(members_modules, "hubnet.identity.attest_text") else "NO"
+    print(f"  hubnet.identity.attest_text (reads DATA/attestations) on its path: {reader}")
     return 0
 
 
