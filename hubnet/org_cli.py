@@ -111,16 +111,23 @@ def attest(obj: Context, role: str, days: int, label: str, name: str, peer_id: s
 @click.pass_obj
 def join(obj: Context, attestation: str) -> None:
     """Keep ATTESTATION (its text, a file holding it, or - for stdin) for this node's calls."""
+    from hubnet.identity import attest_text
     from hubnet.identity.keys import encode_peer_id
     from hubnet.identity.orgs import Attestation
     from hubnet.orgs import Memberships
 
     if attestation == "-":
         text = sys.stdin.read()
-    elif Path(attestation).is_file():
-        text = Path(attestation).read_text(encoding="utf-8")
+    elif attestation.startswith(attest_text.PREFIX):
+        text = attestation  # (asking the filesystem first would fail: the text is too long a name)
     else:
-        text = attestation
+        try:
+            text = Path(attestation).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"{attestation!r} is neither an attestation ({attest_text.PREFIX}...) "
+                f"nor a file holding one: {exc.strerror or exc}"
+            ) from None
     made = Attestation.from_text(text)
     Memberships(obj.home).add(made, obj.identity().public_key)
     until = time.strftime("%Y-%m-%d", time.gmtime(made.expires_at))

@@ -34,7 +34,7 @@ PROFILE_DOMAIN = "hubnet/org-profile/1"
 
 MAX_LABEL = 64  # bytes of UTF-8
 MAX_URL = 256
-MAX_ATTESTATION_LEN = 300  # an attestation encodes to about 200 bytes with the longest label
+MAX_ATTESTATION_LEN = 300  # an attestation encodes to 171..237 bytes (bench/org_sizes.py)
 MAX_REVOKED = 1000
 MAX_VALIDITY = 5 * 366 * 86400  # an attestation lives at most about five years
 CLOCK_SKEW = 60  # an attestation issued up to this far in the reader's future is accepted
