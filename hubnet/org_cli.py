@@ -52,9 +52,14 @@ def _publish(obj: Context, held: HeldOrg, bootstrap: tuple[str, ...]) -> int:
             "PEER_ID@HOST:PORT (or `bootstrap` in client.toml), or serve a node in this home"
         )
     now = int(time.time())
+    # The records' sequence is the organisation's own, which every create and revoke raises
+    # (`OrgKeys.bump`): the time in seconds would not be newer for a second revoke within
+    # the same second, and DHT nodes would keep the first list.
+    sequence = held.state.sequence
     with DhtClient(obj.identity(), seeds(given)) as dht:
-        stored = dht.publish_provider(revocations_record(held.identity, held.revocations(), now))
-        dht.publish_provider(profile_record(held.identity, held.profile(), now))
+        revocations = revocations_record(held.identity, held.revocations(), now, sequence=sequence)
+        stored = dht.publish_provider(revocations)
+        dht.publish_provider(profile_record(held.identity, held.profile(), now, sequence=sequence))
     return stored
 
 

@@ -43,24 +43,38 @@ def profile_key(org: bytes) -> bytes:
     return hashlib.blake2b(b"hubnet/org-profile/1\x00" + org).digest()[:ID_LEN]
 
 
-def revocations_record(publisher: Identity, revocations: RevocationList, now: int) -> ProviderRecord:
-    """A provider record carrying `revocations`, published by `publisher` (anyone) at `now`."""
+def revocations_record(
+    publisher: Identity, revocations: RevocationList, now: int, *, sequence: int | None = None
+) -> ProviderRecord:
+    """A provider record carrying `revocations`, published by `publisher` (anyone) at `now`.
+
+    DHT nodes keep a record only if its `sequence` (default `now`) is greater than that of
+    the publisher's record they hold: a publisher that may publish twice within a second
+    (the organisation's key, through `hubnode org`) passes a sequence of its own."""
     if len(revocations.revoked) > MAX_REVOKED:
         raise ValueError(f"a revocation list in the DHT holds at most {MAX_REVOKED} keys")
     return ProviderRecord.create(
         publisher,
         revocations_key(revocations.org),
         revocations.encode(),
-        sequence=now,
+        sequence=now if sequence is None else sequence,
         issued_at=now,
         ttl=RECORD_TTL,
     )
 
 
-def profile_record(publisher: Identity, profile: Profile, now: int) -> ProviderRecord:
-    """A provider record carrying `profile`, published by `publisher` (anyone) at `now`."""
+def profile_record(
+    publisher: Identity, profile: Profile, now: int, *, sequence: int | None = None
+) -> ProviderRecord:
+    """A provider record carrying `profile`, published by `publisher` (anyone) at `now`;
+    `sequence` as for `revocations_record`."""
     return ProviderRecord.create(
-        publisher, profile_key(profile.org), profile.encode(), sequence=now, issued_at=now, ttl=RECORD_TTL
+        publisher,
+        profile_key(profile.org),
+        profile.encode(),
+        sequence=now if sequence is None else sequence,
+        issued_at=now,
+        ttl=RECORD_TTL,
     )
 
 

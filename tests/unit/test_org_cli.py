@@ -6,12 +6,16 @@ import json
 import stat
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from hubnet.cli import cli
+from hubnet.dht.records import ProviderRecord
+from hubnet.dht.store import RecordRefused, RecordStore
 from hubnet.exits import exit_code_for
 from hubnet.identity.errors import HubnetError
-from hubnet.identity.keys import Identity
+from hubnet.identity.keys import Identity, decode_peer_id
+from hubnet.node.org_records import newest_revocations, revocations_key
 
 
 def _run(home: Path, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
@@ -71,3 +75,47 @@ def test_revoke_without_a_dht_saves_the_list_and_says_it_is_not_published(tmp_pa
     assert state["revoked"] == [member]
     code, _, said = _run(tmp_path, "org", "revoke", "nope", member)
     assert code == 2 and "no organisation 'nope'" in said and "lab" in said
+
+
+class _OneNodeDht:
+    """A DHT of one node's record store, in place of `DhtClient` (which `hubnode org` imports
+    when it publishes)."""
+
+    store = RecordStore()
+
+    def __init__(self, identity: Identity, seeds: object) -> None:
+        pass
+
+    def __enter__(self) -> _OneNodeDht:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def publish_provider(self, record: ProviderRecord) -> int:
+        try:
+            self.store.add_provider(record)
+        except RecordRefused:
+            return 0
+        return 1
+
+
+def test_revocations_within_one_second_are_all_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DHT nodes keep a publisher's record only if its sequence is newer: the time in seconds
+    # made a second revoke within a second (or a revoke right after create) fail to publish.
+    monkeypatch.setattr("hubnet.dht.client.DhtClient", _OneNodeDht)
+    monkeypatch.setattr(_OneNodeDht, "store", RecordStore())
+    monkeypatch.setattr("time.time", lambda: 1_700_000_000.5)
+    seed = f"{Identity.generate().peer_id}@127.0.0.1:9"
+    code, org_id, said = _run(tmp_path, "org", "create", "lab", "--bootstrap", seed)
+    assert code == 0, said
+    members = [Identity.generate().peer_id for _ in range(3)]
+    for member in members:
+        code, _, said = _run(tmp_path, "org", "revoke", "lab", member, "--bootstrap", seed)
+        assert code == 0, said
+    org = decode_peer_id(org_id.strip().splitlines()[-1])
+    records = _OneNodeDht.store.providers(revocations_key(org), now=1_700_000_000)
+    newest = newest_revocations(records, org)
+    assert newest is not None and newest.revoked == {decode_peer_id(m) for m in members}
