@@ -23,7 +23,7 @@ from hubnet.node.discovery import Discovery, seeds_from
 from hubnet.node.naming import Target
 from hubnet.node.offers import Load
 from hubnet.node.org_records import OrgSetup
-from hubnet.node.org_watch import OrgWatch
+from hubnet.node.org_watch import OrgWatch, refresh_interval
 from hubnet.node.server import Node
 from hubnet.node.services import NodeConfig
 
@@ -65,8 +65,9 @@ def run_node(
         attestations=orgs.attestations if orgs else (),
     )
     node.peers = discovery.peers
+    refresh = refresh_interval()  # a bad HUBNET_ORG_REFRESH is said before anything starts
     try:
-        trio.run(_serve, config, identity, node, discovery, services_file, orgs or OrgSetup())
+        trio.run(_serve, config, identity, node, discovery, services_file, orgs or OrgSetup(), refresh)
     except* ListenError as group:
         # Nothing but the listener had started, so this is the only error: report it alone.
         error = group.exceptions[0]
@@ -80,6 +81,7 @@ async def _serve(
     discovery: Discovery,
     services_file: Path | None,
     orgs: OrgSetup,
+    org_refresh: float,
 ) -> None:
     # SIGTERM and SIGINT cancel everything, so every job's process group is killed on the way out.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals, contextlib.ExitStack() as stack:
@@ -88,7 +90,13 @@ async def _serve(
             stack.callback(udp.close)  # after the nursery, once nothing uses the socket
             dht = await nursery.start(discovery.run, udp)
             if config.orgs or orgs.own_lists or orgs.own_profiles:
-                watch = OrgWatch(dht, config.orgs, own_lists=orgs.own_lists, own_profiles=orgs.own_profiles)
+                watch = OrgWatch(
+                    dht,
+                    config.orgs,
+                    own_lists=orgs.own_lists,
+                    own_profiles=orgs.own_profiles,
+                    refresh=org_refresh,
+                )
                 node.revocations = lambda: watch.revocations
                 nursery.start_soon(watch.run)
             if services_file is not None:  # said once listening, so a node that cannot says only that

@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from hubnet.dht.records import MAX_PROVIDER_RECORD_LEN
+from hubnet.identity.errors import ConfigError
 from hubnet.identity.keys import Identity
 from hubnet.identity.orgs import Profile, RevocationList
 from hubnet.node.org_records import (
@@ -25,7 +26,7 @@ from hubnet.node.org_records import (
     revocations_key,
     revocations_record,
 )
-from hubnet.node.org_watch import REFRESH, OrgWatch
+from hubnet.node.org_watch import REFRESH, REFRESH_ENV, OrgWatch, refresh_interval
 from tests.dht_sim import seed_scheduler, simulation
 
 LAB = Identity.from_seed(b"L" * 32)
@@ -116,3 +117,31 @@ async def test_a_node_learns_a_new_list_within_its_refresh_and_keeps_it_alive(
         # An older list never takes the newer one's place at the watcher.
         assert not watch.learn(first)
         assert watch.revocations[LAB.public_key] == revoked
+
+
+def test_the_refresh_interval_can_only_be_shortened() -> None:
+    assert refresh_interval({}) == REFRESH
+    assert refresh_interval({REFRESH_ENV: " "}) == REFRESH
+    assert refresh_interval({REFRESH_ENV: "2.5"}) == 2.5
+    assert refresh_interval({REFRESH_ENV: str(REFRESH)}) == REFRESH
+    for wrong in ("0", "0.2", "-3", str(REFRESH + 1), "nan", "inf", "soon"):
+        with pytest.raises(ConfigError, match=REFRESH_ENV):
+            refresh_interval({REFRESH_ENV: wrong})
+
+
+async def test_a_shorter_refresh_learns_a_new_list_sooner(autojump_clock: trio.testing.MockClock) -> None:
+    seed_scheduler(13)
+    async with simulation(20, seed=13) as sim:
+        org_node, watcher_node = sim.nodes[2], sim.nodes[11]
+        first = RevocationList.issue(LAB, 1, sim.now(), [])
+        assert await org_node.publish_provider(revocations_record(LAB, first, sim.now())) > 0
+        watch = OrgWatch(watcher_node, [LAB.public_key], refresh=5.0)
+        await sim.nursery.start(watch.run)
+        assert watch.revocations[LAB.public_key] == first
+        await trio.sleep(1)
+        revoked = RevocationList.issue(LAB, 2, sim.now(), MEMBERS[:1])
+        published_at = trio.current_time()
+        assert await org_node.publish_provider(revocations_record(LAB, revoked, sim.now())) > 0
+        while watch.revocations[LAB.public_key] != revoked:
+            await trio.sleep(0.5)
+        assert trio.current_time() - published_at <= 5.0 + 1
