@@ -244,13 +244,17 @@ def services(
 
 
 def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_json: bool) -> None:
+    import time
+
     from hubnet.discover import find_offers, nobody_offers, none_acceptable, probe, ranked_offers
     from hubnet.identity.keys import encode_peer_id
     from hubnet.node.naming import format_service_id, resolve_service_ref
+    from hubnet.provider_orgs import free_shown, memberships_shown, orgs_line
+    from hubnet.select import proven_memberships
 
     sid = resolve_service_ref(service)
     rules = obj.selection_rules()
-    found = find_offers(obj.identity(), obj.bootstrap(bootstrap), sid, rules.orgs)
+    found = find_offers(obj.identity(), obj.bootstrap(bootstrap), sid, rules.orgs, describe_orgs=True)
     ranked, _ = ranked_offers(found, rules, verbose=obj.verbose)
     if not ranked:
         if as_json:
@@ -259,9 +263,16 @@ def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_
             raise nobody_offers(repr(service))
         raise none_acceptable(repr(service), len(found.offers), obj.client_config.source)
     probes = probe(obj.identity(), ranked)
+    proven, refused = proven_memberships(ranked, int(time.time()), found.revocations)
+    if obj.verbose and not rules.orgs:  # with organisations in its rules, ranked_offers said why
+        for why in refused:
+            click.echo(f"hubnode: {why}", err=True)
     rows: list[dict[str, Any]] = []
+    org_lines: list[str] = []
     for offer in ranked:
         answer = probes.get(offer.publisher)
+        members = memberships_shown(offer, proven, found.profiles, rules.orgs)
+        free = free_shown(offer, found.profiles, rules.orgs)
         rows.append(
             {
                 "peer": encode_peer_id(offer.publisher),
@@ -272,8 +283,11 @@ def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_
                 "load": dataclasses.asdict(answer.load if answer and answer.load else offer.load),
                 "rtt_ms": round(answer.rtt * 1000, 2) if answer else None,
                 "expires_at": offer.expires_at,
+                "orgs": [m.as_json() for m in members],
+                "free_orgs": [f.as_json() for f in free],
             }
         )
+        org_lines.append(orgs_line(members, free))
     if as_json:
         import json
 
@@ -282,7 +296,7 @@ def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_
     click.echo(
         f"{'PEER':<20} {'ADDRESS':<22} {'PER CALL':>9} {'PER S':>7} {'PER MIB':>8} {'LOAD':>7} {'RTT':>9}"
     )
-    for row in rows:
+    for row, org_line in zip(rows, org_lines, strict=True):
         price, load = row["price"], row["load"]
         rtt = f"{row['rtt_ms']:.1f} ms" if row["rtt_ms"] is not None else "down"
         click.echo(
@@ -290,6 +304,8 @@ def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_
             f"{price['per_second']:>7} {price['per_mib']:>8} "
             f"{load['running'] + load['queued']:>3}/{load['capacity']:<3} {rtt:>9}"
         )
+        if org_line:
+            click.echo(f"{'':<20} {org_line}")
 
 
 @cli.command(short_help="Show a node's DHT contacts, or the DHT as seen from here.")

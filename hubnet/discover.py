@@ -22,6 +22,7 @@ from hubnet.dht.addresses import DirectAddress
 from hubnet.dht.client import DhtClient
 from hubnet.dht.ids import service_key
 from hubnet.dht.lookup import Seed
+from hubnet.dht.records import ProviderRecord
 from hubnet.identity.errors import (
     ConfigError,
     HostKeyMismatch,
@@ -48,10 +49,13 @@ from hubnet.select import (
 from hubnet.trust import PinnedKeys
 
 if TYPE_CHECKING:
-    from hubnet.identity.orgs import RevocationList
+    from hubnet.identity.orgs import Profile, RevocationList
 
 MAX_ATTEMPTS = 5
 PROBE_TIMEOUT = 2.0
+# `hubnode services` looks up the profile and revocation list of at most this many of the
+# organisations that offers name (two DHT lookups each); the rest are shown by id alone.
+MAX_DESCRIBED_ORGS = 16
 
 
 def seeds(targets: Sequence[str]) -> list[Seed]:
@@ -69,18 +73,28 @@ NO_WHERE_TO_LOOK = (
 @dataclass(frozen=True)
 class Found:
     """What the DHT holds for a call: the service's valid offers, and the newest revocation
-    lists of the organisations the client's rules name."""
+    lists of the organisations the client's rules name. For `hubnode services`, also those
+    of the organisations the offers name, and their profiles."""
 
     offers: list[Offer]
     revocations: dict[bytes, RevocationList] = field(default_factory=dict)
+    profiles: dict[bytes, Profile] = field(default_factory=dict)
 
 
 def find_offers(
-    identity: Identity, bootstrap: Sequence[str], service_id: bytes, orgs: Collection[bytes] = ()
+    identity: Identity,
+    bootstrap: Sequence[str],
+    service_id: bytes,
+    orgs: Collection[bytes] = (),
+    *,
+    describe_orgs: bool = False,
 ) -> Found:
     """Every valid offer for `service_id` that the DHT holds, and the lists of `orgs`.
 
-    ConfigError (a usage error) without bootstrap nodes; TransportError if none answers.
+    With `describe_orgs` (for `hubnode services`, never on `hubnode call`'s path), also the
+    lists and profiles of the organisations that the offers' attestations and free_orgs name
+    (the first `MAX_DESCRIBED_ORGS` of them). ConfigError (a usage error) without bootstrap
+    nodes; TransportError if none answers.
     """
     if not bootstrap:
         raise ConfigError(NO_WHERE_TO_LOOK)
@@ -94,7 +108,14 @@ def find_offers(
             raise TransportError(
                 f"no DHT node answered at {where}: check --bootstrap or `bootstrap` in client.toml"
             )
-        revocations = _revocation_lists(dht, orgs)
+        offers = _valid_offers(records, service_id)
+        named = orgs_named(offers)[:MAX_DESCRIBED_ORGS] if describe_orgs else []
+        revocations = _revocation_lists(dht, {*orgs, *named})
+        profiles = _profiles(dht, named)
+    return Found(offers, revocations, profiles)
+
+
+def _valid_offers(records: Sequence[ProviderRecord], service_id: bytes) -> list[Offer]:
     offers = []
     for record in records:
         try:
@@ -103,7 +124,25 @@ def find_offers(
             continue
         if offer.service_id == service_id:
             offers.append(offer)
-    return Found(offers, revocations)
+    return offers
+
+
+def orgs_named(offers: Sequence[Offer]) -> list[bytes]:
+    """The organisations `offers` name (the issuers of their attestations, valid or not, and
+    their free_orgs), each once, those named by the most offers first."""
+    from hubnet.identity.orgs import Attestation
+
+    counts: dict[bytes, int] = {}
+    for offer in offers:
+        named = set(offer.free_orgs)
+        for raw in offer.attestations:
+            try:
+                named.add(Attestation.decode(raw).org)
+            except InvalidRecord:
+                continue
+        for org in named:
+            counts[org] = counts.get(org, 0) + 1
+    return sorted(counts, key=lambda org: (-counts[org], org))
 
 
 def _revocation_lists(dht: DhtClient, orgs: Collection[bytes]) -> dict[bytes, RevocationList]:
@@ -114,6 +153,15 @@ def _revocation_lists(dht: DhtClient, orgs: Collection[bytes]) -> dict[bytes, Re
 
     lists = {org: newest_revocations(dht.find_providers(revocations_key(org)), org) for org in orgs}
     return {org: found for org, found in lists.items() if found is not None}
+
+
+def _profiles(dht: DhtClient, orgs: Collection[bytes]) -> dict[bytes, Profile]:
+    if not orgs:
+        return {}
+    from hubnet.node.org_records import newest_profile, profile_key
+
+    profiles = {org: newest_profile(dht.find_providers(profile_key(org)), org) for org in orgs}
+    return {org: found for org, found in profiles.items() if found is not None}
 
 
 def nobody_offers(name: str) -> NotOffered:

@@ -126,15 +126,32 @@ def _options_of(command: click.Command) -> dict[str, bool]:
     return table
 
 
+def _interspersed(command: click.Command) -> bool:
+    """Whether click reads options after the first positional (not for groups, nor for
+    `call` and `alias`, whose words after SERVICE belong to the remote program)."""
+    return bool(command.context_settings.get("allow_interspersed_args", command.allow_interspersed_args))
+
+
 def _take_options(
     words: list[str], command: click.Command, problems: list[str]
 ) -> tuple[dict[str, str | None], list[str]]:
-    """Options up to the first positional, as click reads them; the rest is returned as is."""
+    """Options as click reads them: up to the first positional, or among the positionals of
+    a command that takes them anywhere. Returns the options and the other words, as given."""
     table = _options_of(command)
     options: dict[str, str | None] = {}
+    positionals: list[str] = []
     i = 0
-    while i < len(words) and words[i].startswith("-") and words[i] != "-":
-        name, eq, value = words[i].partition("=")
+    while i < len(words):
+        word = words[i]
+        if word == "--":
+            return options, positionals + words[i + 1 :]
+        if not word.startswith("-") or word == "-":
+            if not _interspersed(command):
+                return options, positionals + words[i:]
+            positionals.append(word)
+            i += 1
+            continue
+        name, eq, value = word.partition("=")
         i += 1
         if name not in table:
             problems.append(f"unknown option {name!r} for {command.name!r}")
@@ -146,17 +163,28 @@ def _take_options(
             value = words[i]
             i += 1
         options[name] = value if table[name] else None
-    return options, words[i:]
+    return options, positionals
 
 
 def parse_hubnode(words: list[str]) -> tuple[Invocation, list[str]]:
-    """Parse the words after `hubnode` against the real CLI; the second item lists problems."""
+    """Parse the words after `hubnode` against the real CLI; the second item lists problems.
+
+    A group's subcommand is part of the command: `hubnode org create lab` is "org create"."""
     problems: list[str] = []
     _globals, rest = _take_options(words, cli, problems)
     if not rest:
         return Invocation(None, {}, []), problems
     name, rest = rest[0], rest[1:]
     command = cli.commands.get(name)
+    while isinstance(command, click.Group) and rest:
+        _group_options, rest = _take_options(rest, command, problems)
+        if not rest:
+            break
+        sub = command.commands.get(rest[0])
+        if sub is None:
+            problems.append(f"no such command: hubnode {name} {rest[0]}")
+            return Invocation(f"{name} {rest[0]}", {}, rest[1:]), problems
+        name, rest, command = f"{name} {rest[0]}", rest[1:], sub
     if command is None:
         problems.append(f"no such command: hubnode {name}")
         return Invocation(name, {}, rest), problems
@@ -412,6 +440,8 @@ hubnode call --sever PEER@h:7070 espeak
 hubnode --homer x serve
 hubnode status extra
 hubnode services --server
+hubnode org frobnicate lab
+hubnode org attest lab PEER_ID --rol robot
 echo hi | hubnode call --server PEER@h:7070 espeak -w /etc/passwd
 hubnode alias --server PEER@h:7070 say espeak --stdout
 say -o out.wav
@@ -438,6 +468,8 @@ def test_the_command_checker_catches_mistakes() -> None:
     assert any("'--homer'" in p for p in problems)
     assert any("takes no arguments" in p for p in problems)
     assert any("needs a value" in p for p in problems)
+    assert any("no such command: hubnode org frobnicate" in p for p in problems)
+    assert any("'--rol'" in p for p in problems)  # an option after the positionals, as click reads it
 
 
 def test_the_call_checker_catches_refused_arguments() -> None:
