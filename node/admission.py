@@ -120,6 +120,12 @@ def _not_allowed(service: Service, caller: bytes, standing: Standing) -> str:
         for rule in service.allow_orgs
     )
     why = f"{service.name} serves members of organisation {needed} only"
+    wanted = {rule.org for rule in service.allow_orgs}
+    roles = sorted(
+        f"{fingerprint(org)} as {role.value}" for org, role in standing.memberships if org in wanted
+    )
+    if roles:
+        return f"{why}; you are a member of {', '.join(roles)}, another role"
     if standing.refused:
         return f"{why}; {'; '.join(standing.refused)}"
     if not standing.memberships:

@@ -111,3 +111,10 @@ def test_settle_charges_by_usage_never_above_the_hold_and_nothing_for_a_failed_s
     assert settle(long, terms).cost == terms.held
     failed = JobOutcome(127, None, "failed-to-start", 0.0, 0.0, 0, 0, 0)
     assert settle(failed, terms).cost == 0
+
+
+def test_a_member_of_the_wrong_role_is_told_so() -> None:
+    server = Attestation.issue(LAB, ROBOT, Role.SERVER, "desk", NOW - 86400, NOW + 86400)
+    refused = _admit(_call("members", server), ROBOT)
+    assert isinstance(refused, Reject)
+    assert f"you are a member of {fingerprint(LAB.public_key)} as server, another role" in refused.reason
