@@ -141,7 +141,7 @@ def _run_call(
                 raise
             raise no_such_service(ctx, chosen, service, label) from None
     else:
-        from hubnet.discover import find_offers, nobody_offers, open_discovered_call
+        from hubnet.discover import BACKOFF_FILE, find_offers, nobody_offers, open_discovered_call
 
         rules = ctx.selection_rules()
         found = find_offers(ctx.identity(), ctx.bootstrap(bootstrap), request.service_id, rules.orgs)
@@ -156,6 +156,7 @@ def _run_call(
             verbose=ctx.verbose,
             name=label,
             rules_source=ctx.client_config.source,
+            backoff_file=ctx.home.data_dir / BACKOFF_FILE,
         )
         exit = finish_call(opened, stdin_fd=stdin_fd).exit
     if exit.error:

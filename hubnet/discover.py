@@ -2,30 +2,45 @@
 
 The steps are those of ARCHITECTURE.md: ask the DHT for the service's offers (each one's
 signature, expiry and payload checked), filter and rank them by the client's rules,
-probe the best few live (a status request: round trip and current load) and try them in
-the order `hubnet.select.choose` gives. A node that fails before accepting the call is
+probe a few live (a status request: round trip and current load) and try them in the
+order `hubnet.select.choose` gives. A node that fails before accepting the call is
 skipped; once it has accepted, stdin flows and a failure is reported, never retried.
+
+Offers are anyone's to publish, so the dialling is bounded (`DialLedger`: addresses in all
+and at once, each dialled once), providers that failed rest for a while (`Backoff`, kept in
+the client's home), and probing goes on past dead offers until enough answered.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import os
+import queue
 import random
+import socket
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hubnet.client import OpenCall, open_call, request
-from hubnet.dht.addresses import DirectAddress
+from hubnet.client import OpenCall, open_call
+from hubnet.dht.addresses import Address, DirectAddress
 from hubnet.dht.client import DhtClient
 from hubnet.dht.ids import service_key
 from hubnet.dht.lookup import Seed
 from hubnet.dht.records import ProviderRecord
+from hubnet.dialer import Dialer, TcpDialer
+from hubnet.identity.blocking import connect_secure_socket
 from hubnet.identity.errors import (
     ConfigError,
     HostKeyMismatch,
+    HubnetError,
     NotOffered,
     Rejected,
     RemoteProtocolError,
@@ -35,7 +50,7 @@ from hubnet.identity.keys import Identity, encode_peer_id
 from hubnet.identity.records import InvalidRecord
 from hubnet.node.naming import Target
 from hubnet.node.offers import InvalidOffer, Load, Offer, offer_from_record
-from hubnet.node.protocol import Call, GetStatus, StatusReply
+from hubnet.node.protocol import Call, GetStatus, JobConnection, Role, StatusReply
 from hubnet.select import (
     Probe,
     SelectionRules,
@@ -51,8 +66,25 @@ from hubnet.trust import PinnedKeys
 if TYPE_CHECKING:
     from hubnet.identity.orgs import Profile, RevocationList
 
-MAX_ATTEMPTS = 5
-PROBE_TIMEOUT = 2.0
+MAX_ATTEMPTS = 5  # providers a call is tried on
+PROBE_TIMEOUT = 2.0  # one probe's connect, and each of its reads
+# What one discovery may dial (see DialLedger): distinct addresses in all, each once (plus
+# the call to a node whose probe answered), and probes in flight at once.
+MAX_DIALLED_ADDRESSES = 64
+MAX_CONCURRENT_PROBES = 16
+PROBE_STAGGER = 0.25  # a call's probing adds one probe in flight for each this long without an answer
+# After a call's first probe answered, how long the others may take: twice its round trip,
+# within these bounds.
+PROBE_GRACE_MIN = 0.1
+PROBE_GRACE = 0.5
+PROBE_PHASE = 10.0  # a probing phase ends after this long, whatever is still in flight
+# The backoff of providers that failed (see Backoff): as Petals, 15 s doubling.
+BACKOFF_FILE = "failed-providers"  # in the home's data folder
+BACKOFF_FIRST = 15.0
+BACKOFF_MAX = 3600.0
+BACKOFF_FORGET = 86400.0  # a rest that ended this long ago is forgotten, and its count with it
+MAX_BACKOFF_ENTRIES = 1024
+BACKOFF_HEADER = "# providers that failed lately: ADDRESS or PEER@ADDRESS, until (Unix s), failures\n"
 # `hubnode services` looks up the profile and revocation list of at most this many of the
 # organisations that offers name (two DHT lookups each); the rest are shown by id alone.
 MAX_DESCRIBED_ORGS = 16
@@ -187,29 +219,427 @@ def target_of(offer: Offer) -> Target:
     return Target(direct, offer.publisher)
 
 
+# --- bounded dialling ----------------------------------------------------------------------------
+#
+# Offers are anyone's to publish: a thousand of them, under throw-away keys, may name dead
+# ports or a third party's. So one discovery dials a bounded number of addresses, each once
+# (resolved, so two names of one host count once), a bounded number at a time; the one
+# exception is the call to a node whose probe just answered. Providers that failed are left
+# alone for a while (`Backoff`), and which addresses go first is spread over hosts, so that
+# offers from one host cannot crowd out the others.
+
+
+class DialLedger:
+    """The dialer of one discovery: every probe and every call attempt dials through it.
+
+    At most `max_addresses` distinct addresses (IP and port, after resolving), each dialled
+    once, plus one call dial per `grant` (a probe that answered); at most `max_concurrent`
+    probes in flight, those abandoned by an earlier phase included. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        max_addresses: int | None = None,
+        max_concurrent: int | None = None,
+        inner: Dialer | None = None,
+    ) -> None:
+        self.max_addresses = MAX_DIALLED_ADDRESSES if max_addresses is None else max_addresses
+        self._slots = threading.Semaphore(MAX_CONCURRENT_PROBES if max_concurrent is None else max_concurrent)
+        self._inner = inner or TcpDialer()
+        self._lock = threading.Lock()
+        self._keys: dict[str, tuple[str, int]] = {}  # an address as offered -> its IP and port
+        self._dialled: set[tuple[str, int]] = set()
+        self._grants: set[tuple[str, int]] = set()
+        self._dead: set[str] = set()  # addresses (as offered) where no TCP connection was made
+        self.dials = 0  # connections attempted, the granted ones included
+
+    @property
+    def addresses(self) -> int:
+        """How many distinct addresses were dialled."""
+        return len(self._dialled)
+
+    def start_probe(self) -> bool:
+        """Take a probe slot if one is free; `end_probe` gives it back."""
+        return self._slots.acquire(blocking=False)
+
+    def end_probe(self) -> None:
+        self._slots.release()
+
+    def may_dial(self, address: Address) -> bool:
+        """Whether a dial to `address` would be allowed now (without resolving it)."""
+        with self._lock:
+            key = self._keys.get(str(address))
+            if key is None:
+                return str(address) not in self._dead and len(self._dialled) < self.max_addresses
+            fresh = key not in self._dialled and len(self._dialled) < self.max_addresses
+            return key in self._grants or fresh
+
+    def grant(self, address: Address) -> None:
+        """Allow one more dial to `address` (dialled already): the call after its probe answered."""
+        with self._lock:
+            key = self._keys.get(str(address))
+            if key is not None:
+                self._grants.add(key)
+
+    def dead(self, address: Address) -> bool:
+        """Whether no TCP connection could be made to `address`: nothing there accepts any key."""
+        with self._lock:
+            return str(address) in self._dead
+
+    def dial(self, address: Address, timeout: float) -> socket.socket:
+        if not isinstance(address, DirectAddress):
+            return self._inner.dial(address, timeout)  # (refuses: no relay dialer yet)
+        text = str(address)
+        with self._lock:
+            key = self._keys.get(text)
+        if key is None:
+            try:
+                key = _resolve(address)
+            except TransportError:
+                with self._lock:
+                    self._dead.add(text)
+                raise
+        with self._lock:
+            self._keys[text] = key
+            if key in self._grants:
+                self._grants.discard(key)
+            elif key in self._dialled:
+                raise TransportError(f"{address}: already dialled in this discovery")
+            elif len(self._dialled) >= self.max_addresses:
+                raise TransportError(f"{address}: this discovery dialled {len(self._dialled)} addresses")
+            self._dialled.add(key)
+            self.dials += 1
+        host, port = key
+        try:
+            return self._inner.dial(DirectAddress(host, port), timeout)
+        except TransportError:
+            with self._lock:
+                self._dead.add(text)
+            raise
+
+
+def _resolve(address: DirectAddress) -> tuple[str, int]:
+    """The IP (canonical text) and port that dialling `address` reaches first."""
+    try:
+        infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise TransportError(f"cannot resolve {address.host}: {exc}") from exc
+    if not infos:
+        raise TransportError(f"cannot resolve {address.host}")
+    ip = ipaddress.ip_address(str(infos[0][4][0]).split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip), address.port
+
+
+def _host_group(address: DirectAddress) -> str:
+    """What offers from one host share: an IPv4 /24, an IPv6 /48, else the name."""
+    try:
+        ip = ipaddress.ip_address(address.host)
+    except ValueError:
+        return address.host.lower()
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+def spread_over_hosts(offers: Sequence[Offer]) -> list[Offer]:
+    """`offers` reordered so that each host's first offer comes before any host's second, and
+    so on (within a host, and among hosts, the given order is kept)."""
+    rounds: dict[str, int] = {}
+    keyed = []
+    for index, offer in enumerate(offers):
+        group = _host_group(target_of(offer).direct)
+        rounds[group] = rounds.get(group, -1) + 1
+        keyed.append((rounds[group], index, offer))
+    return [offer for _, _, offer in sorted(keyed, key=lambda item: item[:2])]
+
+
+# --- remembering providers that failed ------------------------------------------------------------
+
+
+@dataclass
+class _Resting:
+    until: float  # Unix time
+    failures: int  # in a row
+
+
+class Backoff:
+    """Providers that failed lately, and until when to leave them alone.
+
+    As Petals does: 15 s after a first failure, doubling with each failure in a row (at most
+    an hour); an answer clears it. A failure to connect at all marks the address (no key
+    answers there); any other failure marks the key at that address only, so that a fake
+    offer naming an honest node's address never sends the honest node to rest. Kept in a
+    small text file in the client's home (`path`, None for nowhere), read once per discovery
+    and rewritten only when something changed; lines of concurrent clients are merged, and a
+    lost line only costs a dial.
+    """
+
+    def __init__(self, path: Path | None = None, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.clock = clock
+        self._entries = self._read()
+        self._changed: dict[str, _Resting | None] = {}
+
+    def _read(self) -> dict[str, _Resting]:
+        entries: dict[str, _Resting] = {}
+        if self.path is None:
+            return entries
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return entries
+        for line in text.splitlines()[: MAX_BACKOFF_ENTRIES + 8]:
+            fields = line.split()
+            if len(fields) != 3 or line.startswith("#"):
+                continue
+            try:
+                entries[fields[0]] = _Resting(float(fields[1]), max(1, int(fields[2])))
+            except ValueError:
+                continue
+        return entries
+
+    @staticmethod
+    def keys(offer: Offer) -> tuple[str, str]:
+        """The address key and the key-at-address key of `offer`."""
+        address = str(target_of(offer).address)
+        return address, f"{encode_peer_id(offer.publisher)}@{address}"
+
+    def resting_until(self, offer: Offer) -> float | None:
+        """Until when (Unix time) `offer` rests, or None if it may be dialled."""
+        now = self.clock()
+        until = max((self._entries[k].until for k in self.keys(offer) if k in self._entries), default=0.0)
+        return until if until > now else None
+
+    def failed(self, key: str) -> None:
+        prior = self._entries.get(key)
+        failures = prior.failures + 1 if prior is not None else 1
+        rest = min(BACKOFF_FIRST * 2 ** min(failures - 1, 30), BACKOFF_MAX)
+        self._entries[key] = self._changed[key] = _Resting(self.clock() + rest, failures)
+
+    def answered(self, offer: Offer) -> None:
+        for key in self.keys(offer):
+            if key in self._entries:
+                del self._entries[key]
+                self._changed[key] = None
+
+    def save(self) -> None:
+        """Merge this discovery's changes into the file, if anything changed (errors ignored:
+        the file only saves dials)."""
+        if self.path is None or not self._changed:
+            return
+        entries = self._read()
+        for key, entry in self._changed.items():
+            if entry is None:
+                entries.pop(key, None)
+            else:
+                entries[key] = entry
+        now = self.clock()
+        kept = sorted(
+            ((k, e) for k, e in entries.items() if e.until + BACKOFF_FORGET > now),
+            key=lambda item: -item[1].until,
+        )[:MAX_BACKOFF_ENTRIES]
+        text = BACKOFF_HEADER + "".join(f"{k} {e.until:.0f} {e.failures}\n" for k, e in kept)
+        self._changed.clear()
+        temporary = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+            with open(fd, "w", encoding="utf-8") as out:
+                out.write(text)
+            os.replace(temporary, self.path)  # whole, for a concurrent reader
+        except OSError:
+            if temporary is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+
+
+# --- probing -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Group:
+    """One address to probe and the offers that name it (two keys cannot both be there)."""
+
+    address: DirectAddress
+    offers: tuple[Offer, ...]
+
+
+def _groups(offers: Sequence[Offer]) -> list[_Group]:
+    by_address: dict[str, list[Offer]] = {}
+    for offer in offers:
+        by_address.setdefault(str(target_of(offer).address), []).append(offer)
+    return [_Group(target_of(group[0]).direct, tuple(group)) for group in by_address.values()]
+
+
+def _ask_status(
+    identity: Identity, address: DirectAddress, claimants: Sequence[bytes], dialer: Dialer, timeout: float
+) -> tuple[bytes, StatusReply]:
+    """The key that answers at `address`, and its status.
+
+    One claimant: IK to its key (the request rides in the first message). Several: XX, and
+    the key the handshake authenticates says which of them, if any, is really there.
+    """
+    job = JobConnection(Role.CLIENT)
+    data = job.send(GetStatus())
+    expected = claimants[0] if len(claimants) == 1 else None
+    sock = dialer.dial(address, timeout)
+    try:
+        secure = connect_secure_socket(sock, identity, expected, data if expected is not None else b"")
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        if expected is None:
+            secure.send_all(data)
+        while (event := job.next_event()) is None:
+            job.receive_data(secure.receive_some())
+    finally:
+        secure.close()
+    if not isinstance(event, StatusReply):
+        raise RemoteProtocolError(f"{address} answered a status request with {type(event).__name__}")
+    return secure.remote_identity, event
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    group: _Group
+    answer: tuple[bytes, Probe] | None  # the key that answered, and how
+
+
+class _Prober:
+    """Probes addresses on threads, within the ledger's bounds, recording in the backoff."""
+
+    def __init__(self, identity: Identity, ledger: DialLedger, backoff: Backoff, timeout: float) -> None:
+        self.identity = identity
+        self.ledger = ledger
+        self.backoff = backoff
+        self.timeout = timeout
+        self.results: dict[bytes, Probe | None] = {}
+        self._answers: queue.SimpleQueue[_Outcome] = queue.SimpleQueue()
+        self._in_flight: dict[str, tuple[_Group, float]] = {}  # by address: the group, when started
+
+    def _ask(self, group: _Group) -> None:
+        started = time.monotonic()
+        claimants = [offer.publisher for offer in group.offers]
+        answer = None
+        try:
+            key, reply = _ask_status(self.identity, group.address, claimants, self.ledger, self.timeout)
+            load = Load(reply.running, reply.queued, reply.capacity)
+            answer = (key, Probe(time.monotonic() - started, load))
+        except (HubnetError, OSError, ValueError):
+            pass
+        finally:
+            self.ledger.end_probe()
+            self._answers.put(_Outcome(group, answer))
+
+    def _record(self, outcome: _Outcome) -> Probe | None:
+        """Note `outcome`; the answer if one of its offers gave it."""
+        group, answer = outcome.group, outcome.answer
+        if answer is None and self.ledger.dead(group.address):
+            self.backoff.failed(str(group.address))
+        live = None
+        for offer in group.offers:
+            if answer is not None and answer[0] == offer.publisher:
+                self.results[offer.publisher] = answer[1]
+                self.backoff.answered(offer)
+                self.ledger.grant(group.address)
+                live = answer[1]
+            else:
+                self.results[offer.publisher] = None
+                if answer is not None or not self.ledger.dead(group.address):
+                    self.backoff.failed(Backoff.keys(offer)[1])
+        return live
+
+    def run(self, groups: Sequence[_Group], *, want: int, early: bool) -> None:
+        """Probe `groups` in order until the ledger's budget is spent or PROBE_PHASE passed.
+
+        With `early` (a call): `want` probes at first, one more for each failure and for
+        each PROBE_STAGGER without an answer; once one answered, at most `want` more, and
+        twice its round trip (within PROBE_GRACE_MIN and PROBE_GRACE) for their answers.
+        Without (a listing): as many at once as the ledger allows.
+        Probes still in flight at the end go on, on their own (see `settle`), and count
+        towards the bounds of the next run.
+        """
+        in_flight = self._in_flight
+        pending = deque(groups)
+        end = time.monotonic() + PROBE_PHASE
+        live = extra = after_live = 0
+        grace_end: float | None = None  # set by the first answer
+        while True:
+            slots_busy = False
+            while pending:
+                if early and (live >= want or (grace_end is not None and after_live >= want)):
+                    break
+                limit = MAX_CONCURRENT_PROBES
+                if early:
+                    limit = min(limit, max(want - live, 1) + extra)
+                if len(in_flight) >= limit:
+                    break
+                if not self.ledger.may_dial(pending[0].address):
+                    pending.popleft()  # dialled already in this discovery, or the budget is spent
+                    continue
+                if not self.ledger.start_probe():
+                    slots_busy = True  # probes abandoned by an earlier phase still hold them
+                    break
+                group = pending.popleft()
+                threading.Thread(target=self._ask, args=(group,), daemon=True).start()
+                in_flight[str(group.address)] = (group, time.monotonic())
+                after_live += grace_end is not None
+            now = time.monotonic()
+            if now >= end or (early and live >= want):
+                return
+            if not in_flight:
+                if not slots_busy:
+                    return
+                time.sleep(min(PROBE_STAGGER, end - now))
+                continue
+            wait = min(end - now, PROBE_STAGGER)
+            if early and grace_end is not None:
+                if grace_end <= now:
+                    return
+                wait = min(wait, grace_end - now)
+            try:
+                outcome = self._answers.get(timeout=wait)
+            except queue.Empty:
+                extra += grace_end is None
+                continue
+            in_flight.pop(str(outcome.group.address), None)
+            if (answered := self._record(outcome)) is not None:
+                live += 1
+                if grace_end is None:
+                    grace = min(max(2 * answered.rtt, PROBE_GRACE_MIN), PROBE_GRACE)
+                    grace_end = time.monotonic() + grace
+
+    def settle(self) -> None:
+        """Note the probes that ended since the last run; those still going after PROBE_GRACE
+        count as failed (a node that holds a connection without a word)."""
+        while True:
+            try:
+                outcome = self._answers.get_nowait()
+            except queue.Empty:
+                break
+            self._in_flight.pop(str(outcome.group.address), None)
+            self._record(outcome)
+        now = time.monotonic()
+        for group, started in self._in_flight.values():
+            if now - started >= PROBE_GRACE:
+                for offer in group.offers:
+                    self.backoff.failed(Backoff.keys(offer)[1])
+        self._in_flight.clear()  # noted once; their threads end within their timeouts
+
+
 def probe(
     identity: Identity, offers: Sequence[Offer], timeout: float = PROBE_TIMEOUT
 ) -> dict[bytes, Probe | None]:
-    """Ask each offer's node for its status at once; the round trip includes the handshake."""
-    results: dict[bytes, Probe | None] = {}
+    """Ask the nodes of `offers` for their status (the round trip includes the handshake).
 
-    def ask(offer: Offer) -> None:
-        started = time.monotonic()
-        try:
-            target = target_of(offer)
-            reply = request(target, identity, PinnedKeys(), GetStatus(), StatusReply, timeout=timeout)
-        except (TransportError, RemoteProtocolError, HostKeyMismatch, OSError):
-            results[offer.publisher] = None
-            return
-        load = Load(reply.running, reply.queued, reply.capacity)
-        results[offer.publisher] = Probe(time.monotonic() - started, load)
-
-    threads = [threading.Thread(target=ask, args=(offer,), daemon=True) for offer in offers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout + 1.0)
-    return results
+    Within a `DialLedger`'s bounds: offers beyond them, or at an address a probe reached
+    already, are not in the answer (a publisher that is, with None, did not answer).
+    """
+    prober = _Prober(identity, DialLedger(), Backoff(), timeout)
+    prober.run(_groups(offers), want=len(offers), early=False)
+    return prober.results
 
 
 def ranked_offers(
@@ -228,13 +658,62 @@ def ranked_offers(
     return rank(allowed, resolved), resolved
 
 
-def candidates(
-    identity: Identity, found: Found, rules: SelectionRules, *, verbose: bool = False
-) -> list[Offer]:
-    """The offers to try, in order: filtered, ranked, probed, power-of-two-choices."""
+def _plan(
+    identity: Identity,
+    found: Found,
+    rules: SelectionRules,
+    ledger: DialLedger,
+    backoff: Backoff,
+    *,
+    verbose: bool,
+) -> tuple[list[Offer], _Prober]:
+    """The offers to try, in order, and the prober (its results: what their probes said).
+
+    Filtered and ranked by the rules; the providers resting after a recent failure set
+    aside; the rest probed (a random sample of the price band first, spread over hosts)
+    until `probe_count` answered; then power-of-two-choices. Only when none of them answered
+    are the resting ones probed too, those whose rest ends first first.
+    """
     rng = random.Random()
     ranked, resolved = ranked_offers(found, rules, verbose=verbose)
-    return choose(ranked, probe(identity, probe_targets(ranked, resolved, rng)), resolved, rng)
+    fresh = [o for o in ranked if backoff.resting_until(o) is None]
+    resting = sorted(
+        (o for o in ranked if backoff.resting_until(o) is not None),
+        key=lambda o: backoff.resting_until(o) or 0.0,
+    )
+    order = spread_over_hosts(probe_targets(fresh, replace(resolved, probe_count=max(len(fresh), 1)), rng))
+    prober = _Prober(identity, ledger, backoff, PROBE_TIMEOUT)
+    prober.run(_groups(order), want=resolved.probe_count, early=True)
+    pool = fresh
+    if resting and not any(prober.results.values()):
+        prober.run(_groups(resting), want=resolved.probe_count, early=True)
+        pool = ranked
+    if verbose:
+        answered = sum(p is not None for p in prober.results.values())
+        print(
+            f"hubnode: {len(ranked)} acceptable offer(s), {len(resting)} resting after a recent failure; "
+            f"probed {ledger.addresses} address(es), {answered} answered",
+            file=sys.stderr,
+        )
+    return choose(pool, prober.results, resolved, rng), prober
+
+
+def candidates(
+    identity: Identity,
+    found: Found,
+    rules: SelectionRules,
+    *,
+    verbose: bool = False,
+    ledger: DialLedger | None = None,
+    backoff: Backoff | None = None,
+) -> list[Offer]:
+    """The offers to try, in order: filtered, ranked, probed (within `ledger`'s bounds, the
+    providers resting in `backoff` last), power-of-two-choices."""
+    ordered, prober = _plan(
+        identity, found, rules, ledger or DialLedger(), backoff or Backoff(), verbose=verbose
+    )
+    prober.settle()
+    return ordered
 
 
 def open_discovered_call(
@@ -247,26 +726,61 @@ def open_discovered_call(
     verbose: bool,
     name: str = "the service",
     rules_source: str = "client.toml",
+    backoff_file: Path | None = None,
 ) -> OpenCall:
     """Open the call on the first candidate that accepts it.
+
+    At most MAX_ATTEMPTS providers are tried, never one whose probe failed, and every dial
+    (probes included) stays within one `DialLedger`. Failures and answers go into the
+    backoff file (`backoff_file`; None keeps them for this discovery only).
 
     NotOffered if the rules accept none of `offers`; Rejected if every provider tried
     refused the call for one reason (say, all busy); else TransportError if none took it.
     """
-    ordered = candidates(identity, found, rules, verbose=verbose)
-    if not ordered:
-        raise none_acceptable(name, len(found.offers), rules_source)
-    failures = []
-    refusals: set[str] = set()
-    for offer in ordered[:MAX_ATTEMPTS]:
-        target = target_of(offer)
+    ledger = DialLedger()
+    backoff = Backoff(backoff_file)
+    prober = None
+    try:
+        ordered, prober = _plan(identity, found, rules, ledger, backoff, verbose=verbose)
+        probes = prober.results
+        if not ordered:
+            raise none_acceptable(name, len(found.offers), rules_source)
+        failures: list[str] = []
+        refusals: set[str] = set()
+        for offer in ordered:
+            if len(failures) >= MAX_ATTEMPTS:
+                break
+            target = target_of(offer)
+            if (offer.publisher in probes and probes[offer.publisher] is None) or not ledger.may_dial(
+                target.address
+            ):
+                continue  # its probe failed, or its address was dialled (or the budget spent)
+            if verbose:
+                print(f"hubnode: trying {encode_peer_id(offer.publisher)}@{target.address}", file=sys.stderr)
+            try:
+                opened = open_call(
+                    target, identity, PinnedKeys(), call, timeout=timeout, wait_for_accept=True, dialer=ledger
+                )
+            except (TransportError, RemoteProtocolError, HostKeyMismatch, Rejected, OSError) as exc:
+                failures.append(f"{target.address}: {exc}")
+                refusals.add(exc.code if isinstance(exc, Rejected) else "")
+                if not isinstance(exc, Rejected):
+                    address_key, key_at_address = Backoff.keys(offer)
+                    backoff.failed(address_key if ledger.dead(target.address) else key_at_address)
+                continue
+            backoff.answered(offer)
+            return opened
+    finally:
+        if prober is not None:
+            prober.settle()
+        backoff.save()
         if verbose:
-            print(f"hubnode: trying {encode_peer_id(offer.publisher)}@{target.address}", file=sys.stderr)
-        try:
-            return open_call(target, identity, PinnedKeys(), call, timeout=timeout, wait_for_accept=True)
-        except (TransportError, RemoteProtocolError, HostKeyMismatch, Rejected, OSError) as exc:
-            failures.append(f"{target.address}: {exc}")
-            refusals.add(exc.code if isinstance(exc, Rejected) else "")
+            print(f"hubnode: this discovery dialled {ledger.dials} time(s)", file=sys.stderr)
+    if not failures:
+        raise TransportError(
+            f"no provider of {name} answered: {len(ordered)} offer(s), no answer from the "
+            f"{ledger.addresses} address(es) probed"
+        )
     if len(refusals) == 1 and "" not in refusals:
         # Every node answered and refused for the same reason: that reason, and its exit status.
         raise Rejected(refusals.pop(), f"every provider of {name} refused the call: {'; '.join(failures)}")
