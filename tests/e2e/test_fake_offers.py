@@ -9,6 +9,8 @@ DHT's own defences are tested elsewhere), with the real dialling, probing and ba
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import threading
 import time
@@ -19,6 +21,10 @@ import pytest
 
 from hubnet import discover
 from hubnet.dht.addresses import Address, DirectAddress
+from hubnet.dht.client import DhtClient
+from hubnet.dht.ids import service_key
+from hubnet.dht.lookup import Seed
+from hubnet.dht.records import ProviderRecord
 from hubnet.dialer import TcpDialer
 from hubnet.discover import Backoff, DialLedger, Found, open_discovered_call, probe
 from hubnet.identity.errors import TransportError
@@ -27,7 +33,7 @@ from hubnet.node.naming import service_id_for_name
 from hubnet.node.offers import Load, Offer, Price
 from hubnet.node.protocol import Call
 from hubnet.select import SelectionRules
-from tests.e2e.harness import Server
+from tests.e2e.harness import Client, Server, wait_until
 
 SID = service_id_for_name("who")
 WHO = Call(SID)
@@ -157,12 +163,18 @@ def _honest_offer(server: Server) -> Offer:
     return _offer(decode_peer_id(server.peer_id), DirectAddress("127.0.0.1", server.port), 10)
 
 
-def _fakes(victim: Listener) -> list[Offer]:
+def _signed_fakes(victim: Listener) -> list[tuple[Identity, Offer]]:
+    """FAKES cheap offers under throw-away keys: AT_VICTIM name the victim, the others a dead port each."""
     fakes = []
     for i in range(FAKES):
         address = victim.address if i < AT_VICTIM else DirectAddress("127.0.0.1", _dead_port())
-        fakes.append(_offer(Identity.generate().public_key, address, 0))
+        identity = Identity.generate()
+        fakes.append((identity, _offer(identity.public_key, address, 0)))
     return fakes
+
+
+def _fakes(victim: Listener) -> list[Offer]:
+    return [offer for _, offer in _signed_fakes(victim)]
 
 
 def _call(found: Found, backoff_file: Path | None = None) -> bool:
@@ -332,3 +344,98 @@ def test_backoff_doubles_from_15_seconds_and_an_answer_clears_it(tmp_path: Path)
     # Garbage in the file is skipped, never an error.
     path.write_text("x\n\0\0\n1 2\nkey notanumber 3\n")
     assert Backoff(path).resting_until(offer) is None
+
+
+# --- the same through a real DHT and the real `hubnode call` ------------------------------------
+
+
+class Dht:
+    """Three `hubnode serve` nodes in a chain; the second is the honest provider of `who`."""
+
+    def __init__(self, servers: list[Server]) -> None:
+        self.servers = servers
+
+    @property
+    def seed(self) -> str:
+        return self.servers[0].target
+
+    @property
+    def honest(self) -> Server:
+        return self.servers[1]
+
+    def offers(self, client: Client) -> list[dict[str, object]]:
+        result = client.run("services", "--json", "-b", self.seed, "who", input=None)
+        assert result.returncode == 0, result.stderr.decode()
+        rows: list[dict[str, object]] = json.loads(result.stdout)
+        return rows
+
+
+@pytest.fixture(scope="module")
+def dht(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dht]:
+    root = tmp_path_factory.mktemp("dht")
+    who = '[services.who]\ncommand = ["echo", "honest"]\nprice = { per_call = 10 }\n'
+    servers: list[Server] = []
+    try:
+        for i in range(3):
+            toml = 'listen = "127.0.0.1:0"\n' + (who if i == 1 else "")
+            args = ["--no-lan"] + (["--bootstrap", servers[-1].target] if servers else [])
+            servers.append(Server(root / f"node{i}", toml, serve_args=args).start())
+        network = Dht(servers)
+        probe_client = Client(root / "lister")
+        assert wait_until(lambda: len(network.offers(probe_client)) >= 1, 30.0, interval=0.2)
+        yield network
+    finally:
+        problems = [p for server in servers for p in server.stop()]
+    assert not problems, problems
+
+
+def _publish(offer: Offer, identity: Identity, seed: Server) -> int:
+    """Publish `offer` into the DHT from a UDP socket at the port the offer names (as its
+    publisher would, were it real); how many nodes kept it."""
+    now = int(time.time())
+    record = ProviderRecord.create(
+        identity, service_key(SID), offer.payload(), sequence=now, issued_at=now, ttl=300
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    address = offer.addresses[0]
+    assert isinstance(address, DirectAddress)
+    sock.bind((address.host, address.port))
+    with DhtClient(identity, [Seed(("127.0.0.1", seed.port), decode_peer_id(seed.peer_id))]) as client:
+        client._sock.close()
+        client._sock = sock
+        return client.publish_provider(record)
+
+
+def _timed_call(client: Client, dht: Dht) -> tuple[bool, float, int | None]:
+    """`hubnode -v call -b SEED who`: whether the honest node answered, in how long, and how
+    many times the discovery dialled (as it says)."""
+    started = time.monotonic()
+    result = client.run("-v", "call", "-b", dht.seed, "who", input=None)
+    took = time.monotonic() - started
+    dials = re.search(rb"this discovery dialled (\d+) time", result.stderr)
+    return result.stdout == b"honest\n", took, int(dials[1]) if dials else None
+
+
+def test_hubnode_call_finds_the_honest_provider_among_63_fake_offers_in_the_dht(
+    dht: Dht, victim: Listener, tmp_path: Path
+) -> None:
+    baseline = sorted(_timed_call(Client(tmp_path / f"before{i}"), dht)[1] for i in range(3))
+    print(f"no fakes: median {baseline[1]:.2f}s")
+    stored = sum(_publish(offer, identity, dht.servers[0]) > 0 for identity, offer in _signed_fakes(victim))
+    listed = dht.offers(Client(tmp_path / "lister"))
+    print(f"fake offers stored: {stored} of {FAKES}; offers listed: {len(listed)}")
+    before = victim.accepted
+    clean = Client(tmp_path / "clean")
+    outcomes = {"fresh": [_timed_call(Client(tmp_path / f"fresh{i}"), dht) for i in range(CALLS)]}
+    outcomes["one home"] = [_timed_call(clean, dht) for _ in range(CALLS)]
+    for name, runs in outcomes.items():
+        latencies = sorted(took for _, took, _ in runs)
+        print(
+            f"{name}: {sum(ok for ok, _, _ in runs)}/{CALLS} found the honest node; "
+            f"dials {[dials for _, _, dials in runs]}; median {latencies[CALLS // 2]:.2f}s"
+        )
+        assert sum(ok for ok, _, _ in runs) >= CALLS - 1
+        assert all(dials is not None and dials <= len(listed) + 1 for _, _, dials in runs)
+    # One connection per discovery at most, whatever number of offers name it.
+    assert victim.accepted - before <= 2 * CALLS
