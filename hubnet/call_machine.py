@@ -4,9 +4,16 @@ The blocking `hubnode call` (`hubnet.client`), the Trio API (`hubnet.trio_client
 later fan-out all drive this one machine, so what a call may send and when lives here
 once: the request, the live caller's Start, stdin within the credit the node grants,
 end of stdin, a Cancel (at most once, and only while it can still matter), and the
-node's answers up to Exit. Drivers own the socket, the clock and the deadline; when the
-deadline passes they ask `cancel()` for the bytes to send and then wait at most
-`CANCEL_GRACE` for the node's Exit.
+node's answers up to Exit. Drivers own the socket and the clock; the deadlines are here.
+
+A caller trusts no node to make progress (see `Timeouts`): from the handshake the node
+has `accept` seconds to Accept (or Reject) the call, and while the job runs it may send
+nothing at all for at most `idle` seconds (a live node sends a keepalive, an empty
+Credit, every `KEEPALIVE` seconds); the caller's own deadline for the whole call comes on
+top. A driver waits for the node until `wake_at()`; when that comes, `on_timer()` gives
+it the Cancel to send, and after `CANCEL_GRACE` more without the node's last word it
+raises TransportError. When the node does end the call in that grace, `timed_out` is the
+error the driver raises: a call cancelled at a deadline never looks like a success.
 
 It wraps the job protocol's `JobConnection`, which refuses anything illegal; this layer
 adds what a caller needs on top: how much stdin it may send now, whether the job is
@@ -15,10 +22,12 @@ over, and its result.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from hubnet.identity.errors import TransportError
 from hubnet.node.protocol import (
+    KEEPALIVE,
     MAX_DATA,
     Accept,
     Call,
@@ -39,6 +48,12 @@ from hubnet.node.protocol import (
 # How long a driver waits for the node's Exit after sending Cancel (at a deadline or on
 # an interrupt) before it gives up on the connection.
 CANCEL_GRACE = 2.0
+# How long a caller waits, by default, from the handshake to the node's Accept (a call
+# that waits in a busy node's queue counts), and how long a running job's node may send
+# nothing at all (it sends a keepalive every KEEPALIVE seconds). client.toml's
+# `accept_timeout` and `idle_timeout` change them; docs/getting-started.md lists them.
+DEFAULT_ACCEPT_TIMEOUT = 60.0
+DEFAULT_IDLE_TIMEOUT = 4 * KEEPALIVE
 
 _NODE_FINISHED = (State.EXITED, State.DONE, State.CLOSED)
 
@@ -60,17 +75,94 @@ class CallResult:
     receipt: bytes | None = None
 
 
-class CallMachine:
-    """One call from the caller's side: bytes out, events in, no I/O."""
+@dataclass(frozen=True)
+class Timeouts:
+    """How long a caller waits for a node to make progress, in seconds.
 
-    def __init__(self, call: Call) -> None:
+    `accept`: from the end of the handshake until the node accepts (or refuses) the call.
+    `idle`: while the job runs, the longest the node may send nothing at all.
+    """
+
+    accept: float = DEFAULT_ACCEPT_TIMEOUT
+    idle: float = DEFAULT_IDLE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if not (self.accept > 0 and self.idle > 0):
+            raise ValueError("timeouts must be positive")
+
+
+class CallMachine:
+    """One call from the caller's side: bytes out, events in, deadlines; no I/O.
+
+    The clock is the driver's (time.monotonic, trio.current_time): every time given to
+    the machine and every time it returns is on that clock.
+    """
+
+    def __init__(self, call: Call, timeouts: Timeouts | None = None) -> None:
         self.call = call
+        self.timeouts = timeouts or Timeouts()
         self._conn = JobConnection(Role.CLIENT)
         self._request = self._conn.send(call)
         self.accept: Accept | None = None
         self.reject: Reject | None = None
         self.exit: Exit | None = None
         self.receipt: bytes | None = None
+        self._deadline = math.inf  # the caller's own, for the whole call
+        self._accept_by = math.inf
+        self._heard = math.inf  # when the node last sent anything
+        self._expired: str | None = None  # which deadline passed (a Cancel went out then)
+        self._grace_until = math.inf
+
+    def connected(self, now: float) -> None:
+        """The handshake is done at `now`: the node has `timeouts.accept` from now to accept."""
+        self._accept_by = now + self.timeouts.accept
+        self._heard = now
+
+    def set_deadline(self, deadline: float | None) -> None:
+        """The caller's own deadline for the whole call (None: none); the call is cancelled
+        when it passes."""
+        self._deadline = math.inf if deadline is None else deadline
+
+    def wake_at(self) -> float:
+        """When the driver must call `on_timer` if the node sends nothing (math.inf: never)."""
+        if self.finished:
+            return math.inf
+        if self._expired is not None:
+            return self._grace_until
+        if self.accept is None:
+            return min(self._deadline, self._accept_by)
+        return min(self._deadline, self._heard + self.timeouts.idle)
+
+    def on_timer(self, now: float) -> bytes:
+        """`wake_at()` has come: the Cancel to send (the node then has CANCEL_GRACE to end the
+        call). Raises TransportError when the grace has passed too, or if the node can no
+        longer be told. Before `wake_at()`, nothing."""
+        if now < self.wake_at():
+            return b""
+        if self._expired is not None:
+            raise TransportError(f"{self._expired} and the node did not end the {self._what}")
+        if now >= self._deadline:
+            self._expired = "the call's deadline passed"
+        elif self.accept is None:
+            self._expired = f"the node did not accept the call within {self.timeouts.accept:g}s"
+        else:
+            self._expired = f"the node sent nothing for {self.timeouts.idle:g}s while the job ran"
+        self._grace_until = now + CANCEL_GRACE
+        cancel = self.cancel()
+        if not cancel:
+            raise TransportError(f"{self._expired} and the node did not end the {self._what}")
+        return cancel
+
+    @property
+    def _what(self) -> str:
+        return "job" if self.accept is not None else "call"
+
+    @property
+    def timed_out(self) -> TransportError | None:
+        """The error for a call that `on_timer` cancelled; None if none was."""
+        if self._expired is None:
+            return None
+        return TransportError(f"{self._expired}; the {self._what} was cancelled")
 
     def request_data(self) -> bytes:
         """The Call's bytes: they ride in the secure session's first handshake message."""
@@ -116,8 +208,11 @@ class CallMachine:
         """The node has said its last word about the job: Exit or Reject."""
         return self.exit is not None or self.reject is not None
 
-    def receive_data(self, data: bytes) -> None:
-        """Bytes from the node; b"" when it closed its stream."""
+    def receive_data(self, data: bytes, now: float | None = None) -> None:
+        """Bytes from the node (received at `now`: the node is not idle); b"" when it
+        closed its stream."""
+        if data and now is not None:
+            self._heard = now
         self._conn.receive_data(data)
 
     def next_event(self) -> Event | None:

@@ -19,6 +19,7 @@ from hubnet.commands import Context, run_call
 from hubnet.exits import EXIT_USAGE
 from hubnet.identity.errors import ConfigError, HubnetError, NotOffered
 from hubnet.org_cli import org
+from hubnet.safe_text import printable
 
 BOOTSTRAP_HELP = "A DHT node to join through, PEER_ID@HOST:PORT (or HOST:PORT); repeatable."
 DEFAULT_TARGET_HELP = "PEER_ID@HOST:PORT pins the server's key; HOST:PORT trusts it on first use."
@@ -230,9 +231,10 @@ def services(
 
         click.echo(json.dumps(rows, indent=2))
     else:
+        # Names, descriptions and arguments are the node's words: escaped, like all it says.
         for row in rows:
-            click.echo(f"{row['name']:<16} {row['id']}  {row['description']}")
-            click.echo(f"{'':<16} arguments: {row['arguments']}")
+            click.echo(f"{printable(row['name']):<16} {row['id']}  {printable(row['description'])}")
+            click.echo(f"{'':<16} arguments: {printable(row['arguments'])}")
     if service is not None and not rows:
         from hubnet.commands import suggest_names
 
@@ -266,7 +268,7 @@ def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_
     proven, refused = proven_memberships(ranked, int(time.time()), found.revocations)
     if obj.verbose and not rules.orgs:  # with organisations in its rules, ranked_offers said why
         for why in refused:
-            click.echo(f"hubnode: {why}", err=True)
+            click.echo(f"hubnode: {printable(why)}", err=True)
     rows: list[dict[str, Any]] = []
     org_lines: list[str] = []
     for offer in ranked:
@@ -300,12 +302,12 @@ def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_
         price, load = row["price"], row["load"]
         rtt = f"{row['rtt_ms']:.1f} ms" if row["rtt_ms"] is not None else "down"
         click.echo(
-            f"{row['peer'][:16] + '...':<20} {row['address']:<22} {price['per_call']:>9} "
+            f"{row['peer'][:16] + '...':<20} {printable(row['address']):<22} {price['per_call']:>9} "
             f"{price['per_second']:>7} {price['per_mib']:>8} "
             f"{load['running'] + load['queued']:>3}/{load['capacity']:<3} {rtt:>9}"
         )
         if org_line:
-            click.echo(f"{'':<20} {org_line}")
+            click.echo(f"{'':<20} {printable(org_line)}")
 
 
 @cli.command(short_help="Show a node's DHT contacts, or the DHT as seen from here.")
@@ -362,7 +364,7 @@ def peers(obj: Context, server: str | None, bootstrap: tuple[str, ...], as_json:
         return
     click.echo(heading)
     for row in sorted(rows, key=lambda r: (-(r["shared_bits"] or 0), r["address"])):
-        click.echo(f"{row['peer']}  {row['address']:<22} {row['shared_bits']!s:>3} bits shared")
+        click.echo(f"{row['peer']}  {printable(row['address']):<22} {row['shared_bits']!s:>3} bits shared")
 
 
 @cli.command(short_help="Show how busy a server is.")
@@ -407,52 +409,52 @@ def status(obj: Context, server: str | None, as_json: bool) -> None:
     type=click.Path(file_okay=False),
     help="Where to put the NAME command (default ~/.local/bin, or HOME/bin with --home).",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Make the alias even if a command NAME is already on PATH (it never replaces a file "
+    "that hubnode alias did not write).",
+)
 @click.argument("name")
 @click.argument("service")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
 def alias(
-    obj: Context, server: str | None, bin_dir: str | None, name: str, service: str, args: tuple[str, ...]
+    obj: Context,
+    server: str | None,
+    bin_dir: str | None,
+    force: bool,
+    name: str,
+    service: str,
+    args: tuple[str, ...],
 ) -> None:
     """Make NAME a local command that runs SERVICE with ARGS (plus its own arguments).
 
     \b
     hubnode alias --server PEER_ID@desktop:7070 netespeak espeak --stdout
     netespeak -v en-us "This was a triumph" > triumph.wav
+
+    NAME is a plain name that is not already a command on PATH (unless --force); an
+    existing file NAME is replaced only if hubnode alias wrote it.
     """
     import shlex
 
-    from hubnet.config import Alias, save_alias
+    from hubnet.aliases import hubnode_command, make_alias
+    from hubnet.config import Alias, check_alias_name
     from hubnet.node.naming import resolve_service_ref
 
-    resolve_service_ref(name)  # the same rules as service names: no spaces, slashes or leading dash
+    check_alias_name(name)
     resolve_service_ref(service)
     if server:
         obj.target(server)  # refuse a malformed server now, not at the first call
     home = obj.home
-    save_alias(home.aliases, Alias(name, service, args, server))
     directory = Path(bin_dir) if bin_dir else home.bin_dir
-    directory.mkdir(parents=True, exist_ok=True)
-    script = directory / name
-    # Run again the way we were run: the `hubnode` script, or `python -m hubnet` (whose
-    # argv[0] is hubnet/__main__.py, not something to exec).
-    hubnode = Path(sys.argv[0]).absolute()
-    started_as_module = getattr(sys.modules["__main__"], "__spec__", None) is not None
-    if hubnode.is_file() and not started_as_module:
-        command = [str(hubnode)]
-    else:
-        command = [sys.executable, "-m", "hubnet"]
-    command += ["--home", str(home.config_dir)] if home.single else []
-    script.write_text(
-        "#!/bin/sh\n"
-        f"# hubnet alias {name}: {shlex.join([service, *args])}\n"
-        f'exec {shlex.join(command)} call {shlex.quote(name)} "$@"\n',
-        encoding="utf-8",
-    )
-    script.chmod(0o755)
-    click.echo(f"hubnode: {name} runs {shlex.join([service, *args])}; command written to {script}", err=True)
+    command = hubnode_command() + (["--home", str(home.config_dir)] if home.single else [])
+    script = make_alias(home.aliases, directory, Alias(name, service, args, server), command, force=force)
+    runs = printable(shlex.join([service, *args]))
+    click.echo(f"hubnode: {name} runs {runs}; command written to {printable(str(script))}", err=True)
     if str(directory) not in os.environ.get("PATH", "").split(os.pathsep):
-        click.echo(f"hubnode: add {directory} to PATH to run it by name", err=True)
+        click.echo(f"hubnode: add {printable(str(directory))} to PATH to run it by name", err=True)
 
 
 cli.add_command(org)

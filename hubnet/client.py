@@ -4,12 +4,14 @@ This is the Pi's hot path, so it drives the sans-IO machines (the secure session
 `identity.blocking`, the call through `hubnet.call_machine`) over a plain blocking socket
 with `poll`, without an event loop: importing Trio would cost more than the whole call.
 One thread does everything, so no machine is ever shared between threads; stdin is read
-only as far as the node's credit allows, and a deadline or an interrupt sends a Cancel.
+only as far as the node's credit allows, and a deadline (the call machine's: the node's
+time to accept, its idle time, the caller's own) or an interrupt sends a Cancel.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import sys
@@ -18,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from hubnet.call_machine import CANCEL_GRACE, CallMachine, CallResult, located
+from hubnet.call_machine import CallMachine, CallResult, Timeouts, located
 from hubnet.dialer import Dialer, TcpDialer
 from hubnet.identity.blocking import SecureSocket, connect_secure_socket
 from hubnet.identity.errors import HandshakeError, Rejected, RemoteProtocolError, TransportError
@@ -143,32 +145,35 @@ def open_call(
     timeout: float = 10.0,
     wait_for_accept: bool = False,
     dialer: Dialer = _TCP,
+    timeouts: Timeouts | None = None,
 ) -> OpenCall:
     """Connect and send the call. With `wait_for_accept`, also wait until the node accepts.
 
     Waiting costs a round trip before stdin flows, but every failure up to then (refused
-    connection, wrong key, busy, no such service) has consumed no stdin, so a caller that
-    chose this node from several can safely try the next one.
+    connection, wrong key, busy, no such service, no Accept within `timeouts.accept`) has
+    consumed no stdin, so a caller that chose this node from several can safely try the
+    next one. Such a caller waits for the Accept no longer than for a connection
+    (`timeout`), or `timeouts.accept` if that is shorter.
     """
-    machine = CallMachine(call)
+    if wait_for_accept:
+        given = timeouts or Timeouts()
+        timeouts = Timeouts(min(given.accept, timeout), given.idle)
+    machine = CallMachine(call, timeouts)
     secure = connect(target, identity, known_hosts, machine.request_data(), timeout=timeout, dialer=dialer)
+    machine.connected(time.monotonic())
+    opened = OpenCall(target, secure, machine)
     if not wait_for_accept:
-        return OpenCall(target, secure, machine)
+        return opened
     try:
         secure.send_all(machine.start())
-        first = _next_event(secure, machine)
+        _pump(opened, None, _STDOUT, _STDERR, until_accepted=True)
     except TransportError as exc:
         secure.close()
         raise located(exc, target.address) from exc
     except BaseException:
         secure.close()
         raise
-    if isinstance(first, Accept):
-        return OpenCall(target, secure, machine)
-    secure.close()
-    if isinstance(first, Reject):
-        raise Rejected(first.code, first.reason)
-    raise RemoteProtocolError(f"{target.address} answered a call with {type(first).__name__}")
+    return opened
 
 
 def call(
@@ -179,9 +184,11 @@ def call(
     *,
     stdin_fd: int | None,
     timeout: float = 10.0,
+    timeouts: Timeouts | None = None,
 ) -> CallResult:
     """Run one remote job on `target` (see `finish_call`)."""
-    return finish_call(open_call(target, identity, known_hosts, call, timeout=timeout), stdin_fd=stdin_fd)
+    opened = open_call(target, identity, known_hosts, call, timeout=timeout, timeouts=timeouts)
+    return finish_call(opened, stdin_fd=stdin_fd)
 
 
 def fd_writer(fd: int) -> Sink:
@@ -209,20 +216,26 @@ def finish_call(
     """Stream stdin up and stdout/stderr down as they come, until the job exits.
 
     `stdin_fd=None` sends an empty stdin. `deadline` (time.monotonic()) cancels the job
-    when it passes, and the call raises TransportError (as the Trio client does) once the
+    when it passes, as do the machine's `Timeouts` (no Accept in time, a node silent for
+    too long), and the call raises TransportError (as the Trio client does) once the
     node has ended it or CANCEL_GRACE has passed. Raises `Rejected` if the node refuses,
     TransportError if the connection fails, and RemoteProtocolError if the node breaks
     the protocol.
     """
     secure, machine = opened.secure, opened.machine
     try:
-        secure.sock.settimeout(None)  # a job may run as long as its node allows
+        machine.set_deadline(deadline)
+        # A job may run as long as its node allows; the machine's deadlines bound the waits,
+        # and a node that stops reading fails a send after the idle time, not never.
+        secure.sock.settimeout(machine.timeouts.idle)
         _send_quietly(secure, (b"" if machine.started else machine.start()))
         if stdin_fd is None:
             _send_quietly(secure, machine.end_stdin())
-        _pump(opened, stdin_fd, stdout, stderr, deadline)
+        _pump(opened, stdin_fd, stdout, stderr)
     except TransportError as exc:
         raise located(exc, opened.target.address) from exc
+    except RemoteProtocolError as exc:
+        raise RemoteProtocolError(f"{opened.target.address}: the node broke the protocol: {exc}") from exc
     except KeyboardInterrupt:
         # Tell the node at once, so that the job stops (and stops costing) now, not at its timeout.
         with contextlib.suppress(TransportError):
@@ -233,50 +246,58 @@ def finish_call(
     return machine.result()
 
 
-def _pump(opened: OpenCall, stdin_fd: int | None, stdout: Sink, stderr: Sink, deadline: float | None) -> None:
+def _pump(
+    opened: OpenCall, stdin_fd: int | None, stdout: Sink, stderr: Sink, *, until_accepted: bool = False
+) -> None:
+    """Until the node's last word (or, `until_accepted`, its Accept): its messages to the
+    sinks, stdin up within the credit, and the machine's deadlines kept."""
     secure, machine, sock = opened.secure, opened.machine, opened.secure.sock
     poller = select.poll()
     poller.register(sock, select.POLLIN)
-    reading_stdin = cancelled = False
-    while not machine.finished:
+    reading_stdin = False
+    while True:
+        # Every whole message first: one read (the handshake's last, too) may have brought several.
+        if early := secure.pending():
+            machine.receive_data(early, time.monotonic())
+        while not machine.finished and (event := machine.next_event()) is not None:
+            _deliver(machine, event, stdout, stderr)
+            if until_accepted and isinstance(event, Accept):
+                return
+        if machine.finished:
+            break
         if stdin_fd is not None and (machine.stdin_room > 0) != reading_stdin:
             reading_stdin = not reading_stdin
             if reading_stdin:
                 poller.register(stdin_fd, select.POLLIN)
             else:
                 poller.unregister(stdin_fd)
-        wait_ms = None if deadline is None else max(0, round((deadline - time.monotonic()) * 1000))
+        wake_at = machine.wake_at()
+        wait_ms = None if wake_at == math.inf else max(0, math.ceil((wake_at - time.monotonic()) * 1000))
         ready = dict(poller.poll(wait_ms))
         if not ready:
-            deadline, cancelled = _on_deadline(opened), True
+            _send_quietly(secure, machine.on_timer(time.monotonic()))  # raises once it is over
             continue
         if sock.fileno() in ready:
-            machine.receive_data(secure.receive_some())
-            while not machine.finished and (event := machine.next_event()) is not None:
-                _deliver(event, stdout, stderr)
+            data = secure.receive_ready()
+            if data is None:
+                machine.receive_data(b"")  # the node closed its stream
+            elif data:
+                machine.receive_data(data, time.monotonic())
         elif stdin_fd is not None and stdin_fd in ready:
             data = os.read(stdin_fd, min(machine.stdin_room, DATA_CHUNK))
             _send_quietly(secure, machine.send_stdin(data) if data else machine.end_stdin())
-    if cancelled:
-        raise TransportError("the call's deadline passed; the job was cancelled")
+    if machine.timed_out is not None:
+        raise machine.timed_out
 
 
-def _deliver(event: Event, stdout: Sink, stderr: Sink) -> None:
+def _deliver(machine: CallMachine, event: Event, stdout: Sink, stderr: Sink) -> None:
     if isinstance(event, Stdout):
         stdout(event.data)
     elif isinstance(event, Stderr):
         stderr(event.data)
     elif isinstance(event, Reject):
-        raise Rejected(event.code, event.reason)
-
-
-def _on_deadline(opened: OpenCall) -> float:
-    """The deadline passed: send Cancel and allow CANCEL_GRACE for the Exit; past that, give up."""
-    cancel = opened.machine.cancel()
-    if not cancel:
-        raise TransportError("the call's deadline passed and the node did not end the job")
-    _send_quietly(opened.secure, cancel)
-    return time.monotonic() + CANCEL_GRACE
+        # After a Cancel at a deadline, the refusal is the deadline's doing: say so.
+        raise machine.timed_out or Rejected(event.code, event.reason)
 
 
 def _send_quietly(secure: SecureSocket, data: bytes) -> None:

@@ -128,13 +128,15 @@ def _run_call(
     # The home's organisation attestations go with every call; the node checks them.
     attestations = tuple(record for _, record in read_file(ctx.home.attestations))[:MAX_CALL_ATTESTATIONS]
     request = Call(resolve_service_ref(service), args, attestations)
-    timeout = ctx.client_config.connect_timeout
+    timeout, timeouts = ctx.client_config.connect_timeout, ctx.client_config.timeouts
     stdin_fd = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.fileno()
     chosen = server or alias_server or ctx.client_config.server
     if chosen:
         target = ctx.target(chosen)
         try:
-            opened = open_call(target, ctx.identity(), ctx.known_hosts(), request, timeout=timeout)
+            opened = open_call(
+                target, ctx.identity(), ctx.known_hosts(), request, timeout=timeout, timeouts=timeouts
+            )
             exit = finish_call(opened, stdin_fd=stdin_fd).exit
         except Rejected as exc:
             if exc.code != "no-such-service":
@@ -157,10 +159,13 @@ def _run_call(
             name=label,
             rules_source=ctx.client_config.source,
             backoff_file=ctx.home.data_dir / BACKOFF_FILE,
+            timeouts=timeouts,
         )
         exit = finish_call(opened, stdin_fd=stdin_fd).exit
     if exit.error:
-        print(f"hubnode: {_WHY_HUBNET_ENDED.get(exit.error, exit.error)}", file=sys.stderr)
+        from hubnet.safe_text import printable
+
+        print(f"hubnode: {printable(_WHY_HUBNET_ENDED.get(exit.error, exit.error))}", file=sys.stderr)
     if exit.signal is not None:
         return 128 + exit.signal
     if exit.error and not exit.exit_code:

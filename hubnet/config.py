@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hubnet.call_machine import DEFAULT_ACCEPT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Timeouts
 from hubnet.identity.errors import ConfigError
 from hubnet.identity.hints import did_you_mean
 
@@ -16,14 +17,23 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 @dataclass(frozen=True)
 class ClientConfig:
     """`client.toml`: `server = "PEER_ID@HOST:PORT"` (used when --server is not given),
-    `connect_timeout = 10` (seconds for connecting and the handshake), `bootstrap = [...]`
-    (DHT nodes to discover services through) and a `[select]` table (see `hubnet.select`)."""
+    `connect_timeout = 10` (seconds for connecting and the handshake), `accept_timeout =
+    60` (seconds from the handshake to the node's Accept), `idle_timeout = 60` (seconds a
+    node may send nothing while a job runs), `bootstrap = [...]` (DHT nodes to discover
+    services through) and a `[select]` table (see `hubnet.select`)."""
 
     server: str | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    accept_timeout: float = DEFAULT_ACCEPT_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     bootstrap: tuple[str, ...] = ()
     select: Mapping[str, object] = field(default_factory=dict)
     source: str = "client.toml"
+
+    @property
+    def timeouts(self) -> Timeouts:
+        """What a call waits for a node (for `hubnet.client` and `hubnet.trio_client`)."""
+        return Timeouts(self.accept_timeout, self.idle_timeout)
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: {exc}") from exc
 
 
-_CLIENT_KEYS = ("server", "connect_timeout", "bootstrap", "select")
+_CLIENT_KEYS = ("server", "connect_timeout", "accept_timeout", "idle_timeout", "bootstrap", "select")
+_TIMEOUT_KEYS = {
+    "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
+    "accept_timeout": DEFAULT_ACCEPT_TIMEOUT,
+    "idle_timeout": DEFAULT_IDLE_TIMEOUT,
+}
 
 
 def load_client_config(path: Path) -> ClientConfig:
@@ -70,12 +85,24 @@ def load_client_config(path: Path) -> ClientConfig:
     if not isinstance(select, dict):
         raise ConfigError(f"{path}: select: must be a table")
     server = data.get("server")
-    timeout = data.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
     if server is not None and not isinstance(server, str):
         raise ConfigError(f"{path}: server: must be a string PEER_ID@HOST:PORT or HOST:PORT")
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-        raise ConfigError(f"{path}: connect_timeout: must be a positive number of seconds")
-    return ClientConfig(server, float(timeout), tuple(bootstrap), select, str(path))
+    timeouts: dict[str, float] = {}
+    for key, default in _TIMEOUT_KEYS.items():
+        value = data.get(key, default)
+        # Finite, too: `inf` or `nan` (both valid TOML) would be no deadline at all.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+            raise ConfigError(f"{path}: {key}: must be a positive number of seconds")
+        timeouts[key] = float(value)
+    return ClientConfig(
+        server,
+        timeouts["connect_timeout"],
+        timeouts["accept_timeout"],
+        timeouts["idle_timeout"],
+        tuple(bootstrap),
+        select,
+        str(path),
+    )
 
 
 def load_aliases(path: Path) -> dict[str, Alias]:
@@ -94,10 +121,25 @@ def load_aliases(path: Path) -> dict[str, Alias]:
     return aliases
 
 
+def check_alias_name(name: str) -> None:
+    """ConfigError unless `name` can be an alias: a service name (1-64 of A-Z a-z 0-9 . _ -,
+    so no '/' or space) that is a plain, visible file name (not `.`, `..` or `.hidden`) and
+    not a 32-hex-digit service id (which `hubnode call` would then no longer reach)."""
+    from hubnet.node.naming import is_service_name, parse_service_id
+
+    if not is_service_name(name) or name.startswith("."):
+        raise ConfigError(
+            f"not an alias name: {name!r} (1-64 of A-Z a-z 0-9 . _ -, not starting with '-' or '.')"
+        )
+    if parse_service_id(name) is not None:
+        raise ConfigError(f"not an alias name: {name!r} is a service id")
+
+
 def save_alias(path: Path, alias: Alias) -> None:
     """Add or replace one alias, keeping the others."""
     import tomli_w
 
+    check_alias_name(alias.name)
     data = _read_toml(path)
     entry: dict[str, Any] = {"service": alias.service, "args": list(alias.args)}
     if alias.server:

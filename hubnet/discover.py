@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hubnet.call_machine import Timeouts
 from hubnet.client import OpenCall, open_call
 from hubnet.dht.addresses import Address, DirectAddress
 from hubnet.dht.client import DhtClient
@@ -651,8 +652,10 @@ def ranked_offers(
     now = int(time.time())
     proven, refused = proven_memberships(found.offers, now, found.revocations) if rules.orgs else ({}, [])
     if verbose:
-        for why in refused:
-            print(f"hubnode: {why}", file=sys.stderr)
+        from hubnet.safe_text import printable
+
+        for why in refused:  # they quote what offers and attestations say
+            print(f"hubnode: {printable(why)}", file=sys.stderr)
     allowed = acceptable(found.offers, rules, now=now, proven=proven)
     resolved = with_trusted_orgs(rules, allowed, proven)
     return rank(allowed, resolved), resolved
@@ -727,8 +730,10 @@ def open_discovered_call(
     name: str = "the service",
     rules_source: str = "client.toml",
     backoff_file: Path | None = None,
+    timeouts: Timeouts | None = None,
 ) -> OpenCall:
-    """Open the call on the first candidate that accepts it.
+    """Open the call on the first candidate that accepts it (within `timeout`, or
+    `timeouts.accept` if that is shorter: see `hubnet.client.open_call`).
 
     At most MAX_ATTEMPTS providers are tried, never one whose probe failed, and every dial
     (probes included) stays within one `DialLedger`. Failures and answers go into the
@@ -759,7 +764,14 @@ def open_discovered_call(
                 print(f"hubnode: trying {encode_peer_id(offer.publisher)}@{target.address}", file=sys.stderr)
             try:
                 opened = open_call(
-                    target, identity, PinnedKeys(), call, timeout=timeout, wait_for_accept=True, dialer=ledger
+                    target,
+                    identity,
+                    PinnedKeys(),
+                    call,
+                    timeout=timeout,
+                    wait_for_accept=True,
+                    dialer=ledger,
+                    timeouts=timeouts,
                 )
             except (TransportError, RemoteProtocolError, HostKeyMismatch, Rejected, OSError) as exc:
                 failures.append(f"{target.address}: {exc}")

@@ -45,7 +45,10 @@ def parse_fast_call(argv: list[str]) -> tuple[str | None, bool, str | None, str,
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    print(f"hubnode: {message}", file=sys.stderr)
+    from hubnet.safe_text import printable
+
+    # An error may quote a node (a Reject's reason, its error text): never raw to the terminal.
+    print(f"hubnode: {printable(message)}", file=sys.stderr)
     sys.exit(code)
 
 

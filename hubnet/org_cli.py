@@ -146,6 +146,7 @@ def list_command(obj: Context, as_json: bool) -> None:
     """Show the organisations this node belongs to, and those whose keys this home holds."""
     from hubnet.identity.keys import encode_peer_id
     from hubnet.orgs import Memberships, OrgKeys
+    from hubnet.safe_text import printable
 
     now = int(time.time())
     keys = OrgKeys(obj.home)
@@ -185,10 +186,12 @@ def list_command(obj: Context, as_json: bool) -> None:
     for a in memberships:
         status = "valid" if a.issued_at - 60 <= now < a.expires_at else "EXPIRED or not yet valid"
         until = time.strftime("%Y-%m-%d", time.gmtime(a.expires_at))
-        click.echo(f"  {encode_peer_id(a.org)}  {a.role.value:<7} until {until}  {status}  {a.label}")
+        label = printable(a.label)
+        click.echo(f"  {encode_peer_id(a.org)}  {a.role.value:<7} until {until}  {status}  {label}")
     click.echo("holds keys of:" if held else "holds keys of: none")
     for h in held:
-        click.echo(f"  {h.name:<16} {h.identity.peer_id}  {h.state.label}  ({len(h.state.revoked)} revoked)")
+        label = printable(h.state.label)
+        click.echo(f"  {h.name:<16} {h.identity.peer_id}  {label}  ({len(h.state.revoked)} revoked)")
 
 
 @org.command()

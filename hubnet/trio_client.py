@@ -3,8 +3,9 @@
 It drives the same sans-IO machines as the blocking `hubnet.client` (the call through
 `hubnet.call_machine`, the session through `identity.secure`, trust through
 `hubnet.trust`), so a call behaves the same from a robot's Trio program as from
-`hubnode call`. Cancelling a call (its deadline, or any enclosing cancel scope) sends
-the node a Cancel, so the job stops at once rather than at its timeout.
+`hubnode call`. Cancelling a call (its deadline, the machine's `Timeouts` for a node that
+does not accept or goes silent, or any enclosing cancel scope) sends the node a Cancel,
+so the job stops at once rather than at its timeout.
 
     client = Client(identity)
     async with trio.open_nursery() as nursery:
@@ -23,7 +24,7 @@ from typing import Protocol, TypeVar
 
 import trio
 
-from hubnet.call_machine import CANCEL_GRACE, CallMachine, CallResult, located
+from hubnet.call_machine import CANCEL_GRACE, CallMachine, CallResult, Timeouts, located
 from hubnet.dht.addresses import Address, DirectAddress
 from hubnet.identity.errors import HandshakeError, HubnetError, Rejected, RemoteProtocolError, TransportError
 from hubnet.identity.keys import Identity
@@ -84,12 +85,16 @@ class Client:
         known_hosts: KnownHostsStore | None = None,
         dialer: StreamDialer | None = None,
         connect_timeout: float = 10.0,
+        timeouts: Timeouts | None = None,
         announce: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
     ) -> None:
+        """`timeouts`: how long a node may take to accept a call and stay silent during a
+        job (the defaults, or client.toml's: `load_client_config(path).timeouts`)."""
         self.identity = identity
         self.known_hosts = known_hosts or PinnedKeys()
         self.dialer = dialer or TcpStreamDialer()
         self.connect_timeout = connect_timeout
+        self.timeouts = timeouts or Timeouts()
         self.announce = announce
 
     async def connect(self, target: Target, first_data: bytes) -> SecureStream:
@@ -150,8 +155,9 @@ class Client:
         """Run one job on `target`: stream `stdin` up and the output down until it exits.
 
         Output goes to the sinks if given, else it is collected into the CallOutput.
-        `timeout` bounds the whole call: when it passes, the job is cancelled and
-        TransportError raised. Raises `Rejected` if the node refuses the call.
+        `timeout` bounds the whole call, and the client's `timeouts` the node's time to
+        accept and its silences: when one passes, the job is cancelled and TransportError
+        raised. Raises `Rejected` if the node refuses the call.
         """
         try:
             return await self._call(target, call, stdin, _Collected(stdout, stderr), timeout)
@@ -161,12 +167,14 @@ class Client:
     async def _call(
         self, target: Target, call: Call, stdin: Stdin, collected: _Collected, timeout: float | None
     ) -> CallOutput:
-        machine = CallMachine(call)
+        machine = CallMachine(call, self.timeouts)
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         with trio.move_on_at(deadline) as connecting:
             stream = await self.connect(target, machine.request_data())
         if connecting.cancelled_caught:
             raise TransportError("the call's deadline passed while connecting")
+        machine.connected(trio.current_time())
+        machine.set_deadline(None if timeout is None else deadline)
         async with stream:
             await stream.send_all(machine.start())
             credit = trio.lowlevel.ParkingLot()
@@ -177,12 +185,7 @@ class Client:
                     nursery.start_soon(_feed, stream, machine, stdin, credit, feeding)
                     # Errors are kept out of the nursery, which would wrap them in a group.
                     try:
-                        with trio.move_on_at(deadline):
-                            await _receive_until_finished(stream, machine, collected, credit)
-                        if not machine.finished:
-                            # The feeder may hold the stream, blocked on a node that reads no more.
-                            feeding.cancel()
-                            await _cancel_and_wait(stream, machine, collected, credit)
+                        await _receive_until_finished(stream, machine, collected, credit, feeding)
                     except HubnetError as exc:
                         failure = exc
                     nursery.cancel_scope.cancel()
@@ -222,27 +225,43 @@ async def _next_event(stream: SecureStream, conn: JobConnection | CallMachine) -
 
 
 async def _receive_until_finished(
-    stream: SecureStream, machine: CallMachine, collected: _Collected, credit: trio.lowlevel.ParkingLot
+    stream: SecureStream,
+    machine: CallMachine,
+    collected: _Collected,
+    credit: trio.lowlevel.ParkingLot,
+    feeding: trio.CancelScope,
 ) -> None:
+    """The node's messages until its last word, keeping the machine's deadlines: when one
+    passes, the feeding stops (it may hold the stream, blocked on a node that reads no
+    more) and the Cancel goes out; the machine raises once the node's grace is over too."""
     while not machine.finished:
-        event = await _next_event(stream, machine)
-        if isinstance(event, Stdout | Stderr):
+        event = await _next_event_until(stream, machine, machine.wake_at)
+        if event is None:
+            feeding.cancel()
+            cancel = machine.on_timer(trio.current_time())
+            with trio.move_on_at(machine.wake_at()):
+                await stream.send_all(cancel)
+        elif isinstance(event, Stdout | Stderr):
             await collected.deliver(event)
         elif isinstance(event, Credit | Reject):
             credit.unpark_all()
     credit.unpark_all()
+    if machine.timed_out is not None:
+        raise machine.timed_out
 
 
-async def _cancel_and_wait(
-    stream: SecureStream, machine: CallMachine, collected: _Collected, credit: trio.lowlevel.ParkingLot
-) -> None:
-    """The deadline passed: send Cancel and allow CANCEL_GRACE for the Exit, then give up."""
-    with trio.move_on_after(CANCEL_GRACE):
-        await stream.send_all(machine.cancel())
-        await _receive_until_finished(stream, machine, collected, credit)
-    if machine.exit is None:
-        raise TransportError("the call's deadline passed and the node did not end the job")
-    raise TransportError("the call's deadline passed; the job was cancelled")
+async def _next_event_until(
+    stream: SecureStream, machine: CallMachine, wake_at: Callable[[], float]
+) -> Event | None:
+    """The node's next message, or None once `wake_at()` has come (each read renews it: a
+    long message that is still arriving is no silence)."""
+    while (event := machine.next_event()) is None:
+        with trio.move_on_at(wake_at()):
+            data = await stream.receive_some()
+            machine.receive_data(data, trio.current_time())
+            continue
+        return None
+    return event
 
 
 async def _chunks(stdin: Stdin) -> AsyncIterable[bytes]:

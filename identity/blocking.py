@@ -41,6 +41,27 @@ class SecureSocket:
                 self._eof = True
         return b""
 
+    def pending(self) -> bytes:
+        """The data of every whole frame already received (the handshake's last read may
+        have brought some), without reading the socket: check it before polling."""
+        data = b""
+        while (more := self._session.next_data()) is not None:
+            data += more
+        return data
+
+    def receive_ready(self) -> bytes | None:
+        """One read of what the socket has (after poll said it is readable), never more: the
+        data of every frame now whole, b"" if none is yet (a frame arrives in pieces), None
+        once the peer closed cleanly. A driver with deadlines uses this, as `receive_some`
+        waits until a whole frame has come, however long the peer takes to finish it."""
+        data = self.pending()
+        if data:
+            return data
+        if not self._eof and not _receive_into(self.sock, self._session):
+            self._eof = True
+        data = self.pending()
+        return None if self._eof and not data else data
+
     def close(self) -> None:
         self.sock.close()
 

@@ -41,6 +41,13 @@ DATA_CHUNK = 256 * 1024
 # the job does not read its stdin, and a connection never buffers more than this of it.
 STDIN_WINDOW = 4 * DATA_CHUNK
 MAX_RECEIPT = 4096
+# While a job runs, a node sends something at least every KEEPALIVE seconds: an empty
+# Credit when it has nothing else to send, so that a caller can tell a silent job from a
+# dead or hostile node (`hubnet.call_machine`'s idle timeout).
+KEEPALIVE = 15.0
+# What an Exit may report: a program's exit status, or the signal that killed it.
+MAX_EXIT_CODE = 255
+MAX_SIGNAL = 64
 MAX_CALL_ATTESTATIONS = 8  # a caller belongs to a few organisations, not to many
 MAX_ATTESTATION_BYTES = 512  # hubnet.identity.orgs.MAX_ATTESTATION_LEN, with room
 
@@ -272,12 +279,9 @@ def _count(v: object) -> int:
     return v  # type: ignore[return-value]
 
 
-def _optional_int(v: object) -> int | None:
-    if v is None:
-        return None
-    if not _is_int(v) or not -(1 << 31) <= v < 1 << 31:  # type: ignore[operator]
-        raise RemoteProtocolError("expected a 32-bit integer or nil")
-    return v  # type: ignore[return-value]
+def _shown_int(v: object) -> str:
+    """An integer for an error message; anything else as its type (never the peer's text)."""
+    return str(v) if isinstance(v, int) and not isinstance(v, bool) else type(v).__name__
 
 
 def _bytes(v: object) -> bytes:
@@ -314,9 +318,17 @@ def _decode_call(f: list[Any]) -> Call:
 
 def _decode_exit(f: list[Any]) -> Exit:
     code, sig, error, usage, cost = f
+    # Exactly one of them, each in its range: anything else could pass for success (a
+    # status of 256 is 0 to a shell) or for another program's status.
+    if (code is None) == (sig is None):
+        raise RemoteProtocolError("an Exit has an exit code or a signal, exactly one of them")
+    if code is not None and not (_is_int(code) and 0 <= code <= MAX_EXIT_CODE):
+        raise RemoteProtocolError(f"an exit code is 0..{MAX_EXIT_CODE}, not {_shown_int(code)}")
+    if sig is not None and not (_is_int(sig) and 1 <= sig <= MAX_SIGNAL):
+        raise RemoteProtocolError(f"a signal is 1..{MAX_SIGNAL}, not {_shown_int(sig)}")
     return Exit(
-        _optional_int(code),
-        _optional_int(sig),
+        code,
+        sig,
         None if error is None else _text(error),
         Usage(*(_count(u) for u in _known(usage, 5, "a usage record"))),
         _count(cost),

@@ -30,6 +30,7 @@ from hubnet.node.admission import Admitted, Occupancy, admit, find_service, sett
 from hubnet.node.naming import format_service_id
 from hubnet.node.protocol import (
     DATA_CHUNK,
+    KEEPALIVE,
     MAX_PEERS,
     MAX_TEXT,
     STDIN_WINDOW,
@@ -391,11 +392,14 @@ class _Caller:
             self._credit_due.set()
 
     async def send_credit(self) -> None:
-        """Grant the caller the stdin credit the job has earned, for as long as the job runs."""
+        """Grant the caller the stdin credit the job has earned, for as long as the job runs;
+        and an empty Credit every KEEPALIVE seconds, so that the caller knows the node lives."""
         while True:
-            await self._credit_due.wait()
-            self._credit_due = trio.Event()
-            size, self._uncredited = self._uncredited, 0
+            size = 0
+            with trio.move_on_after(KEEPALIVE):
+                await self._credit_due.wait()
+                self._credit_due = trio.Event()
+                size, self._uncredited = self._uncredited, 0
             if self.conn.our_state is State.RUNNING:
                 await self.reply(Credit(size))
 

@@ -20,6 +20,7 @@ import pytest
 import trio
 
 from hubnet import client
+from hubnet.call_machine import Timeouts
 from hubnet.dht.addresses import DirectAddress, RelayAddress
 from hubnet.dialer import TcpDialer
 from hubnet.identity.errors import Rejected, TransportError
@@ -175,6 +176,25 @@ def test_a_deadline_cancels_the_job(served: ServedNode, caplog: pytest.LogCaptur
     assert _wait_for(lambda: bool(_node_log(caplog, "sleep")))
     (ended,) = _node_log(caplog, "sleep")
     assert "(cancelled)" in ended, ended
+
+
+def test_a_silent_job_is_kept_alive_by_its_node(
+    served: ServedNode, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sleep 30` says nothing, but its node does (a keepalive every KEEPALIVE seconds, here
+    0.1): the caller's idle timeout of 0.5 s never fires, and only its deadline ends the job."""
+    import hubnet.node.server
+
+    monkeypatch.setattr(hubnet.node.server, "KEEPALIVE", 0.1)
+    caplog.set_level(logging.INFO, logger="hubnet.node")
+    timeouts = Timeouts(accept=WAIT, idle=0.5)
+    opened = client.open_call(
+        served.target, CALLER, PinnedKeys(), Call(service_id_for_name("sleep")), timeouts=timeouts
+    )
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="deadline passed; the job was cancelled"):
+        client.finish_call(opened, stdin_fd=None, deadline=started + 2.0)
+    assert time.monotonic() - started >= 2.0
 
 
 def test_an_interrupt_sends_cancel(served: ServedNode, caplog: pytest.LogCaptureFixture) -> None:

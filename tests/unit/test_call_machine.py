@@ -4,16 +4,24 @@ a server-role JobConnection (bytes from one are fed to the other, no I/O)."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 from hypothesis import event as note_event
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubnet.call_machine import CallMachine
+from hubnet.call_machine import (
+    CANCEL_GRACE,
+    DEFAULT_ACCEPT_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    CallMachine,
+    Timeouts,
+)
 from hubnet.identity.errors import LocalProtocolError, RemoteProtocolError, TransportError
 from hubnet.node.naming import service_id_for_name
 from hubnet.node.protocol import (
+    KEEPALIVE,
     MAX_DATA,
     STDIN_WINDOW,
     Accept,
@@ -366,3 +374,101 @@ def test_stdin_in_any_chunks_stays_within_the_window(chunks: list[int], credit_s
     assert bytes(received) == payload
     assert not pair.node.errored
     note_event("waited for credit" if len(payload) > STDIN_WINDOW else "within the first window")
+
+
+# ---- deadlines: the caller trusts no node to make progress --------------------------------------------
+
+
+def _connected(timeouts: Timeouts, now: float = 100.0) -> BackToBack:
+    pair = BackToBack()
+    pair.machine = CallMachine(CALL, timeouts)
+    pair.to_node(pair.machine.request_data())
+    pair.machine.connected(now)
+    pair.to_node(pair.machine.start())
+    return pair
+
+
+def _heard(pair: BackToBack, now: float, *messages: Message) -> list[Event]:
+    pair.machine.receive_data(b"".join(pair.node.send(m) for m in messages), now)
+    events = []
+    while (event := pair.machine.next_event()) is not None:
+        events.append(event)
+    return events
+
+
+def test_the_default_timeouts() -> None:
+    assert Timeouts() == Timeouts(accept=DEFAULT_ACCEPT_TIMEOUT, idle=DEFAULT_IDLE_TIMEOUT)
+    assert (DEFAULT_ACCEPT_TIMEOUT, DEFAULT_IDLE_TIMEOUT) == (60.0, 60.0)
+    assert DEFAULT_IDLE_TIMEOUT >= 2 * KEEPALIVE  # a live node is never taken for a dead one
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError):
+            Timeouts(accept=bad)
+        with pytest.raises(ValueError):
+            Timeouts(idle=bad)
+
+
+def test_no_deadline_before_the_handshake_is_done() -> None:
+    assert CallMachine(CALL).wake_at() == math.inf
+
+
+def test_a_node_that_does_not_accept_is_cancelled_then_given_up() -> None:
+    pair = _connected(Timeouts(accept=5, idle=1))
+    assert pair.machine.wake_at() == 105  # the accept timeout, not the (shorter) idle one
+    assert pair.machine.on_timer(104.9) == b""  # too early: nothing
+    assert pair.to_node(pair.machine.on_timer(105)) == [Cancel()]
+    assert pair.machine.wake_at() == 105 + CANCEL_GRACE
+    with pytest.raises(
+        TransportError, match="did not accept the call within 5s and the node did not end the call"
+    ):
+        pair.machine.on_timer(105 + CANCEL_GRACE)
+
+
+def test_a_reject_in_the_grace_is_still_the_timeout() -> None:
+    pair = _connected(Timeouts(accept=5))
+    pair.to_node(pair.machine.on_timer(105))
+    _heard(pair, 106, Reject(RejectCode.CANCELLED, "cancelled while queued"))
+    assert pair.machine.finished and pair.machine.wake_at() == math.inf
+    assert str(pair.machine.timed_out) == "the node did not accept the call within 5s; the call was cancelled"
+
+
+def test_a_node_silent_during_the_job_is_cancelled() -> None:
+    pair = _connected(Timeouts(accept=5, idle=10))
+    _heard(pair, 103, ACCEPT)
+    assert pair.machine.wake_at() == 113
+    _heard(pair, 110, Stdout(b"x"))
+    assert pair.machine.wake_at() == 120  # every message renews it
+    _heard(pair, 119, Credit(0))  # the node's keepalive
+    assert pair.machine.wake_at() == 129
+    assert pair.to_node(pair.machine.on_timer(129)) == [Cancel()]
+    _heard(pair, 130, Exit(None, 9, "cancelled"))
+    assert (
+        str(pair.machine.timed_out)
+        == "the node sent nothing for 10s while the job ran; the job was cancelled"
+    )
+
+
+def test_part_of_a_message_is_not_silence() -> None:
+    pair = _connected(Timeouts(idle=10))
+    _heard(pair, 101, ACCEPT)
+    wire = pair.node.send(Stdout(b"y" * 1000))
+    pair.machine.receive_data(wire[:500], 109)
+    assert pair.machine.next_event() is None
+    assert pair.machine.wake_at() == 119
+
+
+def test_the_callers_deadline_comes_first_when_it_is_sooner() -> None:
+    pair = _connected(Timeouts(accept=60, idle=60))
+    pair.machine.set_deadline(102)
+    assert pair.machine.wake_at() == 102
+    pair.to_node(pair.machine.on_timer(102))
+    assert "deadline passed" in str(pair.machine.timed_out)
+    pair.machine.set_deadline(None)
+
+
+def test_no_timer_once_the_node_has_exited() -> None:
+    pair = _connected(Timeouts(accept=1, idle=1))
+    _heard(pair, 100.5, ACCEPT, EXIT)
+    assert pair.machine.wake_at() == math.inf
+    assert pair.machine.on_timer(1000) == b""
+    assert pair.machine.timed_out is None
+    assert pair.machine.result().exit == EXIT

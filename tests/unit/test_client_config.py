@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from hubnet.call_machine import Timeouts
 from hubnet.config import DEFAULT_CONNECT_TIMEOUT, ClientConfig, load_client_config
 from hubnet.identity.errors import ConfigError
 from hubnet.identity.hints import did_you_mean
@@ -23,11 +24,19 @@ def test_a_missing_client_toml_is_the_defaults(tmp_path: Path) -> None:
     assert (config.server, config.connect_timeout, config.bootstrap) == (None, DEFAULT_CONNECT_TIMEOUT, ())
 
 
+def test_the_timeouts_default_to_the_documented_values(tmp_path: Path) -> None:
+    config = load_client_config(tmp_path / "client.toml")
+    assert (config.accept_timeout, config.idle_timeout) == (60.0, 60.0)
+    assert config.timeouts == Timeouts(60.0, 60.0) == Timeouts()
+
+
 def test_every_key(tmp_path: Path) -> None:
     text = 'server = "desktop:7070"\nconnect_timeout = 3\nbootstrap = ["seed:7070"]\n'
+    text += "accept_timeout = 120\nidle_timeout = 0.5\n"
     config = _load(tmp_path, text + "[select]\nprobe_count = 2\n")
     assert config.server == "desktop:7070"
     assert config.connect_timeout == 3.0
+    assert config.timeouts == Timeouts(accept=120.0, idle=0.5)
     assert config.bootstrap == ("seed:7070",)
     assert config.select == {"probe_count": 2}
     assert config.source == str(tmp_path / "client.toml")
@@ -37,7 +46,9 @@ def test_every_key(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ('sever = "desktop:7070"', "sever: unknown key (did you mean 'server'?)"),
-        ("timeout = 3", "timeout: unknown key (did you mean 'connect_timeout'?)"),
+        ("conect_timeout = 3", "conect_timeout: unknown key (did you mean 'connect_timeout'?)"),
+        ("accept_timeuot = 3", "accept_timeuot: unknown key (did you mean 'accept_timeout'?)"),
+        ("idle_time = 3", "idle_time: unknown key (did you mean 'idle_timeout'?)"),
         ("connect_timout = 3", "connect_timout: unknown key (did you mean 'connect_timeout'?)"),
         ('bootstraps = ["seed:7070"]', "bootstraps: unknown key (did you mean 'bootstrap'?)"),
         ("[selct]\nprobe_count = 2", "selct: unknown key (did you mean 'select'?)"),
@@ -67,3 +78,11 @@ def test_did_you_mean_offers_only_a_close_choice() -> None:
     assert did_you_mean("timout", ["timeout", "listen"]) == " (did you mean 'timeout'?)"
     assert did_you_mean("zzz", ["timeout", "listen"]) == ""
     assert did_you_mean("x", []) == ""
+
+
+@pytest.mark.parametrize("key", ["connect_timeout", "accept_timeout", "idle_timeout"])
+@pytest.mark.parametrize("value", ["0", "-1", "true", '"60"', "inf", "nan", "1e10"])
+def test_a_timeout_is_a_positive_finite_number_of_seconds(tmp_path: Path, key: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, f"{key} = {value}\n")
+    assert str(caught.value) == f"{tmp_path / 'client.toml'}: {key}: must be a positive number of seconds"

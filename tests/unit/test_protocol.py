@@ -20,10 +20,12 @@ from hubnet.node.protocol import (
     MAX_ATTESTATION_BYTES,
     MAX_CALL_ATTESTATIONS,
     MAX_DATA,
+    MAX_EXIT_CODE,
     MAX_MESSAGE,
     MAX_PEERS,
     MAX_RECEIPT,
     MAX_SERVICES,
+    MAX_SIGNAL,
     MAX_TEXT,
     SERVICE_ID_LEN,
     STDIN_WINDOW,
@@ -68,7 +70,6 @@ SID = bytes(range(SERVICE_ID_LEN))
 service_ids = st.binary(min_size=SERVICE_ID_LEN, max_size=SERVICE_ID_LEN)
 texts = st.text(max_size=40)
 counts = st.integers(min_value=0, max_value=(1 << 63) - 1)
-int32 = st.integers(min_value=-(1 << 31), max_value=(1 << 31) - 1)
 floats = st.floats(allow_nan=False)
 data = st.binary(max_size=300)
 
@@ -91,13 +92,18 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     Reject: st.builds(Reject, texts, texts),
     Stdout: st.builds(Stdout, data),
     Stderr: st.builds(Stderr, data),
-    Exit: st.builds(
-        Exit,
-        st.none() | int32,
-        st.none() | int32,
-        st.none() | texts,
-        st.builds(Usage, counts, counts, counts, counts, counts),
-        counts,
+    Exit: st.one_of(
+        st.tuples(st.integers(min_value=0, max_value=MAX_EXIT_CODE), st.none()),
+        st.tuples(st.none(), st.integers(min_value=1, max_value=MAX_SIGNAL)),
+    ).flatmap(
+        lambda ended: st.builds(
+            Exit,
+            st.just(ended[0]),
+            st.just(ended[1]),
+            st.none() | texts,
+            st.builds(Usage, counts, counts, counts, counts, counts),
+            counts,
+        )
     ),
     Services: st.builds(
         Services, st.lists(st.builds(ServiceInfo, texts, service_ids, texts, texts), max_size=6).map(tuple)
@@ -364,13 +370,37 @@ def test_bad_call_attestations_are_refused(attestations: object) -> None:
         decode(_raw(Kind.CALL, [SID, [], attestations]))
 
 
+@pytest.mark.parametrize(
+    ("code", "signal"),
+    [
+        pytest.param(256, None, id="exit-256"),
+        pytest.param(-1, None, id="exit-negative"),
+        pytest.param(1 << 40, None, id="exit-huge"),
+        pytest.param(None, 0, id="signal-0"),
+        pytest.param(None, -128, id="signal-negative"),
+        pytest.param(None, MAX_SIGNAL + 1, id="signal-65"),
+        pytest.param(0, 9, id="both"),
+        pytest.param(None, None, id="neither"),
+        pytest.param(True, None, id="exit-bool"),
+        pytest.param(0.0, None, id="exit-float"),
+        pytest.param(None, "9", id="signal-text"),
+    ],
+)
+def test_an_exit_no_program_can_have_is_refused(code: object, signal: object) -> None:
+    """A shell takes status 256 as 0: an Exit out of range must never pass for success."""
+    with pytest.raises(RemoteProtocolError, match=r"exit code|signal"):
+        decode(_raw(Kind.EXIT, [code, signal, "output-limit", [0, 0, 0, 0, 0], 0]))
+
+
 def test_field_limits_at_their_boundaries_are_accepted() -> None:
     args = ("a" * (MAX_ARGS_BYTES // MAX_ARGS),) * MAX_ARGS
     assert decode(encode(Call(SID, args))) == Call(SID, args)
     assert decode(encode(Call(SID, ("z" * MAX_ARGS_BYTES,)))) == Call(SID, ("z" * MAX_ARGS_BYTES,))
     assert decode(encode(Reject("busy", "r" * MAX_TEXT))) == Reject("busy", "r" * MAX_TEXT)
-    edge = Exit(-(1 << 31), (1 << 31) - 1, "timeout", Usage(*([(1 << 63) - 1] * 5)), (1 << 63) - 1)
+    edge = Exit(MAX_EXIT_CODE, None, "timeout", Usage(*([(1 << 63) - 1] * 5)), (1 << 63) - 1)
     assert decode(encode(edge)) == edge
+    for ended in ((0, None), (None, 1), (None, MAX_SIGNAL)):
+        assert decode(encode(Exit(*ended))) == Exit(*ended)
     # A whole routing table fits: the decoder's array limit must not be below MAX_PEERS.
     peers = Peers((PeerInfo(b"k" * 32, "192.0.2.1", 7070),) * MAX_PEERS)
     assert decode(encode(peers)) == peers
