@@ -27,6 +27,14 @@ from hubnet.identity.orgs import RevocationList
 from hubnet.identity.secure import SecureStream, accept_secure
 from hubnet.identity.session import MAX_RECEIVE
 from hubnet.node.admission import Admitted, Occupancy, admit, find_service, settle, standing
+from hubnet.node.connections import (
+    MAX_CONNECTIONS,
+    PRESSED_WAIT,
+    Connection,
+    ConnectionTable,
+    Phase,
+    source_of,
+)
 from hubnet.node.naming import format_service_id
 from hubnet.node.protocol import (
     DATA_CHUNK,
@@ -80,7 +88,8 @@ class Node:
         *,
         handshake_timeout: float = 10.0,
         start_timeout: float = 30.0,
-        max_connections: int = 256,
+        max_connections: int = MAX_CONNECTIONS,
+        pressed_wait: float = PRESSED_WAIT,
     ) -> None:
         self.config = config
         self.identity = identity
@@ -93,8 +102,11 @@ class Node:
         # keeps them fresh (`node.org_watch.OrgWatch`).
         self.revocations: Callable[[], Mapping[bytes, RevocationList]] = dict
         self.queued = 0
-        # Connections still in the handshake or waiting hold memory and a socket; bound them.
-        self._connections = trio.CapacityLimiter(max_connections)
+        # Connections hold memory and a socket: bounded in all and per source, and those that
+        # have not started a job are shed first (node.connections).
+        self.connections = ConnectionTable(
+            max_connections, config.max_connections_per_address, pressed_wait=pressed_wait
+        )
         self._slots = trio.CapacityLimiter(config.max_jobs)
         self._service_slots = {
             sid: trio.CapacityLimiter(svc.max_concurrent) for sid, svc in config.services.items()
@@ -114,15 +126,17 @@ class Node:
         await trio.serve_listeners(self.handle_connection, list(listeners))
 
     async def handle_connection(self, transport: trio.abc.Stream) -> None:
-        """Serve one connection; a misbehaving peer only ends its own connection."""
+        """Serve one connection; a misbehaving peer only ends its own connection.
+
+        The connection table may refuse it at once, or shed it later for a newer one while it
+        has not started a job (see node.connections)."""
         async with transport:
-            try:
-                self._connections.acquire_nowait()
-            except trio.WouldBlock:
-                log.warning("too many connections; refusing one")
+            tracked = self.connections.admit(*source_of(transport))
+            if tracked is None:
                 return
             try:
-                await self._serve(transport)
+                with tracked.scope:
+                    await self._serve(transport, tracked)
             except* trio.TooSlowError:
                 # Each call's outcome has a line of its own; how a connection ended is detail.
                 log.debug("connection timed out")
@@ -132,11 +146,13 @@ class Node:
                 # A bug must cost one connection, never the node and every other caller's job.
                 log.exception("internal error while serving a connection")
             finally:
-                self._connections.release()
+                self.connections.release(tracked)
 
-    async def _serve(self, transport: trio.abc.Stream) -> None:
-        with trio.fail_after(self.handshake_timeout):
+    async def _serve(self, transport: trio.abc.Stream, tracked: Connection | None = None) -> None:
+        with self.connections.waiting(tracked, self.handshake_timeout):
             stream, first_data = await accept_secure(transport, self.identity)
+        if tracked is not None:
+            tracked.phase = Phase.REQUEST
         conn = JobConnection(Role.SERVER)
         request: Event | None = None
         if first_data:  # (an empty feed would mean the end of the stream)
@@ -147,7 +163,7 @@ class Node:
                 # ride there, never the Start that proves the caller live.
                 raise RemoteProtocolError("only the request may ride in the handshake")
         if request is None:
-            with trio.fail_after(self.start_timeout):
+            with self.connections.waiting(tracked, self.start_timeout):
                 request = await _next_event(stream, conn)
         if isinstance(request, ListServices):
             await _reply(stream, conn, self._services())
@@ -156,7 +172,9 @@ class Node:
         elif isinstance(request, GetPeers):
             await _reply(stream, conn, Peers(tuple(self.peers()[:MAX_PEERS])))
         elif isinstance(request, Call):
-            await self._call(stream, conn, request)
+            await self._call(stream, conn, request, tracked)
+        if tracked is not None:
+            tracked.phase = Phase.LINGER
         await _linger(stream)
 
     def status(self) -> StatusReply:
@@ -171,7 +189,9 @@ class Node:
             )
         )
 
-    async def _call(self, stream: SecureStream, conn: JobConnection, call: Call) -> None:
+    async def _call(
+        self, stream: SecureStream, conn: JobConnection, call: Call, tracked: Connection | None = None
+    ) -> None:
         peer = stream.remote_identity
         found = find_service(self.config, call.service_id)  # by its id, or by its name's default id
         occupancy = Occupancy(self._slot_free(found.id if found else call.service_id), self.queued)
@@ -191,7 +211,7 @@ class Node:
             await _reply(stream, conn, admitted)
             return
         # The request may be a replay of a recorded handshake; only the live caller can send Start.
-        with trio.fail_after(self.start_timeout):
+        with self.connections.waiting(tracked, self.start_timeout):
             go = await _next_event(stream, conn)
         if isinstance(go, Cancel):
             log.info(
@@ -202,6 +222,8 @@ class Node:
         if not isinstance(go, Start):
             log.debug("call of %s from %s abandoned before Start", admitted.service.name, fingerprint(peer))
             return
+        if tracked is not None:
+            tracked.phase = Phase.ACTIVE  # a live caller: never shed from now on
         caller = _Caller(stream, conn)
         async with trio.open_nursery() as nursery:
             # From Start on the caller is heard at once: a Cancel or a vanished caller ends the

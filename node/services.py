@@ -256,6 +256,8 @@ class NodeConfig:
     services: Mapping[bytes, Service]  # by id
     bootstrap: tuple[Target, ...] = ()  # DHT nodes to join through
     advertise: tuple[Address, ...] = ()  # the addresses to put in offers, if not the listen address
+    # Connections one source may hold at once; None: node.connections' default (loopback exempt).
+    max_connections_per_address: int | None = None
 
     @property
     def orgs(self) -> set[bytes]:
@@ -468,6 +470,7 @@ def parse_services(text: str, *, source: str = "services.toml") -> NodeConfig:
         raise top.error("listen", str(exc)) from None
     max_jobs = top.integer("max_jobs", 1) or os.cpu_count() or 1
     max_queued = top.integer("max_queued", 0)
+    max_connections_per_address = top.integer("max_connections_per_address", 1)
     bootstrap = _targets(top, "bootstrap")
     advertise = _advertise(top)
     services: dict[bytes, Service] = {}
@@ -494,6 +497,7 @@ def parse_services(text: str, *, source: str = "services.toml") -> NodeConfig:
         services=MappingProxyType(services),
         bootstrap=bootstrap,
         advertise=advertise,
+        max_connections_per_address=max_connections_per_address,
     )
 
 
