@@ -70,7 +70,7 @@ class DhtClient:
             # Nothing else is in flight yet, so every reply is theirs.
             pending = set()
             for seed in unknown:
-                txid, data = self.protocol.request(FindNode(target), seed.address)
+                txid, data = self.protocol.request(FindNode(target), seed.address, now=int(self.clock()))
                 self._send(data, seed.address)
                 pending.add(txid)
             deadline = time.monotonic() + self.rpc_timeout
@@ -108,7 +108,10 @@ class DhtClient:
         while True:
             for query in lookup.next_queries():
                 contact = query.contact
-                txid, data = self.protocol.request(query.request, contact.address, contact.public_key)
+                sent_at = int(self.clock())
+                txid, data = self.protocol.request(
+                    query.request, contact.address, contact.public_key, now=sent_at
+                )
                 self._send(data, contact.address)
                 in_flight[txid] = _InFlight(query, time.monotonic() + self.rpc_timeout)
             if lookup.finished:
@@ -147,7 +150,9 @@ class DhtClient:
         """
         pending: set[bytes] = set()
         for contact in self.find_nodes(record.key):
-            txid, data = self.protocol.request(AddProvider(record.raw), contact.address, contact.public_key)
+            txid, data = self.protocol.request(
+                AddProvider(record.raw), contact.address, contact.public_key, now=int(self.clock())
+            )
             self._send(data, contact.address)
             pending.add(txid)
         stored = 0

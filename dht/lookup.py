@@ -188,9 +188,11 @@ class ProviderLookup(Lookup):
         self.results.add(reply.records)
         seen = query.request.skip + len(reply.records)
         pages = self._pages[query.contact.id] = self._pages.get(query.contact.id, 0) + 1
-        # An empty page means the node has no more, whatever its total says; MAX_PAGES
-        # stops one that keeps claiming more.
-        if reply.records and seen < reply.total and pages < self.max_pages:
+        # An empty page means the node has no more, whatever its total says, except a first
+        # one: a node that had no token from us cut its reply to our request's size, records
+        # first, and a second request, token in hand, gets them. MAX_PAGES stops one that
+        # keeps claiming more.
+        if (reply.records or pages == 1) and seen < reply.total and pages < self.max_pages:
             self._follow_ups.append(Query(query.contact, GetProviders(self.target, seen)))
         return reply.contacts
 

@@ -1,15 +1,24 @@
 """The DHT's wire format: one signed msgpack datagram per request or reply.
 
-A datagram is a `SignedRecord` of domain `hubnet/dht/1` whose body is
-`[txid, kind, fields, serving]`. The signature proves the sender holds the Ed25519 key
-its node id is derived from, so a node id seen in a reply cannot be claimed by someone
-else; `serving` says whether the sender answers requests on the port it sent from (a
-one-shot client does not, and must not be put in anyone's routing table). Records inside
-messages stay raw bytes here: they are verified against the clock where they are used.
+A datagram is a `SignedRecord` of domain `hubnet/dht/2` whose body is
+`[txid, kind, fields, serving, sent_at, token, padding]`. The signature proves the sender
+holds the Ed25519 key its node id is derived from, so a node id seen in a reply cannot be
+claimed by someone else; `serving` says whether the sender answers requests on the port it
+sent from (a one-shot client does not, and must not be put in anyone's routing table).
+
+Version 2 added the last three fields, for a DHT that cannot be used to reflect traffic
+or replay requests (see `dht/protocol.py`): `sent_at` (the sender's unix seconds) bounds
+how long a receiver must remember a request's txid to drop its replays; `token` is, in a
+request, the return-routability token the receiver gave the sender earlier (empty if
+none), and in a reply a fresh token for the requester's address; `padding` lets a
+requester without a token make its request as large as the reply it wants, since a node
+answers an unproven address with no more bytes than it received. Records inside messages
+stay raw bytes here: they are verified against the clock where they are used.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,9 +31,11 @@ from hubnet.identity.errors import RemoteProtocolError
 from hubnet.identity.keys import PUBLIC_KEY_LEN, Identity
 from hubnet.identity.records import InvalidRecord, SignedRecord
 
-DATAGRAM_DOMAIN = "hubnet/dht/1"
+DATAGRAM_DOMAIN = "hubnet/dht/2"
 MAX_DATAGRAM = 8192
 TXID_LEN = 8
+TOKEN_LEN = 8
+MAX_TIME = 2**63 - 1
 MAX_CONTACTS = 20
 MAX_RECORDS_PER_REPLY = 6  # 6 x 1 KiB records plus 20 contacts stay under MAX_DATAGRAM
 MAX_REASON_CHARS = 200
@@ -169,6 +180,8 @@ class Datagram:
     message: Message
     sender: bytes
     serving: bool
+    sent_at: int  # the sender's unix seconds
+    token: bytes  # empty, or TOKEN_LEN bytes (see the module docstring)
 
     @property
     def is_request(self) -> bool:
@@ -202,9 +215,56 @@ def _fields(message: Message) -> list[object]:
     raise TypeError(f"not a DHT message: {message!r}")
 
 
-def encode(identity: Identity, txid: bytes, message: Message, *, serving: bool) -> bytes:
-    """Sign and encode; raise ValueError if it would exceed MAX_DATAGRAM (a local bug)."""
-    body = bytes(msgpack.packb([txid, _KINDS[type(message)], _fields(message), serving]))
+# The signed envelope around a body of n bytes: a fixarray of 4, the domain as a fixstr,
+# the body as a bin, the key and the signature as bin8.
+_ENVELOPE_OVERHEAD = 1 + (1 + len(DATAGRAM_DOMAIN)) + (2 + PUBLIC_KEY_LEN) + (2 + 64)
+
+
+def _envelope_len(body_len: int) -> int:
+    return _ENVELOPE_OVERHEAD + body_len + (2 if body_len < 256 else 3)
+
+
+def _body(txid: bytes, message: Message, serving: bool, sent_at: int, token: bytes, padding: int) -> bytes:
+    fields = [txid, _KINDS[type(message)], _fields(message), serving, sent_at, token, bytes(padding)]
+    return bytes(msgpack.packb(fields))
+
+
+def encoded_size(
+    message: Message, *, serving: bool, sent_at: int, token: bytes = b"", padding: int = 0
+) -> int:
+    """len(encode(...)) of the same arguments, without signing."""
+    return _envelope_len(len(_body(bytes(TXID_LEN), message, serving, sent_at, token, padding)))
+
+
+def padding_for(message: Message, size: int, *, serving: bool, sent_at: int, token: bytes = b"") -> int:
+    """The padding that makes the datagram of `message` at least `size` bytes (0 if it is)."""
+    padding = 0
+    while True:
+        have = encoded_size(message, serving=serving, sent_at=sent_at, token=token, padding=padding)
+        if have >= size:
+            return padding
+        padding += size - have  # a length header may grow by a byte: at most one more round
+
+
+def encode(
+    identity: Identity,
+    txid: bytes,
+    message: Message,
+    *,
+    serving: bool,
+    sent_at: int | None = None,
+    token: bytes = b"",
+    padding: int = 0,
+) -> bytes:
+    """Sign and encode; raise ValueError if it would exceed MAX_DATAGRAM (a local bug).
+
+    `sent_at` defaults to the system clock (callers with a clock of their own pass it).
+    """
+    if sent_at is None:
+        sent_at = int(time.time())
+    if len(token) not in (0, TOKEN_LEN):
+        raise ValueError(f"a token is empty or {TOKEN_LEN} bytes")
+    body = _body(txid, message, serving, sent_at, token, padding)
     data = SignedRecord.sign(identity, DATAGRAM_DOMAIN, body).encode()
     if len(data) > MAX_DATAGRAM:
         raise ValueError(f"DHT datagram of {len(data)} bytes exceeds {MAX_DATAGRAM}")
@@ -276,9 +336,20 @@ def decode(data: bytes) -> Datagram:
         raise InvalidMessage(str(exc)) from exc
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise InvalidMessage("datagram body is not msgpack") from exc
-    if not (isinstance(fields, list) and len(fields) == 4):
-        raise InvalidMessage("datagram body must be [txid, kind, fields, serving]")
-    txid, kind, message_fields, serving = fields
+    if not (isinstance(fields, list) and len(fields) == 7):
+        raise InvalidMessage("datagram body must be [txid, kind, fields, serving, sent_at, token, padding]")
+    txid, kind, message_fields, serving, sent_at, token, padding = fields
     if not (isinstance(message_fields, list) and isinstance(serving, bool)):
         raise InvalidMessage("datagram fields must be a list and serving a bool")
-    return Datagram(_id(txid, "txid", TXID_LEN), _message(kind, message_fields), signed.public_key, serving)
+    if not (isinstance(sent_at, int) and not isinstance(sent_at, bool) and 0 <= sent_at <= MAX_TIME):
+        raise InvalidMessage("datagram sent_at must be a non-negative integer")
+    if not (isinstance(token, bytes) and len(token) in (0, TOKEN_LEN) and isinstance(padding, bytes)):
+        raise InvalidMessage(f"datagram token must be empty or {TOKEN_LEN} bytes, padding bytes")
+    return Datagram(
+        _id(txid, "txid", TXID_LEN),
+        _message(kind, message_fields),
+        signed.public_key,
+        serving,
+        sent_at,
+        token,
+    )

@@ -28,7 +28,7 @@ from hubnet.dht.messages import (
     Request,
     Stored,
 )
-from hubnet.dht.protocol import DhtProtocol, PingNeeded, ReplyReceived, Send
+from hubnet.dht.protocol import AcceptRecord, DhtProtocol, PingNeeded, ReplyReceived, Send, VerifyNeeded
 from hubnet.dht.records import Address, NodeRecord, ProviderRecord
 from hubnet.dht.store import RecordStore
 from hubnet.dht.transport import DatagramTransport
@@ -39,6 +39,8 @@ L = TypeVar("L", bound=Lookup)
 
 REFRESH_INTERVAL = 600.0
 EXPIRE_INTERVAL = 60.0
+MAX_VERIFYING = 64  # newcomers being proven at once; more wait until they ask us again
+VERIFY_DELAY = 1.0  # seconds before pinging a newcomer: by then its next request may have proven it
 
 
 class DhtNode:
@@ -54,16 +56,19 @@ class DhtNode:
         alpha: int = ALPHA,
         clock: Callable[[], float] = time.time,
         rpc_timeout: float = RPC_TIMEOUT,
+        accept_record: AcceptRecord | None = None,
     ) -> None:
+        """`accept_record(record, source_address)`: see `DhtProtocol`."""
         self.identity = identity
         self.transport = transport
-        self.protocol = DhtProtocol(identity, serving=True, store=store, k=k)
+        self.protocol = DhtProtocol(identity, serving=True, store=store, k=k, accept_record=accept_record)
         self.k = k
         self.alpha = alpha
         self.clock = clock
         self.rpc_timeout = rpc_timeout
         self._waiters: dict[bytes, trio.MemorySendChannel[ReplyReceived]] = {}
         self._checking: set[bytes] = set()
+        self._verifying: set[Address] = set()
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -90,7 +95,7 @@ class DhtNode:
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 nursery.cancel_scope.cancel()
 
-    async def _handle(self, event: Send | ReplyReceived | PingNeeded) -> None:
+    async def _handle(self, event: Send | ReplyReceived | PingNeeded | VerifyNeeded) -> None:
         match event:
             case Send(data, address):
                 await self.transport.send_to(data, address)
@@ -101,6 +106,13 @@ class DhtNode:
             case PingNeeded(contact) if contact.id not in self._checking and self._nursery is not None:
                 self._checking.add(contact.id)
                 self._nursery.start_soon(self._check, contact)
+            case VerifyNeeded(contact) if (
+                contact.address not in self._verifying
+                and len(self._verifying) < MAX_VERIFYING
+                and self._nursery is not None
+            ):
+                self._verifying.add(contact.address)
+                self._nursery.start_soon(self._verify, contact)
 
     async def _check(self, contact: Contact) -> None:
         """Ping the oldest contact of a full bucket; evict it (promoting a newcomer) if silent."""
@@ -109,6 +121,16 @@ class DhtNode:
                 self.protocol.evict(contact)
         finally:
             self._checking.discard(contact.id)
+
+    async def _verify(self, contact: Contact) -> None:
+        """Ping a newcomer that asked without a token, unless it has come back with one meanwhile
+        (a joining node asks most nodes again within its join); its reply adds it to the table."""
+        try:
+            await trio.sleep(VERIFY_DELAY)
+            if self.protocol.table.find(contact) != contact:
+                await self.rpc(contact.address, Ping(), contact.public_key)
+        finally:
+            self._verifying.discard(contact.address)
 
     async def _maintain(self) -> None:
         last_expire = trio.current_time()
@@ -130,7 +152,7 @@ class DhtNode:
         self, address: Address, message: Request, expected_key: bytes | None = None
     ) -> Reply | None:
         """Send one request and wait for its reply; None on timeout."""
-        txid, data = self.protocol.request(message, address, expected_key)
+        txid, data = self.protocol.request(message, address, expected_key, now=self.now())
         send, receive = trio.open_memory_channel[ReplyReceived](1)
         self._waiters[txid] = send
         try:

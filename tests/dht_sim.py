@@ -35,9 +35,9 @@ import trio.testing
 
 from hubnet.dht.addresses import DirectAddress
 from hubnet.dht.ids import ID_LEN, distance, node_id, service_key
-from hubnet.dht.lookup import ALPHA, Lookup, Seed
+from hubnet.dht.lookup import ALPHA, RPC_TIMEOUT, Lookup, Seed
 from hubnet.dht.messages import Contact, Ping
-from hubnet.dht.node import DhtNode
+from hubnet.dht.node import VERIFY_DELAY, DhtNode
 from hubnet.dht.records import Address, NodeRecord, ProviderRecord
 from hubnet.dht.routing import K
 from hubnet.dht.transport import MemoryNetwork, UdpTransport
@@ -213,10 +213,21 @@ class Simulation:
     async def grow(
         self, count: int, progress: Callable[[int], None] | None = None, *, join: str = "bootstrap"
     ) -> None:
+        """Add `count` nodes one by one, then `settle`."""
         for _ in range(count):
             await self.add_node(join=join)
             if progress is not None:
                 progress(len(self.nodes))
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Let the nodes prove the addresses of newcomers that asked them something only once.
+
+        A node pings such a newcomer back `VERIFY_DELAY` seconds later (dht.node) before it
+        enters the routing table; joins take no virtual time, so without this wait the
+        lookups right after them would find tables short of the latest newcomers.
+        """
+        await trio.sleep(VERIFY_DELAY + 2 * RPC_TIMEOUT)
 
     def unplug(self, fraction: float, *, keep: Iterable[SimNode] = ()) -> list[SimNode]:
         """Unplug random live nodes, never those in `keep`, until `fraction` of all are; return them."""

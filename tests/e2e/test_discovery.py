@@ -9,6 +9,7 @@ reaches the dearer provider once the cheaper one is stopped.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import pytest
 
 from hubnet.dht.addresses import parse_address
 from hubnet.dht.ids import service_key
-from hubnet.dht.messages import AddProvider, decode, encode
+from hubnet.dht.messages import AddProvider, Ping, decode, encode
 from hubnet.dht.records import ProviderRecord
 from hubnet.identity.keys import Identity
 from hubnet.identity.records import SignedRecord
@@ -122,12 +123,14 @@ def test_call_reaches_the_cheaper_provider(network: Network) -> None:
 
 
 def _send_provider(record: bytes, server: Server, sender: Identity) -> bool:
-    """AddProvider straight to one node's UDP port; whether it said it stored the record."""
+    """AddProvider straight to one node's UDP port, with the token a ping got (padded, so that
+    the node's reply may be larger than the ping); whether it said it stored the record."""
+    address = ("127.0.0.1", server.port)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(2.0)
-        sock.sendto(
-            encode(sender, b"rogue!!!", AddProvider(record), serving=False), ("127.0.0.1", server.port)
-        )
+        sock.sendto(encode(sender, os.urandom(8), Ping(), serving=False, padding=16), address)
+        token = decode(sock.recv(8192)).token
+        sock.sendto(encode(sender, os.urandom(8), AddProvider(record), serving=False, token=token), address)
         reply = decode(sock.recv(8192))
     return bool(getattr(reply.message, "ok", False))
 

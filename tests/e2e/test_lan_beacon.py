@@ -60,6 +60,9 @@ async def main(host, port, expect, timeout, interval, deaf):
         with trio.move_on_after(timeout):
             while len(node.protocol.table) < expect and not stopped.is_set():
                 await trio.sleep(0.05)
+        # Keep answering a little longer: a peer that heard from us without a token proves
+        # our address by pinging us back, and needs our answer after we have all we need.
+        await trio.sleep(2.0)
         print(json.dumps({
             "key": node.identity.public_key.hex(),
             "address": list(node.transport.local_address),

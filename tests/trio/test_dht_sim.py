@@ -201,10 +201,11 @@ class ForgingStore(RecordStore):
         self.forgeries: list[bytes] = []
         self.served = 0
 
-    def providers(self, key: bytes, *, now: int) -> list[ProviderRecord]:
+    def provider_page(self, key: bytes, *, now: int, skip: int, count: int) -> tuple[list[bytes], int]:
         self.served += 1
-        fake = [ProviderRecord(key, b"", 0, 0, 0, b"", raw) for raw in self.forgeries]
-        return fake + super().providers(key, now=now)
+        raws, _ = super().provider_page(key, now=now, skip=0, count=self.limits.max_per_key)
+        every = self.forgeries + raws
+        return every[skip : skip + count], len(every)
 
 
 def forgeries(

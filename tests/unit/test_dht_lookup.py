@@ -39,7 +39,7 @@ from hubnet.dht.messages import (
     decode,
     encode,
 )
-from hubnet.dht.protocol import DhtProtocol, PingNeeded, ReplyReceived, Send
+from hubnet.dht.protocol import DhtProtocol, PingNeeded, ReplyReceived, Send, VerifyNeeded
 from hubnet.dht.records import NodeRecord, ProviderRecord
 from hubnet.dht.routing import RoutingTable
 from hubnet.dht.store import RecordStore, StoreLimits
@@ -466,11 +466,23 @@ def exchange(
     expected_key: bytes | None = None,
 ) -> tuple[bytes, bytes]:
     """`asker` sends `message`; `answerer` answers it. Returns (txid, reply datagram)."""
-    txid, data = asker.request(message, answerer_address, expected_key)  # type: ignore[arg-type]
+    txid, data = asker.request(message, answerer_address, expected_key, now=NOW)  # type: ignore[arg-type]
     events = answerer.receive(data, asker_address, now=NOW)
     sends = [e for e in events if isinstance(e, Send)]
     assert len(sends) == 1 and sends[0].address == asker_address
     return txid, sends[0].data
+
+
+def introduce(
+    asker: DhtProtocol,
+    asker_address: tuple[str, int],
+    answerer: DhtProtocol,
+    answerer_address: tuple[str, int] = S_ADDRESS,
+) -> None:
+    """`asker` pings `answerer` and reads the reply: it holds a token for `answerer_address`,
+    and a serving asker's next request proves its address (and puts it in the table)."""
+    _, reply = exchange(asker, asker_address, answerer, Ping(), answerer_address)
+    assert [type(e) for e in asker.receive(reply, answerer_address, now=NOW)] == [ReplyReceived]
 
 
 def in_table(protocol: DhtProtocol, other: DhtProtocol) -> bool:
@@ -479,14 +491,24 @@ def in_table(protocol: DhtProtocol, other: DhtProtocol) -> bool:
 
 def test_request_and_reply_update_both_tables() -> None:
     server, peer, _ = protocols()
-    txid, reply = exchange(peer, P_ADDRESS, server, Ping())
+    txid, data = peer.request(Ping(), S_ADDRESS, now=NOW)
+    events = server.receive(data, P_ADDRESS, now=NOW)
+    # A first request proves no address: answered, and the server asks to ping the peer back.
+    assert [type(e) for e in events] == [Send, VerifyNeeded]
+    assert events[1] == VerifyNeeded(Contact(peer.identity.public_key, *P_ADDRESS))
+    assert not in_table(server, peer)
+    reply = events[0]
+    assert isinstance(reply, Send)
+    events = peer.receive(reply.data, S_ADDRESS, now=NOW)
+    assert events == [ReplyReceived(txid, Contact(server.identity.public_key, *S_ADDRESS), Pong())]
+    assert in_table(peer, server)  # it answered where it was asked: proven
+    assert peer.receive(reply.data, S_ADDRESS, now=NOW) == []  # a duplicate: the txid is done
+    assert peer.dropped == 1
+    # The peer's next request carries the server's token, which proves its address.
+    _, data = peer.request(Ping(), S_ADDRESS, now=NOW)
+    assert [type(e) for e in server.receive(data, P_ADDRESS, now=NOW)] == [Send]
     assert in_table(server, peer)
     assert server.table.contacts()[0].address == P_ADDRESS
-    events = peer.receive(reply, S_ADDRESS, now=NOW)
-    assert events == [ReplyReceived(txid, Contact(server.identity.public_key, *S_ADDRESS), Pong())]
-    assert in_table(peer, server)
-    assert peer.receive(reply, S_ADDRESS, now=NOW) == []  # a duplicate: the txid is done
-    assert peer.dropped == 1
 
 
 def test_reply_from_the_wrong_address_dropped() -> None:
@@ -503,7 +525,7 @@ def test_reply_signed_by_the_wrong_key_dropped() -> None:
     server, peer, _ = protocols()
     impostor = DhtProtocol(Identity.from_seed(b"i" * 32), serving=True)
     # The peer expects the server's key at S_ADDRESS; an impostor answers from that address.
-    _, data = peer.request(Ping(), S_ADDRESS, server.identity.public_key)
+    _, data = peer.request(Ping(), S_ADDRESS, server.identity.public_key, now=NOW)
     sends = [e for e in impostor.receive(data, P_ADDRESS, now=NOW) if isinstance(e, Send)]
     assert peer.receive(sends[0].data, S_ADDRESS, now=NOW) == []
     assert peer.dropped == 1
@@ -514,7 +536,7 @@ def test_reply_signed_by_the_wrong_key_dropped() -> None:
 
 def test_reply_with_an_unknown_txid_dropped() -> None:
     server, peer, _ = protocols()
-    unsolicited = encode(server.identity, b"x" * 8, Pong(), serving=True)
+    unsolicited = encode(server.identity, b"x" * 8, Pong(), serving=True, sent_at=NOW)
     assert peer.receive(unsolicited, S_ADDRESS, now=NOW) == []
     assert peer.dropped == 1
     assert not in_table(peer, server)
@@ -540,18 +562,22 @@ def test_client_never_answers_and_is_never_added() -> None:
     events = client.receive(reply, S_ADDRESS, now=NOW)
     assert [type(e) for e in events] == [ReplyReceived]
     assert len(getattr(client, "table", ())) == 0  # a client keeps no table
+    # Nor when it has a token.
+    _, again = exchange(client, C_ADDRESS, server, FindNode(bytes(ID_LEN)))
+    assert decode(again).message == decode(reply).message and not in_table(server, client)
     # A request to the client is not answered.
-    _, request = peer.request(Ping(), C_ADDRESS)
+    _, request = peer.request(Ping(), C_ADDRESS, now=NOW)
     assert client.receive(request, P_ADDRESS, now=NOW) == []
     assert client.dropped == 1
     # Its own datagrams say it is not serving.
-    assert decode(client.request(Ping(), S_ADDRESS)[1]).serving is False
+    assert decode(client.request(Ping(), S_ADDRESS, now=NOW)[1]).serving is False
 
 
 def test_find_node_answer_leaves_the_requester_out() -> None:
     server = DhtProtocol(Identity.from_seed(b"s" * 32), serving=True, k=4)
     peers = [DhtProtocol(Identity.from_seed(bytes([i]) * 32), serving=True) for i in range(6)]
     for index, peer in enumerate(peers):
+        introduce(peer, ("10.0.1.1", 100 + index), server)
         exchange(peer, ("10.0.1.1", 100 + index), server, Ping())
     asker = peers[0]
     target = node_id(asker.identity.public_key)  # the asker is the closest to its own id
@@ -563,7 +589,11 @@ def test_find_node_answer_leaves_the_requester_out() -> None:
 
 
 def test_store_and_fetch_provider_records_in_pages() -> None:
-    server, peer, _ = protocols()
+    _, peer, _ = protocols()
+    # One sender stores them all: more than a host may hold under one key by default.
+    store = RecordStore(StoreLimits(max_per_key_per_host=64, max_per_key_per_network=64))
+    server = DhtProtocol(Identity.from_seed(b"s" * 32), serving=True, store=store)
+    introduce(peer, P_ADDRESS, server)
     publishers = [Identity.from_seed(bytes([i + 1]) * 32) for i in range(MAX_RECORDS_PER_REPLY + 3)]
     for publisher in publishers:
         _, reply = exchange(peer, P_ADDRESS, server, AddProvider(record(publisher).raw))
@@ -594,6 +624,7 @@ def test_store_and_fetch_provider_records_in_pages() -> None:
 )
 def test_invalid_provider_record_not_stored(raw: bytes, reason: str) -> None:
     server, peer, _ = protocols()
+    introduce(peer, P_ADDRESS, server)
     _, reply = exchange(peer, P_ADDRESS, server, AddProvider(raw))
     stored = decode(reply).message
     assert isinstance(stored, Stored) and not stored.ok and reason in stored.reason
@@ -602,6 +633,7 @@ def test_invalid_provider_record_not_stored(raw: bytes, reason: str) -> None:
 
 def test_older_sequence_not_stored() -> None:
     server, peer, _ = protocols()
+    introduce(peer, P_ADDRESS, server)
     exchange(peer, P_ADDRESS, server, AddProvider(record(ALICE, sequence=2).raw))
     _, reply = exchange(peer, P_ADDRESS, server, AddProvider(record(ALICE, sequence=1).raw))
     assert decode(reply).message == Stored(False, "sequence 1 is not newer than the stored 2")
@@ -612,6 +644,7 @@ def test_quota_refusal_is_reported() -> None:
     store = RecordStore(StoreLimits(max_per_key=1))
     server = DhtProtocol(Identity.from_seed(b"s" * 32), serving=True, store=store)
     _, peer, _ = protocols()
+    introduce(peer, P_ADDRESS, server)
     exchange(peer, P_ADDRESS, server, AddProvider(record(ALICE).raw))
     _, reply = exchange(peer, P_ADDRESS, server, AddProvider(record(BOB).raw))
     assert decode(reply).message == Stored(False, "key has too many providers")
@@ -619,6 +652,7 @@ def test_quota_refusal_is_reported() -> None:
 
 def test_put_and_get_node_record() -> None:
     server, peer, _ = protocols()
+    introduce(peer, P_ADDRESS, server)
     mine = NodeRecord.create(ALICE, (DirectAddress("192.0.2.1", 7070),), sequence=1, issued_at=NOW, ttl=600)
     _, reply = exchange(peer, P_ADDRESS, server, PutNode(mine.raw))
     assert decode(reply).message == Stored(True)
@@ -637,10 +671,12 @@ def test_full_bucket_asks_for_a_ping_of_its_head() -> None:
     server = DhtProtocol(own, serving=True, k=2)
     asked = [DhtProtocol(identity, serving=True) for identity in (first, second, newcomer)]
     addresses = [("10.0.2.1", 1), ("10.0.2.2", 2), ("10.0.2.3", 3)]
+    for protocol, address in zip(asked, addresses, strict=True):
+        introduce(protocol, address, server)
     for protocol, address in zip(asked[:2], addresses[:2], strict=True):
-        _, data = protocol.request(Ping(), S_ADDRESS)
+        _, data = protocol.request(Ping(), S_ADDRESS, now=NOW)
         assert [type(e) for e in server.receive(data, address, now=NOW)] == [Send]
-    _, data = asked[2].request(Ping(), S_ADDRESS)
+    _, data = asked[2].request(Ping(), S_ADDRESS, now=NOW)
     events = server.receive(data, addresses[2], now=NOW)
     assert [type(e) for e in events] == [Send, PingNeeded]  # still answered
     head = events[1]

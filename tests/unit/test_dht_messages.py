@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import msgpack
 import pytest
 from hypothesis import event, given, settings
@@ -14,6 +16,7 @@ from hubnet.dht.messages import (
     MAX_DATAGRAM,
     MAX_REASON_CHARS,
     MAX_RECORDS_PER_REPLY,
+    TOKEN_LEN,
     TXID_LEN,
     AddProvider,
     Contact,
@@ -32,6 +35,8 @@ from hubnet.dht.messages import (
     Stored,
     decode,
     encode,
+    encoded_size,
+    padding_for,
 )
 from hubnet.dht.records import MAX_PROVIDER_RECORD_LEN, ProviderRecord
 from hubnet.identity.keys import PUBLIC_KEY_LEN, Identity
@@ -42,6 +47,9 @@ FAST = settings(max_examples=200, deadline=None, derandomize=True)
 ALICE = Identity.from_seed(b"a" * 32)
 MALLORY = Identity.from_seed(b"m" * 32)
 TXID = b"t" * TXID_LEN
+SENT = 1_700_000_000
+TOKEN = b"k" * TOKEN_LEN
+TAIL = [SENT, b"", b""]  # sent_at, token, padding: the fields version 2 added
 
 # -- strategies ---------------------------------------------------------------------------
 
@@ -72,7 +80,7 @@ ALL_KINDS = {*REQUESTS, Pong, Nodes, Providers, Stored, NodeFound}
 
 def valid_datagram(message: Message | None = None) -> bytes:
     contact = Contact(MALLORY.public_key, "192.0.2.7", 7070)
-    return encode(ALICE, TXID, message or Nodes((contact,)), serving=True)
+    return encode(ALICE, TXID, message or Nodes((contact,)), serving=True, sent_at=SENT)
 
 
 def signed_body(body: object, identity: Identity = ALICE) -> bytes:
@@ -91,13 +99,42 @@ def decodes_or_refuses(data: bytes) -> Datagram | None:
 
 
 @FAST
-@given(messages, st.binary(min_size=TXID_LEN, max_size=TXID_LEN), st.booleans())
-def test_every_message_round_trips(message: Message, txid: bytes, serving: bool) -> None:
-    data = encode(ALICE, txid, message, serving=serving)
+@given(
+    messages,
+    st.binary(min_size=TXID_LEN, max_size=TXID_LEN),
+    st.booleans(),
+    st.integers(0, 2**63 - 1),
+    st.sampled_from([b"", TOKEN]),
+    st.integers(0, 1500),
+)
+def test_every_message_round_trips(
+    message: Message, txid: bytes, serving: bool, sent_at: int, token: bytes, padding: int
+) -> None:
+    data = encode(ALICE, txid, message, serving=serving, sent_at=sent_at, token=token, padding=padding)
     assert len(data) <= MAX_DATAGRAM
+    assert len(data) == encoded_size(message, serving=serving, sent_at=sent_at, token=token, padding=padding)
     datagram = decode(data)
-    assert datagram == Datagram(txid, message, ALICE.public_key, serving)
+    assert datagram == Datagram(txid, message, ALICE.public_key, serving, sent_at, token)
     assert datagram.is_request == isinstance(message, REQUESTS)
+
+
+@FAST
+@given(messages, st.integers(0, 4000), st.sampled_from([b"", TOKEN]))
+def test_padding_makes_a_datagram_just_as_large_as_asked(message: Message, size: int, token: bytes) -> None:
+    padding = padding_for(message, size, serving=True, sent_at=SENT, token=token)
+    data = encode(ALICE, TXID, message, serving=True, sent_at=SENT, token=token, padding=padding)
+    assert len(data) >= size
+    assert padding == 0 or len(data) <= size + 2  # a length header may grow by a byte or two
+
+
+def test_sent_at_defaults_to_the_system_clock() -> None:
+    before = int(time.time())
+    assert before <= decode(encode(ALICE, TXID, Ping(), serving=True)).sent_at <= int(time.time())
+
+
+def test_a_token_is_empty_or_full_length() -> None:
+    with pytest.raises(ValueError, match="token"):
+        encode(ALICE, TXID, Ping(), serving=True, token=b"short")
 
 
 def test_strategy_covers_every_kind() -> None:
@@ -137,7 +174,7 @@ def test_largest_reply_fits_in_a_datagram() -> None:
     host = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
     full = tuple(Contact(bytes([i]) * 32, host, 65535) for i in range(MAX_CONTACTS))
     reply = Providers((record.raw,) * MAX_RECORDS_PER_REPLY, 2**32 - 1, full)
-    assert decode(encode(ALICE, TXID, reply, serving=True)).message == reply
+    assert decode(encode(ALICE, TXID, reply, serving=True, token=TOKEN)).message == reply
 
 
 def test_encoding_an_oversized_datagram_is_a_local_error() -> None:
@@ -151,7 +188,7 @@ def test_encoding_an_oversized_datagram_is_a_local_error() -> None:
 def test_oversized_datagram_refused() -> None:
     with pytest.raises(InvalidMessage, match="too large"):
         decode(valid_datagram() + b"\x00" * (MAX_DATAGRAM + 1))
-    big = signed_body([TXID, 7, [b"x" * MAX_DATAGRAM], True])
+    big = signed_body([TXID, 7, [b"x" * MAX_DATAGRAM], True, *TAIL])
     assert len(big) > MAX_DATAGRAM
     with pytest.raises(InvalidMessage):
         decode(big)
@@ -169,9 +206,10 @@ def test_resigned_by_another_key_refused() -> None:
 
 
 def test_other_domains_refused() -> None:
-    body = bytes(msgpack.packb([TXID, 1, [], True]))
+    body = bytes(msgpack.packb([TXID, 1, [], True, *TAIL]))
+    assert DATAGRAM_DOMAIN == "hubnet/dht/2"
     assert decode(SignedRecord.sign(ALICE, DATAGRAM_DOMAIN, body).encode()).message == Ping()
-    for domain in ("hubnet/provider/1", "hubnet/node/1", "hubnet/dht/2"):
+    for domain in ("hubnet/provider/1", "hubnet/node/1", "hubnet/dht/1", "hubnet/dht/3"):
         with pytest.raises(InvalidMessage, match="domain"):
             decode(SignedRecord.sign(ALICE, domain, body).encode())
 
@@ -182,47 +220,58 @@ CONTACT = Contact(MALLORY.public_key, "192.0.2.7", 7070).to_wire()
 @pytest.mark.parametrize(
     "body",
     [
-        [TXID, 1, []],  # three fields
-        [TXID, 1, [], True, 0],  # five
+        [TXID, 1, [], True, SENT, b""],  # six fields
+        [TXID, 1, [], True, *TAIL, b""],  # eight
+        [TXID, 1, [], True],  # version 1's four
         {"txid": TXID},
-        [TXID[:7], 1, [], True],
-        [TXID + b"x", 1, [], True],
-        [TXID.decode(), 1, [], True],
-        [TXID, 1, [], 1],  # serving not a bool
-        [TXID, 1, {}, True],
-        [TXID, 0, [], True],
-        [TXID, 12, [], True],
-        [TXID, "1", [], True],
-        [TXID, None, [], True],
-        [TXID, 1, [b"extra"], True],
-        [TXID, 3, [], True],
-        [TXID, 3, [b"x" * 19], True],
-        [TXID, 3, ["x" * 20], True],
-        [TXID, 4, [[CONTACT] * (MAX_CONTACTS + 1)], True],
-        [TXID, 4, [[CONTACT[:2]]], True],
-        [TXID, 4, [[[b"k" * 31, "192.0.2.7", 7070]]], True],
-        [TXID, 4, [[[b"k" * 32, "bad host", 7070]]], True],
-        [TXID, 4, [[[b"k" * 32, "192.0.2.7", 0]]], True],
-        [TXID, 4, [[[b"k" * 32, "192.0.2.7", 70000]]], True],
-        [TXID, 4, [[[b"k" * 32, b"192.0.2.7", 7070]]], True],
-        [TXID, 4, [CONTACT], True],
-        [TXID, 5, [b"k" * 20, -1], True],
-        [TXID, 5, [b"k" * 20, 2**32], True],
-        [TXID, 5, [b"k" * 20, False], True],
-        [TXID, 5, [b"k" * 20], True],
-        [TXID, 6, [[b"r"] * (MAX_RECORDS_PER_REPLY + 1), 7, []], True],
-        [TXID, 6, [["r"], 1, []], True],
-        [TXID, 6, [b"r", 1, []], True],
-        [TXID, 6, [[], -1, []], True],
-        [TXID, 7, ["record"], True],
-        [TXID, 7, [None], True],
-        [TXID, 8, [1, ""], True],
-        [TXID, 8, [True, b"reason"], True],
-        [TXID, 8, [False, "r" * (MAX_REASON_CHARS + 1)], True],
-        [TXID, 9, [123], True],
-        [TXID, 10, [b"k" * 20], True],
-        [TXID, 11, ["record", []], True],
-        [TXID, 11, [None, None], True],
+        [TXID[:7], 1, [], True, *TAIL],
+        [TXID + b"x", 1, [], True, *TAIL],
+        [TXID.decode(), 1, [], True, *TAIL],
+        [TXID, 1, [], 1, *TAIL],  # serving not a bool
+        [TXID, 1, {}, True, *TAIL],
+        [TXID, 0, [], True, *TAIL],
+        [TXID, 12, [], True, *TAIL],
+        [TXID, "1", [], True, *TAIL],
+        [TXID, None, [], True, *TAIL],
+        [TXID, 1, [b"extra"], True, *TAIL],
+        [TXID, 3, [], True, *TAIL],
+        [TXID, 3, [b"x" * 19], True, *TAIL],
+        [TXID, 3, ["x" * 20], True, *TAIL],
+        [TXID, 4, [[CONTACT] * (MAX_CONTACTS + 1)], True, *TAIL],
+        [TXID, 4, [[CONTACT[:2]]], True, *TAIL],
+        [TXID, 4, [[[b"k" * 31, "192.0.2.7", 7070]]], True, *TAIL],
+        [TXID, 4, [[[b"k" * 32, "bad host", 7070]]], True, *TAIL],
+        [TXID, 4, [[[b"k" * 32, "192.0.2.7", 0]]], True, *TAIL],
+        [TXID, 4, [[[b"k" * 32, "192.0.2.7", 70000]]], True, *TAIL],
+        [TXID, 4, [[[b"k" * 32, b"192.0.2.7", 7070]]], True, *TAIL],
+        [TXID, 4, [CONTACT], True, *TAIL],
+        [TXID, 5, [b"k" * 20, -1], True, *TAIL],
+        [TXID, 5, [b"k" * 20, 2**32], True, *TAIL],
+        [TXID, 5, [b"k" * 20, False], True, *TAIL],
+        [TXID, 5, [b"k" * 20], True, *TAIL],
+        [TXID, 6, [[b"r"] * (MAX_RECORDS_PER_REPLY + 1), 7, []], True, *TAIL],
+        [TXID, 6, [["r"], 1, []], True, *TAIL],
+        [TXID, 6, [b"r", 1, []], True, *TAIL],
+        [TXID, 6, [[], -1, []], True, *TAIL],
+        [TXID, 7, ["record"], True, *TAIL],
+        [TXID, 7, [None], True, *TAIL],
+        [TXID, 8, [1, ""], True, *TAIL],
+        [TXID, 8, [True, b"reason"], True, *TAIL],
+        [TXID, 8, [False, "r" * (MAX_REASON_CHARS + 1)], True, *TAIL],
+        [TXID, 9, [123], True, *TAIL],
+        [TXID, 10, [b"k" * 20], True, *TAIL],
+        [TXID, 11, ["record", []], True, *TAIL],
+        [TXID, 11, [None, None], True, *TAIL],
+        [TXID, 1, [], True, -1, b"", b""],
+        [TXID, 1, [], True, 2**63, b"", b""],
+        [TXID, 1, [], True, True, b"", b""],
+        [TXID, 1, [], True, "1700000000", b"", b""],
+        [TXID, 1, [], True, SENT, b"k" * 7, b""],
+        [TXID, 1, [], True, SENT, b"k" * 9, b""],
+        [TXID, 1, [], True, SENT, "k" * 8, b""],
+        [TXID, 1, [], True, SENT, None, b""],
+        [TXID, 1, [], True, SENT, b"", ""],
+        [TXID, 1, [], True, SENT, b"", None],
     ],
 )
 def test_malformed_bodies_refused(body: object) -> None:
@@ -307,8 +356,10 @@ field_values = (
 
 
 def wire_body(message: Message, serving: bool = True) -> list[object]:
-    """The msgpack body `[txid, kind, fields, serving]` that `encode` signs, as Python values."""
-    body = msgpack.unpackb(msgpack.unpackb(encode(ALICE, TXID, message, serving=serving))[1])
+    """The msgpack body `[txid, kind, fields, serving, sent_at, token, padding]` that `encode`
+    signs, as Python values."""
+    data = encode(ALICE, TXID, message, serving=serving, sent_at=SENT, token=TOKEN, padding=3)
+    body = msgpack.unpackb(msgpack.unpackb(data)[1])
     assert isinstance(body, list)
     return body
 
@@ -353,5 +404,14 @@ def test_any_correctly_signed_body_decodes_or_raises_invalid_message(
         assert datagram.sender == ALICE.public_key
         assert type(datagram.message) in ALL_KINDS
         # What decodes re-encodes to a datagram that decodes the same.
-        again = decode(encode(ALICE, datagram.txid, datagram.message, serving=datagram.serving))
+        again = decode(
+            encode(
+                ALICE,
+                datagram.txid,
+                datagram.message,
+                serving=datagram.serving,
+                sent_at=datagram.sent_at,
+                token=datagram.token,
+            )
+        )
         assert again == datagram

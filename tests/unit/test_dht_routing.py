@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 from hypothesis import given, settings
@@ -15,8 +16,10 @@ FAST = settings(max_examples=100, deadline=None, derandomize=True)
 
 
 def contact_with_id(long_id: int, port: int = 7070) -> Contact:
-    """A Contact whose id is forced to `long_id` (ids normally derive from the key)."""
-    contact = Contact(long_id.to_bytes(32, "big"), "192.0.2.1", port)
+    """A Contact whose id is forced to `long_id` (ids normally derive from the key), at a
+    private address of its own (a table holds one contact per address)."""
+    h = int.from_bytes(hashlib.blake2b(long_id.to_bytes(ID_LEN, "big")).digest()[:3], "big")
+    contact = Contact(long_id.to_bytes(32, "big"), f"10.{h >> 16}.{h >> 8 & 255}.{h & 255}", port)
     contact.id = long_id.to_bytes(ID_LEN, "big")
     contact.long_id = long_id
     return contact
