@@ -28,7 +28,7 @@ import statistics
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 import trio.testing
@@ -38,6 +38,9 @@ from hubnet.dht.ids import ID_LEN, distance, node_id, service_key
 from hubnet.dht.lookup import ALPHA, RPC_TIMEOUT, Lookup, Seed
 from hubnet.dht.messages import Contact, Ping
 from hubnet.dht.node import VERIFY_DELAY, DhtNode
+
+if TYPE_CHECKING:
+    from hubnet.dht.protocol import DhtProtocol
 from hubnet.dht.records import Address, NodeRecord, ProviderRecord
 from hubnet.dht.routing import K
 from hubnet.dht.transport import MemoryNetwork, UdpTransport
@@ -321,6 +324,69 @@ class Simulation:
             issued_at=self.now(),
             ttl=ttl,
         )
+
+
+def reflection_server(*, now: int, contacts: int = 400, providers: int = 64) -> DhtProtocol:
+    """A node as a reflector would want one: a full routing table (`contacts` at public
+    addresses, one per /24), `providers` records of about 1 KiB under
+    service_key(bytes(16)) and the node record of Identity.from_seed(b"n" * 32), all valid
+    at `now` (unix seconds). For measuring what a request from an unproven address gets."""
+    from hubnet.dht.protocol import DhtProtocol
+
+    server = DhtProtocol(Identity.from_seed(b"r" * 32), serving=True)
+    for index in range(contacts):
+        identity = Identity.from_seed((70_000 + index).to_bytes(32, "big"))
+        server.table.add_contact(
+            Contact(identity.public_key, f"198.{18 + index // 256}.{index % 256}.1", PORT)
+        )
+    key = service_key(bytes(16))
+    for index in range(providers):
+        publisher = Identity.from_seed((80_000 + index).to_bytes(32, "big"))
+        record = ProviderRecord.create(publisher, key, b"o" * 860, sequence=1, issued_at=now, ttl=600)
+        server.store.add_provider(record)  # as its own: no source quota
+    listed = Identity.from_seed(b"n" * 32)
+    server.store.put_node(
+        NodeRecord.create(listed, (DirectAddress("192.0.2.9", PORT),), sequence=1, issued_at=now, ttl=600)
+    )
+    return server
+
+
+def reflection_ratios(*, now: int, padding: int = 0) -> dict[str, tuple[int, int]]:
+    """(request bytes, reply bytes) for each request kind sent to `reflection_server` from an
+    address that holds no token (a spoofed victim's), with `padding` bytes of padding."""
+    from hubnet.dht.messages import (
+        AddProvider,
+        FindNode,
+        GetNode,
+        GetProviders,
+        PutNode,
+        Request,
+        encode,
+    )
+
+    server = reflection_server(now=now)
+    sender = Identity.from_seed(b"x" * 32)
+    victim = ("198.51.100.7", 53)
+    requests: dict[str, Request] = {
+        "Ping": Ping(),
+        "FindNode": FindNode(bytes(ID_LEN)),
+        "GetProviders": GetProviders(service_key(bytes(16))),
+        "GetNode": GetNode(Identity.from_seed(b"n" * 32).public_key),
+        "AddProvider": AddProvider(
+            ProviderRecord.create(
+                sender, service_key(bytes(16)), b"x" * 300, sequence=1, issued_at=now, ttl=600
+            ).raw
+        ),
+        "PutNode": PutNode(
+            NodeRecord.create(sender, (DirectAddress(*victim),), sequence=1, issued_at=now, ttl=600).raw
+        ),
+    }
+    sizes = {}
+    for kind, message in requests.items():
+        data = encode(sender, random.randbytes(8), message, serving=False, sent_at=now, padding=padding)
+        replies = [e.data for e in server.receive(data, victim, now=now) if hasattr(e, "data")]
+        sizes[kind] = (len(data), sum(len(r) for r in replies))
+    return sizes
 
 
 async def gather(calls: Sequence[Callable[[], Awaitable[object]]], *, concurrency: int) -> None:

@@ -385,6 +385,33 @@ def test_paging_stops_at_max_pages_and_at_an_empty_page() -> None:
     assert lookup.failures == 0
 
 
+def test_an_empty_first_page_is_asked_again_once() -> None:
+    """A node that had no token from us cut its first reply to our request's size: records
+    left out, the total true. We ask again (token in hand) from the start; an empty second
+    page ends it, as any empty page after the first does."""
+    records = provider_records(8)
+    cutter, liar = contact(1), contact(2)
+    lookup = provider_lookup([cutter, liar])
+    sent = []
+    while not lookup.finished:
+        for query in lookup.next_queries():
+            sent.append(query)
+            assert isinstance(query.request, GetProviders)
+            if query.contact == liar:
+                lookup.replied(query, Providers((), 40, ()))  # claims 40, never shows one
+            elif query.request.skip == 0 and sent.count(query) == 1:
+                lookup.replied(query, Providers((), len(records), ()))  # the cut first reply
+            else:
+                lookup.replied(query, page(records, query))
+    assert [q.request for q in sent if q.contact == liar] == [GetProviders(KEY), GetProviders(KEY)]
+    assert [q.request for q in sent if q.contact == cutter] == [
+        GetProviders(KEY),
+        GetProviders(KEY),
+        GetProviders(KEY, 6),
+    ]
+    assert publishers(lookup.results.records()) == publishers(records)
+
+
 def test_a_lost_page_ends_that_nodes_pages_but_not_its_answer() -> None:
     records = provider_records(20)
     seed = contact(1)

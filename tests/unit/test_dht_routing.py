@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from hubnet.dht.ids import ID_BITS, ID_LEN, distance
 from hubnet.dht.messages import Contact
-from hubnet.dht.routing import K, RoutingTable
+from hubnet.dht.routing import MAX_PER_NETWORK, MAX_PER_NETWORK_PER_BUCKET, K, RoutingTable
+from hubnet.dht.sources import classify
 
 FAST = settings(max_examples=100, deadline=None, derandomize=True)
 
@@ -172,3 +173,101 @@ def test_stale_buckets_name_a_target_inside_each_stale_bucket_once() -> None:
     table.mark_refreshed(targets[0], now=2000.0)  # a lookup ran in the first bucket
     assert table.stale_buckets(now=2500.0, interval=600.0) == targets[1:]
     assert table.stale_buckets(now=2600.0, interval=600.0) == []  # each is named once per interval
+
+
+# -- one host, one network: quotas (dht.sources) --------------------------------------------
+
+
+def at(long_id: int, host: str, port: int = 7070) -> Contact:
+    contact = contact_with_id(long_id, port)
+    contact.ip = host
+    return contact
+
+
+def test_a_second_key_at_an_address_asks_for_the_first_to_be_pinged() -> None:
+    table = RoutingTable(OWN, k=4)
+    first, second = at(prefixed("1", 1).long_id, "203.0.113.5"), at(prefixed("1", 2).long_id, "203.0.113.5")
+    assert table.add_contact(first) is None
+    assert table.add_contact(second) is first  # not added: ping the one there
+    assert table.contacts() == [first]
+    assert not table.wants(second)
+    table.evict(first)  # it did not answer
+    assert table.add_contact(second) is None
+    assert table.contacts() == [second]
+
+
+def test_evict_drops_only_the_very_contact() -> None:
+    table = RoutingTable(OWN, k=4)
+    known = at(prefixed("1", 1).long_id, "203.0.113.5")
+    table.add_contact(known)
+    table.evict(at(known.long_id, "203.0.113.6"))  # its id, named at another address: failed there
+    assert table.contacts() == [known]
+    table.evict(known)
+    assert table.contacts() == []
+
+
+def test_a_public_network_holds_two_places_a_bucket_and_ten_a_table() -> None:
+    rng = random.Random(5)
+    table = RoutingTable(contact_with_id(rng.getrandbits(ID_BITS)), k=K)
+    for _ in range(400):  # many buckets, of private contacts (each a network of its own)
+        table.add_contact(contact_with_id(rng.getrandbits(ID_BITS)))
+    hostile = [at(rng.getrandbits(ID_BITS), f"203.0.113.{i + 1}") for i in range(200)]
+    for contact in hostile:
+        if table.wants(contact):
+            assert table.add_contact(contact) is None
+        else:
+            table.add_contact(contact)
+    held = [c for c in table.contacts() if c.ip.startswith("203.0.113.")]
+    assert 2 < len(held) <= MAX_PER_NETWORK
+    for bucket in table.buckets:
+        assert sum(c.ip.startswith("203.0.113.") for c in bucket.get_nodes()) <= MAX_PER_NETWORK_PER_BUCKET
+    # IPv6: a /48 is the network.
+    v6 = [at(rng.getrandbits(ID_BITS), f"2001:db8:1:{i:x}::1") for i in range(60)]
+    for contact in v6:
+        table.add_contact(contact)
+    assert 2 < sum(c.ip.startswith("2001:db8:1:") for c in table.contacts()) <= MAX_PER_NETWORK
+
+
+@FAST
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["add", "add", "add", "evict"]),
+            st.integers(0, 2**ID_BITS - 1),
+            st.sampled_from(["203.0.113.1", "203.0.113.2", "198.51.100.1", "10.0.0.1", "127.0.0.1"]),
+            st.integers(1, 4),
+        ),
+        max_size=150,
+    ),
+    st.integers(1, 6),
+)
+def test_quotas_and_the_address_index_hold_whatever_happens(
+    operations: list[tuple[str, int, str, int]], k: int
+) -> None:
+    table = RoutingTable(OWN, k=k)
+    added: list[Contact] = []
+    for action, long_id, host, port in operations:
+        contact = at(long_id, host, port)
+        if action == "add":
+            wanted = table.wants(contact)
+            result = table.add_contact(contact)
+            if wanted:
+                assert result is None and contact in table.contacts()
+            added.append(contact)
+        elif added:
+            table.evict(added[long_id % len(added)])
+        contacts = table.contacts()
+        assert len({c.address for c in contacts}) == len(contacts)  # one per address
+        assert table._at == {c.address: c for c in contacts}
+        networks: dict[str, int] = {}
+        for contact in contacts:
+            network = classify(contact.address).network
+            networks[network] = networks.get(network, 0) + 1
+        assert table._per_network == networks
+        for bucket in table.buckets:
+            per_bucket: dict[str, int] = {}
+            for contact in bucket.get_nodes():
+                source = classify(contact.address)
+                per_bucket[source.network] = per_bucket.get(source.network, 0) + 1
+                assert source.local or per_bucket[source.network] <= MAX_PER_NETWORK_PER_BUCKET
+        assert all(count <= MAX_PER_NETWORK for network, count in networks.items())

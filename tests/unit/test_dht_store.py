@@ -6,6 +6,7 @@ import pytest
 
 from hubnet.dht.addresses import DirectAddress
 from hubnet.dht.records import NodeRecord, ProviderRecord
+from hubnet.dht.sources import classify
 from hubnet.dht.store import RecordRefused, RecordStore, StoreLimits
 from hubnet.identity.keys import Identity
 
@@ -171,3 +172,158 @@ def test_expiry() -> None:
     store.put_node(node_record(BOB, sequence=1))  # its old sequence is forgotten with it
     assert store.expire(now=NOW + 10_000) == 3
     assert len(store) == 0
+
+
+# -- quotas by source (dht.sources: public IPv4 host and /24; loopback and private ip:port) ----
+
+PUBLIC = ("203.0.113.5", 7070)
+
+
+def many(count: int, *, key_index: int = 1, start: int = 100, ttl: int = 600) -> list[ProviderRecord]:
+    """Records of `count` new publishers; the i-th lives `ttl` + i seconds."""
+    return [
+        provider(Identity.from_seed((start + i).to_bytes(32, "big")), key_index, ttl=ttl + i)
+        for i in range(count)
+    ]
+
+
+def test_one_host_holds_few_records_under_a_key() -> None:
+    store = RecordStore()
+    limit = store.limits.max_per_key_per_host
+    for record in many(limit):
+        store.add_provider(record, source=PUBLIC)
+    with pytest.raises(RecordRefused, match="your address has too many providers under this key"):
+        store.add_provider(many(1, start=500)[0], source=("203.0.113.5", 9999))  # any port of the host
+    store.add_provider(many(1, start=500)[0], source=("203.0.113.6", 7070))  # another host of its /24
+    store.add_provider(many(1, start=501, key_index=2)[0], source=PUBLIC)  # another key
+    # A publisher that moves its record to another source takes its count along.
+    store.add_provider(
+        provider(Identity.from_seed((100).to_bytes(32, "big")), sequence=2), source=("192.0.2.1", 1)
+    )
+    store.add_provider(many(1, start=502)[0], source=PUBLIC)
+    assert store.held_from(PUBLIC) == (limit + 1, limit + 2)
+
+
+def test_one_network_holds_few_records_under_a_key() -> None:
+    store = RecordStore(StoreLimits(max_per_key_per_host=2, max_per_key_per_network=5))
+    for index, record in enumerate(many(5)):
+        store.add_provider(record, source=(f"203.0.113.{index // 2 + 1}", 7070))
+    with pytest.raises(RecordRefused, match="your network has too many providers under this key"):
+        store.add_provider(many(1, start=500)[0], source=("203.0.113.99", 7070))
+    store.add_provider(many(1, start=500)[0], source=("203.0.114.1", 7070))
+
+
+def test_loopback_and_private_sources_count_per_socket() -> None:
+    store = RecordStore(StoreLimits(max_per_key_per_host=2))
+    records = iter(many(20))
+    for port in range(10):  # a dozen nodes on one machine, or one LAN, all fit
+        store.add_provider(next(records), source=("127.0.0.1", 7000 + port))
+        store.add_provider(next(records), source=(f"192.168.1.{port + 1}", 7070))
+    assert len(store) == 20
+    store.add_provider(many(1, start=900)[0], source=("127.0.0.1", 7000))
+    with pytest.raises(RecordRefused, match="your address"):
+        store.add_provider(many(1, start=901)[0], source=("127.0.0.1", 7000))
+
+
+def test_a_full_key_gives_way_to_a_network_holding_fewer_of_its_records() -> None:
+    store = RecordStore(StoreLimits(max_per_key=6, max_per_key_per_host=6, max_per_key_per_network=6))
+    fakes = many(6)
+    for record in fakes[:4]:  # fakes[0] expires first
+        store.add_provider(record, source=("203.0.113.1", 7070))
+    for record in fakes[4:]:
+        store.add_provider(record, source=("198.51.100.1", 7070))
+    honest = many(3, start=700)
+    # The first newcomer from elsewhere takes the place of the record expiring first in the
+    # network holding most (4 >= 0 + 2).
+    store.add_provider(honest[0], source=("192.0.2.1", 7070))
+    kept = {r.publisher for r in store.providers(key(1), now=NOW)}
+    assert fakes[0].publisher not in kept and honest[0].publisher in kept and len(kept) == 6
+    # 3 and 2 and 1: the next from a fourth network still gets in (3 >= 0 + 2)...
+    store.add_provider(honest[1], source=("192.0.2.200", 7070))
+    # ...then 2, 2, 1, 1: a third from 192.0.2.0/24 (holding 2) does not (2 < 2 + 2).
+    with pytest.raises(RecordRefused, match="key has too many providers"):
+        store.add_provider(honest[2], source=("192.0.2.2", 7070))
+    assert len(store) == 6 and store.held_from(("203.0.113.1", 1)) == (2, 2)
+
+
+def test_own_records_are_never_evicted_and_take_room_as_a_network() -> None:
+    store = RecordStore(StoreLimits(max_per_key=3, max_per_key_per_host=3, max_per_key_per_network=3))
+    own, *fakes = many(4)
+    store.add_provider(own)
+    for record in fakes[:2]:
+        store.add_provider(record, source=PUBLIC)
+    mine = many(1, start=800)[0]
+    with pytest.raises(RecordRefused, match="key has too many providers"):
+        store.add_provider(mine)  # 2 < 1 + 2: the fakes' network does not give way
+    store = RecordStore(StoreLimits(max_per_key=3, max_per_key_per_host=3, max_per_key_per_network=3))
+    for record in fakes:
+        store.add_provider(record, source=PUBLIC)
+    store.add_provider(mine)  # 3 >= 0 + 2
+    assert mine in store.providers(key(1), now=NOW)
+
+
+def test_one_host_and_one_network_hold_few_records_in_all() -> None:
+    store = RecordStore(StoreLimits(max_per_host=3, max_per_network=5))
+    for index in range(3):
+        store.add_provider(many(1, key_index=index, start=100 + index)[0], source=PUBLIC)
+    with pytest.raises(RecordRefused, match="your address has too many records here"):
+        store.put_node(node_record(BOB), source=PUBLIC)
+    store.put_node(node_record(BOB), source=("203.0.113.6", 1))
+    store.add_provider(many(1, key_index=9, start=200)[0], source=("203.0.113.7", 1))
+    with pytest.raises(RecordRefused, match="your network has too many records here"):
+        store.add_provider(many(1, key_index=9, start=201)[0], source=("203.0.113.8", 1))
+    assert store.expire(now=NOW + 601) == 5
+    assert store.held_from(PUBLIC) == (0, 0) and len(store) == 0
+    store.add_provider(many(1, key_index=9, start=201)[0], source=("203.0.113.8", 1))
+
+
+def test_counts_stay_true_whatever_comes_and_goes() -> None:
+    """len() and the per-source counts are kept as records come and go (never recounted),
+    and always equal a recount."""
+    import random
+
+    rng = random.Random(3)
+    store = RecordStore(
+        StoreLimits(max_per_key=5, max_per_key_per_host=3, max_per_key_per_network=4, max_records=40)
+    )
+    publishers = [Identity.from_seed((300 + i).to_bytes(32, "big")) for i in range(12)]
+    sources = [("203.0.113.1", 1), ("203.0.113.2", 1), ("198.51.100.1", 1), ("127.0.0.1", 5), None]
+    sequence = 1
+    for step in range(400):
+        sequence += 1
+        publisher = rng.choice(publishers)
+        source = rng.choice(sources)
+        try:
+            if rng.random() < 0.2:
+                store.put_node(
+                    node_record(publisher, sequence=sequence, ttl=rng.choice([60, 600])), source=source
+                )
+            else:
+                record = provider(publisher, rng.randrange(4), sequence=sequence, ttl=rng.choice([60, 600]))
+                store.add_provider(record, source=source)
+        except RecordRefused:
+            pass
+        if step % 50 == 49:
+            store.expire(now=NOW + rng.choice([0, 61, 601]))
+        held = [h for by in store._providers.values() for h in by.values()]
+        assert len(store) == len(held) + len(store._nodes)
+        for address in sources[:-1]:
+            source_keys = classify(address)
+            hosts = sum(1 for h in held if h.source and h.source.host == source_keys.host)
+            hosts += sum(1 for _, s in store._nodes.values() if s and s.host == source_keys.host)
+            networks = sum(1 for h in held if h.source and h.source.network == source_keys.network)
+            networks += sum(1 for _, s in store._nodes.values() if s and s.network == source_keys.network)
+            assert store.held_from(address) == (hosts, networks)
+        for by in store._providers.values():
+            assert len(by) <= 5
+
+
+def test_a_page_of_raw_records_in_read_order() -> None:
+    store = RecordStore()
+    records = [provider(p, issued_at=NOW - i) for i, p in enumerate(PUBLISHERS)]
+    for record in records:
+        store.add_provider(record)
+    raws, total = store.provider_page(key(1), now=NOW, skip=2, count=3)
+    assert total == len(PUBLISHERS)
+    assert raws == [r.raw for r in store.providers(key(1), now=NOW)][2:5]
+    assert store.providers(key(1), now=NOW) == records  # parsed again, equal to what came in
