@@ -22,6 +22,7 @@ from hubnet.dht.node import DhtNode
 from hubnet.dht.transport import DatagramTransport
 from hubnet.identity.keys import Identity
 from hubnet.node.naming import Target
+from hubnet.node.offer_check import accept_record
 from hubnet.node.offers import Load
 from hubnet.node.protocol import PeerInfo
 from hubnet.node.publisher import OfferPublisher
@@ -86,7 +87,8 @@ class Discovery:
     async def run(self, transport: DatagramTransport, *, task_status: trio.TaskStatus[DhtNode]) -> None:
         """Join and publish over `transport` (bound to the job port's number) until cancelled;
         `start` returns the DHT node. Whoever bound the transport closes it."""
-        dht = DhtNode(self.identity, transport)
+        # Offers stored here may name only their publisher's address (node/offer_check.py).
+        dht = DhtNode(self.identity, transport, accept_record=accept_record)
         self.dht = dht
         port = transport.local_address[1]
         addresses = advertised_addresses(self.config, port)

@@ -12,6 +12,7 @@ five times.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from contextlib import asynccontextmanager
 import trio
 import trio.testing
 
+from hubnet.dht.addresses import DirectAddress
 from hubnet.dht.ids import ID_LEN, K, distance, service_key
 from hubnet.dht.lookup import Seed
 from hubnet.dht.messages import AddProvider, FindNode, GetProviders, Ping, Pong, Stored, decode, encode
@@ -223,3 +225,48 @@ async def test_a_node_far_from_a_key_refuses_to_store_under_it(
         assert stored == Stored(False, "not among the closest nodes to this key")
         assert await publisher.publish_provider(record) >= K  # where it belongs, it is kept
         assert not far.protocol.store.providers(SERVICE, now=sim.now())
+
+
+async def test_with_the_nodes_offer_check_fake_offers_cannot_aim_at_a_third_party(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Every node runs node.offer_check (as `hubnode serve` does): offers from the attacker's
+    public address that name a victim are refused everywhere; naming itself, they are stored."""
+    from hubnet.node.offer_check import accept_record
+    from hubnet.node.offers import offer_from_record
+
+    seed_scheduler(17)
+    async with simulation(40, seed=17) as sim:
+        for node in sim.nodes:
+            node.protocol.accept_record = accept_record
+        sid = bytes(range(16))
+        key = service_key(sid)
+        honest = sim.nodes[5]
+        assert await honest.publish_provider(sim.offer_record(honest, sid)) >= K
+        async with attacker_at(sim, ATTACKER, join=False) as attacker:
+            holders = sim.closest_live(key)
+            victim = DirectAddress("198.51.100.7", 443)
+            aimed, own = [], []
+            for index in range(4):
+                publisher = throw_away(index)
+                for address, into in ((victim, aimed), (DirectAddress(*ATTACKER), own)):
+                    offer = dataclasses.replace(
+                        offer_from_record(sim.offer_record(honest, sid)),
+                        publisher=publisher.public_key,
+                        addresses=(address,),
+                    )
+                    into.append(
+                        ProviderRecord.create(
+                            publisher,
+                            key,
+                            offer.payload(),
+                            sequence=len(into) + 1,
+                            issued_at=sim.now(),
+                            ttl=600,
+                        )
+                    )
+            assert await store_at(attacker, holders, aimed) == 0
+            assert await store_at(attacker, holders, own) == len(holders) * len(own)
+        found = await sim.nodes[-1].find_providers(key)
+        named = {a for r in found for a in offer_from_record(r).addresses}
+        assert victim not in named and DirectAddress(*ATTACKER) in named

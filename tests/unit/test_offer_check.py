@@ -1,0 +1,97 @@
+"""node.offer_check: the serving node's DHT stores offers that name only their publisher."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from hubnet.dht.addresses import DirectAddress, RelayAddress, parse_address
+from hubnet.dht.ids import service_key
+from hubnet.dht.records import NodeRecord, ProviderRecord
+from hubnet.dht.store import RecordRefused
+from hubnet.identity.keys import Identity
+from hubnet.node.offer_check import accept_record, address_allowed
+from hubnet.node.offers import Load, Offer, Price
+
+NOW = 1_700_000_000
+PUBLISHER = Identity.from_seed(b"p" * 32)
+SID = bytes(range(16))
+
+
+def offer_record(*addresses: str) -> ProviderRecord:
+    offer = Offer(
+        publisher=PUBLISHER.public_key,
+        service_id=SID,
+        name="who",
+        addresses=tuple(parse_address(a) for a in addresses),
+        price=Price(per_call=1),
+        load=Load(0, 0, 1),
+        sequence=1,
+        issued_at=NOW,
+        expires_at=NOW + 600,
+    )
+    return ProviderRecord.create(
+        PUBLISHER, service_key(SID), offer.payload(), sequence=1, issued_at=NOW, ttl=600
+    )
+
+
+@pytest.mark.parametrize(
+    ("address", "source", "allowed"),
+    [
+        # From a public source: its own IP only (any port: the UDP port says nothing of TCP).
+        ("203.0.113.5:7070", "203.0.113.5", True),
+        ("203.0.113.5:9999", "203.0.113.5", True),
+        ("203.0.113.5:7070", "::ffff:203.0.113.5", True),
+        ("[2001:db8::1]:7070", "2001:db8::1", True),
+        ("198.51.100.7:53", "203.0.113.5", False),  # a third party: the victim of issue 15
+        ("203.0.113.6:7070", "203.0.113.5", False),  # even next door
+        ("192.168.1.5:7070", "203.0.113.5", False),  # someone's LAN
+        ("127.0.0.1:7070", "203.0.113.5", False),  # the client's own machine
+        ("0.0.0.0:7070", "203.0.113.5", False),
+        ("node.example.org:7070", "203.0.113.5", False),  # a name: anyone's
+        # From loopback: this machine, as trusted as this node's own publisher.
+        ("127.0.0.1:7070", "127.0.0.1", True),
+        ("203.0.113.5:7070", "127.0.0.1", True),
+        ("192.168.1.5:7070", "::1", True),
+        ("robot.local:7070", "127.0.0.1", True),
+        # From a private address: what is inside the LAN, never the internet or loopback.
+        ("192.168.1.5:7070", "192.168.1.5", True),
+        ("192.168.1.9:7070", "192.168.1.5", True),
+        ("10.0.0.2:7070", "192.168.1.5", True),
+        ("robot.local:7070", "192.168.1.5", True),
+        ("198.51.100.7:53", "192.168.1.5", False),
+        ("127.0.0.1:7070", "192.168.1.5", False),
+    ],
+)
+def test_direct_addresses(address: str, source: str, allowed: bool) -> None:
+    assert address_allowed(parse_address(address), source) is allowed
+
+
+def test_relay_addresses_pass_for_now() -> None:
+    relay = RelayAddress(b"r" * 32, DirectAddress("198.51.100.7", 7070), PUBLISHER.public_key)
+    assert address_allowed(relay, "203.0.113.5")
+
+
+def test_an_offer_passes_only_if_every_address_does() -> None:
+    assert accept_record(offer_record("203.0.113.5:7070", "203.0.113.5:7071"), ("203.0.113.5", 7070))
+    with pytest.raises(RecordRefused, match=r"offer names 198\.51\.100\.7:53, not the address it came from"):
+        accept_record(offer_record("203.0.113.5:7070", "198.51.100.7:53"), ("203.0.113.5", 7070))
+
+
+def test_node_records_are_held_to_the_same_rule() -> None:
+    mine = NodeRecord.create(
+        PUBLISHER, (DirectAddress("203.0.113.5", 7070),), sequence=1, issued_at=NOW, ttl=60
+    )
+    assert accept_record(mine, ("203.0.113.5", 4444))
+    with pytest.raises(RecordRefused, match="node record names"):
+        accept_record(mine, ("203.0.113.9", 7070))
+
+
+def test_records_that_are_not_offers_are_not_its_business() -> None:
+    other = ProviderRecord.create(
+        PUBLISHER, bytes(20), b"an organisation's list", sequence=1, issued_at=NOW, ttl=60
+    )
+    assert accept_record(other, ("203.0.113.5", 7070))
+    payload = msgpack.packb([SID, "who", [[0, "198.51.100.7", 53]], [0, 0, 0], [0, 0, 1]])
+    wrong_key = ProviderRecord.create(PUBLISHER, bytes(20), payload, sequence=1, issued_at=NOW, ttl=60)
+    assert accept_record(wrong_key, ("203.0.113.5", 7070))  # no reader takes it as an offer either
