@@ -21,7 +21,7 @@ datagram is whatever the sender wrote):
   requests, which fits a full reply of k IPv4 contacts) so that a first contact costs no
   extra round trip.
 - **Stores need a token**: AddProvider and PutNode without one are refused, and a record
-  is kept only for a key this node is among the closest to (`STORE_SLACK`), subject to the
+  is kept only for a key this node is among the closest to (k + k/2, `STORE_SLACK`), subject to the
   store's per-source quotas (`dht.store`) and to `accept_record`, the serving node's own
   policy (`node.offer_check`: an offer's direct addresses must be its publisher's).
 - **The routing table** takes a requester only once its address is proven: by a token, or
@@ -85,7 +85,7 @@ FIRST_CONTACT_SIZE = 1232  # a lookup request without a token: one IPv6 minimum-
 REPLAY_WINDOW = 120  # seconds a request's sent_at may be from our clock, either way
 MAX_SEEN_PER_MINUTE = 16384  # txids remembered per minute of sent_at...
 MAX_SEEN_PER_NETWORK = 2048  # ...of which from one source network
-STORE_SLACK = K // 2  # a node stores for keys it is among the k + slack closest to, as it knows
+STORE_SLACK = 0.5  # a node stores for keys it is among the k + k/2 closest to, as far as it knows
 NOT_VERIFIED = "no valid token: ask this node anything first, and store with the token it gives"
 
 AcceptRecord = Callable[[ProviderRecord | NodeRecord, Address], bool]
@@ -323,8 +323,8 @@ class DhtProtocol:
         return tuple(c for c in self.table.closest(target, self.k + 1) if c.id != requester.id)[: self.k]
 
     def is_near(self, key: bytes) -> bool:
-        """Whether we are among the k + STORE_SLACK nodes closest to `key` that we know."""
-        count = self.k + STORE_SLACK
+        """Whether fewer than k + k/2 (STORE_SLACK) of the contacts we know are closer to `key`."""
+        count = self.k + int(self.k * STORE_SLACK)
         closest = self.table.closest(key, count)
         own = distance(self.table.node.id, key)
         return len(closest) < count or distance(closest[-1].id, key) > own
