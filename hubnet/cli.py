@@ -150,7 +150,16 @@ def _serve(
     targets = [Target.parse(t) for t in bootstrap]
     identity = obj.identity()
     orgs = org_setup(obj.home, identity.public_key)
-    run_node(config, identity, bootstrap=targets, lan=not no_lan, services_file=services_file, orgs=orgs)
+    hidden = (obj.home.config_dir, obj.home.data_dir)  # the node's key and config: never a job's to read
+    run_node(
+        config,
+        identity,
+        bootstrap=targets,
+        lan=not no_lan,
+        services_file=services_file,
+        orgs=orgs,
+        hidden=hidden,
+    )
 
 
 @cli.command(
@@ -223,6 +232,7 @@ def services(
             "id": format_service_id(s.service_id),
             "description": s.description,
             "arguments": s.arguments,
+            "isolation": s.isolation,  # "" from a node older than sandboxes
         }
         for s in shown
     ]
@@ -235,6 +245,8 @@ def services(
         for row in rows:
             click.echo(f"{printable(row['name']):<16} {row['id']}  {printable(row['description'])}")
             click.echo(f"{'':<16} arguments: {printable(row['arguments'])}")
+            if row["isolation"]:
+                click.echo(f"{'':<16} isolation: {printable(row['isolation'])}")
     if service is not None and not rows:
         from hubnet.commands import suggest_names
 

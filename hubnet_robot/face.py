@@ -68,7 +68,8 @@ DESCRIPTOR_DTYPE = "<f8"
 # path; the node substitutes both when it writes this table out. The placeholder is relative
 # on purpose: as a job, hubnet-face refuses a relative database path (see `database_path`).
 SERVICE_TOML = r"""[services.face]
-command = ["hubnet-face", "--db", "faces.sqlite"]
+command = ["hubnet-face", "--db", "/srv/hubnet/face/faces.sqlite"]
+writable = ["/srv/hubnet/face"]  # the database's folder: the one place its jobs may write
 description = "Who is this? JPEG or PNG on stdin: identify, enroll --name NAME [--face N], forget --name NAME"
 timeout = 60
 cpu_seconds = 20

@@ -214,6 +214,7 @@ class ServiceInfo:
     service_id: bytes
     description: str
     arguments: str
+    isolation: str = ""  # how its jobs are isolated, one line (older nodes send none)
 
 
 @dataclass(frozen=True)
@@ -353,10 +354,11 @@ def _decode_services(f: list[Any]) -> Services:
         raise RemoteProtocolError(f"service list must be an array of at most {MAX_SERVICES}")
     infos = []
     for item in items:
-        name, sid, desc, arguments = _known(item, 4, "a service entry")
+        name, sid, desc, arguments, *rest = _known(item, 5, "a service entry", required=4)
         if not isinstance(sid, bytes) or len(sid) != SERVICE_ID_LEN:
             raise RemoteProtocolError("service id must be 16 bytes")
-        infos.append(ServiceInfo(_text(name), sid, _text(desc), _text(arguments)))
+        isolation = _text(rest[0]) if rest else ""
+        infos.append(ServiceInfo(_text(name), sid, _text(desc), _text(arguments), isolation))
     return Services(tuple(infos))
 
 
@@ -429,7 +431,7 @@ _CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[
     Services: (
         Kind.SERVICES,
         1,
-        lambda m: [[[s.name, s.service_id, s.description, s.arguments] for s in m.services]],
+        lambda m: [[[s.name, s.service_id, s.description, s.arguments, s.isolation] for s in m.services]],
         _decode_services,
     ),
     StatusReply: (

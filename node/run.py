@@ -24,6 +24,7 @@ from hubnet.node.naming import Target
 from hubnet.node.offers import Load
 from hubnet.node.org_records import OrgSetup
 from hubnet.node.org_watch import OrgWatch, refresh_interval
+from hubnet.node.sandbox import check_services, probe_host
 from hubnet.node.server import Node
 from hubnet.node.services import NodeConfig
 
@@ -46,16 +47,22 @@ def run_node(
     lan: bool = True,
     services_file: Path | None = None,
     orgs: OrgSetup | None = None,
+    hidden: Sequence[Path] = (),
 ) -> None:
     """Serve `config`'s services as `identity` until SIGTERM or SIGINT.
 
     Joins the DHT through `bootstrap` and `config.bootstrap` (and, with `lan`, the nodes
     heard on the LAN), and logs the address to give callers once listening (on the
     `START_LOGGER`), after which file (`services_file`) the services came from. `orgs` says
-    what the node brings of organisations (see `node.org_watch.OrgSetup`).
-    Raises ListenError if the port cannot be bound; no other error is relabelled as one.
+    what the node brings of organisations (see `node.org_watch.OrgSetup`). `hidden`: the
+    node's own folders (its key, its config), which sandboxed jobs see empty.
+    Raises ListenError if the port cannot be bound; no other error is relabelled as one, and
+    SandboxError (before anything starts) if a service cannot be isolated as it asks.
     """
     node = Node(config, identity)
+    node.host = probe_host(hidden=hidden, adopt_cgroup=True)
+    users, warnings = check_services(node.host, [(s.name, s.isolation) for s in config.services.values()])
+    isolation = [node.host.describe(users), *warnings]
     discovery = Discovery(
         identity,
         config,
@@ -67,7 +74,9 @@ def run_node(
     node.peers = discovery.peers
     refresh = refresh_interval()  # a bad HUBNET_ORG_REFRESH is said before anything starts
     try:
-        trio.run(_serve, config, identity, node, discovery, services_file, orgs or OrgSetup(), refresh)
+        trio.run(
+            _serve, config, identity, node, discovery, services_file, orgs or OrgSetup(), refresh, isolation
+        )
     except* ListenError as group:
         # Nothing but the listener had started, so this is the only error: report it alone.
         error = group.exceptions[0]
@@ -82,6 +91,7 @@ async def _serve(
     services_file: Path | None,
     orgs: OrgSetup,
     org_refresh: float,
+    isolation: Sequence[str],
 ) -> None:
     # SIGTERM and SIGINT cancel everything, so every job's process group is killed on the way out.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals, contextlib.ExitStack() as stack:
@@ -104,6 +114,9 @@ async def _serve(
             for host, port in addresses:
                 where = f"{identity.peer_id}@{DirectAddress(host, port)}"
                 start_log.info("serving %d service(s) on %s", len(config.services), where)
+            start_log.info("%s", isolation[0])  # which sandbox, cgroups and user are in force
+            for warning in isolation[1:]:
+                start_log.warning("%s", warning)
             async for signum in signals:
                 running = f", killing {node.running} running job(s)" if node.running else ""
                 log.info("stopping on %s%s", signal.Signals(signum).name, running)

@@ -5,7 +5,11 @@ environment; this module only starts the program (never through a shell), pipes 
 stdin into it, streams its stdout and stderr back with back-pressure, enforces the wall-clock,
 output and resource limits, and guarantees that no process of the job outlives `Job.run`.
 
-Linux only: it relies on `resource.prlimit`, `os.pidfd_open` and `/proc/<pid>/stat`.
+The program is started through an exec chain (`node.sandbox.Confinement`: cgexec, setpriv,
+bwrap, prlimit, as the job needs) in which every limit is set before the program's first
+instruction; the node never runs Python between fork and exec.
+
+Linux only: it relies on `os.pidfd_open`, `/proc/<pid>/stat` and util-linux's `prlimit`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import resource
+import shutil
 import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -23,12 +27,19 @@ from typing import Protocol
 import trio
 
 from hubnet.identity.errors import HubnetError
+from hubnet.node.sandbox import Confinement, SandboxError
 
 _CHUNK = 65536
 _PIPE_SIZE = 1 << 20
 # After the group is killed, how long the output pumps may still run (a stalled client, or a
 # process that escaped the group but holds the pipes open) before they are abandoned.
 _DRAIN_GRACE = 5.0
+# After the job's first process has exited: how long its output pipes may stay open with
+# nothing in them (only an unsandboxed job outside any cgroup can leave a process that is
+# not killed at once, and holds them) before they are abandoned.
+_EXIT_GRACE = 2.0
+# How long the processes of a killed job's cgroup may take to die before it is left behind.
+_CGROUP_GRACE = 5.0
 
 
 class SpawnError(HubnetError):
@@ -41,8 +52,8 @@ class JobLimits:
 
     timeout: float  # wall-clock seconds, then the whole process group is killed
     max_output: int  # bytes of stdout+stderr together; beyond it the job is killed
-    cpu_seconds: int | None = None  # RLIMIT_CPU
-    memory_bytes: int | None = None  # RLIMIT_AS
+    cpu_seconds: int | None = None  # RLIMIT_CPU of each process
+    memory_bytes: int | None = None  # the job's cgroup, if it has one; else RLIMIT_AS of each process
 
 
 @dataclass(frozen=True)
@@ -70,8 +81,9 @@ class Job:
     """One run of one program. Create it, call `run` once; `cancel` may be called from any task.
 
     The job is its first process: when that process exits, whatever it left running in its
-    process group is killed, and so is the whole group on timeout, output limit, cancellation,
-    a failing `JobOutput` or an outside cancellation of `run`.
+    process group (and its sandbox, and its cgroup) is killed, and so is everything on timeout,
+    output limit, cancellation, a failing `JobOutput` or an outside cancellation of `run`.
+    `confinement` says how it is isolated; by default only its rlimits apply.
     """
 
     def __init__(
@@ -82,14 +94,18 @@ class Job:
         cwd: str,
         limits: JobLimits,
         read_size: int = _CHUNK,
+        confinement: Confinement | None = None,
     ) -> None:
         self._argv = list(argv)
         self._env = dict(env)
         self._cwd = cwd
         self._limits = limits
         self._read_size = read_size  # the caller's message size, so each read is sent whole
+        self._confinement = confinement or Confinement()
         self._proc: trio.Process | None = None
         self._reaped = False
+        self._exited = False  # the first process has exited: the outcome is its, not a timeout
+        self._receiving: set[trio.CancelScope] = set()  # the pumps' reads in progress
         self._error: str | None = None
         self._failure: Exception | None = None  # what a JobOutput call raised
         self._drain_scope = trio.CancelScope()
@@ -108,9 +124,19 @@ class Job:
         """
         if self._proc is not None:
             raise RuntimeError("a Job runs only once")
+        confinement = self._confinement
+        argv = [self._program(), *self._argv[1:]]
+        try:
+            confinement.start(memory_bytes=self._limits.memory_bytes)
+        except SandboxError as exc:
+            await self._remove_cgroup()
+            raise SpawnError(f"cannot start {self._argv[0]!r}: {exc}") from exc
+        command = confinement.command(
+            argv, cpu_seconds=self._limits.cpu_seconds, memory_bytes=self._limits.memory_bytes
+        )
         try:
             proc = await trio.lowlevel.open_process(
-                self._argv,
+                command,
                 shell=False,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -119,7 +145,8 @@ class Job:
                 cwd=self._cwd,
                 process_group=0,  # its own group, so os.killpg reaches grandchildren too
             )
-        except OSError as exc:  # FileNotFoundError, PermissionError, NotADirectoryError, EMFILE...
+        except OSError as exc:  # PermissionError, NotADirectoryError, EMFILE...
+            await self._remove_cgroup()
             raise SpawnError(f"cannot start {self._argv[0]!r}: {exc.strerror or exc}") from exc
         self._proc = proc
         _widen_pipes(proc)
@@ -129,7 +156,6 @@ class Job:
         # times can still be read from /proc.
         pidfd = os.pidfd_open(proc.pid)
         try:
-            self._apply_rlimits(proc.pid)
             if self._error is not None:  # cancel() came before the process existed
                 self._kill_group()
             await self._supervise(proc, pidfd, stdin, output)
@@ -144,6 +170,10 @@ class Job:
                 for stream in (proc.stdin, proc.stdout, proc.stderr):
                     if stream is not None:
                         await stream.aclose()
+                await self._remove_cgroup()
+                # bwrap's monitor may exit without reaping its namespace's init, whose children's
+                # CPU it would count: the job's cgroup, where there is one, counts them all.
+                cpu = max(cpu, self._confinement.cpu_seconds)
         if self._failure is not None:
             raise self._failure
         return JobOutcome(
@@ -157,30 +187,29 @@ class Job:
             stderr_bytes=self._output_bytes["stderr"],
         )
 
-    def _apply_rlimits(self, pid: int) -> None:
-        """Limit the running process with prlimit rather than a `preexec_fn`.
+    def _program(self) -> str:
+        """The program's absolute path, found as exec would (PATH from the job's environment),
+        so a missing program is a SpawnError rather than the exit status of a wrapper."""
+        program = self._argv[0]
+        if not os.path.isdir(self._cwd):
+            raise SpawnError(f"cannot start {program!r}: no directory {self._cwd!r}")
+        if "/" in program:
+            found: str | None = os.path.join(self._cwd, program)
+            if not (found and os.path.isfile(found) and os.access(found, os.X_OK)):
+                found = None
+        else:
+            found = shutil.which(program, path=self._env.get("PATH", os.defpath))
+        if found is None:
+            raise SpawnError(f"cannot start {program!r}: no such executable file")
+        return os.path.abspath(found)
 
-        `preexec_fn` runs Python between fork and exec, which is not safe when the parent has
-        threads (Trio's thread cache, for one). The price is a short window after exec in which
-        the program runs unlimited; the limits are inherited by everything it starts afterwards.
-        """
-        limits = [(resource.RLIMIT_CORE, 0, 0)]  # no core dumps of other people's jobs on our disk
-        if self._limits.cpu_seconds is not None:
-            # Soft limit first: SIGXCPU says why; the hard limit a second later is the SIGKILL backstop.
-            limits.append((resource.RLIMIT_CPU, self._limits.cpu_seconds, self._limits.cpu_seconds + 1))
-        if self._limits.memory_bytes is not None:
-            limits.append((resource.RLIMIT_AS, self._limits.memory_bytes, self._limits.memory_bytes))
-        for which, soft, hard in limits:
-            # Never try to raise a hard limit we inherited: an unprivileged process may not.
-            inherited = resource.getrlimit(which)[1]
-            if inherited != resource.RLIM_INFINITY:
-                soft, hard = min(soft, inherited), min(hard, inherited)
-            try:
-                resource.prlimit(pid, which, (soft, hard))
-            except ProcessLookupError:
-                return  # it has already exited: nothing left to limit
-            except (OSError, ValueError) as exc:  # run() kills and reaps it on the way out
-                raise SpawnError(f"cannot limit {self._argv[0]!r}: {exc}") from exc
+    async def _remove_cgroup(self) -> None:
+        """Kill what is left in the job's cgroup, wait until it is gone, remove the cgroup."""
+        confinement = self._confinement
+        with trio.move_on_after(_CGROUP_GRACE):
+            while not confinement.remove():
+                confinement.kill()
+                await trio.sleep(0.005)
 
     async def _supervise(
         self, proc: trio.Process, pidfd: int, stdin: trio.abc.ReceiveChannel[bytes], output: JobOutput
@@ -197,13 +226,17 @@ class Job:
                     pumps.start_soon(self._pump, proc.stdout, output.send_stdout, "stdout")
                     pumps.start_soon(self._pump, proc.stderr, output.send_stderr, "stderr")
                     await trio.lowlevel.wait_readable(pidfd)  # exited, not yet reaped
+                    self._exited = True  # no timeout is claimed for a program that has ended
                     self._kill_group()  # whatever it left behind goes with it
+                    for scope in self._receiving:  # reads that wait for nothing get a moment
+                        scope.deadline = min(scope.deadline, trio.current_time() + _EXIT_GRACE)
                 # Output is drained; stop waiting on the client's stdin and the clock.
                 nursery.cancel_scope.cancel()
 
     async def _watchdog(self, deadline: float) -> None:
         await trio.sleep_until(deadline)
-        self._end("timeout")
+        if not self._exited:
+            self._end("timeout")
 
     async def _feed(self, sink: trio.abc.SendStream, stdin: trio.abc.ReceiveChannel[bytes]) -> None:
         """Client stdin -> process stdin, one chunk at a time; closes the process's stdin at the end."""
@@ -225,7 +258,7 @@ class Job:
         self, source: trio.abc.ReceiveStream, send: Callable[[bytes], Awaitable[None]], name: str
     ) -> None:
         """Process output -> client. Each chunk is sent before the next is read (back-pressure)."""
-        while received := await source.receive_some(self._read_size):
+        while received := await self._receive(source):
             data = bytes(received)  # receive_some may hand back a bytearray; JobOutput takes bytes
             room = self._limits.max_output - sum(self._output_bytes.values())
             if len(data) > room:
@@ -245,6 +278,19 @@ class Job:
             if self._error == "output-limit":
                 return  # the group is dead; nothing more will be delivered
 
+    async def _receive(self, source: trio.abc.ReceiveStream) -> bytes | bytearray:
+        """The next output, or b"" at its end; also b"" when, after the program has exited, a
+        process it left holds the pipe open without writing for `_EXIT_GRACE`."""
+        with trio.CancelScope() as scope:
+            if self._exited:
+                scope.deadline = trio.current_time() + _EXIT_GRACE
+            self._receiving.add(scope)
+            try:
+                return await source.receive_some(self._read_size)
+            finally:
+                self._receiving.discard(scope)
+        return b""
+
     def _end(self, reason: str) -> None:
         """Stop the job for `reason`; the first reason given is the one reported."""
         if self._error is None:
@@ -254,10 +300,12 @@ class Job:
     def _kill_group(self) -> None:
         # Only while the leader is unreaped: until then its pid, which is the group id, cannot be
         # reused by another process. The leader is also killed by pid in case it left the group.
+        # A sandboxed leader is bwrap: its death takes the job's PID namespace with it.
         if self._proc is not None and not self._reaped:
             for kill in (os.killpg, os.kill):
                 with contextlib.suppress(ProcessLookupError):
                     kill(self._proc.pid, signal.SIGKILL)
+        self._confinement.kill()  # the job's cgroup, if it has one: setsid or not
 
 
 def _widen_pipes(proc: trio.Process) -> None:

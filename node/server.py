@@ -69,6 +69,7 @@ from hubnet.node.protocol import (
     Stdout,
 )
 from hubnet.node.runner import Job, JobLimits, JobOutcome, SpawnError
+from hubnet.node.sandbox import Confinement, Host, describe_isolation, probe_host
 from hubnet.node.services import NodeConfig, Service
 
 log = logging.getLogger("hubnet.node")
@@ -80,6 +81,10 @@ _CANCELLED_EARLY = Reject(RejectCode.CANCELLED, "the caller cancelled before the
 
 class Node:
     """A node serving `config`'s services as `identity` on one TCP port."""
+
+    # How this machine isolates jobs (`node.sandbox.probe_host`): set by whoever runs the node
+    # (`node.run`, which says it at start); if nobody did, the first job probes it.
+    host: Host | None = None
 
     def __init__(
         self,
@@ -182,9 +187,18 @@ class Node:
         return StatusReply(self.running, self.queued, self.config.max_jobs, (one, five, fifteen))
 
     def _services(self) -> Services:
+        if self.host is None:
+            self.host = probe_host()
+        host = self.host
         return Services(
             tuple(
-                ServiceInfo(svc.name, svc.id, svc.description[:MAX_TEXT], svc.policy.summary()[:MAX_TEXT])
+                ServiceInfo(
+                    svc.name,
+                    svc.id,
+                    svc.description[:MAX_TEXT],
+                    svc.policy.summary()[:MAX_TEXT],
+                    describe_isolation(host, svc.isolation)[:MAX_TEXT],
+                )
                 for svc in sorted(self.config.services.values(), key=lambda s: s.name)
             )
         )
@@ -281,7 +295,12 @@ class Node:
         env |= dict(service.env)
         env |= {"HUBNET_CLIENT": encode_peer_id(peer), "HUBNET_JOB": job_id, "HUBNET_SERVICE": service.name}
         limits = JobLimits(service.timeout, service.max_output, service.cpu_seconds, service.memory_bytes)
-        job = Job(admitted.argv, env=env, cwd=workdir, limits=limits, read_size=DATA_CHUNK)
+        if self.host is None:
+            self.host = probe_host()
+        confinement = Confinement(self.host, service.isolation, workdir=workdir, name=job_id)
+        job = Job(
+            admitted.argv, env=env, cwd=workdir, limits=limits, read_size=DATA_CHUNK, confinement=confinement
+        )
         output = _JobOutput(caller.stream, caller.conn)
         started = trio.current_time()
         try:

@@ -33,6 +33,7 @@ from hubnet.node.naming import (
 )
 from hubnet.node.offers import MAX_ADDRESSES, Price
 from hubnet.node.protocol import MAX_SERVICES
+from hubnet.node.sandbox import DEFAULT_MAX_PROCESSES, Isolation
 
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
 MAX_ARGS = 256
@@ -222,6 +223,7 @@ class Service:
     price: Price = field(default_factory=Price)
     allow_orgs: tuple[OrgRule, ...] = ()  # members of these (of a role, if given) may call
     free_orgs: tuple[OrgRule, ...] = ()  # members of these pay nothing
+    isolation: Isolation = field(default_factory=Isolation)  # its jobs' sandbox (node.sandbox)
 
     def argv(self, args: Sequence[str]) -> list[str]:
         """The full argv to exec for a client's `args`; PolicyError if they are not allowed."""
@@ -408,9 +410,43 @@ def _parse_service(t: _Table, name: str) -> Service:
         price=_parse_price(price_table) if price_table else Price(),
         allow_orgs=allow_orgs,
         free_orgs=free_orgs,
+        isolation=_parse_isolation(t),
     )
     t.done()
     return service
+
+
+def _flag(t: _Table, key: str, default: bool) -> bool:
+    value = t.take(key)
+    if value is not None and not isinstance(value, bool):
+        raise t.error(key, "must be true or false")
+    return default if value is None else value
+
+
+def _parse_isolation(t: _Table) -> Isolation:
+    """The sandbox keys: sandbox, network, writable, max_processes, run_as."""
+    writable = []
+    for path in t.strings("writable") or []:
+        normal = os.path.normpath(path)
+        if not os.path.isabs(path) or normal == "/":
+            raise t.error("writable", f"{path!r}: give absolute paths of folders (not / itself)")
+        writable.append(normal)
+    run_as = t.take("run_as")
+    if run_as is not None:
+        if type(run_as) is int:
+            if not 0 < run_as < 2**32 - 1:
+                raise t.error("run_as", "a uid must be between 1 and 4294967294 (never root)")
+        elif not isinstance(run_as, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?", run_as):
+            raise t.error("run_as", "must be a user name or a uid")
+        elif run_as == "root":
+            raise t.error("run_as", "jobs never run as root (sandbox = false if you must)")
+    return Isolation(
+        sandbox=_flag(t, "sandbox", True),
+        network=_flag(t, "network", False),
+        writable=tuple(writable),
+        max_processes=t.integer("max_processes", 1) or DEFAULT_MAX_PROCESSES,
+        run_as=run_as,
+    )
 
 
 def _org_rules(t: _Table, key: str) -> tuple[OrgRule, ...]:

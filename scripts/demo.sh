@@ -8,12 +8,16 @@ venv=${VENV:-.venv}  # the Makefile passes its VENV
 [[ $venv == /* ]] || venv=$PWD/$venv
 hubnode=$venv/bin/hubnode
 
-if ! command -v espeak-ng >/dev/null; then
+# espeak-ng is the service; bubblewrap (bwrap) the sandbox every job runs in.
+missing=()
+command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+command -v bwrap >/dev/null || missing+=(bubblewrap)
+if ((${#missing[@]})); then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-        echo "demo: installing espeak-ng"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null
+        echo "demo: installing ${missing[*]}"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "demo: espeak-ng is missing; install it (e.g. sudo apt-get install espeak-ng) and run again" >&2
+        echo "demo: ${missing[*]} missing; install (e.g. sudo apt-get install ${missing[*]}) and run again" >&2
         exit 1
     fi
 fi

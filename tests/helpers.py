@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +32,19 @@ def require_program(name: str) -> str:
     if require_all():
         pytest.fail(f"{reason} ({REQUIRE_ALL_VARIABLE}=1 forbids skipping)", pytrace=False)
     pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def reachable_dir() -> Iterator[Path]:
+    """A fresh folder that every user can reach, removed afterwards.
+
+    pytest's tmp_path lies in a mode-0700 folder of the user running the tests: when that is
+    root, sandboxed jobs (which then run as `nobody`) could neither reach nor be given a
+    folder there.
+    """
+    path = Path(tempfile.mkdtemp(prefix="hubnet-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

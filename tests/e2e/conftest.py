@@ -15,7 +15,8 @@ from tests.helpers import require_program
 SECRET = "SECRET_TOKEN"
 SECRET_VALUE = "hunter2-do-not-leak"
 # Only these may reach a job: PATH from the node, what the node sets, and the service's `env` table.
-JOB_ENV_NAMES = {"PATH", "LANG", "HOME", "TMPDIR", "HUBNET_CLIENT", "HUBNET_JOB", "HUBNET_SERVICE"}
+# PWD: set by the sandbox (bwrap) to the job's working directory, as a shell would.
+JOB_ENV_NAMES = {"PATH", "LANG", "HOME", "TMPDIR", "PWD", "HUBNET_CLIENT", "HUBNET_JOB", "HUBNET_SERVICE"}
 MAX_JOBS = 64
 ESPEAK_ARGUMENTS = '{ options = { "--stdout" = "flag", "-v" = "word", "-s" = "int" }, positional = 1 }'
 ESPEAK_SUMMARY = "--stdout, -v WORD, -s INT; up to 1 TEXT"
@@ -60,6 +61,7 @@ arguments = {ESPEAK_ARGUMENTS}
 command = ["sh", "-c", "touch \\"$MARKER\\"; cat", "sh"]
 env = {{ MARKER = {toml_string(marker)} }}
 arguments = {ESPEAK_ARGUMENTS}
+sandbox = false  # it leaves a mark outside any job's folder, where the test looks
 
 [services.exit7]
 command = ["sh", "-c", "exit 7"]
@@ -82,6 +84,7 @@ max_output = 1000
 [services.pidfile]
 command = ["sh", "-c", "echo $$ > \\"$PIDFILE\\"; exec sleep 600"]
 env = {{ PIDFILE = {toml_string(pidfile)} }}
+sandbox = false  # its pid is read and signalled from outside: no PID namespace of its own
 
 [services.whoami]
 command = ["sh", "-c", "echo $HUBNET_CLIENT $HUBNET_JOB"]
@@ -94,6 +97,7 @@ env = {{ GREETING = "hello from services.toml" }}
 command = ["sh", "-c", "touch \\"$MARKER\\"; echo ok"]
 allow = [{toml_string(allowed_peer)}]
 env = {{ MARKER = {toml_string(private_marker)} }}
+sandbox = false  # it leaves a mark outside any job's folder, where the test looks
 
 [services.argv]
 command = ["sh", "-c", "for a; do printf '<%s>\\\\n' \\"$a\\"; done; exit 3", "sh"]

@@ -74,6 +74,7 @@ description = "never reads its stdin"
 command = ["sh", "-c", {toml_string(JOB_SCRIPT)}]
 env = {{ PIDDIR = {toml_string(piddir)} }}
 timeout = {JOB_TIMEOUT}
+sandbox = false  # its pids are read and signalled from outside: no PID namespace of its own
 
 [services.cat]
 command = ["cat"]

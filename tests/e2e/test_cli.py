@@ -37,15 +37,19 @@ def test_services_lists_names_ids_and_arguments(node: Node, client: Client) -> N
     result = client.run("services", "--server", node.target)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.decode().splitlines()
-    listed = {}
-    for name_line, arguments_line in zip(lines[::2], lines[1::2], strict=True):
+    listed, isolation = {}, {}
+    for name_line, arguments_line, isolation_line in zip(lines[::3], lines[1::3], lines[2::3], strict=True):
         match = re.fullmatch(r"(\S+)\s+([0-9A-F]{32})\s*(.*)", name_line)
         assert match, name_line
         listed[match[1]] = (match[2], match[3], arguments_line.strip())
+        isolation[match[1]] = isolation_line.strip()
     assert set(listed) == SERVICE_NAMES
     assert listed["espeak"][1:] == ("text to speech", f"arguments: {ESPEAK_SUMMARY}")
     assert listed["cat"][2] == "arguments: no arguments"
     assert len({sid for sid, _, _ in listed.values()}) == len(SERVICE_NAMES)
+    # How each service's jobs are isolated: `marked` leaves its mark outside, unsandboxed.
+    assert isolation["cat"].startswith("isolation: sandbox, no network, writes only its folder and /tmp")
+    assert isolation["marked"].startswith("isolation: none: runs as ")
 
 
 def test_services_json_and_calling_by_listed_id(node: Node, client: Client) -> None:

@@ -15,6 +15,7 @@ listen = {toml_string(listen)}
 [services.marked]
 command = ["sh", "-c", "touch \\"$MARKER\\"; cat"]
 env = {{ MARKER = {toml_string(marker)} }}
+sandbox = false  # it leaves a mark outside any job's folder, where the test looks
 """
 
 

@@ -181,7 +181,8 @@ def test_log_level_warning_keeps_only_the_address_and_problems(
     servers.append(server)
     _call_everything(server, client)
     lines = server.stop()
-    assert len(lines) == 1 and BANNER.search(lines[0]), lines  # the address is output, always shown
+    # The address and the isolation in force are output, always shown.
+    assert len(lines) == 2 and BANNER.search(lines[0]) and "isolation: bwrap" in lines[1], lines
 
 
 def test_the_journal_gets_a_priority_prefix_and_no_timestamp(

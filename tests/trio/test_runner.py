@@ -4,6 +4,7 @@ timeouts that never fire, and the one MockClock test keeps the clock still until
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import shutil
 import signal
@@ -321,3 +322,17 @@ async def test_cpu_limit() -> None:
     assert outcome.signal in (signal.SIGXCPU, signal.SIGKILL)
     assert outcome.error is None  # the kernel ended it, not hubnet
     assert outcome.cpu_seconds >= 0.9  # the limit is CPU time, so this holds at any machine speed
+
+
+async def test_a_stray_holding_the_pipes_cannot_turn_an_exit_into_a_timeout() -> None:
+    """Outside any sandbox or cgroup a `setsid` child escapes the group kill and keeps the
+    output pipes open: the job still ends soon after its program, with the program's status."""
+    started = time.monotonic()
+    outcome, out = await run(
+        [SH, "-c", "setsid sleep 30 & echo $!; sleep 0.3; echo done"], JobLimits(20, 1000)
+    )
+    elapsed = time.monotonic() - started
+    stray, done = out.stdout.split()
+    os.kill(int(stray), signal.SIGKILL)
+    assert (outcome.exit_code, outcome.error, done) == (0, None, b"done")
+    assert elapsed < 10, elapsed  # the exit grace, not the 20 s timeout

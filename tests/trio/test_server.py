@@ -52,6 +52,7 @@ def _node(tmp_path: Path, caller: Identity) -> Node:
         [services.marker]
         command = ["sh", "-c", "touch \\"$MARKER\\"; echo ran"]
         env = {{ MARKER = "{tmp_path / "ran"}" }}
+        sandbox = false  # it leaves its mark outside any job's folder, where the test looks
 
         [services.echo]
         command = ["echo"]

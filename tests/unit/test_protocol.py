@@ -335,9 +335,14 @@ def test_malformed_fields_are_refused(raw: bytes) -> None:
             id="usage",
         ),
         pytest.param(
-            _raw(Kind.SERVICES, [[["n", SID, "d", "a", "new"]]]),
-            Services((ServiceInfo("n", SID, "d", "a"),)),
+            _raw(Kind.SERVICES, [[["n", SID, "d", "a", "i", "new"]]]),
+            Services((ServiceInfo("n", SID, "d", "a", "i"),)),
             id="service-entry",
+        ),
+        pytest.param(  # from a node older than sandboxes: its services' isolation unknown
+            _raw(Kind.SERVICES, [[["n", SID, "d", "a"]]]),
+            Services((ServiceInfo("n", SID, "d", "a", ""),)),
+            id="service-entry-without-isolation",
         ),
         pytest.param(
             _raw(Kind.PEERS_REPLY, [[[b"k" * 32, "h", 1, "new"]]]),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import pwd
 import sys
 from pathlib import Path
 
@@ -28,7 +30,9 @@ def test_every_runnable_example_is_added_and_runs_from_this_interpreter(tmp_path
     if "face" in by_name:
         # The placeholder becomes an absolute path in the node's data folder: jobs run in
         # throwaway folders, so a relative database would be lost after every call.
-        assert by_name["face"].command[3:] == ("--db", str(tmp_path / "faces.sqlite"))
+        assert by_name["face"].command[3:] == ("--db", str(tmp_path / "face" / "faces.sqlite"))
+        # ... in a folder of its own, the only place its sandboxed jobs may write.
+        assert by_name["face"].isolation.writable == (str(tmp_path / "face"),)
 
 
 def test_services_toml_wins_over_an_example_of_the_same_name(tmp_path: Path) -> None:
@@ -74,3 +78,20 @@ def test_in_a_pipx_venv_the_hint_is_pipx_inject(tmp_path: Path, monkeypatch: pyt
 def test_without_metadata_the_hint_names_the_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_extras, "DISTRIBUTION", "hubnet-never-installed")
     assert install_hint("face") == "pip install '.[face]' in the hubnet checkout"
+
+
+def test_a_face_store_left_in_the_data_folder_moves_into_its_own_folder(tmp_path: Path) -> None:
+    if next(e for e in EXAMPLES if e.name == "face").missing() is not None:
+        pytest.skip("the face extra is not installed")
+    for suffix in ("", "-wal"):
+        (tmp_path / f"faces.sqlite{suffix}").write_bytes(b"old" + suffix.encode())
+    config, _ = with_examples(BASE, tmp_path)
+    [face] = [s for s in config.services.values() if s.name == "face"]
+    folder = tmp_path / "face"
+    assert face.isolation.writable == (str(folder),)
+    assert (folder / "faces.sqlite").read_bytes() == b"old"
+    assert (folder / "faces.sqlite-wal").read_bytes() == b"old-wal"
+    assert not (tmp_path / "faces.sqlite").exists()
+    if os.geteuid() == 0:  # a root node's jobs run as nobody: the folder and store are theirs
+        nobody = pwd.getpwnam("nobody").pw_uid
+        assert folder.stat().st_uid == nobody == (folder / "faces.sqlite").stat().st_uid

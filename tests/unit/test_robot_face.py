@@ -379,7 +379,8 @@ def test_concurrent_writers_do_not_lose_enrolments(tmp_path: Path) -> None:
 def test_service_toml_lets_callers_use_every_subcommand_but_never_choose_the_database() -> None:
     service = parse_services(face.SERVICE_TOML).by_name("face")
     assert service is not None
-    assert service.command == ("hubnet-face", "--db", "faces.sqlite")
+    assert service.command == ("hubnet-face", "--db", "/srv/hubnet/face/faces.sqlite")
+    assert service.isolation.writable == ("/srv/hubnet/face",)
     assert service.memory_bytes == 2**30 and service.timeout == 60
 
     allowed = [
