@@ -575,6 +575,35 @@ class JobCgroup:
             return None
 
 
+def sweep_cgroups(cgroups: Cgroups) -> int:
+    """Remove the empty job cgroups left by nodes that died (SIGKILL, a crash: their jobs died
+    with them, bwrap's --die-with-parent, but nobody removed the folders); how many."""
+    removed = 0
+    for base in set(cgroups.folders.values()):
+        try:
+            children = [p for p in base.iterdir() if p.name.startswith(_JOB_CGROUP_PREFIX)]
+        except OSError:
+            continue
+        for folder in children:
+            owner = folder.name[len(_JOB_CGROUP_PREFIX) :].split("-", 1)[0]
+            if not owner.isdigit() or _alive(int(owner)):
+                continue
+            with contextlib.suppress(OSError):  # still populated, or someone else's
+                folder.rmdir()
+                removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _join(path: str, name: str) -> str:
     return f"{path.rstrip('/')}/{name}"
 
@@ -593,6 +622,8 @@ def probe_host(*, hidden: Sequence[Path] = (), adopt_cgroup: bool = False) -> Ho
     if prlimit is None:
         raise SandboxError("prlimit (util-linux) is not installed: jobs cannot be limited")
     cgroups, note = probe_cgroups(adopt=adopt_cgroup)
+    if cgroups is not None and adopt_cgroup:  # a serving node: it cleans up after dead ones
+        sweep_cgroups(cgroups)
     # A root node's jobs cannot read its key (mode 0600) and may not even reach its folders.
     shown = () if root else tuple(str(p) for p in dict.fromkeys(hidden) if p.is_dir())
     host = Host(
@@ -713,7 +744,9 @@ class Confinement:
         self.user: JobUser | None = None
         self.cgroup: JobCgroup | None = None
         if host is not None and host.cgroups is not None:
-            suffix = name or f"{os.getpid()}-{id(self):x}"
+            # The node's pid in the name: a node started after one that died can tell its
+            # leftovers (`sweep_cgroups`) from the live jobs of another node beside it.
+            suffix = f"{os.getpid()}-{name or f'{id(self):x}'}"
             self.cgroup = JobCgroup(host.cgroups, _JOB_CGROUP_PREFIX + suffix)
         self._prlimit = host.prlimit if host is not None else shutil.which("prlimit") or "prlimit"
 

@@ -27,6 +27,7 @@ from hubnet.node.sandbox import (
     prlimit_args,
     probe_cgroups,
     resolve_user,
+    sweep_cgroups,
 )
 from hubnet.node.services import parse_services
 
@@ -364,3 +365,12 @@ def test_a_program_under_tmp_is_shown_in_the_jobs_own_tmp() -> None:
     args = bwrap_args("bwrap", Isolation(), "/tmp/w", tmp_size=1, program="/tmp/tools/bin/run")
     text = " ".join(args)
     assert "--perms 0755 --dir /tmp/tools --ro-bind /tmp/tools/bin /tmp/tools/bin" in text
+
+
+def test_a_node_sweeps_the_job_cgroups_of_dead_nodes_only(tmp_path: Path) -> None:
+    dead = next(pid for pid in range(4_000_000, 4_100_000) if not Path(f"/proc/{pid}").exists())
+    for name in (f"hubnet-job-{dead}-a", f"hubnet-job-{os.getpid()}-b", "other"):
+        (tmp_path / name).mkdir()
+    cgroups = Cgroups(1, {"pids": tmp_path}, {"pids": "/"}, "cgexec")
+    assert sweep_cgroups(cgroups) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"hubnet-job-{os.getpid()}-b", "other"]
