@@ -74,6 +74,7 @@ _INSTALL_CGEXEC = "apt-get install cgroup-tools"
 # What a root node's bwrap keeps only so that setpriv can become the job's user; setpriv
 # then drops them all (a change of uid from 0 clears the rest).
 _SETPRIV_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
+_RESOLVED = "/run/systemd/resolve"  # where /etc/resolv.conf points under systemd-resolved
 
 
 class SandboxError(ConfigError):
@@ -334,6 +335,12 @@ def bwrap_args(
     tmpfs = ["/tmp", "/dev/shm"]
     for folder in tmpfs:
         args += ["--size", str(tmp_size), "--perms", "1777", "--tmpfs", folder]
+    # The host's sockets (docker's, D-Bus, a user's session bus) stay usable on a read-only
+    # mount: /run is an empty folder instead, but for the DNS stub of a job with the network.
+    args += ["--perms", "0755", "--tmpfs", "/run"]
+    tmpfs.append("/run")
+    if isolation.network and os.path.isdir(_RESOLVED):
+        args += ["--ro-bind", _RESOLVED, _RESOLVED]
     for folder in hidden:  # the node's key and config: an empty folder in their place
         args += ["--tmpfs", folder]
         tmpfs.append(folder)

@@ -112,6 +112,7 @@ def test_the_filesystem_is_read_only_but_for_tmp_the_workdir_and_writable() -> N
     text = " ".join(args)
     assert "--ro-bind / /" in text
     assert f"--size {1 << 20} --perms 1777 --tmpfs /tmp" in text
+    assert "--perms 0755 --tmpfs /run" in text  # no host sockets (docker's, D-Bus)
     assert "--bind /srv/state /srv/state --bind /tmp/job /tmp/job --chdir /tmp/job --" in text
     assert [a for a in args if a == "--bind"] == ["--bind", "--bind"]
 
