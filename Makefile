@@ -50,6 +50,7 @@ bench: $(VENV)/.installed-test
 	$(PY) bench/robot_services.py
 	$(PY) bench/robot_speech.py
 	$(PY) bench/robot_face.py
+	$(PY) bench/abuse.py
 
 ## `hubnode` for your user, with pipx (EXTRAS=speech,face adds the robot services' extras);
 ## INTO=DIR installs into the virtualenv DIR instead, for the Python API. pip builds in the

@@ -37,6 +37,7 @@ class Server:
     target: str  # PEER_ID@127.0.0.1:PORT
     client_home: Path
     log: Path
+    pid: int = 0  # of the `hubnode serve` process
 
 
 def check_hubnode() -> None:
@@ -101,7 +102,7 @@ def hubnode_server(
                 raise BenchError(f"hubnode serve did not start in {_START_TIMEOUT:.0f} s:\n{log.read_text()}")
             else:
                 time.sleep(0.05)
-        yield Server(target, client_home, log)
+        yield Server(target, client_home, log, proc.pid)
     finally:
         stop(proc)
         shutil.rmtree(work, ignore_errors=True)
