@@ -157,7 +157,7 @@ class Host:
     def describe(self, users: Iterable[JobUser] = ()) -> str:
         """One line for the start: which isolation is in force on this machine."""
         if self.bwrap:
-            sandbox = f"bwrap {self.bwrap} (read-only files, no network, own PIDs)"
+            sandbox = f"bwrap {self.bwrap} (read-only files, own PIDs, no network unless asked)"
         else:
             sandbox = f"no bwrap ({self.bwrap_problem})"
         if self.cgroups is not None:

@@ -275,7 +275,7 @@ def test_a_root_nodes_writable_folders_must_be_its_job_users(tmp_path: Path) -> 
 
 def test_the_start_line_names_sandbox_cgroups_and_user() -> None:
     assert USER_HOST.describe() == (
-        "isolation: bwrap /usr/bin/bwrap (read-only files, no network, own PIDs); cgroups none "
+        "isolation: bwrap /usr/bin/bwrap (read-only files, own PIDs, no network unless asked); cgroups none "
         f"(no cgroups here): memory caps each process (RLIMIT_AS); jobs run as this node's user "
         f"({USER_HOST.describe().rsplit('(', 1)[1]}"
     )
