@@ -81,7 +81,8 @@ def sandbox_cost(runs: int = 50) -> dict[str, tuple[float, float]]:
 def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     host = probe_host()
-    print(host.describe())
+    user = host.job_user(Isolation())
+    print(host.describe([user] if user else []))
     costs = sandbox_cost(runs)
     for way, (median, fastest) in costs.items():
         print(f"{way:<12} {median:6.1f} ms per job (median of {runs}), fastest {fastest:5.1f} ms")
