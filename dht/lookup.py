@@ -121,12 +121,12 @@ class Lookup:
         closer = self._read(query, reply)
         if closer is None:
             self._give_up(query)
-        elif query.request == self.request:
-            # Named contacts are unverified until they answer too.
+            return
+        if query.request == self.request:
             self._replied[query.contact.id] = query.contact
-            self._shortlist.push(
-                [c for c in closer if c.id not in self._replied and c.id not in self._failed]
-            )
+        # Named contacts are unverified until they answer too. A follow-up's are as good as
+        # the walk's: a node that cut its first reply to our request's size named fewer.
+        self._shortlist.push([c for c in closer if c.id not in self._replied and c.id not in self._failed])
 
     def failed(self, query: Query) -> None:
         """`query` went unanswered."""
@@ -189,9 +189,9 @@ class ProviderLookup(Lookup):
         seen = query.request.skip + len(reply.records)
         pages = self._pages[query.contact.id] = self._pages.get(query.contact.id, 0) + 1
         # An empty page means the node has no more, whatever its total says, except a first
-        # one: a node that had no token from us cut its reply to our request's size, records
-        # first, and a second request, token in hand, gets them. MAX_PAGES stops one that
-        # keeps claiming more.
+        # one: a node that had no token from us cut its reply to our request's size (which a
+        # record of ours fits, unless a peer that does not pad asked), and a second request,
+        # token in hand, gets them. MAX_PAGES stops one that keeps claiming more.
         if (reply.records or pages == 1) and seen < reply.total and pages < self.max_pages:
             self._follow_ups.append(Query(query.contact, GetProviders(self.target, seen)))
         return reply.contacts

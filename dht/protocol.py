@@ -15,8 +15,9 @@ datagram is whatever the sender wrote):
   that its sender receives at its source address. A requester keeps the tokens it was given
   per address and sends them back for `TOKEN_REUSE` seconds.
 - **No amplification**: a request without a valid token is answered with no more bytes
-  than it had (contacts and records left out, farthest and last first: `Providers.total`
-  still tells the full count, so the requester asks again, token in hand, for the rest).
+  than it had (contacts left out, farthest first, then records, last first:
+  `Providers.total` still tells the full count, so the requester asks again, token in
+  hand, for the rest).
   A requester without a token pads its request (`FIRST_CONTACT_SIZE` for the lookups'
   requests, which fits a full reply of k IPv4 contacts) so that a first contact costs no
   extra round trip.
@@ -373,13 +374,15 @@ class DhtProtocol:
 
 
 def _smaller(message: Message) -> Message | None:
-    """`message` with one thing less (the last record, else the farthest contact, else some of
-    its reason), or None if nothing is left to leave out."""
+    """`message` with one thing less, or None if nothing is left to leave out: the farthest
+    contact (records are what a provider lookup is after, and the nodes that hold them are
+    near the end of its walk), then the last record; a NodeFound's record last of all; then
+    half a Stored's reason."""
     match message:
-        case Providers(records, _, _) if records:
-            return replace(message, records=records[:-1])
         case Providers(_, _, contacts) | Nodes(contacts) | NodeFound(_, contacts) if contacts:
             return replace(message, contacts=contacts[:-1])
+        case Providers(records, _, _) if records:
+            return replace(message, records=records[:-1])
         case NodeFound(record, _) if record is not None:
             return replace(message, record=None)
         case Stored(_, reason) if reason:

@@ -48,6 +48,7 @@ from hubnet.identity.keys import Identity
 from hubnet.node.offers import Load, Offer, Price
 
 EPOCH = 1_700_000_000  # unix time at virtual time 0
+SETTLE_EVERY = 16  # joins between two settles (see Simulation.settle): 3 s of virtual time each
 PORT = 7070
 T = TypeVar("T")
 L = TypeVar("L", bound=Lookup)
@@ -216,19 +217,21 @@ class Simulation:
     async def grow(
         self, count: int, progress: Callable[[int], None] | None = None, *, join: str = "bootstrap"
     ) -> None:
-        """Add `count` nodes one by one, then `settle`."""
-        for _ in range(count):
+        """Add `count` nodes one by one, and `settle` every SETTLE_EVERY of them and at the end."""
+        for added in range(1, count + 1):
             await self.add_node(join=join)
             if progress is not None:
                 progress(len(self.nodes))
-        await self.settle()
+            if added % SETTLE_EVERY == 0 or added == count:
+                await self.settle()
 
     async def settle(self) -> None:
         """Let the nodes prove the addresses of newcomers that asked them something only once.
 
         A node pings such a newcomer back `VERIFY_DELAY` seconds later (dht.node) before it
         enters the routing table; joins take no virtual time, so without this wait the
-        lookups right after them would find tables short of the latest newcomers.
+        lookups right after them would find tables short of the latest newcomers, and a node
+        asked by many newcomers at one instant would prove only MAX_VERIFYING of them.
         """
         await trio.sleep(VERIFY_DELAY + 2 * RPC_TIMEOUT)
 
