@@ -59,7 +59,7 @@ def _handshake(
         return connect_secure_socket(sock, identity, remote, first_data if remote is not None else b"")
     except HandshakeError as exc:
         sock.close()
-        raise HandshakeError(f"{target.address}: {exc}") from None
+        raise type(exc)(f"{target.address}: {exc}") from None
     except BaseException:
         sock.close()
         raise

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import sys
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
@@ -26,7 +27,15 @@ import trio
 
 from hubnet.call_machine import CANCEL_GRACE, CallMachine, CallResult, Timeouts, located
 from hubnet.dht.addresses import Address, DirectAddress
-from hubnet.identity.errors import HandshakeError, HubnetError, Rejected, RemoteProtocolError, TransportError
+from hubnet.identity.errors import (
+    ClosedEarly,
+    HandshakeClosed,
+    HandshakeError,
+    HubnetError,
+    Rejected,
+    RemoteProtocolError,
+    TransportError,
+)
 from hubnet.identity.keys import Identity
 from hubnet.identity.secure import SecureStream, connect_secure
 from hubnet.node.naming import Target
@@ -46,6 +55,8 @@ from hubnet.trust import KnownHostsStore, PinnedKeys, expected_key, explain_fail
 ReplyT = TypeVar("ReplyT", bound=Message)
 OutputSink = Callable[[bytes], Awaitable[object]]
 Stdin = bytes | AsyncIterable[bytes]
+SHED_RETRIES = 5  # attempts after the first, for a call shed before its Accept
+SHED_PAUSE = 0.05  # seconds before the first retry; doubled each time, with jitter
 
 
 class StreamDialer(Protocol):
@@ -126,7 +137,7 @@ class Client:
             )
         except HandshakeError as exc:
             await transport.aclose()
-            raise HandshakeError(f"{target.address}: {exc}") from None
+            raise type(exc)(f"{target.address}: {exc}") from None
         except BaseException:
             await transport.aclose()
             raise
@@ -159,16 +170,43 @@ class Client:
         accept and its silences: when one passes, the job is cancelled and TransportError
         raised. Raises `Rejected` if the node refuses the call.
         """
-        try:
-            return await self._call(target, call, stdin, _Collected(stdout, stderr), timeout)
-        except TransportError as exc:
-            raise located(exc, target.address) from exc
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        attempt = 0
+        while True:
+            machine = CallMachine(call, self.timeouts)
+            try:
+                return await self._call(target, machine, stdin, _Collected(stdout, stderr), deadline, timeout)
+            except (TransportError, HandshakeError) as exc:
+                # A node that is full sheds connections that have not started a job (node.connections):
+                # closed before its Accept, the call ran nothing, so if its stdin can be sent again it
+                # is retried after a short random pause, within its deadline. Other failures (no
+                # connection at all, a node that holds on but does not accept) are not retried.
+                pause = SHED_PAUSE * 2**attempt * (0.5 + random.random())
+                retry = (
+                    attempt < SHED_RETRIES
+                    and isinstance(exc, ClosedEarly | HandshakeClosed)
+                    and machine.accept is None
+                    and machine.reject is None
+                    and isinstance(stdin, bytes)
+                    and trio.current_time() + pause < deadline
+                )
+                if not retry:
+                    named = located(exc, target.address) if isinstance(exc, TransportError) else exc
+                    if named is not exc:
+                        raise named from exc
+                    raise
+                await trio.sleep(pause)
+                attempt += 1
 
     async def _call(
-        self, target: Target, call: Call, stdin: Stdin, collected: _Collected, timeout: float | None
+        self,
+        target: Target,
+        machine: CallMachine,
+        stdin: Stdin,
+        collected: _Collected,
+        deadline: float,
+        timeout: float | None,
     ) -> CallOutput:
-        machine = CallMachine(call, self.timeouts)
-        deadline = math.inf if timeout is None else trio.current_time() + timeout
         with trio.move_on_at(deadline) as connecting:
             stream = await self.connect(target, machine.request_data())
         if connecting.cancelled_caught:

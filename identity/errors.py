@@ -31,6 +31,15 @@ class TransportError(HubnetError):
     """The connection could not be opened, or it closed or timed out mid-stream."""
 
 
+class ClosedEarly(TransportError):
+    """The peer closed or reset the connection before it said its last word: a node that
+    was killed, or that shed the connection while it was full."""
+
+
+class HandshakeClosed(HandshakeError):
+    """The peer closed the connection in the middle of the handshake."""
+
+
 class HostKeyMismatch(HubnetError):
     """The server presented a different static key than the one pinned or remembered."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import trio
 
-from hubnet.identity.errors import HandshakeError, TransportError
+from hubnet.identity.errors import ClosedEarly, HandshakeError, TransportError
 from hubnet.identity.keys import Identity
 from hubnet.identity.session import MAX_RECEIVE, HandshakeComplete, NoiseSession
 
@@ -66,7 +66,7 @@ async def _receive_into(transport: trio.abc.Stream, session: NoiseSession) -> bo
     try:
         chunk = await transport.receive_some(MAX_RECEIVE)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        raise TransportError("connection lost") from exc
+        raise ClosedEarly("connection lost") from exc
     if not chunk:
         session.check_eof()
         return False

@@ -22,7 +22,13 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from hubnet.identity.errors import ConfigError, HandshakeError, LocalProtocolError, RemoteProtocolError
+from hubnet.identity.errors import (
+    ConfigError,
+    HandshakeClosed,
+    HandshakeError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
 from hubnet.identity.keys import PUBLIC_KEY_LEN, noise_public_key
 from hubnet.identity.noise import MAX_MESSAGE_LEN, TAG_LEN, CipherState, HandshakeState
 
@@ -201,7 +207,7 @@ class NoiseSession:
         """Call when the peer closed: an incomplete frame or handshake is truncation."""
         if not self.handshake_done:
             self._state = _State.FAILED
-            raise HandshakeError("connection closed during the handshake")
+            raise HandshakeClosed("connection closed during the handshake")
         if self._buffer:
             self._state = _State.FAILED
             raise RemoteProtocolError("connection closed in the middle of a message")

@@ -21,7 +21,13 @@ from typing import Any
 
 import msgpack
 
-from hubnet.identity.errors import HubnetError, LocalProtocolError, RemoteProtocolError, TransportError
+from hubnet.identity.errors import (
+    ClosedEarly,
+    HubnetError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    TransportError,
+)
 
 SERVICE_ID_LEN = 16
 MAX_MESSAGE = 1 << 20
@@ -695,7 +701,7 @@ class JobConnection:
         if following is None:
             if role is Role.SERVER and isinstance(event, ConnectionClosed):
                 # Not garbage but a node gone mid-request (killed, crashed): a transport failure.
-                raise TransportError(f"the node closed the connection before its answer ({state.value})")
+                raise ClosedEarly(f"the node closed the connection before its answer ({state.value})")
             raise error(f"{type(event).__name__} is not allowed from the {role.value} in state {state.value}")
         if isinstance(event, Stdin):
             if len(event.data) > self.stdin_window:

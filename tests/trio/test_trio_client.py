@@ -364,3 +364,52 @@ async def test_a_node_that_ignores_cancel_is_given_up_after_the_grace(
             with pytest.raises(TransportError, match="did not end the job"):
                 await client.call(Target(ADDRESS, FAKE_NODE.public_key), CAT, timeout=5)
             nursery.cancel_scope.cancel()
+
+
+class SheddingDialer(MemoryDialer):
+    """The first `shed` connections are dropped by the 'node' as a full node sheds them: at
+    once, before the handshake ends (`during="handshake"`), or after reading the request and
+    Start (`during="request"`); the ones after reach the real node."""
+
+    def __init__(self, node: Node, nursery: trio.Nursery, shed: int, during: str) -> None:
+        super().__init__(node, nursery)
+        self.shed, self.during = shed, during
+
+    async def dial(self, address: Address) -> trio.abc.Stream:
+        if len(self.dialled) >= self.shed:
+            return await super().dial(address)
+        self.dialled.append(address)
+        client_side, server_side = trio.testing.memory_stream_pair()
+        self.nursery.start_soon(self._drop, server_side)
+        return client_side
+
+    async def _drop(self, stream: trio.abc.Stream) -> None:
+        if self.during == "request":
+            accepted, _ = await accept_secure(stream, self.node.identity)
+            await accepted.receive_some()  # Start: the caller is live, but no Accept comes
+        await stream.aclose()
+
+
+@pytest.mark.parametrize("during", ["handshake", "request"])
+async def test_a_call_shed_before_its_accept_is_retried_and_runs_once(during: str) -> None:
+    node = _node()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            dialer = SheddingDialer(node, nursery, shed=2, during=during)
+            client = Client(Identity.generate(), dialer=dialer)
+            output = await client.call(_pinned(node), Call(service_id_for_name("cat")), stdin=b"once")
+            nursery.cancel_scope.cancel()
+    assert output.stdout == b"once"
+    assert len(dialer.dialled) == 3
+
+
+async def test_a_call_is_not_retried_when_its_stdin_cannot_be_sent_again() -> None:
+    node = _node()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            dialer = SheddingDialer(node, nursery, shed=1, during="request")
+            client = Client(Identity.generate(), dialer=dialer)
+            with pytest.raises(TransportError, match="closed the connection before its answer"):
+                await client.call(_pinned(node), Call(service_id_for_name("cat")), stdin=_chunks(b"x", 1))
+            nursery.cancel_scope.cancel()
+    assert len(dialer.dialled) == 1
