@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 
-from hubnet.identity.errors import HandshakeError, TransportError
+from hubnet.identity.errors import ClosedEarly, HandshakeError, TransportError
 from hubnet.identity.keys import Identity
 from hubnet.identity.session import MAX_RECEIVE, HandshakeComplete, NoiseSession
 
@@ -72,7 +72,7 @@ def _send(sock: socket.socket, data: bytes) -> None:
     try:
         sock.sendall(data)
     except OSError as exc:
-        raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
+        raise ClosedEarly(f"connection lost: {exc.strerror or exc}") from exc
 
 
 def _receive_into(sock: socket.socket, session: NoiseSession) -> bool:
@@ -82,7 +82,7 @@ def _receive_into(sock: socket.socket, session: NoiseSession) -> bool:
     except TimeoutError as exc:
         raise TransportError("timed out waiting for the peer") from exc
     except OSError as exc:
-        raise TransportError(f"connection lost: {exc.strerror or exc}") from exc
+        raise ClosedEarly(f"connection lost: {exc.strerror or exc}") from exc
     if not chunk:
         session.check_eof()
         return False

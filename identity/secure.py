@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import trio
 
-from hubnet.identity.errors import ClosedEarly, HandshakeError, TransportError
+from hubnet.identity.errors import ClosedEarly, HandshakeError
 from hubnet.identity.keys import Identity
 from hubnet.identity.session import MAX_RECEIVE, HandshakeComplete, NoiseSession
 
@@ -58,7 +58,7 @@ async def _send(transport: trio.abc.Stream, data: bytes) -> None:
     try:
         await transport.send_all(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        raise TransportError("connection closed by peer") from exc
+        raise ClosedEarly("connection closed by peer") from exc
 
 
 async def _receive_into(transport: trio.abc.Stream, session: NoiseSession) -> bool:

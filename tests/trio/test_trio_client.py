@@ -391,7 +391,10 @@ class SheddingDialer(MemoryDialer):
 
 
 @pytest.mark.parametrize("during", ["handshake", "request"])
-async def test_a_call_shed_before_its_accept_is_retried_and_runs_once(during: str) -> None:
+async def test_a_call_shed_before_its_accept_is_retried_and_runs_once(
+    during: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hubnet.node")
     node = _node()
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
@@ -400,7 +403,10 @@ async def test_a_call_shed_before_its_accept_is_retried_and_runs_once(during: st
             output = await client.call(_pinned(node), Call(service_id_for_name("cat")), stdin=b"once")
             nursery.cancel_scope.cancel()
     assert output.stdout == b"once"
-    assert len(dialer.dialled) == 3
+    assert len(_node_log(caplog, "cat")) == 1  # the job ran once
+    # The shed dials, then the node's: one more if a handshake closed early was followed by the
+    # probe that tells a changed key from a closed connection, and that probe reached the node.
+    assert dialer.shed + 1 <= len(dialer.dialled) <= dialer.shed + 2
 
 
 async def test_a_call_is_not_retried_when_its_stdin_cannot_be_sent_again() -> None:
