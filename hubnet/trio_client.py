@@ -175,7 +175,7 @@ class Client:
         while True:
             machine = CallMachine(call, self.timeouts)
             try:
-                return await self._call(target, machine, stdin, _Collected(stdout, stderr), deadline, timeout)
+                return await self._call(target, machine, stdin, _Collected(stdout, stderr), deadline)
             except (TransportError, HandshakeError) as exc:
                 # A node that is full sheds connections that have not started a job (node.connections):
                 # closed before its Accept, the call ran nothing, so if its stdin can be sent again it
@@ -205,14 +205,13 @@ class Client:
         stdin: Stdin,
         collected: _Collected,
         deadline: float,
-        timeout: float | None,
     ) -> CallOutput:
         with trio.move_on_at(deadline) as connecting:
             stream = await self.connect(target, machine.request_data())
         if connecting.cancelled_caught:
             raise TransportError("the call's deadline passed while connecting")
         machine.connected(trio.current_time())
-        machine.set_deadline(None if timeout is None else deadline)
+        machine.set_deadline(deadline)  # math.inf: none
         async with stream:
             await stream.send_all(machine.start())
             credit = trio.lowlevel.ParkingLot()
