@@ -49,7 +49,9 @@ class Source:
     local: bool
 
 
-def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP `host` names, without a v6 zone and with an IPv4-mapped IPv6 address as plain
+    IPv4; None if `host` is not an IP (a name)."""
     try:
         ip = ipaddress.ip_address(host.partition("%")[0])  # a v6 zone id names no other host
     except ValueError:
@@ -61,13 +63,13 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 def is_local(host: str) -> bool:
     """Whether `host` is a loopback, private or link-local IP (or not an IP at all)."""
-    ip = _ip(host)
+    ip = parse_ip(host)
     return ip is None or any(ip in network for network in _LOCAL_NETWORKS if network.version == ip.version)
 
 
 def same_host(a: str, b: str) -> bool:
     """Whether two host strings name the same IP (IPv4-mapped and plain IPv4 alike)."""
-    ip_a, ip_b = _ip(a), _ip(b)
+    ip_a, ip_b = parse_ip(a), parse_ip(b)
     return a == b if ip_a is None or ip_b is None else ip_a == ip_b
 
 
@@ -75,7 +77,7 @@ def same_host(a: str, b: str) -> bool:
 def classify(address: Address) -> Source:
     """The quota keys of the sender at `address` (see the module docstring)."""
     host, port = address
-    ip = _ip(host)
+    ip = parse_ip(host)
     if ip is None or is_local(host):
         key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return Source(key, key, True)

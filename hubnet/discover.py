@@ -36,6 +36,7 @@ from hubnet.dht.client import DhtClient
 from hubnet.dht.ids import service_key
 from hubnet.dht.lookup import Seed
 from hubnet.dht.records import ProviderRecord
+from hubnet.dht.sources import parse_ip
 from hubnet.dialer import Dialer, TcpDialer
 from hubnet.identity.blocking import connect_secure_socket
 from hubnet.identity.errors import (
@@ -327,17 +328,15 @@ def _resolve(address: DirectAddress) -> tuple[str, int]:
         raise TransportError(f"cannot resolve {address.host}: {exc}") from exc
     if not infos:
         raise TransportError(f"cannot resolve {address.host}")
-    ip = ipaddress.ip_address(str(infos[0][4][0]).split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    ip = parse_ip(str(infos[0][4][0]))
+    assert ip is not None, "getaddrinfo gives IPs"
     return str(ip), address.port
 
 
 def _host_group(address: DirectAddress) -> str:
     """What offers from one host share: an IPv4 /24, an IPv6 /48, else the name."""
-    try:
-        ip = ipaddress.ip_address(address.host)
-    except ValueError:
+    ip = parse_ip(address.host)
+    if ip is None:
         return address.host.lower()
     prefix = 24 if ip.version == 4 else 48
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))

@@ -30,6 +30,8 @@ from enum import IntEnum
 
 import trio
 
+from hubnet.dht.sources import parse_ip
+
 log = logging.getLogger("hubnet.node")
 
 MAX_CONNECTIONS = 256
@@ -76,12 +78,9 @@ def source_of(stream: trio.abc.Stream) -> tuple[str | None, bool]:
         host = None
     if not isinstance(host, str):
         return None, True
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
+    ip = parse_ip(host)
+    if ip is None:
         return host, False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     if isinstance(ip, ipaddress.IPv6Address) and not ip.is_loopback:
         return str(ipaddress.ip_network(f"{ip}/64", strict=False)), False
     return str(ip), ip.is_loopback
