@@ -7,9 +7,13 @@ test saying why, or, with HUBNET_REQUIRE_ALL=1 (as on CI), fails it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from tests.helpers import REQUIRE_ALL_VARIABLE, require_all, require_program
+from tests.netns import Internet
+from tests.netns import internet as build_internet
 
 __all__ = ["require_program"]
 
@@ -18,3 +22,10 @@ def pytest_report_header(config: pytest.Config) -> str:
     if require_all():
         return f"{REQUIRE_ALL_VARIABLE}=1: a test that lacks a program fails instead of skipping"
     return f"{REQUIRE_ALL_VARIABLE} unset: a test that lacks a program is skipped, with the reason"
+
+
+@pytest.fixture(scope="session")
+def internet() -> Iterator[Internet]:
+    """The simulated internet of `tests/netns.py`, built once per test session (root only)."""
+    with build_internet() as net:
+        yield net

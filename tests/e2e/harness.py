@@ -29,7 +29,8 @@ START_TIMEOUT = 20.0  # seconds for a server to print its address (generous for 
 STOP_TIMEOUT = 10.0
 CALL_TIMEOUT = 60.0  # a single client process, however slow the machine; a hang fails the test
 
-_BANNER = re.compile(r"hubnode: serving (\d+) service\(s\) on (\S+)@127\.0\.0\.1:(\d+)$")
+# The line `hubnode serve` prints once listening: service count, peer id, host, port.
+_BANNER = re.compile(r"hubnode: serving (\d+) service\(s\) on (\S+)@(\S+):(\d+)$")
 
 
 def toml_string(value: str | Path) -> str:
@@ -70,10 +71,13 @@ class Server:
         *,
         env: dict[str, str] | None = None,
         serve_args: Sequence[str] = ("--no-lan",),
+        prefix: Sequence[str] = (),
     ) -> None:
         self.home = home
         # No LAN beacon by default: tests talk only to 127.0.0.0/8, never to the LAN.
         self.serve_args = tuple(serve_args)
+        # What runs hubnode: e.g. `ip netns exec NAME` for a node in a namespace (tests/netns.py).
+        self.prefix = tuple(prefix)
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "services.toml").write_text(services_toml, encoding="utf-8")
         self._env = env if env is not None else base_env()
@@ -84,6 +88,7 @@ class Server:
         self._killed = False  # by `kill`, on purpose: its exit is then no failure
         self._reader: threading.Thread | None = None
         self.peer_id = ""
+        self.host = ""
         self.port = 0
         self.service_count = 0
 
@@ -91,7 +96,7 @@ class Server:
 
     def start(self) -> Server:
         self._proc = subprocess.Popen(
-            [*HUBNODE, "--home", str(self.home), "-v", "serve", *self.serve_args],
+            [*self.prefix, *HUBNODE, "--home", str(self.home), "-v", "serve", *self.serve_args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -105,7 +110,12 @@ class Server:
             pytest.fail(f"hubnode serve printed no address within {START_TIMEOUT}s:\n{self.log}")
         match = _BANNER.search(banner)
         assert match is not None
-        self.service_count, self.peer_id, self.port = int(match[1]), match[2], int(match[3])
+        self.service_count, self.peer_id, self.host, self.port = (
+            int(match[1]),
+            match[2],
+            match[3],
+            int(match[4]),
+        )
         return self
 
     def stop(self) -> list[str]:
@@ -185,12 +195,12 @@ class Server:
 
     @property
     def target(self) -> str:
-        """PEER_ID@127.0.0.1:PORT: the pinned address a caller is given."""
+        """PEER_ID@HOST:PORT (127.0.0.1 unless it listens elsewhere): the pinned address a caller is given."""
         return f"{self.peer_id}@{self.address}"
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
