@@ -180,16 +180,6 @@ def _remove(names: Iterator[str] | Sequence[str]) -> None:
         )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale() -> None:
     """Remove the namespaces of test runs that died without cleaning up (their pid is gone)."""
     result = subprocess.run(
@@ -199,7 +189,7 @@ def remove_stale() -> None:
     for line in result.stdout.decode().splitlines():
         name = line.split(" ", 1)[0]
         match = _OURS.match(name)
-        if match and not _alive(int(match[1])):
+        if match and not Path(f"/proc/{match[1]}").exists():  # its creator is gone
             stale.append(name)
     _remove(stale)
 
