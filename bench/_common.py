@@ -6,11 +6,13 @@ Everything runs the virtualenv's own interpreter and console script (resolved fr
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -149,3 +151,146 @@ def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), math.ceil(p / 100 * len(ordered))))
     return ordered[rank - 1]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --- a private sshd, the bar a Pi user would otherwise reach for ---------------------------
+
+_SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd")
+_SSHD_START_TIMEOUT = 10.0
+_SSH_RUN_TIMEOUT = 30.0
+# Where Debian's sshd chroots its pre-auth child when it runs as root; compiled in
+# (--with-privsep-path), no sshd_config option moves or disables it, and sshd refuses to
+# start without it. systemd's unit creates it (RuntimeDirectory=sshd); we create it if missing.
+_PRIVSEP_DIR = Path("/run/sshd")
+SSHD_CONFIG = """\
+ListenAddress 127.0.0.1:{port}
+HostKey {work}/host_ed25519
+AuthorizedKeysFile {work}/authorized_keys
+PidFile none
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+X11Forwarding no
+PrintMotd no
+"""
+
+
+@dataclass(frozen=True)
+class SshServer:
+    """A private sshd on 127.0.0.1:`port` that takes the key `client_key`."""
+
+    port: int
+    client_key: Path
+    log: Path
+
+    def argv(self, *command: str, cipher: str | None = None) -> list[str]:
+        """`ssh ... 127.0.0.1 COMMAND` against this sshd; `cipher` as `ssh -c` takes it."""
+        return [
+            *("ssh", "-p", str(self.port), "-i", str(self.client_key)),
+            *(("-c", cipher) if cipher else ()),
+            *("-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"),
+            *("-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"),
+            *("127.0.0.1", *command),
+        ]
+
+
+def find_sshd() -> str | None:
+    """An absolute path to sshd (it refuses to re-exec otherwise), or None."""
+    found = shutil.which("sshd")
+    if found:
+        return str(Path(found).resolve())
+    return next((c for c in _SSHD_CANDIDATES if Path(c).is_file()), None)
+
+
+def _keygen(path: Path) -> None:
+    done = subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hubnet-bench", "-f", str(path)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=_SSH_RUN_TIMEOUT,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise BenchError(
+            f"ssh-keygen {path.name}: exit {done.returncode}: {done.stderr.decode(errors='replace')}"
+        )
+
+
+def _wait_for_sshd(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    """Poll until something on 127.0.0.1:port sends an SSH banner, within a bounded time."""
+    deadline = time.monotonic() + _SSHD_START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            raise BenchError(f"sshd exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            if sock.recv(8).startswith(b"SSH-"):
+                return
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"sshd not answering on 127.0.0.1:{port} after {_SSHD_START_TIMEOUT:.0f} s:\n"
+                f"{log.read_text(errors='replace')}"
+            )
+        time.sleep(0.02)
+
+
+@contextmanager
+def ssh_server() -> Iterator[tuple[SshServer | None, str]]:
+    """A private `sshd -D -e` on 127.0.0.1 (temporary host key, client key, authorized_keys),
+    checked with one `ssh ... true`; (None, why) if sshd, ssh or ssh-keygen is missing.
+    Installs nothing; SIGTERM and wait on the way out."""
+    sshd = find_sshd()
+    missing = [name for name, path in (("sshd", sshd), ("ssh", shutil.which("ssh"))) if not path]
+    if not shutil.which("ssh-keygen"):
+        missing.append("ssh-keygen")
+    if missing:
+        yield None, f"{', '.join(missing)} not installed (Debian: apt-get install openssh-server)"
+        return
+    assert sshd is not None
+    work = Path(tempfile.mkdtemp(prefix="hubnet-bench-sshd-"))
+    made_privsep = False
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        if os.geteuid() == 0 and not _PRIVSEP_DIR.is_dir():
+            _PRIVSEP_DIR.mkdir(mode=0o755, parents=True)
+            made_privsep = True
+        _keygen(work / "host_ed25519")
+        _keygen(work / "client_ed25519")
+        (work / "authorized_keys").write_bytes((work / "client_ed25519.pub").read_bytes())
+        port = free_port()
+        config = work / "sshd_config"
+        config.write_text(SSHD_CONFIG.format(port=port, work=work), encoding="utf-8")
+        log = work / "sshd.log"
+        with log.open("wb") as log_file:
+            proc = subprocess.Popen(
+                [sshd, "-D", "-e", "-f", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+            )
+        _wait_for_sshd(proc, port, log)
+        server = SshServer(port, work / "client_ed25519", log)
+        done = subprocess.run(
+            server.argv("true"), stdin=subprocess.DEVNULL, capture_output=True, timeout=_SSH_RUN_TIMEOUT
+        )
+        if done.returncode != 0:
+            raise BenchError(
+                f"ssh 127.0.0.1 true: exit {done.returncode}: {done.stderr.decode(errors='replace')}\n"
+                f"sshd log:\n{log.read_text(errors='replace')}"
+            )
+        yield server, ""
+    finally:
+        stop(proc)
+        shutil.rmtree(work, ignore_errors=True)
+        if made_privsep:
+            with contextlib.suppress(OSError):
+                _PRIVSEP_DIR.rmdir()

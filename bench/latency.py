@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import socket
 import statistics
@@ -68,7 +67,7 @@ from _common import (
     hubnode_server,
     median,
     percentile,
-    stop,
+    ssh_server,
 )
 
 SERVICES_TOML = """listen = "127.0.0.1:0"
@@ -248,127 +247,14 @@ def check_refused(case: Case) -> None:
 
 
 SSH = "ssh 127.0.0.1 true (own sshd)"
-_SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd")
-_SSHD_START_TIMEOUT = 10.0
-# Where Debian's sshd chroots its pre-auth child when it runs as root; compiled in
-# (--with-privsep-path), no sshd_config option moves or disables it, and sshd refuses to
-# start without it. systemd's unit creates it (RuntimeDirectory=sshd); we create it if missing.
-_PRIVSEP_DIR = Path("/run/sshd")
-SSHD_CONFIG = """\
-ListenAddress 127.0.0.1:{port}
-HostKey {work}/host_ed25519
-AuthorizedKeysFile {work}/authorized_keys
-PidFile none
-UsePAM no
-StrictModes no
-PermitRootLogin prohibit-password
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-X11Forwarding no
-PrintMotd no
-"""
-
-
-def find_sshd() -> str | None:
-    """An absolute path to sshd (it refuses to re-exec otherwise), or None."""
-    found = shutil.which("sshd")
-    if found:
-        return str(Path(found).resolve())
-    return next((c for c in _SSHD_CANDIDATES if Path(c).is_file()), None)
-
-
-def _free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        return sock.getsockname()[1]
-
-
-def _keygen(path: Path) -> None:
-    done = subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hubnet-bench", "-f", str(path)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=_RUN_TIMEOUT,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise BenchError(
-            f"ssh-keygen {path.name}: exit {done.returncode}: {done.stderr.decode(errors='replace')}"
-        )
-
-
-def _wait_for_sshd(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    """Poll until something on 127.0.0.1:port sends an SSH banner, within a bounded time."""
-    deadline = time.monotonic() + _SSHD_START_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            raise BenchError(f"sshd exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            if sock.recv(8).startswith(b"SSH-"):
-                return
-        if time.monotonic() > deadline:
-            raise BenchError(
-                f"sshd not answering on 127.0.0.1:{port} after {_SSHD_START_TIMEOUT:.0f} s:\n"
-                f"{log.read_text(errors='replace')}"
-            )
-        time.sleep(0.02)
 
 
 @contextlib.contextmanager
-def ssh_server() -> Iterator[tuple[Case | None, str]]:
-    """A private `sshd -D -e` on 127.0.0.1 (temporary host key, client key, authorized_keys)
-    and the `ssh ... 127.0.0.1 true` case against it; (None, why) if sshd or ssh is missing.
-    Installs nothing; SIGTERM and wait on the way out."""
-    sshd = find_sshd()
-    missing = [name for name, path in (("sshd", sshd), ("ssh", shutil.which("ssh"))) if not path]
-    if not shutil.which("ssh-keygen"):
-        missing.append("ssh-keygen")
-    if missing:
-        yield None, f"{', '.join(missing)} not installed (Debian: apt-get install openssh-server)"
-        return
-    assert sshd is not None
-    work = Path(tempfile.mkdtemp(prefix="hubnet-bench-sshd-"))
-    made_privsep = False
-    proc: subprocess.Popen[bytes] | None = None
-    try:
-        if os.geteuid() == 0 and not _PRIVSEP_DIR.is_dir():
-            _PRIVSEP_DIR.mkdir(mode=0o755, parents=True)
-            made_privsep = True
-        _keygen(work / "host_ed25519")
-        _keygen(work / "client_ed25519")
-        (work / "authorized_keys").write_bytes((work / "client_ed25519.pub").read_bytes())
-        port = _free_port()
-        config = work / "sshd_config"
-        config.write_text(SSHD_CONFIG.format(port=port, work=work), encoding="utf-8")
-        log = work / "sshd.log"
-        with log.open("wb") as log_file:
-            proc = subprocess.Popen(
-                [sshd, "-D", "-e", "-f", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-            )
-        _wait_for_sshd(proc, port, log)
-        case = Case(
-            SSH,
-            [
-                *("ssh", "-p", str(port), "-i", str(work / "client_ed25519")),
-                *("-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"),
-                *("-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"),
-                *("127.0.0.1", "true"),
-            ],
-        )
-        try:
-            time_process(case)
-        except BenchError as exc:
-            raise BenchError(f"{exc}\nsshd log:\n{log.read_text(errors='replace')}") from None
-        yield case, ""
-    finally:
-        stop(proc)
-        shutil.rmtree(work, ignore_errors=True)
-        if made_privsep:
-            with contextlib.suppress(OSError):
-                _PRIVSEP_DIR.rmdir()
+def ssh_case() -> Iterator[tuple[Case | None, str]]:
+    """The `ssh ... 127.0.0.1 true` case against a private sshd (`_common.ssh_server`), or
+    (None, why) when sshd or ssh is missing."""
+    with ssh_server() as (server, reason):
+        yield (None if server is None else Case(SSH, server.argv("true"))), reason
 
 
 # --- -X importtime -------------------------------------------------------------------
@@ -457,7 +343,7 @@ def main() -> int:
     times: dict[str, list[float]] = {}
     try:
         with (
-            ssh_server() as (ssh, ssh_reason),
+            ssh_case() as (ssh, ssh_reason),
             bytecode_cache() as env,
             organisation(env) as org,
             hubnode_server(SERVICES_TOML + MEMBERS_SERVICE.format(org=org.org_id), env) as server,

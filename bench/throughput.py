@@ -1,11 +1,26 @@
 #!/usr/bin/env python
-"""Bulk throughput of `hubnode call` against a plain TCP pipe, both through `cat` on 127.0.0.1.
+"""Bulk throughput of `hubnode call` beside ssh and a plain TCP pipe, on 127.0.0.1.
 
-Starts a real `hubnode serve` with a `cat` service in a temporary home, pushes N MiB
-through `hubnode call --server PEER@127.0.0.1:PORT cat` and reads it all back (writer
-thread, half-close, read to EOF), checking byte count and SHA-256. The baseline does the
-same round trip over a bare TCP socket to `socat ... EXEC:cat` (or, without socat, a small
-Python splice server in its own process). Runs are interleaved; best and median are shown.
+Three directions, each a whole process (or connection) from start to exit:
+
+  upload      N MiB of random bytes into `wc -c` (which must report N MiB)
+  download    N MiB out of `head -c N /dev/zero` (count and CRC-32 checked)
+  round trip  N MiB of random bytes through `cat` and back (writer thread, half-close,
+              read to EOF; count and CRC-32 checked)
+
+each over four ways of reaching the same programs on this machine:
+
+  hubnode call --server PEER@127.0.0.1:PORT SERVICE   a real `hubnode serve` in a temporary
+                                                      home (Noise IK, pinned key, sandbox as
+                                                      the node has it)
+  ssh -c aes128-gcm@openssh.com 127.0.0.1 COMMAND     a private sshd started by the bench
+  ssh 127.0.0.1 COMMAND                               the same, ssh's default cipher
+  socat TCP-LISTEN:PORT,fork EXEC:COMMAND             no encryption, no framing: the floor
+
+The sshd is the one bench/latency.py starts (bench/_common.py: temporary keys, public-key
+auth only); without sshd or socat those rows are skipped, saying so. Runs are interleaved
+(every way and direction once, then again), and the table shows medians, with the ratio of
+hubnet's throughput to each baseline's, measured in the same run.
 
     .venv/bin/python bench/throughput.py [--mib 256] [--runs 3]
 """
@@ -14,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import os
 import shutil
 import socket
@@ -23,53 +37,112 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HUBNODE, PYTHON, BenchError, Server, bytecode_cache, hubnode_server, median
+from _common import (
+    HUBNODE,
+    BenchError,
+    Server,
+    bytecode_cache,
+    free_port,
+    hubnode_server,
+    median,
+    ssh_server,
+)
 
 MiB = 1024 * 1024
 _CHUNK = 1 * MiB
-_BUFSIZE = 64 * 1024
+_SOCAT_BUFSIZE = 64 * 1024
+UPLOAD, DOWNLOAD, ROUND_TRIP = "upload", "download", "round trip"
+DIRECTIONS = (UPLOAD, DOWNLOAD, ROUND_TRIP)
+HUBNET = "hubnode call"
+SSH_GCM = "ssh aes128-gcm"
+SSH_DEFAULT = "ssh default cipher"
+SOCAT = "socat (plain TCP)"
+GCM = "aes128-gcm@openssh.com"
+# The programs at the far end, one per direction, alike for every way of reaching them.
+_SERVICE_NAMES = {UPLOAD: "sink", DOWNLOAD: "source", ROUND_TRIP: "cat"}
 
 
-def _services_toml(mib: int) -> str:
-    return f"""listen = "127.0.0.1:0"
+def far_commands(size: int) -> dict[str, list[str]]:
+    return {UPLOAD: ["wc", "-c"], DOWNLOAD: ["head", "-c", str(size), "/dev/zero"], ROUND_TRIP: ["cat"]}
 
-[services.cat]
-command = ["cat"]
-description = "echo stdin to stdout"
+
+def services_toml(size: int) -> str:
+    services = "".join(
+        f"""
+[services.{_SERVICE_NAMES[direction]}]
+command = {command!r}
 timeout = 3600
-max_output = {max(2 * mib, 16) * MiB}
-"""
+max_output = {max(2 * size, 16 * MiB)}
+""".replace("'", '"')
+        for direction, command in far_commands(size).items()
+    )
+    return 'listen = "127.0.0.1:0"\n' + services
 
 
-class _Payload:
-    """`mib` copies of one 1 MiB random block, and the digest the far end must return."""
+class Payload:
+    """`mib` copies of one 1 MiB random block, and what each direction must get back."""
 
     def __init__(self, mib: int) -> None:
         self.block = os.urandom(MiB)
         self.mib = mib
-        digest = hashlib.sha256()
-        for _ in range(mib):
-            digest.update(self.block)
-        self.sha256 = digest.hexdigest()
         self.size = mib * MiB
+        self.crc = self.zeros_crc = 0
+        zeros = bytes(MiB)
+        for _ in range(mib):
+            self.crc = zlib.crc32(self.block, self.crc)
+            self.zeros_crc = zlib.crc32(zeros, self.zeros_crc)
 
-    def check(self, what: str, received: int, sha256: str) -> None:
-        if received != self.size or sha256 != self.sha256:
+    def check(self, what: str, direction: str, received: int, crc: int, text: bytes) -> None:
+        if direction == UPLOAD:
+            if text.strip() != str(self.size).encode():
+                raise BenchError(f"{what}: `wc -c` at the far end counted {text[:40]!r}, sent {self.size}")
+            return
+        want = self.crc if direction == ROUND_TRIP else self.zeros_crc
+        if received != self.size or crc != want:
             raise BenchError(
-                f"{what}: got {received} bytes sha256 {sha256[:16]}…, "
-                f"sent {self.size} bytes sha256 {self.sha256[:16]}…"
+                f"{what} {direction}: got {received} bytes (CRC-32 {crc:08x}), "
+                f"expected {self.size} (CRC-32 {want:08x})"
             )
 
 
-def _write_all(write: Callable[[bytes], object], finish: Callable[[], object], payload: _Payload) -> None:
-    with contextlib.suppress(OSError):
-        for _ in range(payload.mib):
-            write(payload.block)
-        finish()
+@dataclass
+class Pipe:
+    """Either end that the bench talks to: a process's stdin/stdout, or a TCP socket."""
+
+    write: Callable[[bytes], object]
+    finish: Callable[[], object]  # end of our data: close stdin, or half-close
+    read: Callable[[], bytes]  # b"" at the end
+
+
+def exchange(pipe: Pipe, direction: str, payload: Payload, deadline: float) -> tuple[int, int, bytes]:
+    """Send the payload (unless downloading) from a thread while reading everything back:
+    (bytes received, their CRC-32, the first 64 of them)."""
+    sending = direction != DOWNLOAD
+
+    def send() -> None:
+        with contextlib.suppress(OSError):
+            for _ in range(payload.mib if sending else 0):
+                pipe.write(payload.block)
+            pipe.finish()
+
+    writer = threading.Thread(target=send, daemon=True)
+    writer.start()
+    received, crc, head = 0, 0, b""
+    while chunk := pipe.read():
+        crc = zlib.crc32(chunk, crc)
+        if len(head) < 64:
+            head += chunk[: 64 - len(head)]
+        received += len(chunk)
+        if time.monotonic() > deadline:
+            raise BenchError("took longer than its time limit")
+    writer.join(timeout=5)
+    return received, crc, head
 
 
 def _write_fd(fd: int, data: bytes) -> None:
@@ -78,30 +151,24 @@ def _write_fd(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def run_hubnet(server: Server, payload: _Payload, timeout: float, env: dict[str, str]) -> float:
-    """One round trip through `hubnode call ... cat`; wall seconds including the client's start."""
+def run_process(
+    argv: list[str], direction: str, payload: Payload, timeout: float, env: dict[str, str] | None, what: str
+) -> float:
+    """Wall seconds of one whole process (`hubnode call` or `ssh`), its start included."""
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(
-            [HUBNODE, "--home", str(server.client_home), "call", "--server", server.target, "cat"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            bufsize=0,
-            env=env,
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, bufsize=0, env=env
         )
         assert proc.stdin is not None and proc.stdout is not None
         watchdog = threading.Timer(timeout, proc.kill)
         watchdog.start()
-        stdin = proc.stdin
-        write = lambda data: _write_fd(stdin.fileno(), data)  # noqa: E731
-        writer = threading.Thread(target=_write_all, args=(write, stdin.close, payload), daemon=True)
-        writer.start()
-        digest, received, fd = hashlib.sha256(), 0, proc.stdout.fileno()
+        stdin_fd, stdout_fd = proc.stdin.fileno(), proc.stdout.fileno()
+        pipe = Pipe(
+            lambda data: _write_fd(stdin_fd, data), proc.stdin.close, lambda: os.read(stdout_fd, _CHUNK)
+        )
         try:
-            while chunk := os.read(fd, _CHUNK):
-                digest.update(chunk)
-                received += len(chunk)
+            received, crc, head = exchange(pipe, direction, payload, time.monotonic() + timeout)
             code = proc.wait()
             elapsed = time.perf_counter() - start
         finally:
@@ -110,49 +177,26 @@ def run_hubnet(server: Server, payload: _Payload, timeout: float, env: dict[str,
                 proc.kill()
                 proc.wait()
             proc.stdout.close()
-            writer.join(timeout=5)
         if code != 0:
             err.seek(0)
-            raise BenchError(f"hubnode call exited with {code}: {err.read().decode(errors='replace')}")
-    payload.check("hubnode call", received, digest.hexdigest())
+            raise BenchError(f"{what} {direction}: exit {code}: {err.read().decode(errors='replace')}")
+    payload.check(what, direction, received, crc, head)
     return elapsed
 
 
-def run_tcp(address: tuple[str, int], payload: _Payload, timeout: float) -> float:
-    """The same round trip over a bare TCP socket to the baseline cat server."""
+def run_tcp(address: tuple[str, int], direction: str, payload: Payload, timeout: float) -> float:
+    """The same over a bare TCP connection to a socat that runs the far command."""
     start = time.perf_counter()
-    deadline = start + timeout
-    sock = socket.create_connection(address, timeout=timeout)
-    try:
+    with socket.create_connection(address, timeout=timeout) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        finish = lambda: sock.shutdown(socket.SHUT_WR)  # noqa: E731
-        writer = threading.Thread(target=_write_all, args=(sock.sendall, finish, payload), daemon=True)
-        writer.start()
-        digest, received = hashlib.sha256(), 0
-        while chunk := sock.recv(_CHUNK):
-            digest.update(chunk)
-            received += len(chunk)
-            if time.perf_counter() > deadline:
-                raise BenchError(f"baseline round trip took longer than {timeout:.0f} s")
-        elapsed = time.perf_counter() - start
-        writer.join(timeout=5)
-    finally:
-        sock.close()
-    payload.check("baseline", received, digest.hexdigest())
+        pipe = Pipe(sock.sendall, lambda: sock.shutdown(socket.SHUT_WR), lambda: sock.recv(_CHUNK))
+        received, crc, head = exchange(pipe, direction, payload, time.monotonic() + timeout)
+    elapsed = time.perf_counter() - start
+    payload.check("socat", direction, received, crc, head)
     return elapsed
 
 
-# --- the baseline server -------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait_listening(address: tuple[str, int], proc: subprocess.Popen[bytes], what: str) -> None:
+def _wait_listening(address: tuple[str, int], proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -160,149 +204,140 @@ def _wait_listening(address: tuple[str, int], proc: subprocess.Popen[bytes], wha
                 return
         except OSError:
             if proc.poll() is not None:
-                raise BenchError(f"{what} exited with {proc.returncode}") from None
+                raise BenchError(f"socat exited with {proc.returncode}") from None
             if time.monotonic() > deadline:
-                raise BenchError(f"{what} did not start listening on {address}") from None
+                raise BenchError(f"socat did not start listening on {address}") from None
             time.sleep(0.05)
 
 
 @contextlib.contextmanager
-def baseline_server(kind: str) -> Iterator[tuple[str, tuple[str, int]]]:
-    """Yield (description, address) of a TCP server that runs `cat` per connection."""
-    if kind == "auto":
-        kind = "socat" if shutil.which("socat") else "python"
-    if kind == "socat":
-        port = _free_port()
-        argv = [
-            "socat",
-            "-b",
-            str(_BUFSIZE),
-            "-t",
-            "30",
-            f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
-            "EXEC:cat",
-        ]
-        description = " ".join(argv).replace(str(port), "PORT")
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-    else:
-        proc = subprocess.Popen(
-            [PYTHON, __file__, "--serve-baseline"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
-        )
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode().strip()
-        if not line.isdigit():
-            proc.kill()
-            proc.wait()
-            raise BenchError(f"python baseline server did not report its port ({line!r})")
-        port = int(line)
-        description = f"python splice server (socket <-> cat pipes, {_BUFSIZE // 1024} KiB reads)"
-    address = ("127.0.0.1", port)
+def socat_servers(size: int) -> Iterator[dict[str, tuple[str, int]]]:
+    """One `socat TCP-LISTEN:...,fork EXEC:COMMAND` per direction; {} without socat."""
+    if not shutil.which("socat"):
+        yield {}
+        return
+    procs: list[subprocess.Popen[bytes]] = []
+    addresses: dict[str, tuple[str, int]] = {}
     try:
-        _wait_listening(address, proc, description)
-        yield description, address
+        for direction, command in far_commands(size).items():
+            port = free_port()
+            argv = [
+                *("socat", "-b", str(_SOCAT_BUFSIZE), "-t", "30"),
+                f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+                "EXEC:" + " ".join(command),
+            ]
+            # Its complaints (a reader gone first) would only clutter the table; the checks judge.
+            procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            addresses[direction] = ("127.0.0.1", port)
+            _wait_listening(addresses[direction], procs[-1])
+        yield addresses
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _splice_connection(conn: socket.socket) -> None:
-    with conn, subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0) as cat:
-        assert cat.stdin is not None and cat.stdout is not None
-        cat_in = cat.stdin
-
-        def upstream() -> None:
-            with contextlib.suppress(OSError), cat_in:
-                while data := conn.recv(_BUFSIZE):
-                    cat_in.write(data)
-
-        up = threading.Thread(target=upstream, daemon=True)
-        up.start()
-        with contextlib.suppress(OSError):
-            while data := os.read(cat.stdout.fileno(), _BUFSIZE):
-                conn.sendall(data)
-            conn.shutdown(socket.SHUT_WR)
-        up.join(timeout=30)
-
-
-def serve_baseline() -> None:
-    """`--serve-baseline`: print the port, then splice each connection through its own `cat`."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    print(listener.getsockname()[1], flush=True)
-    while True:  # ends when the parent terminates this process
-        conn, _ = listener.accept()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        threading.Thread(target=_splice_connection, args=(conn,), daemon=True).start()
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 # --- report --------------------------------------------------------------------------
 
+Runner = Callable[[str, Payload, float], float]
 
-def _row(name: str, times: list[float], mib: int) -> str:
-    best, med = min(times), median(times)
-    return f"{name:<30} {best:>8.3f} {med:>9.3f} {mib / best:>11.1f} {mib / med:>13.1f}"
+
+def ways(
+    server: Server,
+    ssh: Callable[..., list[str]] | None,
+    socat: dict[str, tuple[str, int]],
+    size: int,
+    env: dict[str, str],
+) -> dict[str, Runner]:
+    """The ways to run each direction, by name: hubnet first, then the baselines that exist."""
+    commands = far_commands(size)
+    hubnode = [HUBNODE, "--home", str(server.client_home), "call", "--server", server.target]
+    found: dict[str, Runner] = {
+        HUBNET: lambda d, p, t: run_process([*hubnode, _SERVICE_NAMES[d]], d, p, t, env, HUBNET)
+    }
+    if ssh is not None:
+        found[SSH_GCM] = lambda d, p, t: run_process(ssh(*commands[d], cipher=GCM), d, p, t, None, SSH_GCM)
+        found[SSH_DEFAULT] = lambda d, p, t: run_process(ssh(*commands[d]), d, p, t, None, SSH_DEFAULT)
+    if socat:
+        found[SOCAT] = lambda d, p, t: run_tcp(socat[d], d, p, t)
+    return found
+
+
+def report(times: dict[str, dict[str, list[float]]], mib: int, runs: int) -> None:
+    width = max(len(name) for name in times) + 2
+    print(f"{'median MiB/s':<{width}}" + "".join(f"{d:>13}" for d in DIRECTIONS))
+    for name, by_direction in times.items():
+        print(f"{name:<{width}}" + "".join(f"{mib / median(by_direction[d]):>13.1f}" for d in DIRECTIONS))
+    print()
+    targets = {SSH_GCM: 1.5, SSH_DEFAULT: None, SOCAT: 0.5}
+    print(f"{'hubnet / baseline':<{width}}" + "".join(f"{d:>13}" for d in DIRECTIONS) + "   target")
+    for name in [n for n in times if n != HUBNET]:
+        ratios = [median(times[name][d]) / median(times[HUBNET][d]) for d in DIRECTIONS]
+        target = targets.get(name)
+        verdict = ""
+        if target is not None:
+            verdict = f"   >= {target}x: " + ("met" if min(ratios) >= target else "NOT met")
+        print(f"{name:<{width}}" + "".join(f"{r:>12.2f}x" for r in ratios) + verdict)
+    print()
+    print(f"runs (s), {runs} of each, interleaved:")
+    for name, by_direction in times.items():
+        for d in DIRECTIONS:
+            print(f"  {name:<{width}} {d:<11} " + " ".join(f"{t:.3f}" for t in by_direction[d]))
+    print("  (every time includes starting the process or connection: `hubnode call` and ssh")
+    print("   start an interpreter or a handshake; see bench/latency.py for those alone)")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--mib", type=int, default=256, help="MiB to push through cat and back (default 256)")
+    parser.add_argument("--mib", type=int, default=256, help="MiB to move each way (default 256)")
     parser.add_argument("--runs", type=int, default=3, help="measurements of each (default 3)")
-    parser.add_argument(
-        "--baseline",
-        choices=["auto", "socat", "python"],
-        default="auto",
-        help="baseline TCP cat server: socat if installed (auto), or a Python splice server",
-    )
-    parser.add_argument("--serve-baseline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_baseline:
-        serve_baseline()
-        return 0
     if args.mib < 1 or args.runs < 1:
         parser.error("--mib and --runs must be at least 1")
 
-    payload = _Payload(args.mib)
+    payload = Payload(args.mib)
     timeout = 60 + args.mib  # at least 1 MiB/s, or the run is abandoned as hung
-    hubnet_times: list[float] = []
-    tcp_times: list[float] = []
+    skipped: list[str] = []
     try:
         with (
             bytecode_cache() as env,
-            hubnode_server(_services_toml(args.mib), env) as server,
-            baseline_server(args.baseline) as baseline,
+            hubnode_server(services_toml(payload.size), env) as server,
+            ssh_server() as (sshd, ssh_reason),
+            socat_servers(payload.size) as socat,
         ):
-            description, address = baseline
-            # Warm-up: creates the client's identity key and faults in both paths.
-            warm = _Payload(1)
-            run_hubnet(server, warm, 60, env)
-            run_tcp(address, warm, 60)
-            for _ in range(args.runs):  # interleaved, so drift hits both alike
-                hubnet_times.append(run_hubnet(server, payload, timeout, env))
-                tcp_times.append(run_tcp(address, payload, timeout))
+            if sshd is None:
+                skipped.append(f"{SSH_GCM}, {SSH_DEFAULT}: {ssh_reason}")
+            if not socat:
+                skipped.append(f"{SOCAT}: socat not installed (Debian: apt-get install socat)")
+            found = ways(server, sshd.argv if sshd else None, socat, payload.size, env)
+            # Warm-up: creates the client's identity key and faults in every path (not the
+            # download: its far end always sends the whole size).
+            warm = Payload(1)
+            for run in found.values():
+                for direction in (UPLOAD, ROUND_TRIP):
+                    run(direction, warm, 60)
+            times = {name: {d: [] for d in DIRECTIONS} for name in found}
+            for _ in range(args.runs):  # interleaved, so drift hits every way alike
+                for direction in DIRECTIONS:
+                    for name, run in found.items():
+                        times[name][direction].append(run(direction, payload, timeout))
     except BenchError as exc:
         print(f"throughput: FAILED: {exc}", file=sys.stderr)
         return 1
 
-    print(f"throughput: {args.mib} MiB through `cat` and back on 127.0.0.1, {args.runs} runs each")
-    print(f"  hubnet:   {HUBNODE} call --server PEER@127.0.0.1:PORT cat (Noise IK, pinned key)")
-    print(f"  baseline: {description}")
-    print("  client:   writer thread, half-close, read to EOF; byte count + SHA-256 checked: OK")
+    print(f"throughput: {args.mib} MiB each way on 127.0.0.1, {args.runs} interleaved runs of each")
+    print("  upload: into `wc -c`; download: from `head -c N /dev/zero`; round trip: through `cat`")
+    print("  every transfer checked (byte count, CRC-32, or the far end's count): OK")
+    for line in skipped:
+        print(f"  SKIPPED {line}")
     print()
-    print(f"{'':<30} {'best s':>8} {'median s':>9} {'best MiB/s':>11} {'median MiB/s':>13}")
-    print(_row("hubnode call", hubnet_times, args.mib))
-    print(_row("plain TCP", tcp_times, args.mib))
-    best_ratio = min(tcp_times) / min(hubnet_times)
-    median_ratio = median(tcp_times) / median(hubnet_times)
-    print(f"{'ratio hubnet / baseline MiB/s':<30} {'':>8} {'':>9} {best_ratio:>11.3f} {median_ratio:>13.3f}")
-    print()
-    print("  runs (s): hubnet " + " ".join(f"{t:.3f}" for t in hubnet_times))
-    print("            tcp    " + " ".join(f"{t:.3f}" for t in tcp_times))
-    print("  (hubnet times include starting the `hubnode call` process; see bench/latency.py)")
+    report(times, args.mib, args.runs)
     return 0
 
 
