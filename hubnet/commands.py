@@ -6,18 +6,23 @@ parsed either way runs the same code. Nothing here imports click or Trio.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 from hubnet.identity.errors import ConfigError, HubnetError, NotOffered, Rejected
 
 if TYPE_CHECKING:
+    from hubnet.client import OpenCall
     from hubnet.config import ClientConfig
     from hubnet.home import Home
     from hubnet.identity.keys import Identity
     from hubnet.known_hosts import KnownHosts
     from hubnet.node.naming import Target
+    from hubnet.node.protocol import Call
     from hubnet.select import SelectionRules
 
 _WHY_HUBNET_ENDED = {
@@ -111,10 +116,23 @@ def run_call(
         raise
 
 
-def _run_call(
-    ctx: Context, server: str | None, typed: str, args: tuple[str, ...], bootstrap: tuple[str, ...]
-) -> int:
-    from hubnet.client import finish_call, open_call
+@dataclass(frozen=True)
+class ServiceCall:
+    """A call as the user named it, resolved: the request, how to name it in messages, and
+    the server it goes to (--server, the alias's or client.toml's; None: the DHT decides)."""
+
+    request: Call
+    service: str
+    label: str
+    server: str | None
+
+
+def service_call(ctx: Context, server: str | None, typed: str, args: tuple[str, ...]) -> ServiceCall:
+    """Resolve `typed` (an alias, a service name or id) and `args` into the request to send.
+
+    `hubnode call`, `hubnode map` and the Python API all start here, so an alias, the home's
+    attestations and the server chosen are the same for each.
+    """
     from hubnet.config import load_aliases
     from hubnet.identity.attest_text import read_file
     from hubnet.node.naming import resolve_service_ref
@@ -128,44 +146,71 @@ def _run_call(
     # The home's organisation attestations go with every call; the node checks them.
     attestations = tuple(record for _, record in read_file(ctx.home.attestations))[:MAX_CALL_ATTESTATIONS]
     request = Call(resolve_service_ref(service), args, attestations)
-    timeout, timeouts = ctx.client_config.connect_timeout, ctx.client_config.timeouts
-    stdin_fd = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.fileno()
-    chosen = server or alias_server or ctx.client_config.server
-    if chosen:
-        target = ctx.target(chosen)
-        try:
-            opened = open_call(
-                target, ctx.identity(), ctx.known_hosts(), request, timeout=timeout, timeouts=timeouts
-            )
-            exit = finish_call(opened, stdin_fd=stdin_fd).exit
-        except Rejected as exc:
-            if exc.code != "no-such-service":
-                raise
-            raise no_such_service(ctx, chosen, service, label) from None
-    else:
-        from hubnet.discover import BACKOFF_FILE, find_offers, nobody_offers, open_discovered_call
+    return ServiceCall(request, service, label, server or alias_server or ctx.client_config.server or None)
 
-        rules = ctx.selection_rules()
-        found = find_offers(ctx.identity(), ctx.bootstrap(bootstrap), request.service_id, rules.orgs)
-        if not found.offers:
-            raise nobody_offers(label)
-        opened = open_discovered_call(
+
+def open_service_call(
+    ctx: Context, planned: ServiceCall, bootstrap: tuple[str, ...] = (), *, wait_for_accept: bool = False
+) -> OpenCall:
+    """Open `planned` on its server, or on the best provider the DHT offers (which waits for
+    the Accept, so that a provider that fails first is passed over)."""
+    from hubnet.client import open_call
+
+    timeout, timeouts = ctx.client_config.connect_timeout, ctx.client_config.timeouts
+    if planned.server:
+        return open_call(
+            ctx.target(planned.server),
             ctx.identity(),
-            found,
-            rules,
-            request,
+            ctx.known_hosts(),
+            planned.request,
             timeout=timeout,
-            verbose=ctx.verbose,
-            name=label,
-            rules_source=ctx.client_config.source,
-            backoff_file=ctx.home.data_dir / BACKOFF_FILE,
             timeouts=timeouts,
+            wait_for_accept=wait_for_accept,
         )
-        exit = finish_call(opened, stdin_fd=stdin_fd).exit
+    from hubnet.discover import BACKOFF_FILE, find_offers, nobody_offers, open_discovered_call
+
+    rules = ctx.selection_rules()
+    found = find_offers(ctx.identity(), ctx.bootstrap(bootstrap), planned.request.service_id, rules.orgs)
+    if not found.offers:
+        raise nobody_offers(planned.label)
+    return open_discovered_call(
+        ctx.identity(),
+        found,
+        rules,
+        planned.request,
+        timeout=timeout,
+        verbose=ctx.verbose,
+        name=planned.label,
+        rules_source=ctx.client_config.source,
+        backoff_file=ctx.home.data_dir / BACKOFF_FILE,
+        timeouts=timeouts,
+    )
+
+
+@contextlib.contextmanager
+def naming_missing_services(ctx: Context, planned: ServiceCall) -> Iterator[None]:
+    """A server's "no-such-service" refusal becomes NotOffered with the names it does offer."""
+    try:
+        yield
+    except Rejected as exc:
+        if exc.code != "no-such-service" or not planned.server:
+            raise
+        raise no_such_service(ctx, planned.server, planned.service, planned.label) from None
+
+
+def _run_call(
+    ctx: Context, server: str | None, typed: str, args: tuple[str, ...], bootstrap: tuple[str, ...]
+) -> int:
+    from hubnet.client import finish_call
+
+    planned = service_call(ctx, server, typed, args)
+    stdin_fd = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.fileno()
+    with naming_missing_services(ctx, planned):
+        exit = finish_call(open_service_call(ctx, planned, bootstrap), stdin_fd=stdin_fd).exit
     if exit.error:
         from hubnet.safe_text import printable
 
-        print(f"hubnode: {printable(_WHY_HUBNET_ENDED.get(exit.error, exit.error))}", file=sys.stderr)
+        print(f"hubnode: {printable(why_hubnet_ended(exit.error))}", file=sys.stderr)
     if exit.signal is not None:
         return 128 + exit.signal
     if exit.error and not exit.exit_code:
@@ -173,6 +218,11 @@ def _run_call(
         # the output cap): its output was still cut short, so never report success.
         return 1
     return exit.exit_code if exit.exit_code is not None else 1
+
+
+def why_hubnet_ended(error: str) -> str:
+    """An Exit's `error` (timeout, output-limit, ...) as a phrase for people."""
+    return _WHY_HUBNET_ENDED.get(error, error)
 
 
 def no_such_service(ctx: Context, server: str, typed: str, label: str | None = None) -> NotOffered:

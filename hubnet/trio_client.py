@@ -40,6 +40,7 @@ from hubnet.identity.keys import Identity
 from hubnet.identity.secure import SecureStream, connect_secure
 from hubnet.node.naming import Target
 from hubnet.node.protocol import (
+    Accept,
     Call,
     Credit,
     Event,
@@ -162,20 +163,23 @@ class Client:
         stdout: OutputSink | None = None,
         stderr: OutputSink | None = None,
         timeout: float | None = None,
+        accepted: Callable[[Accept], object] | None = None,
     ) -> CallOutput:
         """Run one job on `target`: stream `stdin` up and the output down until it exits.
 
         Output goes to the sinks if given, else it is collected into the CallOutput.
         `timeout` bounds the whole call, and the client's `timeouts` the node's time to
         accept and its silences: when one passes, the job is cancelled and TransportError
-        raised. Raises `Rejected` if the node refuses the call.
+        raised. Raises `Rejected` if the node refuses the call. `accepted` is told the
+        node's Accept (its terms: what the job may cost) as soon as it comes.
         """
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         attempt = 0
         while True:
             machine = CallMachine(call, self.timeouts)
             try:
-                return await self._call(target, machine, stdin, _Collected(stdout, stderr), deadline)
+                collected = _Collected(stdout, stderr, accepted)
+                return await self._call(target, machine, stdin, collected, deadline)
             except (TransportError, HandshakeError) as exc:
                 # A node that is full sheds connections that have not started a job (node.connections):
                 # closed before its Accept, the call ran nothing, so if its stdin can be sent again it
@@ -242,9 +246,15 @@ class Client:
 class _Collected:
     """Where output goes: the caller's sinks, or buffers."""
 
-    def __init__(self, stdout: OutputSink | None, stderr: OutputSink | None) -> None:
+    def __init__(
+        self,
+        stdout: OutputSink | None,
+        stderr: OutputSink | None,
+        accepted: Callable[[Accept], object] | None = None,
+    ) -> None:
         self.stdout = bytearray()
         self.stderr = bytearray()
+        self.accepted = accepted
         self._sinks = {Stdout: stdout, Stderr: stderr}
 
     async def deliver(self, event: Stdout | Stderr) -> None:
@@ -280,6 +290,8 @@ async def _receive_until_finished(
                 await stream.send_all(cancel)
         elif isinstance(event, Stdout | Stderr):
             await collected.deliver(event)
+        elif isinstance(event, Accept) and collected.accepted is not None:
+            collected.accepted(event)
         elif isinstance(event, Credit | Reject):
             credit.unpark_all()
     credit.unpark_all()
