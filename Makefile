@@ -5,10 +5,11 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # What each target installs into $(VENV): the demo only the base package (hubnode and its
 # pure-Python dependencies); the tests, lint and benches also the extras the suite exercises
-# (dev: pytest, ruff, mypy; speech: pocketsphinx; face: dlib; photos: scikit-image, matplotlib).
+# (dev: pytest, ruff, mypy; speech: pocketsphinx; face: dlib; photos: scikit-image, matplotlib;
+# ecash: nutshell, the Cashu wallet the node redeems with and the mint the tests run).
 # One stamp per set, so a venv made by `make demo` never passes for the tests' one.
 DEMO_EXTRAS :=
-TEST_EXTRAS := [dev,speech,face,photos]
+TEST_EXTRAS := [dev,speech,face,photos,ecash]
 # compat mode puts the checkout on sys.path with a .pth line; the default import hook costs ~15 ms per start.
 PIP_INSTALL = $(PY) -m pip install -q --config-settings editable_mode=compat -e
 

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -28,7 +29,11 @@ def require_program(name: str) -> str:
     path = shutil.which(name)
     if path is not None:
         return path
-    reason = f"{name} is not installed: not found on PATH={os.environ.get('PATH', '')!r}"
+    lacking(f"{name} is not installed: not found on PATH={os.environ.get('PATH', '')!r}")
+
+
+def lacking(reason: str) -> NoReturn:
+    """Skip the test for `reason` (something it needs is not installed); fail it on CI."""
     if require_all():
         pytest.fail(f"{reason} ({REQUIRE_ALL_VARIABLE}=1 forbids skipping)", pytrace=False)
     pytest.skip(reason)

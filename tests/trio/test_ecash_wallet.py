@@ -1,0 +1,82 @@
+"""The node's ecash helper process against a real nutshell mint (tests/mint.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import trio
+
+from hubnet.node.ecash import EcashWallet
+from hubnet.node.ecash_wire import EcashError, EcashErrorCode
+from tests.mint import TestMint, mint_tokens, receive_token
+
+
+async def test_redeem_once_send_and_refuse_what_is_not_ours(
+    tmp_path: Path, cashu_mint: TestMint, untrusted_mint: TestMint
+) -> None:
+    v4_token, other_token = mint_tokens(cashu_mint, tmp_path / "payer", 40, 9)
+    (v3_token,) = mint_tokens(cashu_mint, tmp_path / "payer", 3, v3=True)
+    (foreign,) = mint_tokens(untrusted_mint, tmp_path / "stranger", 50)
+    assert v4_token.startswith("cashuB") and v3_token.startswith("cashuA")
+    wallet = EcashWallet(tmp_path / "node", (cashu_mint.url + "/",))  # a trailing slash is the same mint
+    try:
+        redeemed = await wallet.redeem(v4_token)
+        assert (redeemed.amount, redeemed.mint) == (40, cashu_mint.url)
+        assert (await wallet.redeem(v3_token)).amount == 3
+        with pytest.raises(EcashError) as spent:
+            await wallet.redeem(v4_token)
+        assert spent.value.code is EcashErrorCode.SPENT
+        with pytest.raises(EcashError) as untrusted:
+            await wallet.redeem(foreign)
+        assert untrusted.value.code is EcashErrorCode.UNTRUSTED_MINT
+        assert untrusted_mint.url in str(untrusted.value)
+        with pytest.raises(EcashError) as garbage:
+            await wallet.redeem("cashuBnot-a-token")
+        assert garbage.value.code is EcashErrorCode.BAD_TOKEN
+        assert (await wallet.balance()).total == 43
+        assert not await wallet.spent(other_token)
+
+        sent = await wallet.send(5)
+        assert (sent.amount, sent.mint) == (5, cashu_mint.url)
+        assert (await wallet.balance()).total == 38
+        with pytest.raises(EcashError) as short:
+            await wallet.send(39)
+        assert short.value.code is EcashErrorCode.INSUFFICIENT
+    finally:
+        await wallet.aclose()
+    # What the node sent is real money to any wallet; what it refused was never swapped.
+    assert receive_token(tmp_path / "payee", sent.token) == 5
+    assert receive_token(tmp_path / "stranger2", foreign) == 50
+
+
+async def test_a_mint_that_is_down_leaves_the_token_unspent(tmp_path: Path, own_mint: TestMint) -> None:
+    (token,) = mint_tokens(own_mint, tmp_path / "payer", 8)
+    wallet = EcashWallet(tmp_path / "node", (own_mint.url,))
+    try:
+        own_mint.stop()
+        with pytest.raises(EcashError) as down:
+            await wallet.redeem(token)
+        assert down.value.code is EcashErrorCode.MINT_UNAVAILABLE
+        assert own_mint.url in str(down.value)
+    finally:
+        await wallet.aclose()
+
+
+async def test_a_helper_that_dies_is_replaced(tmp_path: Path, cashu_mint: TestMint) -> None:
+    first, second = mint_tokens(cashu_mint, tmp_path / "payer", 2, 4)
+    wallet = EcashWallet(tmp_path / "node", (cashu_mint.url,))
+    try:
+        assert (await wallet.redeem(first)).amount == 2
+        process = wallet._process
+        assert process is not None
+        os.kill(process.pid, signal.SIGKILL)
+        with trio.fail_after(30):
+            await process.wait()
+        assert (await wallet.redeem(second)).amount == 4
+        assert wallet._process is not process
+        assert (await wallet.balance()).total == 6  # the wallet database outlives its helper
+    finally:
+        await wallet.aclose()
