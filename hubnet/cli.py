@@ -20,6 +20,7 @@ from hubnet.exits import EXIT_USAGE
 from hubnet.identity.errors import ConfigError, HubnetError, NotOffered
 from hubnet.org_cli import org
 from hubnet.safe_text import printable
+from hubnet.wallet_cli import deposit, wallet
 
 BOOTSTRAP_HELP = "A DHT node to join through, PEER_ID@HOST:PORT (or HOST:PORT); repeatable."
 DEFAULT_TARGET_HELP = "PEER_ID@HOST:PORT pins the server's key; HOST:PORT trusts it on first use."
@@ -159,6 +160,7 @@ def _serve(
         services_file=services_file,
         orgs=orgs,
         hidden=hidden,
+        data_dir=obj.home.data_dir,
     )
 
 
@@ -470,6 +472,8 @@ def alias(
 
 
 cli.add_command(org)
+cli.add_command(deposit)
+cli.add_command(wallet)
 
 
 def run_cli() -> None:

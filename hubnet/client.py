@@ -114,6 +114,21 @@ def request(
     dialer: Dialer = _TCP,
 ) -> ReplyT:
     """One request, one reply of `reply_type`: a service list, a status or a peer list."""
+    return exchange(target, identity, known_hosts, message, reply_type, timeout=timeout, dialer=dialer)[0]
+
+
+def exchange(
+    target: Target,
+    identity: Identity,
+    known_hosts: KnownHostsStore,
+    message: Message,
+    reply_type: type[ReplyT],
+    *,
+    timeout: float = 10.0,
+    dialer: Dialer = _TCP,
+) -> tuple[ReplyT, bytes]:
+    """As `request`, and the key of the node that answered (to check what it signed).
+    A Reject raises Rejected."""
     job = JobConnection(Role.CLIENT)
     secure = connect(target, identity, known_hosts, job.send(message), timeout=timeout, dialer=dialer)
     try:
@@ -122,9 +137,11 @@ def request(
         raise located(exc, target.address) from exc
     finally:
         secure.close()
+    if isinstance(reply, Reject) and reply_type is not Reject:
+        raise Rejected(reply.code, reply.reason)
     if not isinstance(reply, reply_type):
         raise RemoteProtocolError(f"expected {reply_type.__name__}, got {type(reply).__name__}")
-    return reply
+    return reply, secure.remote_identity
 
 
 @dataclass

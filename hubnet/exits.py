@@ -25,6 +25,10 @@ EXIT_USAGE = 2
 # nobody in the DHT offers it, or no offer passes client.toml's [select] rules).
 EXIT_REFUSED = 126
 EXIT_NO_SERVICE = 127
+# sysexits' EX_TEMPFAIL: try again later, nothing happened (a node's mint cannot be reached;
+# the token is still the caller's).
+EXIT_TEMPFAIL = 75
+_TEMPORARY_REFUSALS = ("mint-unavailable", "deposit-failed")
 # A shell's convention for death by signal N: 128 + N (numbers, not the `signal` module,
 # which `hubnode call` would otherwise import for two constants).
 EXIT_INTERRUPTED = 128 + 2  # SIGINT
@@ -42,6 +46,8 @@ def exit_code_for(error: HubnetError) -> int:
     if isinstance(error, NotOffered):
         return EXIT_NO_SERVICE
     if isinstance(error, Rejected):
+        if error.code in _TEMPORARY_REFUSALS:
+            return EXIT_TEMPFAIL
         return EXIT_NO_SERVICE if error.code == "no-such-service" else EXIT_REFUSED
     if isinstance(error, TransportError | RemoteProtocolError | HostKeyMismatch):
         return EXIT_TRANSPORT

@@ -79,11 +79,11 @@ class EcashWallet:
         assert isinstance(reply, Token)
         return reply
 
-    async def spent(self, token: str) -> bool:
-        """Whether the mint has every proof of `token` marked spent."""
+    async def check(self, token: str) -> TokenState:
+        """What `token` holds, and whether its mint has every proof of it marked spent."""
         reply = await self._request(CheckToken(token))
         assert isinstance(reply, TokenState)
-        return reply.spent
+        return reply
 
     async def balance(self) -> WalletBalance:
         reply = await self._request(GetBalance(self.mints))

@@ -18,9 +18,8 @@ from typing import Any
 import msgpack
 
 from hubnet.identity.errors import HubnetError, LocalProtocolError, RemoteProtocolError
+from hubnet.node.protocol import MAX_TOKEN
 
-# A Cashu token of a few dozen proofs is a few KiB; a wallet never needs more than this.
-MAX_TOKEN = 32 * 1024
 MAX_MINTS = 64
 MAX_URL = 512
 MAX_TEXT = 1024
@@ -93,7 +92,9 @@ class Token:
 
 @dataclass(frozen=True)
 class TokenState:
-    spent: bool
+    spent: bool  # every proof of it is spent at its mint
+    amount: int  # sat
+    mint: str
 
 
 @dataclass(frozen=True)
@@ -152,10 +153,10 @@ def _decode_balance(f: list[Any]) -> WalletBalance:
     return WalletBalance(tuple(pairs))
 
 
-def _decode_spent(f: list[Any]) -> TokenState:
+def _decode_state(f: list[Any]) -> TokenState:
     if not isinstance(f[0], bool):
         raise RemoteProtocolError("expected true or false")
-    return TokenState(f[0])
+    return TokenState(f[0], _amount(f[1]), _text(f[2], MAX_URL))
 
 
 # kind -> (class, field count, fields of a message, message of fields)
@@ -181,7 +182,7 @@ _CODECS: dict[str, tuple[type[Any], int, Any, Any]] = {
         lambda m: [m.token, m.amount, m.mint],
         lambda f: Token(_text(f[0], MAX_TOKEN), _amount(f[1]), _text(f[2], MAX_URL)),
     ),
-    "state": (TokenState, 1, lambda m: [m.spent], _decode_spent),
+    "state": (TokenState, 3, lambda m: [m.spent, m.amount, m.mint], _decode_state),
     "wallet": (WalletBalance, 1, lambda m: [[list(p) for p in m.per_mint]], _decode_balance),
     "failed": (Failed, 2, lambda m: [m.code, m.message], lambda f: Failed(_text(f[0]), _text(f[1]))),
 }

@@ -149,7 +149,8 @@ class Worker:
         proofs = token.proofs
         await wallet._expand_short_keyset_ids(proofs)
         states = await _at_mint(mint, wallet.check_proof_state(proofs))
-        return TokenState(all(str(s.state.value).upper() == "SPENT" for s in states.states))
+        spent = all(str(s.state.value).upper() == "SPENT" for s in states.states)
+        return TokenState(spent, sum(p.amount for p in proofs), mint)
 
     async def balance(self, request: GetBalance) -> WalletBalance:
         per_mint = []

@@ -3,8 +3,8 @@
 Each message is msgpack `[kind, fields]` with `fields` an array whose layout the kind
 fixes; by the versioning rule of docs/protocol.md a reader takes the fields it knows
 and ignores any a newer peer appends. One connection carries one request: a call (then
-its stdin/stdout/stderr, exit and an optional receipt), a service list, a status or a
-peer list.
+its stdin/stdout/stderr, exit and an optional receipt), a service list, a status, a
+peer list or an ecash deposit.
 
 `JobConnection` is the sans-IO machine for one end (h11-style): each role has its own
 state, every legal step is a row of `TRANSITIONS`, and anything else, sent or received,
@@ -56,6 +56,8 @@ MAX_EXIT_CODE = 255
 MAX_SIGNAL = 64
 MAX_CALL_ATTESTATIONS = 8  # a caller belongs to a few organisations, not to many
 MAX_ATTESTATION_BYTES = 512  # hubnet.identity.orgs.MAX_ATTESTATION_LEN, with room
+# A Cashu token (`cashuA...`/`cashuB...`) of a few dozen proofs is a few KiB.
+MAX_TOKEN = 32 * 1024
 
 
 class Kind(enum.IntEnum):
@@ -67,6 +69,7 @@ class Kind(enum.IntEnum):
     STDIN_END = 6
     CANCEL = 7
     PEERS = 8
+    DEPOSIT = 12
     ACCEPT = 16
     REJECT = 17
     STDOUT = 18
@@ -88,6 +91,14 @@ class RejectCode(enum.StrEnum):
     BAD_ARGUMENTS = "bad-arguments"
     BUSY = "busy"
     CANCELLED = "cancelled"  # the caller cancelled while its call waited for a slot
+    # Ecash refused (a deposit, or a call's token): UNTRUSTED_MINT, BAD_TOKEN and
+    # MINT_UNAVAILABLE swapped nothing (the token is still the caller's); TOKEN_SPENT credited
+    # nothing; DEPOSIT_FAILED: the outcome at the mint is not known yet (docs/money.md).
+    UNTRUSTED_MINT = "untrusted-mint"
+    BAD_TOKEN = "bad-token"
+    TOKEN_SPENT = "token-spent"
+    MINT_UNAVAILABLE = "mint-unavailable"
+    DEPOSIT_FAILED = "deposit-failed"
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,14 @@ class GetStatus:
 @dataclass(frozen=True)
 class GetPeers:
     """Ask which DHT nodes the node knows (its routing table)."""
+
+
+@dataclass(frozen=True)
+class Deposit:
+    """Redeem `token` (a Cashu token, `cashuA...` or `cashuB...`) into the caller's account;
+    the node answers with a signed deposit receipt (`Receipt`) or a `Reject`."""
+
+    token: str
 
 
 @dataclass(frozen=True)
@@ -255,9 +274,9 @@ class ConnectionClosed:
     """The peer's end of the stream: an event, never sent as a message."""
 
 
-ClientMessage = Call | ListServices | GetStatus | GetPeers | Start | Stdin | StdinEnd | Cancel
+ClientMessage = Call | ListServices | GetStatus | GetPeers | Deposit | Start | Stdin | StdinEnd | Cancel
 ServerMessage = Accept | Reject | Stdout | Stderr | Credit | Exit | Receipt | Services | StatusReply | Peers
-Request = Call | ListServices | GetStatus | GetPeers
+Request = Call | ListServices | GetStatus | GetPeers | Deposit
 Message = ClientMessage | ServerMessage
 Event = Message | ConnectionClosed
 
@@ -401,6 +420,7 @@ _CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[
     ListServices: (Kind.LIST, 0, lambda m: [], lambda f: ListServices()),
     GetStatus: (Kind.STATUS, 0, lambda m: [], lambda f: GetStatus()),
     GetPeers: (Kind.PEERS, 0, lambda m: [], lambda f: GetPeers()),
+    Deposit: (Kind.DEPOSIT, 1, lambda m: [m.token], lambda f: Deposit(_text(f[0], MAX_TOKEN))),
     Start: (Kind.START, 0, lambda m: [], lambda f: Start()),
     Stdin: (Kind.STDIN, 1, lambda m: [m.data], lambda f: Stdin(_bytes(f[0]))),
     StdinEnd: (Kind.STDIN_END, 0, lambda m: [], lambda f: StdinEnd()),
@@ -542,13 +562,14 @@ class State(enum.Enum):
     SENDING_STDIN = "sending-stdin"
     STDIN_DONE = "stdin-done"
     CANCELLED = "cancelled"
-    ASKED = "asked"  # a list, status or peers request sent: nothing more to say
+    ASKED = "asked"  # a list, status, peers or deposit request sent: nothing more to say
     # server
     WAITING = "waiting"  # no request yet
     MUST_ANSWER_CALL = "must-answer-call"
     MUST_LIST = "must-list"
     MUST_STATUS = "must-status"
     MUST_PEERS = "must-peers"
+    MUST_DEPOSIT = "must-deposit"
     RUNNING = "running"  # accepted: output flows, stdin credit is granted
     EXITED = "exited"  # Exit sent; a Receipt may follow
     DONE = "done"  # the last word said
@@ -569,6 +590,7 @@ TRANSITIONS: dict[Role, dict[State, dict[MessageType, State]]] = {
             ListServices: State.ASKED,
             GetStatus: State.ASKED,
             GetPeers: State.ASKED,
+            Deposit: State.ASKED,
             ConnectionClosed: State.CLOSED,
         },
         State.CALLED: {Start: State.SENDING_STDIN, Cancel: State.CANCELLED, ConnectionClosed: State.CLOSED},
@@ -590,6 +612,7 @@ TRANSITIONS: dict[Role, dict[State, dict[MessageType, State]]] = {
         State.MUST_LIST: {Services: State.DONE},
         State.MUST_STATUS: {StatusReply: State.DONE},
         State.MUST_PEERS: {Peers: State.DONE},
+        State.MUST_DEPOSIT: {Receipt: State.DONE, Reject: State.DONE},
         State.RUNNING: {
             Stdout: State.RUNNING,
             Stderr: State.RUNNING,
@@ -609,6 +632,7 @@ SERVER_OWES: dict[MessageType, State] = {
     ListServices: State.MUST_LIST,
     GetStatus: State.MUST_STATUS,
     GetPeers: State.MUST_PEERS,
+    Deposit: State.MUST_DEPOSIT,
 }
 INITIAL = {Role.CLIENT: State.IDLE, Role.SERVER: State.WAITING}
 

@@ -19,7 +19,10 @@ from hubnet.dht.addresses import DirectAddress
 from hubnet.dht.transport import UdpTransport
 from hubnet.identity.errors import HubnetError
 from hubnet.identity.keys import Identity
+from hubnet.node.deposits import Deposits
 from hubnet.node.discovery import Discovery, seeds_from
+from hubnet.node.ecash import EcashWallet
+from hubnet.node.ledger import Ledger
 from hubnet.node.naming import Target
 from hubnet.node.offers import Load
 from hubnet.node.org_records import OrgSetup
@@ -48,6 +51,7 @@ def run_node(
     services_file: Path | None = None,
     orgs: OrgSetup | None = None,
     hidden: Sequence[Path] = (),
+    data_dir: Path | None = None,
 ) -> None:
     """Serve `config`'s services as `identity` until SIGTERM or SIGINT.
 
@@ -55,11 +59,14 @@ def run_node(
     heard on the LAN), and logs the address to give callers once listening (on the
     `START_LOGGER`), after which file (`services_file`) the services came from. `orgs` says
     what the node brings of organisations (see `node.org_watch.OrgSetup`). `hidden`: the
-    node's own folders (its key, its config), which sandboxed jobs see empty.
+    node's own folders (its key, its config), which sandboxed jobs see empty. `data_dir`:
+    where the node keeps its books and its ecash wallet (with `config.mints`, it takes deposits).
     Raises ListenError if the port cannot be bound; no other error is relabelled as one, and
     SandboxError (before anything starts) if a service cannot be isolated as it asks.
     """
     node = Node(config, identity)
+    if data_dir is not None and config.mints:
+        node.deposits = Deposits(EcashWallet(data_dir, config.mints), Ledger.open(data_dir), identity)
     node.host = probe_host(hidden=hidden, adopt_cgroup=True)
     users, warnings = check_services(node.host, [(s.name, s.isolation) for s in config.services.values()])
     isolation = [node.host.describe(users), *warnings]
@@ -109,6 +116,8 @@ async def _serve(
                 )
                 node.revocations = lambda: watch.revocations
                 nursery.start_soon(watch.run)
+            if node.deposits is not None:
+                nursery.start_soon(node.deposits.reconcile)  # what a killed node left half done
             if services_file is not None:  # said once listening, so a node that cannot says only that
                 _say_where_services_came_from(config, services_file)
             for host, port in addresses:
@@ -122,6 +131,8 @@ async def _serve(
                 log.info("stopping on %s%s", signal.Signals(signum).name, running)
                 nursery.cancel_scope.cancel()
                 break
+        if node.deposits is not None:
+            await node.deposits.wallet.aclose()
     log.info("stopped")
 
 

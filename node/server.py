@@ -35,6 +35,7 @@ from hubnet.node.connections import (
     Phase,
     source_of,
 )
+from hubnet.node.deposits import Deposits
 from hubnet.node.naming import format_service_id
 from hubnet.node.protocol import (
     DATA_CHUNK,
@@ -47,6 +48,7 @@ from hubnet.node.protocol import (
     Cancel,
     ConnectionClosed,
     Credit,
+    Deposit,
     Event,
     GetPeers,
     GetStatus,
@@ -55,6 +57,7 @@ from hubnet.node.protocol import (
     Message,
     PeerInfo,
     Peers,
+    Receipt,
     Reject,
     RejectCode,
     Role,
@@ -107,6 +110,8 @@ class Node:
         # keeps them fresh (`node.org_watch.OrgWatch`).
         self.revocations: Callable[[], Mapping[bytes, RevocationList]] = dict
         self.queued = 0
+        # Ecash deposits (node.deposits): set by whoever runs the node with `mints` and a ledger.
+        self.deposits: Deposits | None = None
         # Connections hold memory and a socket: bounded in all and per source, and those that
         # have not started a job are shed first (node.connections).
         self.connections = ConnectionTable(
@@ -178,9 +183,24 @@ class Node:
             await _reply(stream, conn, Peers(tuple(self.peers()[:MAX_PEERS])))
         elif isinstance(request, Call):
             await self._call(stream, conn, request, tracked)
+        elif isinstance(request, Deposit):
+            if tracked is not None:
+                tracked.phase = Phase.ACTIVE  # money is moving: never shed
+            await _reply(stream, conn, await self._deposit(request, stream.remote_identity))
         if tracked is not None:
             tracked.phase = Phase.LINGER
         await _linger(stream)
+
+    async def _deposit(self, deposit: Deposit, peer: bytes) -> Receipt | Reject:
+        if self.deposits is None:
+            return Reject(
+                RejectCode.UNTRUSTED_MINT, "this node takes no ecash: its services.toml names no mints"
+            )
+        # Shielded: a swap cut off half way leaves the token's fate unknown until the next start
+        # (node.deposits); the helper's own timeout bounds the wait.
+        with trio.CancelScope(shield=True):
+            answer = await self.deposits.deposit(deposit.token, peer)
+        return answer if isinstance(answer, Reject) else Receipt(answer)
 
     def status(self) -> StatusReply:
         one, five, fifteen = os.getloadavg()

@@ -260,6 +260,7 @@ class NodeConfig:
     advertise: tuple[Address, ...] = ()  # the addresses to put in offers, if not the listen address
     # Connections one source may hold at once; None: node.connections' default (loopback exempt).
     max_connections_per_address: int | None = None
+    mints: tuple[str, ...] = ()  # the Cashu mints whose ecash this node takes (none: no ecash)
 
     @property
     def orgs(self) -> set[bytes]:
@@ -473,6 +474,16 @@ def _targets(top: _Table, key: str) -> tuple[Target, ...]:
         raise top.error(key, str(exc)) from None
 
 
+def _mints(top: _Table) -> tuple[str, ...]:
+    """`mints = ["https://mint.example", ...]`: the Cashu mints (their URLs) this node trusts."""
+    urls = top.strings("mints") or []
+    for url in urls:
+        scheme, sep, rest = url.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or any(c.isspace() for c in url):
+            raise top.error("mints", f"{url!r} is not a mint's URL: give it as https://HOST[:PORT][/PATH]")
+    return tuple(urls)
+
+
 def _advertise(top: _Table) -> tuple[Address, ...]:
     addresses = []
     for text in top.strings("advertise") or []:
@@ -509,6 +520,7 @@ def parse_services(text: str, *, source: str = "services.toml") -> NodeConfig:
     max_connections_per_address = top.integer("max_connections_per_address", 1)
     bootstrap = _targets(top, "bootstrap")
     advertise = _advertise(top)
+    mints = _mints(top)
     services: dict[bytes, Service] = {}
     table = top.table("services") or _Table(source, (), {})
     for name, body in table.entries():
@@ -534,6 +546,7 @@ def parse_services(text: str, *, source: str = "services.toml") -> NodeConfig:
         bootstrap=bootstrap,
         advertise=advertise,
         max_connections_per_address=max_connections_per_address,
+        mints=mints,
     )
 
 

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 import trio
 
+from hubnet.identity.keys import Identity
+from hubnet.node.deposits import Deposits
 from hubnet.node.ecash import EcashWallet
-from hubnet.node.ecash_wire import EcashError, EcashErrorCode
+from hubnet.node.ecash_wire import EcashError, EcashErrorCode, TokenState
+from hubnet.node.ledger import Ledger
 from tests.mint import TestMint, mint_tokens, receive_token
 
 
@@ -37,7 +40,8 @@ async def test_redeem_once_send_and_refuse_what_is_not_ours(
             await wallet.redeem("cashuBnot-a-token")
         assert garbage.value.code is EcashErrorCode.BAD_TOKEN
         assert (await wallet.balance()).total == 43
-        assert not await wallet.spent(other_token)
+        assert await wallet.check(other_token) == TokenState(False, 9, cashu_mint.url)
+        assert (await wallet.check(v4_token)).spent
 
         sent = await wallet.send(5)
         assert (sent.amount, sent.mint) == (5, cashu_mint.url)
@@ -80,3 +84,33 @@ async def test_a_helper_that_dies_is_replaced(tmp_path: Path, cashu_mint: TestMi
         assert (await wallet.balance()).total == 6  # the wallet database outlives its helper
     finally:
         await wallet.aclose()
+
+
+async def test_a_deposit_cut_off_between_swap_and_credit_is_credited_once_at_restart(
+    tmp_path: Path, cashu_mint: TestMint
+) -> None:
+    swapped, credited, untouched = mint_tokens(cashu_mint, tmp_path / "payer", 5, 6, 7)
+    caller = Identity.from_seed(bytes(32))
+    data = tmp_path / "node"
+    with Ledger.open(data) as books:
+        wallet = EcashWallet(data, (cashu_mint.url,))
+        try:
+            desk = Deposits(wallet, books, caller)
+            # Killed after the swap, before the credit:
+            desk.pending.add(swapped, caller.public_key)
+            await wallet.redeem(swapped)
+            # Killed after the credit, before the token was crossed off:
+            desk.pending.add(credited, caller.public_key)
+            await desk.credit(credited, caller.public_key)
+            desk.pending.add(credited, caller.public_key)
+            # Killed before the swap:
+            desk.pending.add(untouched, caller.public_key)
+            assert books.balance(caller.public_key).available == 6000
+
+            await Deposits(wallet, books, caller).reconcile()  # the next start
+        finally:
+            await wallet.aclose()
+        assert books.balance(caller.public_key).available == 11_000  # 5 once, 6 not twice, 7 not at all
+        assert books.audit().consistent
+        assert desk.pending.all() == []
+    assert receive_token(tmp_path / "owner", untouched) == 7  # still its owner's

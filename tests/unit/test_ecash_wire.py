@@ -42,7 +42,7 @@ messages = st.one_of(
     st.builds(GetBalance, mints),
     st.builds(Redeemed, sats, urls),
     st.builds(Token, tokens, sats, urls),
-    st.builds(TokenState, st.booleans()),
+    st.builds(TokenState, st.booleans(), sats, urls),
     st.builds(WalletBalance, st.lists(st.tuples(urls, sats), max_size=4).map(tuple)),
     st.builds(Failed, st.sampled_from(list(EcashErrorCode)), st.text(max_size=80)),
 )
@@ -103,5 +103,5 @@ def test_a_failure_is_a_typed_error_and_a_wrong_answer_a_protocol_error() -> Non
         reply_or_raise(Redeem("t", ()), Failed("from-the-future", "?"))
     assert unknown.value.code is EcashErrorCode.FAILED
     with pytest.raises(RemoteProtocolError):
-        reply_or_raise(Redeem("t", ()), TokenState(True))
-    assert reply_or_raise(CheckToken("t"), TokenState(False)) == TokenState(False)
+        reply_or_raise(Redeem("t", ()), TokenState(True, 1, "m"))
+    assert reply_or_raise(CheckToken("t"), TokenState(False, 1, "m")) == TokenState(False, 1, "m")

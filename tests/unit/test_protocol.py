@@ -27,6 +27,7 @@ from hubnet.node.protocol import (
     MAX_SERVICES,
     MAX_SIGNAL,
     MAX_TEXT,
+    MAX_TOKEN,
     SERVICE_ID_LEN,
     STDIN_WINDOW,
     TRANSITIONS,
@@ -35,6 +36,7 @@ from hubnet.node.protocol import (
     Cancel,
     ConnectionClosed,
     Credit,
+    Deposit,
     Event,
     Exit,
     GetPeers,
@@ -110,6 +112,7 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     ),
     StatusReply: st.builds(StatusReply, counts, counts, counts, st.tuples(floats, floats, floats)),
     GetPeers: st.just(GetPeers()),
+    Deposit: st.builds(Deposit, st.text(max_size=200)),
     Peers: st.builds(
         Peers,
         st.lists(
@@ -426,6 +429,21 @@ def test_malformed_peer_lists_are_refused(fields: list[Any]) -> None:
         decode(msgpack.packb([Kind.PEERS_REPLY, fields]))
 
 
+@pytest.mark.parametrize("fields", [[], [b"cashuB"], [None], ["c" * (MAX_TOKEN + 1)]])
+def test_malformed_deposits_are_refused(fields: list[Any]) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode(msgpack.packb([Kind.DEPOSIT, fields]))
+
+
+def test_a_deposit_is_answered_by_a_receipt_or_a_refusal_and_nothing_else() -> None:
+    for answer in (Receipt(b"signed"), Reject("token-spent", "already spent")):
+        pair = Pair(Deposit("cashuBtoken"))
+        pair.deliver(answer)
+        assert pair.server.our_state is State.DONE
+    with pytest.raises(LocalProtocolError):
+        Pair(Deposit("cashuBtoken")).server.send(Services(()))
+
+
 # --- JobConnection ---------------------------------------------------------------------------------------
 
 EXIT = Exit(0, None, None, Usage(wall_ms=5), 10)
@@ -434,6 +452,7 @@ CLIENT_MESSAGES: tuple[Message, ...] = (
     ListServices(),
     GetStatus(),
     GetPeers(),
+    Deposit("cashuBtoken"),
     Start(),
     Stdin(b"in"),
     StdinEnd(),
@@ -493,6 +512,7 @@ PATHS: dict[tuple[Role, State], tuple[Message, ...]] = {
     (Role.SERVER, State.MUST_LIST): (ListServices(),),
     (Role.SERVER, State.MUST_STATUS): (GetStatus(),),
     (Role.SERVER, State.MUST_PEERS): (GetPeers(),),
+    (Role.SERVER, State.MUST_DEPOSIT): (Deposit("cashuBtoken"),),
     (Role.SERVER, State.RUNNING): (Call(SID), Start(), Stdin(b"in"), Accept("job")),
     (Role.SERVER, State.EXITED): (Call(SID), Accept("job"), EXIT),
     (Role.SERVER, State.DONE): (Call(SID), Reject("busy", "")),

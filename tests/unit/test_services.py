@@ -578,3 +578,12 @@ def test_the_service_decision_table(
     service = _org_service(extra)
     assert service.allows(_CALLER, memberships) is allowed
     assert service.free_for(memberships) is free
+
+
+def test_mints_name_the_ecash_a_node_takes() -> None:
+    assert parse_services("").mints == ()
+    config = parse_services('mints = ["https://mint.example", "http://127.0.0.1:3338/cashu"]')
+    assert config.mints == ("https://mint.example", "http://127.0.0.1:3338/cashu")
+    for bad in ('"https://mint.example"', '["mint.example"]', '["ftp://mint"]', '["https://"]', "[3]"):
+        with pytest.raises(ConfigError, match="mints"):
+            parse_services(f"mints = {bad}")

@@ -1,0 +1,145 @@
+"""Ecash into a caller's account: redeem a Cashu token, credit the ledger, sign a receipt.
+
+Redeeming (a swap at the mint, in the helper process of `node.ecash`) and crediting (a
+ledger transaction) cannot be one transaction, so a deposit is written down first, in
+`pending` (SQLite, `ecash/deposits.sqlite` in the node's data folder), and crossed off once
+the ledger has it. The ledger's journal names each deposit by its token's hash, so a node
+killed between the swap and the cross-off credits it exactly once: at the next start
+`reconcile` asks the mint about every deposit still written down, credits those whose
+proofs the mint has spent and the journal does not yet hold, and forgets those the mint
+has not seen spent (the swap never happened: the token is still its owner's).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from pathlib import Path
+
+from hubnet.identity.keys import Identity, fingerprint
+from hubnet.node.deposit_receipts import DepositReceipt, token_hash
+from hubnet.node.ecash import EcashWallet, sat_to_msat
+from hubnet.node.ecash_wire import EcashError, EcashErrorCode
+from hubnet.node.ledger import Ledger
+from hubnet.node.protocol import Reject, RejectCode
+
+log = logging.getLogger("hubnet.node.ecash")
+
+PENDING_FILE = "deposits.sqlite"
+
+
+def journal_note(token: str, mint: str) -> str:
+    """The ledger note of a deposit: `reconcile` finds a credited token by it."""
+    return f"ecash {token_hash(token).hex()} from {mint}"
+
+
+class PendingDeposits:
+    """Tokens being redeemed: written down before the swap, crossed off once credited."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._db = sqlite3.connect(folder / PENDING_FILE, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS pending (hash BLOB PRIMARY KEY, token TEXT NOT NULL, "
+            "account BLOB NOT NULL, time REAL NOT NULL)"
+        )
+
+    def add(self, token: str, account: bytes) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?)",
+            (token_hash(token), token, account, time.time()),
+        )
+
+    def remove(self, token: str) -> None:
+        self._db.execute("DELETE FROM pending WHERE hash = ?", (token_hash(token),))
+
+    def all(self) -> list[tuple[str, bytes]]:
+        return [
+            (t, bytes(a)) for t, a in self._db.execute("SELECT token, account FROM pending ORDER BY time")
+        ]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+# How each refusal of the helper reaches the caller.
+_REJECT_CODES = {
+    EcashErrorCode.UNTRUSTED_MINT: RejectCode.UNTRUSTED_MINT,
+    EcashErrorCode.WRONG_UNIT: RejectCode.BAD_TOKEN,
+    EcashErrorCode.BAD_TOKEN: RejectCode.BAD_TOKEN,
+    EcashErrorCode.SPENT: RejectCode.TOKEN_SPENT,
+    EcashErrorCode.MINT_UNAVAILABLE: RejectCode.MINT_UNAVAILABLE,
+}
+# Refusals after which the token is certainly unspent, or spent by someone else: not pending.
+_SETTLED = {*_REJECT_CODES}
+
+
+def refusal(error: EcashError) -> Reject:
+    """The Reject that tells a caller what became of its token."""
+    code = _REJECT_CODES.get(error.code, RejectCode.DEPOSIT_FAILED)
+    if code == RejectCode.MINT_UNAVAILABLE:
+        return Reject(code, f"{error}; nothing was credited and the token is still yours")
+    if code == RejectCode.TOKEN_SPENT:
+        return Reject(code, "the mint says this token was already spent; nothing was credited")
+    if code == RejectCode.DEPOSIT_FAILED:
+        return Reject(
+            code,
+            f"{error}; nothing was credited yet: the node will credit the token if the mint "
+            "took it (see `hubnode balance`), or leave it yours",
+        )
+    return Reject(code, f"{error}; nothing was redeemed")
+
+
+class Deposits:
+    """The node's desk for ecash: `deposit` a token into an account, `reconcile` at start."""
+
+    def __init__(self, wallet: EcashWallet, ledger: Ledger, identity: Identity) -> None:
+        self.wallet = wallet
+        self.ledger = ledger
+        self.identity = identity
+        self.pending = PendingDeposits(wallet.folder)
+
+    async def credit(self, token: str, account: bytes) -> tuple[int, int, str]:
+        """Redeem `token` and credit it to `account`: (msat credited, balance after, mint).
+        EcashError when it was refused (see `refusal`)."""
+        self.pending.add(token, account)
+        try:
+            redeemed = await self.wallet.redeem(token)
+        except EcashError as exc:
+            if exc.code in _SETTLED:
+                self.pending.remove(token)
+            raise
+        amount = sat_to_msat(redeemed.amount)
+        balance = self.ledger.credit(account, amount, kind="deposit", note=journal_note(token, redeemed.mint))
+        self.pending.remove(token)
+        log.info("deposit of %d msat from %s for %s", amount, redeemed.mint, fingerprint(account))
+        return amount, balance, redeemed.mint
+
+    async def deposit(self, token: str, account: bytes) -> bytes | Reject:
+        """A `Deposit` request: the signed receipt, or the Reject saying what became of the token."""
+        try:
+            amount, balance, mint = await self.credit(token, account)
+        except EcashError as exc:
+            log.info("refused a deposit from %s: %s", fingerprint(account), exc)
+            return refusal(exc)
+        receipt = DepositReceipt(
+            self.identity.public_key, account, amount, balance, mint, token_hash(token), int(time.time())
+        )
+        return receipt.sign(self.identity)
+
+    async def reconcile(self) -> None:
+        """Settle the deposits a stopped node left between swap and credit (module docstring)."""
+        for token, account in self.pending.all():
+            try:
+                state = await self.wallet.check(token)
+            except EcashError as exc:
+                log.warning("cannot settle an interrupted deposit yet: %s", exc)
+                continue
+            note = journal_note(token, state.mint)
+            credited = any(e.kind == "deposit" and e.note == note for e in self.ledger.history(account))
+            if state.spent and not credited:
+                self.ledger.credit(account, sat_to_msat(state.amount), kind="deposit", note=note)
+                log.info("credited an interrupted deposit to %s", fingerprint(account))
+            self.pending.remove(token)

@@ -1,0 +1,83 @@
+"""Real ecash end to end: a real nutshell mint (fake Lightning), real `hubnode serve` and clients."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hubnet.identity.keys import decode_peer_id
+from hubnet.node.ledger import Ledger
+from tests.e2e.harness import Client, Server, one_line, toml_string
+from tests.mint import TestMint, mint_tokens, receive_token
+
+EXIT_REFUSED, EXIT_TEMPFAIL, EXIT_USAGE = 126, 75, 2
+
+
+def node_toml(*mints: str) -> str:
+    return f"""
+listen = "127.0.0.1:0"
+mints = [{", ".join(toml_string(m) for m in mints)}]
+
+[services.cat]
+command = ["cat"]
+"""
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory: pytest.TempPathFactory, cashu_mint: TestMint) -> Iterator[Server]:
+    """A node that trusts the session's mint."""
+    with Server(tmp_path_factory.mktemp("bank") / "node", node_toml(cashu_mint.url)) as server:
+        yield server
+
+
+def test_a_deposit_credits_once_and_untrusted_ecash_is_never_redeemed(
+    bank: Server, client: Client, tmp_path: Path, cashu_mint: TestMint, untrusted_mint: TestMint
+) -> None:
+    forty, nine = mint_tokens(cashu_mint, tmp_path / "payer", 40, 9)
+    (foreign,) = mint_tokens(untrusted_mint, tmp_path / "stranger", 50)
+
+    first = client.run("deposit", "--server", bank.target, forty)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.decode() == (
+        f"deposited 40 sat (40000 msat) from {cashu_mint.url}; your balance there: 40000 msat\n"
+    )
+
+    again = client.run("deposit", "--server", bank.target, forty)
+    assert again.returncode == EXIT_REFUSED
+    assert "token-spent" in one_line(again) and "nothing was credited" in one_line(again)
+
+    refused = client.run("deposit", "--server", bank.target, foreign)
+    assert refused.returncode == EXIT_REFUSED
+    assert "untrusted-mint" in one_line(refused) and untrusted_mint.url in one_line(refused)
+    assert receive_token(tmp_path / "stranger-again", foreign) == 50  # the refused token was never swapped
+
+    by_stdin = client.run("deposit", "--server", bank.target, "--json", "-", input=nine.encode())
+    assert by_stdin.returncode == 0, by_stdin.stderr
+    receipt = json.loads(by_stdin.stdout)
+    assert (receipt["amount_msat"], receipt["balance_msat"]) == (
+        9000,
+        49000,
+    )  # the second 40 credited nothing
+    assert receipt["caller"] == client.peer_id and receipt["mint"] == cashu_mint.url
+
+    typo = client.run("deposit", "--server", bank.target, "cashuBnot-a-token")
+    assert typo.returncode == EXIT_USAGE
+    assert "Cashu token" in one_line(typo)
+
+
+def test_a_mint_that_is_down_credits_nothing_and_the_token_stays_yours(
+    client: Client, tmp_path: Path, own_mint: TestMint
+) -> None:
+    (token,) = mint_tokens(own_mint, tmp_path / "payer", 8)
+    with Server(tmp_path / "node", node_toml(own_mint.url)) as server:
+        own_mint.stop()
+        down = client.run("deposit", "--server", server.target, token)
+    assert down.returncode == EXIT_TEMPFAIL
+    line = one_line(down)
+    assert "mint-unavailable" in line and own_mint.url in line and "the token is still yours" in line
+    with Ledger.open(server.home, release_stale=False) as books:
+        assert books.balance(decode_peer_id(client.peer_id)).available == 0
+        assert books.audit().paid_in == 0
