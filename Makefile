@@ -6,10 +6,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # What each target installs into $(VENV): the demo only the base package (hubnode and its
 # pure-Python dependencies); the tests, lint and benches also the extras the suite exercises
 # (dev: pytest, ruff, mypy; speech: pocketsphinx; face: dlib; photos: scikit-image, matplotlib;
-# ecash: nutshell, the Cashu wallet the node redeems with and the mint the tests run).
+# ecash: nutshell, the Cashu wallet the node redeems with and the mint the tests run; map: tqdm).
 # One stamp per set, so a venv made by `make demo` never passes for the tests' one.
 DEMO_EXTRAS :=
-TEST_EXTRAS := [dev,speech,face,photos,ecash]
+TEST_EXTRAS := [dev,speech,face,photos,ecash,map]
 # compat mode puts the checkout on sys.path with a .pth line; the default import hook costs ~15 ms per start.
 PIP_INSTALL = $(PY) -m pip install -q --config-settings editable_mode=compat -e
 

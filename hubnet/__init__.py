@@ -6,6 +6,7 @@ From Python (see docs/python-api.md):
     result = hubnet.call("speak", ["Hello Jenny"])            # blocking, no Trio imported
     with hubnet.stream("listen") as job: ...                   # stdin in pieces, stdout as it comes
     result = await hubnet.trio_api.call("speak", ["Hello"])    # Trio, many at once
+    with hubnet.Executor() as pool: pool.map("face", photos)   # fan-out over every provider
 
 Names are imported when first used (PEP 562), so `import hubnet` costs nearly nothing
 and `hubnode call`, which imports this package too, pays for none of it.
@@ -19,6 +20,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from hubnet import trio_api
     from hubnet.api import CallStream, Result, call, stream
+    from hubnet.fanout import Executor
     from hubnet.identity.errors import (
         ClosedEarly,
         ConfigError,
@@ -37,6 +39,7 @@ _WHERE = {
     "stream": "hubnet.api",
     "Result": "hubnet.api",
     "CallStream": "hubnet.api",
+    "Executor": "hubnet.fanout",
     "HubnetError": _ERRORS,
     "NotOffered": _ERRORS,
     "Rejected": _ERRORS,
@@ -52,6 +55,7 @@ __all__ = [
     "CallStream",
     "ClosedEarly",
     "ConfigError",
+    "Executor",
     "HostKeyMismatch",
     "HubnetError",
     "NotOffered",

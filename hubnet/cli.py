@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from hubnet.commands import Context, run_call
-from hubnet.exits import EXIT_USAGE
+from hubnet.exits import EXIT_TRANSPORT, EXIT_USAGE
 from hubnet.identity.errors import ConfigError, HubnetError, NotOffered
 from hubnet.org_cli import org
 from hubnet.safe_text import printable
@@ -190,6 +190,66 @@ def call(
     the protocol failed.
     """
     sys.exit(run_call(obj, server, service, args, bootstrap))
+
+
+@cli.command(
+    "map",
+    short_help="Run a service once per input, over every provider at once.",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.option(
+    "--server", "-s", "servers", metavar="TARGET", multiple=True, help="Use this server; repeatable."
+)
+@click.option("--bootstrap", "-b", "bootstrap", metavar="TARGET", multiple=True, help=BOOTSTRAP_HELP)
+@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Run at most N jobs at once in all.")
+@click.option("--inputs-from", metavar="FILE", help="Read inputs from FILE, one a line (- for stdin).")
+@click.option(
+    "--results", type=click.Path(file_okay=False, path_type=Path), help="Put each input's output in DIR."
+)
+@click.option("--keep-order", "-k", is_flag=True, help="Print outputs in input order, not as they finish.")
+@click.option("--joblog", type=click.Path(dir_okay=False, path_type=Path), help="Log each input to FILE.")
+@click.option("--resume", is_flag=True, help="Skip the inputs that --joblog FILE shows finished.")
+@click.option("--retries", type=click.IntRange(min=0), default=0, help="Run a failed job again, N times.")
+@click.option(
+    "--redundancy", type=click.IntRange(min=1), default=1, help="Run each input on N providers; vote."
+)
+@click.option("--max-cost", type=click.IntRange(min=0), metavar="MSAT", help="Spend at most MSAT on the run.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Cancel a job after SECONDS.")
+@click.argument("service")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def map_command(
+    obj: Context, /, service: str, args: tuple[str, ...], inputs_from: str | None, **options: Any
+) -> None:
+    """Run SERVICE once per input, spread over every provider of it at once.
+
+    \b
+    hubnode map sha256sum ::: *.iso               each file is one job's stdin
+    hubnode map speak --stdout {} ::: hi there     {} is replaced by the input
+    hubnode map -j 8 --joblog log face identify ::: photos/*.jpg
+
+    Inputs follow ::: or come from --inputs-from. An input is a file fed to its job as
+    stdin, unless ARGS contain {} (the input), {.} (without extension), {/} (base name),
+    {//} (folder) or {/.} (base name without extension). Jobs go to every provider at
+    once, within each one's job slots and -j; a provider that fails gets less work, then
+    none. Outputs are printed as jobs finish (-k: in input order). --retries runs a failed
+    job again on another provider; --redundancy N runs each input on N distinct providers
+    and accepts the output most of them agree on, reporting and avoiding the others.
+
+    Exits 0 when every input succeeded, else the number that failed (at most 101), and 255
+    if map itself could not run (no providers, bad options).
+    """
+    from hubnet.map_command import MapOptions, run_map
+    from hubnet.safe_text import printable
+
+    if options["resume"] and options["joblog"] is None:
+        raise click.UsageError("--resume needs --joblog FILE: the log says what finished")
+    try:
+        status = run_map(obj, service, args, inputs_from, MapOptions(**options))
+    except HubnetError as exc:
+        click.echo(f"hubnode: {printable(str(exc))}", err=True)
+        sys.exit(EXIT_TRANSPORT)  # GNU parallel's and ssh's status for the tool's own failure
+    sys.exit(status)
 
 
 @cli.command(short_help="List a server's services, or who offers one in the DHT.")

@@ -39,8 +39,8 @@ from hubnet.trio_client import CallOutput, Client, Stdin
 from hubnet.trust import PinnedKeys, expected_key
 
 MAX_ATTEMPTS = 5  # providers a discovered call is tried on (as hubnet.discover's)
-# What a provider may fail with before it accepted a call, having run nothing: the next one is tried.
-BEFORE_ACCEPT = (TransportError, RemoteProtocolError, HandshakeError, HostKeyMismatch, Rejected)
+# How a call fails on its provider (before its Accept: having run nothing, so the next one is tried).
+CALL_FAILURES = (TransportError, RemoteProtocolError, HandshakeError, HostKeyMismatch, Rejected)
 
 
 @dataclass(frozen=True)
@@ -90,12 +90,12 @@ def where_to_call(
     return [Reachable(target_of(o), o.load.capacity, o.price.per_call) for o in offers]
 
 
-def client_for(ctx: Context, planned: ServiceCall) -> Client:
+def client_for(ctx: Context, *, named: bool) -> Client:
     """A Trio client with the home's identity and client.toml's timeouts; the home's
-    known_hosts for a server the user named (trust on first use, as the CLI), pinned keys
+    known_hosts for servers the user `named` (trust on first use, as the CLI), pinned keys
     for discovered offers."""
     config = ctx.client_config
-    known_hosts = ctx.known_hosts() if planned.server else PinnedKeys()
+    known_hosts = ctx.known_hosts() if named else PinnedKeys()
     return Client(
         ctx.identity(),
         known_hosts=known_hosts,
@@ -154,14 +154,14 @@ async def call(
     """
     ctx, planned = plan_call(service, args, server, home)
     reachable = await trio.to_thread.run_sync(where_to_call, ctx, planned, tuple(bootstrap))
-    client = client_for(ctx, planned)
+    client = client_for(ctx, named=bool(planned.server))
     failures: list[str] = []
     for place in reachable[:MAX_ATTEMPTS]:
         budget = _Budget(max_cost, place.target)
         try:
             with naming_missing_services(ctx, planned):
                 output = await _call_once(client, planned, place.target, stdin, timeout, budget)
-        except BEFORE_ACCEPT as exc:
+        except CALL_FAILURES as exc:
             if budget.accepted or len(reachable) == 1:
                 raise
             failures.append(f"{place.target.address}: {exc}")
@@ -255,7 +255,7 @@ async def stream(
     candidate (a stream's stdin cannot be replayed on another)."""
     ctx, planned = plan_call(service, args, server, home)
     [place, *_] = await trio.to_thread.run_sync(where_to_call, ctx, planned, tuple(bootstrap))
-    client = client_for(ctx, planned)
+    client = client_for(ctx, named=bool(planned.server))
     provider = encode_peer_id(place.target.peer) if place.target.peer else str(place.target.address)
     job = TrioCallStream(provider)
     with naming_missing_services(ctx, planned):

@@ -7,6 +7,7 @@ calls at once, the typed errors, and the same home as the CLI (an alias made wit
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import os
 import subprocess
@@ -112,6 +113,21 @@ def test_the_trio_forms_run_many_calls_at_once(node: Node, client: Client) -> No
     outputs, streamed = trio.run(main)
     assert outputs == [b"%d" % i for i in range(20)]
     assert streamed == b"streamed audio"
+
+
+def test_the_executor_fans_calls_out_with_the_standard_interface(node: Node, client: Client) -> None:
+    with hubnet.Executor(servers=[node.target], home=client.home, retries=1) as pool:
+        assert isinstance(pool, concurrent.futures.Executor)
+        results = list(pool.map("cat", [b"%d" % i for i in range(30)]))
+        future = pool.submit("argv", b"", ["x"])
+        missing = pool.submit("nosuch")
+    assert [r.stdout for r in results] == [b"%d" % i for i in range(30)]
+    assert all(r.provider == node.server.peer_id and r.ok for r in results)
+    assert future.result().exit_code == 3 and future.result().stdout == b"<x>\n"
+    with pytest.raises(hubnet.HubnetError, match="no-such-service"):
+        missing.result()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit("cat")
 
 
 def test_importing_hubnet_for_a_call_does_not_import_trio() -> None:
