@@ -6,7 +6,7 @@ The Cashu library never loads in the node's own process (see `hubnet.node.ecash_
 or says something that breaks the codec: the next request starts a fresh one. A request that
 was in flight when that happened raises EcashError(FAILED): whether its swap happened at the
 mint is not known, which is why deposits are written down before they are redeemed
-(`hubnet.node.deposits`).
+(`hubnet.node.cashier`).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import re
 import sys
@@ -44,6 +45,7 @@ from hubnet.node.ecash_wire import (
 )
 
 WALLET_NAME = "wallet"
+LOCK_FILE = "wallet.lock"
 # How a mint's refusal shows in nutshell's exception text, and the code for a spent proof (NUT-00).
 _MINT_CODE = re.compile(r"\(Code: (\d+)\)")
 _SPENT_CODES = {"11001"}
@@ -204,8 +206,13 @@ async def _at_mint(mint: str, work: Any) -> Any:
 
 
 def serve(requests: BinaryIO, replies: BinaryIO, worker: Worker) -> None:
-    """Answer requests until the node closes our stdin."""
+    """Answer requests until the node closes our stdin.
+
+    Each request holds an exclusive lock on the wallet's folder: the node's helper and an
+    operator's `hubnode ledger payout` (a helper of its own) may share one wallet, and two
+    selections of the same proofs would make one of two tokens worthless."""
     loop = asyncio.new_event_loop()  # one loop for the process: the wallets' HTTP clients live in it
+    lock = os.open(worker.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     decoder = FrameDecoder()
     while True:
         message = decoder.next_message()
@@ -217,7 +224,12 @@ def serve(requests: BinaryIO, replies: BinaryIO, worker: Worker) -> None:
             continue
         if not isinstance(message, Redeem | Send | CheckToken | GetBalance):
             raise RemoteProtocolError(f"the node sent a reply ({type(message).__name__}), not a request")
-        replies.write(encode(loop.run_until_complete(worker.handle(message))))
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            reply = loop.run_until_complete(worker.handle(message))
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        replies.write(encode(reply))
         replies.flush()
 
 

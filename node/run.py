@@ -19,7 +19,7 @@ from hubnet.dht.addresses import DirectAddress
 from hubnet.dht.transport import UdpTransport
 from hubnet.identity.errors import HubnetError
 from hubnet.identity.keys import Identity
-from hubnet.node.deposits import Deposits
+from hubnet.node.cashier import Cashier
 from hubnet.node.discovery import Discovery, seeds_from
 from hubnet.node.ecash import EcashWallet
 from hubnet.node.ledger import Ledger
@@ -66,7 +66,7 @@ def run_node(
     """
     node = Node(config, identity)
     if data_dir is not None and config.mints:
-        node.deposits = Deposits(EcashWallet(data_dir, config.mints), Ledger.open(data_dir), identity)
+        node.cashier = Cashier(EcashWallet(data_dir, config.mints), Ledger.open(data_dir), identity)
     node.host = probe_host(hidden=hidden, adopt_cgroup=True)
     users, warnings = check_services(node.host, [(s.name, s.isolation) for s in config.services.values()])
     isolation = [node.host.describe(users), *warnings]
@@ -116,8 +116,8 @@ async def _serve(
                 )
                 node.revocations = lambda: watch.revocations
                 nursery.start_soon(watch.run)
-            if node.deposits is not None:
-                nursery.start_soon(node.deposits.reconcile)  # what a killed node left half done
+            if node.cashier is not None:
+                nursery.start_soon(node.cashier.reconcile)  # what a killed node left half done
             if services_file is not None:  # said once listening, so a node that cannot says only that
                 _say_where_services_came_from(config, services_file)
             for host, port in addresses:
@@ -131,8 +131,8 @@ async def _serve(
                 log.info("stopping on %s%s", signal.Signals(signum).name, running)
                 nursery.cancel_scope.cancel()
                 break
-        if node.deposits is not None:
-            await node.deposits.wallet.aclose()
+        if node.cashier is not None:
+            await node.cashier.wallet.aclose()
     log.info("stopped")
 
 

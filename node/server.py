@@ -27,6 +27,7 @@ from hubnet.identity.orgs import RevocationList
 from hubnet.identity.secure import SecureStream, accept_secure
 from hubnet.identity.session import MAX_RECEIVE
 from hubnet.node.admission import Admitted, Occupancy, admit, find_service, settle, standing
+from hubnet.node.cashier import Cashier
 from hubnet.node.connections import (
     MAX_CONNECTIONS,
     PRESSED_WAIT,
@@ -35,7 +36,6 @@ from hubnet.node.connections import (
     Phase,
     source_of,
 )
-from hubnet.node.deposits import Deposits
 from hubnet.node.naming import format_service_id
 from hubnet.node.protocol import (
     DATA_CHUNK,
@@ -110,8 +110,8 @@ class Node:
         # keeps them fresh (`node.org_watch.OrgWatch`).
         self.revocations: Callable[[], Mapping[bytes, RevocationList]] = dict
         self.queued = 0
-        # Ecash deposits (node.deposits): set by whoever runs the node with `mints` and a ledger.
-        self.deposits: Deposits | None = None
+        # Ecash deposits (node.cashier): set by whoever runs the node with `mints` and a ledger.
+        self.cashier: Cashier | None = None
         # Connections hold memory and a socket: bounded in all and per source, and those that
         # have not started a job are shed first (node.connections).
         self.connections = ConnectionTable(
@@ -192,14 +192,14 @@ class Node:
         await _linger(stream)
 
     async def _deposit(self, deposit: Deposit, peer: bytes) -> Receipt | Reject:
-        if self.deposits is None:
+        if self.cashier is None:
             return Reject(
                 RejectCode.UNTRUSTED_MINT, "this node takes no ecash: its services.toml names no mints"
             )
         # Shielded: a swap cut off half way leaves the token's fate unknown until the next start
-        # (node.deposits); the helper's own timeout bounds the wait.
+        # (node.cashier); the helper's own timeout bounds the wait.
         with trio.CancelScope(shield=True):
-            answer = await self.deposits.deposit(deposit.token, peer)
+            answer = await self.cashier.deposit(deposit.token, peer)
         return answer if isinstance(answer, Reject) else Receipt(answer)
 
     def status(self) -> StatusReply:

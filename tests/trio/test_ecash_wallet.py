@@ -10,10 +10,10 @@ import pytest
 import trio
 
 from hubnet.identity.keys import Identity
-from hubnet.node.deposits import Deposits
+from hubnet.node.cashier import Cashier
 from hubnet.node.ecash import EcashWallet
 from hubnet.node.ecash_wire import EcashError, EcashErrorCode, TokenState
-from hubnet.node.ledger import Ledger
+from hubnet.node.ledger import Ledger, LedgerError
 from tests.mint import TestMint, mint_tokens, receive_token
 
 
@@ -95,7 +95,7 @@ async def test_a_deposit_cut_off_between_swap_and_credit_is_credited_once_at_res
     with Ledger.open(data) as books:
         wallet = EcashWallet(data, (cashu_mint.url,))
         try:
-            desk = Deposits(wallet, books, caller)
+            desk = Cashier(wallet, books, caller)
             # Killed after the swap, before the credit:
             desk.pending.add(swapped, caller.public_key)
             await wallet.redeem(swapped)
@@ -107,10 +107,38 @@ async def test_a_deposit_cut_off_between_swap_and_credit_is_credited_once_at_res
             desk.pending.add(untouched, caller.public_key)
             assert books.balance(caller.public_key).available == 6000
 
-            await Deposits(wallet, books, caller).reconcile()  # the next start
+            await Cashier(wallet, books, caller).reconcile()  # the next start
         finally:
             await wallet.aclose()
         assert books.balance(caller.public_key).available == 11_000  # 5 once, 6 not twice, 7 not at all
         assert books.audit().consistent
         assert desk.pending.all() == []
     assert receive_token(tmp_path / "owner", untouched) == 7  # still its owner's
+
+
+async def test_the_earnings_are_paid_out_as_a_token_in_whole_sats(
+    tmp_path: Path, cashu_mint: TestMint
+) -> None:
+    (token,) = mint_tokens(cashu_mint, tmp_path / "payer", 20)
+    caller = Identity.from_seed(bytes(32))
+    with Ledger.open(tmp_path / "node") as books:
+        wallet = EcashWallet(tmp_path / "node", (cashu_mint.url,))
+        try:
+            cashier = Cashier(wallet, books, caller)
+            await cashier.credit(token, caller.public_key)
+            books.hold(caller.public_key, "job", 20_000)
+            books.settle("job", 12_500)
+            for bad in (1500, 13_000, 0):
+                with pytest.raises(LedgerError):
+                    await cashier.payout(bad)
+            paid, amount = await cashier.payout()
+            assert amount == 12_000
+            assert books.earnings() == 500
+            assert (await wallet.balance()).total == 8
+            with pytest.raises(LedgerError):
+                await cashier.payout()  # 500 msat is no whole sat
+        finally:
+            await wallet.aclose()
+        assert books.audit().consistent
+        assert [e.kind for e in books.history()][-1] == "payout"
+    assert receive_token(tmp_path / "operator", paid) == 12

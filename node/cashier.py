@@ -1,4 +1,7 @@
-"""Ecash into a caller's account: redeem a Cashu token, credit the ledger, sign a receipt.
+"""The node's cashier: ecash into callers' accounts, and out again as the node's earnings.
+
+A deposit redeems a Cashu token, credits the ledger and signs a receipt; a payout sends a
+token of the node's earnings from its wallet and records it in the ledger.
 
 Redeeming (a swap at the mint, in the helper process of `node.ecash`) and crediting (a
 ledger transaction) cannot be one transaction, so a deposit is written down first, in
@@ -19,9 +22,9 @@ from pathlib import Path
 
 from hubnet.identity.keys import Identity, fingerprint
 from hubnet.node.deposit_receipts import DepositReceipt, token_hash
-from hubnet.node.ecash import EcashWallet, sat_to_msat
+from hubnet.node.ecash import MSAT_PER_SAT, EcashWallet, sat_to_msat
 from hubnet.node.ecash_wire import EcashError, EcashErrorCode
-from hubnet.node.ledger import Ledger
+from hubnet.node.ledger import InsufficientFunds, Ledger, LedgerError
 from hubnet.node.protocol import Reject, RejectCode
 
 log = logging.getLogger("hubnet.node.ecash")
@@ -92,8 +95,8 @@ def refusal(error: EcashError) -> Reject:
     return Reject(code, f"{error}; nothing was redeemed")
 
 
-class Deposits:
-    """The node's desk for ecash: `deposit` a token into an account, `reconcile` at start."""
+class Cashier:
+    """The node's ecash desk: `deposit` a token into an account, `reconcile` at start, `payout`."""
 
     def __init__(self, wallet: EcashWallet, ledger: Ledger, identity: Identity) -> None:
         self.wallet = wallet
@@ -143,3 +146,28 @@ class Deposits:
                 self.ledger.credit(account, sat_to_msat(state.amount), kind="deposit", note=note)
                 log.info("credited an interrupted deposit to %s", fingerprint(account))
             self.pending.remove(token)
+
+    async def payout(self, amount: int | None = None) -> tuple[str, int]:
+        """The node's earnings out as a token: (token, msat paid out). `amount` (msat, whole
+        sats) defaults to all the earnings, rounded down to a sat. LedgerError if the earnings
+        are short; EcashError if the wallet is (the earnings were paid out otherwise)."""
+        earnings = self.ledger.earnings()
+        if amount is None:
+            amount = earnings - earnings % MSAT_PER_SAT
+        if amount <= 0 or amount % MSAT_PER_SAT:
+            raise LedgerError(
+                f"a payout is whole sats, above 0, in msat: not {amount} (earnings: {earnings} msat)"
+            )
+        if amount > earnings:
+            raise InsufficientFunds(
+                f"{amount} msat asked for, the node has earned {earnings} msat", amount, earnings
+            )
+        token = await self.wallet.send(amount // MSAT_PER_SAT)
+        try:
+            self.ledger.payout(amount, note=f"ecash {token_hash(token.token).hex()} from {token.mint}")
+        except LedgerError as exc:
+            # Another payout took the earnings since we looked: this token is out of the wallet
+            # all the same, so it goes to the operator, never lost.
+            raise LedgerError(f"{exc}; the token already made (not recorded): {token.token}") from None
+        log.info("paid out %d msat of earnings as ecash from %s", amount, token.mint)
+        return token.token, amount
