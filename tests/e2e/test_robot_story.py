@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import subprocess
+import sys
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests import photos
-from tests.e2e.harness import Client, Server
+from tests.e2e.harness import Client, Server, base_env
 from tests.helpers import require_program
 
 NAMES = "jenny alice bob carol dave"
@@ -105,3 +106,95 @@ def test_bad_input_to_each_robot_service_is_a_clear_error(server: Server, tmp_pa
     assert refused.returncode == 126  # the node's policy refuses it; the program never runs
     no_text = _call(robot, server, "speak", input=b"")
     assert no_text.returncode == 65
+
+
+def test_the_python_story_from_the_docs(server: Server, tmp_path: Path) -> None:
+    """scripts/robot_story.py, shown whole in docs/python-api.md, against the real node."""
+    root = Path(__file__).resolve().parents[2]
+    script = root / "scripts" / "robot_story.py"
+    assert script.read_text(encoding="utf-8") in (root / "docs" / "python-api.md").read_text(encoding="utf-8")
+    still, later, answer = tmp_path / "still.png", tmp_path / "later.jpg", tmp_path / "answer.wav"
+    eileen = photos.astronaut()
+    still.write_bytes(photos.encode(eileen))
+    later.write_bytes(photos.encode(photos.darker(photos.mirrored(eileen)), "JPEG"))
+    answer.write_bytes(
+        subprocess.run(
+            [require_program("espeak-ng"), "--stdout", "Jenny"], capture_output=True, check=True
+        ).stdout
+    )
+    env = {**base_env(), "HUBNET_HOME": str(tmp_path / "robot")}
+
+    def story(photo: Path) -> tuple[str, bytes]:
+        done = subprocess.run(
+            [sys.executable, str(script), server.target, str(photo), str(answer)],
+            capture_output=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        return done.stderr.decode(), done.stdout
+
+    told, hello = story(still)
+    assert told.splitlines() == [
+        "the robot sees a face: unknown",
+        told.splitlines()[1],
+        "the robot hears: jenny",
+        "the robot says: Hello jenny!",
+    ]
+    assert told.splitlines()[1].startswith("the robot asks (")
+    with wave.open(io.BytesIO(hello)) as wav:
+        assert wav.getnframes() / wav.getframerate() > 0.3
+    told, _ = story(later)
+    assert told.splitlines() == ["the robot sees a face: jenny", "the robot says: Hello jenny!"]
+
+
+def test_the_map_examples_in_the_docs_run(server: Server, tmp_path: Path) -> None:
+    """docs/map.md's `bash` blocks, in a folder of photos and recordings, with client.toml
+    naming the node: a batch of photos through face, a folder of WAVs through listen."""
+    from tests.unit.test_docs import fenced_blocks
+
+    root = Path(__file__).resolve().parents[2]
+    doc = root / "docs" / "map.md"
+    blocks = [b for b in fenced_blocks(doc.read_text(encoding="utf-8"), doc.name) if b.lang == "bash"]
+    assert len(blocks) == 3
+    home = tmp_path / "robot"
+    home.mkdir()
+    (home / "client.toml").write_text(f'server = "{server.target}"\n', encoding="utf-8")
+    work = tmp_path / "work"
+    (work / "photos").mkdir(parents=True)
+    (work / "answers").mkdir()
+    eileen = photos.astronaut()
+    (work / "photos" / "1-eileen.jpg").write_bytes(photos.encode(eileen, "JPEG"))
+    (work / "photos" / "2-grace.jpg").write_bytes(photos.encode(photos.grace_hopper(), "JPEG"))
+    (work / "photos" / "3-eileen-again.jpg").write_bytes(photos.encode(photos.mirrored(eileen), "JPEG"))
+    for name in ("jenny", "bob"):
+        spoken = subprocess.run(
+            [require_program("espeak-ng"), "--stdout", name], capture_output=True, check=True
+        )
+        (work / "answers" / f"{name}.wav").write_bytes(spoken.stdout)
+    enrolled = _call(Client(home), server, "face", "enroll", "--name", "jenny", input=photos.encode(eileen))
+    assert enrolled.returncode == 0, enrolled.stderr.decode()
+    env = {
+        **base_env(),
+        "HUBNET_HOME": str(home),
+        "PATH": f"{Path(sys.executable).parent}:{base_env()['PATH']}",
+    }
+
+    def run(block: str) -> str:
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        return done.stdout.decode()
+
+    faces = [line.split("\t")[0] for line in run(blocks[0].body).splitlines()]
+    assert faces == ["jenny", "unknown", "jenny"]
+    assert len((work / "faces.log").read_text().splitlines()) == 4  # the header and three inputs
+    assert run(blocks[1].body).split() == ["bob", "jenny"]  # heard/bob.wav.stdout, heard/jenny.wav.stdout
+    assert run(blocks[2].body).split() == ["bob", "jenny"]  # spoken/bob.stdout, spoken/jenny.stdout
