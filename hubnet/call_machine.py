@@ -208,7 +208,7 @@ class CallMachine:
         """The node has said its last word about the job: Exit or Reject."""
         return self.exit is not None or self.reject is not None
 
-    def receive_data(self, data: bytes, now: float | None = None) -> None:
+    def receive_data(self, data: bytes | bytearray, now: float | None = None) -> None:
         """Bytes from the node (received at `now`: the node is not idle); b"" when it
         closed its stream."""
         if data and now is not None:

@@ -11,6 +11,7 @@ time to accept, its idle time, the caller's own) or an interrupt sends a Cancel.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
 import os
 import select
@@ -44,6 +45,9 @@ ReplyT = TypeVar("ReplyT", bound=Message)
 Sink = Callable[[bytes], object]
 
 _TCP = TcpDialer()
+# What `hubnode call` asks of the pipes it reads and writes (as the node does of a job's):
+# each read then takes up to a whole stdin message, and each write of output goes in whole.
+_PIPE_SIZE = 1 << 20
 
 
 def _handshake(
@@ -245,6 +249,8 @@ def finish_call(
         # A job may run as long as its node allows; the machine's deadlines bound the waits,
         # and a node that stops reading fails a send after the idle time, not never.
         secure.sock.settimeout(machine.timeouts.idle)
+        for fd in (stdin_fd, 1 if stdout is _STDOUT else None):
+            _widen_pipe(fd)
         _send_quietly(secure, (b"" if machine.started else machine.start()))
         if stdin_fd is None:
             _send_quietly(secure, machine.end_stdin())
@@ -261,6 +267,13 @@ def finish_call(
     finally:
         secure.close()
     return machine.result()
+
+
+def _widen_pipe(fd: int | None) -> None:
+    """Best effort: a file, a terminal or a refusal (pipe-max-size) leaves it as it was."""
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
 
 
 def _pump(

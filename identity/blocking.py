@@ -24,32 +24,27 @@ class SecureSocket:
         self._session = session
         self._eof = False
 
-    def send_all(self, data: bytes) -> None:
+    def send_all(self, data: bytes | bytearray | memoryview) -> None:
         _send(self.sock, self._session.send(data))
 
-    def receive_some(self) -> bytes:
-        """Decrypted bytes, as soon as a frame is whole; b"" once the peer closed cleanly."""
+    def receive_some(self) -> bytes | bytearray:
+        """Decrypted bytes, as soon as a frame is whole; b"" once the peer closed cleanly.
+        The session decrypts every whole frame at once: a caller that polls the socket never
+        leaves data behind in the session, where poll cannot see it."""
         while not self._eof:
             data = self._session.next_data()
             if data is not None:
-                # Every whole frame now: a caller that polls the socket must not leave data
-                # behind in the session, where poll cannot see it.
-                while (more := self._session.next_data()) is not None:
-                    data += more
                 return data
             if not _receive_into(self.sock, self._session):
                 self._eof = True
         return b""
 
-    def pending(self) -> bytes:
+    def pending(self) -> bytes | bytearray:
         """The data of every whole frame already received (the handshake's last read may
         have brought some), without reading the socket: check it before polling."""
-        data = b""
-        while (more := self._session.next_data()) is not None:
-            data += more
-        return data
+        return self._session.next_data() or b""
 
-    def receive_ready(self) -> bytes | None:
+    def receive_ready(self) -> bytes | bytearray | None:
         """One read of what the socket has (after poll said it is readable), never more: the
         data of every frame now whole, b"" if none is yet (a frame arrives in pieces), None
         once the peer closed cleanly. A driver with deadlines uses this, as `receive_some`
@@ -66,7 +61,7 @@ class SecureSocket:
         self.sock.close()
 
 
-def _send(sock: socket.socket, data: bytes) -> None:
+def _send(sock: socket.socket, data: bytes | bytearray) -> None:
     if not data:
         return
     try:

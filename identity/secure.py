@@ -22,7 +22,7 @@ class SecureStream(trio.abc.Stream):
         self.transport = transport
         self.remote_identity = remote_identity
         self._session = session
-        self._plaintext = bytearray()
+        self._plaintext: bytes | bytearray = b""
         self._eof = False
         self._send_lock = trio.StrictFIFOLock()
         self._receive_guard = trio.Lock()
@@ -30,29 +30,31 @@ class SecureStream(trio.abc.Stream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         # Several tasks (stdout and stderr pumps) write; frames must not interleave mid-write.
         async with self._send_lock:
-            await _send(self.transport, self._session.send(bytes(data)))
+            await _send(self.transport, self._session.send(data))
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         async with self._receive_guard:
             while not self._plaintext and not self._eof:
                 data = self._session.next_data()
                 if data is not None:
-                    self._plaintext += data
+                    self._plaintext = data
                 elif not await _receive_into(self.transport, self._session):
                     self._eof = True
-            size = len(self._plaintext) if max_bytes is None else max_bytes
-            chunk = bytes(self._plaintext[:size])
-            del self._plaintext[:size]
+            chunk = self._plaintext
+            if max_bytes is not None and len(chunk) > max_bytes:
+                chunk, self._plaintext = chunk[:max_bytes], chunk[max_bytes:]
+            else:
+                self._plaintext = b""  # the whole batch, handed over without a copy
             return chunk
 
     async def aclose(self) -> None:
         await self.transport.aclose()
 
 
-async def _send(transport: trio.abc.Stream, data: bytes) -> None:
+async def _send(transport: trio.abc.Stream, data: bytes | bytearray) -> None:
     if not data:
         return
     try:
@@ -70,7 +72,7 @@ async def _receive_into(transport: trio.abc.Stream, session: NoiseSession) -> bo
     if not chunk:
         session.check_eof()
         return False
-    session.receive_data(bytes(chunk))
+    session.receive_data(chunk)
     return True
 
 

@@ -41,8 +41,9 @@ _XX_FIRST_LEN = _DH_LEN
 _IK_FIRST_MIN = _DH_LEN + _DH_LEN + TAG_LEN + TAG_LEN
 MAX_PAYLOAD = MAX_MESSAGE_LEN - TAG_LEN
 # Drivers read at most this much per `receive_data` and drain events before reading more,
-# so the buffer never needs to hold more than a frame and a read.
-MAX_RECEIVE = 65536
+# so the buffer never needs to hold more than a frame and a read. Four whole frames: under
+# a bulk stream each system call, and each batch decrypted, carries that many.
+MAX_RECEIVE = 4 * (MAX_MESSAGE_LEN + 2)
 # Handshake payloads carry at most this much application data; the rest follows as transport.
 _MAX_HANDSHAKE_PAYLOAD = MAX_MESSAGE_LEN - 2 * _DH_LEN - 3 * TAG_LEN - PUBLIC_KEY_LEN
 
@@ -149,27 +150,37 @@ class NoiseSession:
         self._outgoing.clear()
         return out
 
-    def send(self, data: bytes) -> bytes:
-        """Encrypt application bytes into frames, finishing an XX handshake if needed."""
+    def send(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
+        """Encrypt application bytes into frames, finishing an XX handshake if needed.
+
+        Every frame of one call goes into one buffer, each message encrypted straight into
+        its place: a driver writes the batch with one system call, and no message is copied
+        again on its way there.
+        """
         if self._state is _State.FINISHING:
             assert self._hs is not None
-            head = data[:_MAX_HANDSHAKE_PAYLOAD]
+            head = bytes(data[:_MAX_HANDSHAKE_PAYLOAD])
             final = _frame(self._hs.write_message(self._identity + head))
             self._enter_transport()
             return final + self.send(data[len(head) :])
         if self._state is not _State.TRANSPORT or self._send_cs is None:
             raise LocalProtocolError("send() before the handshake completed")
-        encrypt = self._send_cs.encrypt_with_ad
-        if not data:
+        size = len(data)
+        if not size:
             return b""
-        if len(data) <= MAX_PAYLOAD:  # the usual case: one frame, no slicing copies
-            return _frame(encrypt(b"", data))
-        return b"".join(
-            _frame(encrypt(b"", data[start : start + MAX_PAYLOAD]))
-            for start in range(0, len(data), MAX_PAYLOAD)
-        )
+        frames = -(-size // MAX_PAYLOAD)
+        out = bytearray(size + frames * (2 + TAG_LEN))
+        with memoryview(data) as plain, memoryview(out) as wire:
+            at = 0
+            for start in range(0, size, MAX_PAYLOAD):
+                chunk = plain[start : start + MAX_PAYLOAD]
+                length = len(chunk) + TAG_LEN
+                wire[at : at + 2] = length.to_bytes(2, "big")
+                self._send_cs.encrypt_into(wire[at + 2 : at + 2 + length], chunk)
+                at += 2 + length
+        return out
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Buffer bytes from the peer; refuse to buffer without bound."""
         if self._state is _State.FAILED:
             raise LocalProtocolError("session already failed")
@@ -180,6 +191,9 @@ class NoiseSession:
 
     def next_event(self) -> Event | None:
         """The next complete event, or None when more bytes are needed."""
+        if self._state is _State.TRANSPORT:
+            data = self._decrypt_frames(1)
+            return None if data is None else Data(bytes(data))
         frame = self._next_frame()
         if frame is None:
             return None
@@ -189,19 +203,61 @@ class NoiseSession:
             self._state = _State.FAILED
             raise
 
-    def next_data(self) -> bytes | None:
+    def next_data(self) -> bytearray | None:
         """Decrypted application bytes once the handshake is done, or None for more input.
 
         A session has exactly one handshake: drivers switch to this after
         HandshakeComplete, and every frame from then on is transport data or a failure.
+        Every whole frame buffered is decrypted at once, into one buffer.
         """
         if not self.handshake_done:
             raise LocalProtocolError("next_data() before the handshake completed")
-        while (event := self.next_event()) is not None:
-            assert isinstance(event, Data), "after the handshake every frame is transport data"
-            if event.data:
-                return event.data
-        return None
+        if self._state is not _State.TRANSPORT:
+            # An XX initiator that has not sent its final message yet: the responder may not
+            # send before reading it, so any frame now is a violation; next_event says so.
+            event = self.next_event()
+            assert event is None, "a frame before our final handshake message raises"
+            return None
+        data = self._decrypt_frames(None)
+        return data if data else None
+
+    def _decrypt_frames(self, limit: int | None) -> bytearray | None:
+        """Decrypt up to `limit` (None: all) whole transport frames from the buffer into one
+        buffer; None when not one frame is whole. A frame that fails ends the session, but
+        the frames before it in the batch are still delivered (it fails on the next call)."""
+        buffer = self._buffer
+        spans: list[tuple[int, int]] = []
+        at = 0
+        while (limit is None or len(spans) < limit) and len(buffer) - at >= 2:
+            length = int.from_bytes(buffer[at : at + 2], "big")
+            if len(buffer) - at - 2 < length:
+                break
+            spans.append((at + 2, length))
+            at += 2 + length
+        if not spans:
+            return None
+        assert self._recv_cs is not None
+        out = bytearray(sum(max(length - TAG_LEN, 0) for _, length in spans))
+        done = 0  # bytes of the buffer consumed
+        with memoryview(buffer) as wire, memoryview(out) as plain:
+            written = 0
+            for start, length in spans:
+                size = length - TAG_LEN
+                try:
+                    self._recv_cs.decrypt_into(
+                        plain[written : written + max(size, 0)], wire[start : start + length]
+                    )
+                except RemoteProtocolError:
+                    if not done:
+                        self._state = _State.FAILED
+                        raise
+                    break  # deliver what came before; the bad frame is the next call's
+                written += size
+                done = start + length
+        del buffer[:done]
+        if written < len(out):
+            del out[written:]
+        return out
 
     def check_eof(self) -> None:
         """Call when the peer closed: an incomplete frame or handshake is truncation."""
@@ -223,9 +279,6 @@ class NoiseSession:
         return frame
 
     def _handle_frame(self, frame: bytes) -> Event | None:
-        if self._state is _State.TRANSPORT:
-            assert self._recv_cs is not None
-            return Data(self._recv_cs.decrypt_with_ad(b"", frame))
         if self._state is _State.IDLE and not self.initiator:
             return self._respond_first(frame)
         if self._state is _State.HANDSHAKE and self._hs is not None:

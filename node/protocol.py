@@ -524,7 +524,7 @@ class MessageDecoder:
         """Bytes fed but not yet returned as messages."""
         return self._fed - self._consumed
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         try:
             self._unpacker.feed(data)
         except msgpack.BufferFull:
@@ -685,7 +685,7 @@ class JobConnection:
             raise
         return wire
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Bytes from the peer; b"" when its stream ended."""
         if self.errored:
             raise RemoteProtocolError("the connection is in its error state")

@@ -505,10 +505,12 @@ def test_buffer_bound_allows_a_frame_and_a_read() -> None:
     assert len(wire) == 2 + MAX_MESSAGE_LEN
     b.receive_data(wire[:-1])
     assert b.next_event() is None
-    # A driver's next read completes the frame and brings the start of the next one.
-    b.receive_data(wire[-1:] + a.send(bytes(MAX_RECEIVE))[: MAX_RECEIVE - 1])
+    # A driver's next read completes the frame and brings three more whole frames and the
+    # start of a fifth: the most a session ever holds undecrypted.
+    b.receive_data(wire[-1:] + a.send(bytes(5 * MAX_PAYLOAD))[: MAX_RECEIVE - 1])
     assert b.next_event() == Data(bytes(MAX_PAYLOAD))
-    assert b.next_event() is None
+    assert b.next_data() == bytes(3 * MAX_PAYLOAD)
+    assert b.next_data() is None
 
 
 def test_small_buffer_bound_is_honoured() -> None:
@@ -518,6 +520,71 @@ def test_small_buffer_bound_is_honoured() -> None:
     b.receive_data(bytes(100))
     with pytest.raises(RemoteProtocolError):
         b.receive_data(b"x")
+
+
+# --- Batches: many frames per send and per read ------------------------------------------------------------
+
+
+def test_one_send_is_one_buffer_of_whole_frames() -> None:
+    a, b = ik_pair()
+    data = bytes(range(256)) * 1000  # four frames' worth
+    wire = a.send(memoryview(data))
+    assert [len(f) - 2 for f in frames(bytes(wire))] == [MAX_MESSAGE_LEN] * 3 + [
+        len(data) - 3 * MAX_PAYLOAD + 16
+    ]
+    b.receive_data(wire)
+    assert b.next_data() == data  # every whole frame at once
+    assert b.next_data() is None
+
+
+def test_empty_frames_in_a_batch_carry_nothing() -> None:
+    a, b = ik_pair()
+    cs = a._send_cs  # a frame with an empty plaintext is valid; `send` never makes one
+    assert cs is not None
+    empty = [cs.encrypt_with_ad(b"", b"") for _ in range(2)]
+    b.receive_data(b"".join(len(e).to_bytes(2, "big") + e for e in empty))
+    assert b.next_data() is None  # consumed, and nothing to deliver
+    b.receive_data(a.send(b"after"))
+    assert b.next_data() == b"after"
+
+
+def test_a_bad_frame_after_good_ones_in_one_read_delivers_the_good_ones_first() -> None:
+    a, b = ik_pair()
+    good = a.send(b"good")
+    bad = bytearray(a.send(b"bad"))
+    bad[-1] ^= 1
+    b.receive_data(bytes(good) + bytes(bad))
+    assert b.next_data() == b"good"
+    with pytest.raises(DecryptError):
+        b.next_data()
+    with pytest.raises(LocalProtocolError):
+        b.receive_data(b"x")
+
+
+@FAST
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=3 * MAX_PAYLOAD), min_size=1, max_size=5),
+    cuts=st.lists(st.integers(min_value=1, max_value=MAX_RECEIVE), max_size=20),
+)
+def test_messages_of_any_size_cut_anywhere_arrive_whole_and_in_order(
+    sizes: list[int], cuts: list[int]
+) -> None:
+    """Sends of any size (across frame boundaries) read in pieces of any size up to a driver's
+    read: the receiver gets exactly the bytes sent, never holding more than its bound."""
+    a, b = ik_pair()
+    sent = b"".join(bytes([i % 251]) * size for i, size in enumerate(sizes))
+    wire = b"".join(bytes(a.send(bytes([i % 251]) * size)) for i, size in enumerate(sizes))
+    received = bytearray()
+    pieces = itertools.cycle(cuts or [MAX_RECEIVE])
+    at = 0
+    while at < len(wire):
+        piece = wire[at : at + next(pieces)]
+        at += len(piece)
+        b.receive_data(piece)
+        while (data := b.next_data()) is not None:
+            received += data
+    b.check_eof()  # nothing left half-read
+    assert received == sent
 
 
 # --- Misuse is a local error -----------------------------------------------------------------------------
