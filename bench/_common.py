@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -142,6 +143,19 @@ def command_latency(
     return statistics.median(times)
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process `pid` and of the children it has reaped."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return sum(int(t) for t in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's children that it has waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
@@ -192,6 +206,7 @@ class SshServer:
     port: int
     client_key: Path
     log: Path
+    pid: int  # of the listening sshd, which reaps each connection's processes
 
     def argv(self, *command: str, cipher: str | None = None) -> list[str]:
         """`ssh ... 127.0.0.1 COMMAND` against this sshd; `cipher` as `ssh -c` takes it."""
@@ -278,7 +293,7 @@ def ssh_server() -> Iterator[tuple[SshServer | None, str]]:
                 stderr=log_file,
             )
         _wait_for_sshd(proc, port, log)
-        server = SshServer(port, work / "client_ed25519", log)
+        server = SshServer(port, work / "client_ed25519", log, proc.pid)
         done = subprocess.run(
             server.argv("true"), stdin=subprocess.DEVNULL, capture_output=True, timeout=_SSH_RUN_TIMEOUT
         )

@@ -20,7 +20,11 @@ each over four ways of reaching the same programs on this machine:
 The sshd is the one bench/latency.py starts (bench/_common.py: temporary keys, public-key
 auth only); without sshd or socat those rows are skipped, saying so. Runs are interleaved
 (every way and direction once, then again), and the table shows medians, with the ratio of
-hubnet's throughput to each baseline's, measured in the same run.
+hubnet's throughput to each baseline's, measured in the same run. Beside the wall times,
+the CPU seconds that both ends spent per GiB moved (the client program, `hubnode call` or
+`ssh`, and the server with the processes it reaped: `hubnode serve` and its job, sshd and its
+session, socat and its child; not the bench feeding them): on a machine shared with other
+work, the cost that the wall times hide.
 
     .venv/bin/python bench/throughput.py [--mib 256] [--runs 3]
 """
@@ -47,10 +51,13 @@ from _common import (
     HUBNODE,
     BenchError,
     Server,
+    SshServer,
     bytecode_cache,
+    children_cpu,
     free_port,
     hubnode_server,
     median,
+    process_cpu,
     ssh_server,
 )
 
@@ -211,13 +218,14 @@ def _wait_listening(address: tuple[str, int], proc: subprocess.Popen[bytes]) -> 
 
 
 @contextlib.contextmanager
-def socat_servers(size: int) -> Iterator[dict[str, tuple[str, int]]]:
-    """One `socat TCP-LISTEN:...,fork EXEC:COMMAND` per direction; {} without socat."""
+def socat_servers(size: int) -> Iterator[dict[str, tuple[tuple[str, int], int]]]:
+    """One `socat TCP-LISTEN:...,fork EXEC:COMMAND` per direction, as (address, pid) by
+    direction; {} without socat."""
     if not shutil.which("socat"):
         yield {}
         return
     procs: list[subprocess.Popen[bytes]] = []
-    addresses: dict[str, tuple[str, int]] = {}
+    addresses: dict[str, tuple[tuple[str, int], int]] = {}
     try:
         for direction, command in far_commands(size).items():
             port = free_port()
@@ -228,8 +236,8 @@ def socat_servers(size: int) -> Iterator[dict[str, tuple[str, int]]]:
             ]
             # Its complaints (a reader gone first) would only clutter the table; the checks judge.
             procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            addresses[direction] = ("127.0.0.1", port)
-            _wait_listening(addresses[direction], procs[-1])
+            addresses[direction] = (("127.0.0.1", port), procs[-1].pid)
+            _wait_listening(addresses[direction][0], procs[-1])
         yield addresses
     finally:
         for proc in procs:
@@ -244,49 +252,96 @@ def socat_servers(size: int) -> Iterator[dict[str, tuple[str, int]]]:
 # --- report --------------------------------------------------------------------------
 
 Runner = Callable[[str, Payload, float], float]
+# After a transfer, before reading the server's CPU: time for it to reap the connection's
+# processes (sshd's session, socat's child), whose CPU only then counts as its own.
+_REAP_PAUSE = 0.2
+
+
+@dataclass(frozen=True)
+class Way:
+    """One way of moving the bytes: how to run a direction, and which process serves it."""
+
+    run: Runner
+    server_pid: Callable[[str], int]  # by direction
 
 
 def ways(
     server: Server,
-    ssh: Callable[..., list[str]] | None,
-    socat: dict[str, tuple[str, int]],
+    sshd: SshServer | None,
+    socat: dict[str, tuple[tuple[str, int], int]],
     size: int,
     env: dict[str, str],
-) -> dict[str, Runner]:
+) -> dict[str, Way]:
     """The ways to run each direction, by name: hubnet first, then the baselines that exist."""
     commands = far_commands(size)
     hubnode = [HUBNODE, "--home", str(server.client_home), "call", "--server", server.target]
-    found: dict[str, Runner] = {
-        HUBNET: lambda d, p, t: run_process([*hubnode, _SERVICE_NAMES[d]], d, p, t, env, HUBNET)
+    found = {
+        HUBNET: Way(
+            lambda d, p, t: run_process([*hubnode, _SERVICE_NAMES[d]], d, p, t, env, HUBNET),
+            lambda d: server.pid,
+        )
     }
-    if ssh is not None:
-        found[SSH_GCM] = lambda d, p, t: run_process(ssh(*commands[d], cipher=GCM), d, p, t, None, SSH_GCM)
-        found[SSH_DEFAULT] = lambda d, p, t: run_process(ssh(*commands[d]), d, p, t, None, SSH_DEFAULT)
+    if sshd is not None:
+        ssh = sshd.argv
+        found[SSH_GCM] = Way(
+            lambda d, p, t: run_process(ssh(*commands[d], cipher=GCM), d, p, t, None, SSH_GCM),
+            lambda d: sshd.pid,
+        )
+        found[SSH_DEFAULT] = Way(
+            lambda d, p, t: run_process(ssh(*commands[d]), d, p, t, None, SSH_DEFAULT), lambda d: sshd.pid
+        )
     if socat:
-        found[SOCAT] = lambda d, p, t: run_tcp(socat[d], d, p, t)
+        found[SOCAT] = Way(lambda d, p, t: run_tcp(socat[d][0], d, p, t), lambda d: socat[d][1])
     return found
 
 
-def report(times: dict[str, dict[str, list[float]]], mib: int, runs: int) -> None:
-    width = max(len(name) for name in times) + 2
-    print(f"{'median MiB/s':<{width}}" + "".join(f"{d:>13}" for d in DIRECTIONS))
+def measure(way: Way, direction: str, payload: Payload, timeout: float) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of both ends) of one transfer."""
+    pid = way.server_pid(direction)
+    server_before, client_before = process_cpu(pid), children_cpu()
+    wall = way.run(direction, payload, timeout)
+    time.sleep(_REAP_PAUSE)
+    return wall, process_cpu(pid) - server_before + children_cpu() - client_before
+
+
+Times = dict[str, dict[str, list[float]]]
+
+
+def _width(times: Times) -> int:
+    return max(len(f"hubnet CPU / {name}") for name in times) + 2
+
+
+def _table(title: str, times: Times, value: Callable[[list[float]], float], fmt: str) -> None:
+    width = _width(times)
+    print(f"{title:<{width}}" + "".join(f"{d:>13}" for d in DIRECTIONS))
     for name, by_direction in times.items():
-        print(f"{name:<{width}}" + "".join(f"{mib / median(by_direction[d]):>13.1f}" for d in DIRECTIONS))
+        print(f"{name:<{width}}" + "".join(f"{value(by_direction[d]):>13{fmt}}" for d in DIRECTIONS))
+
+
+def report(walls: Times, cpus: Times, mib: int, runs: int) -> None:
+    width = _width(walls)
+    _table("median MiB/s", walls, lambda t: mib / median(t), ".1f")
     print()
-    targets = {SSH_GCM: 1.5, SSH_DEFAULT: None, SOCAT: 0.5}
+    targets = {SSH_GCM: 1.5, SOCAT: 0.5}
     print(f"{'hubnet / baseline':<{width}}" + "".join(f"{d:>13}" for d in DIRECTIONS) + "   target")
-    for name in [n for n in times if n != HUBNET]:
-        ratios = [median(times[name][d]) / median(times[HUBNET][d]) for d in DIRECTIONS]
+    for name in [n for n in walls if n != HUBNET]:
+        ratios = [median(walls[name][d]) / median(walls[HUBNET][d]) for d in DIRECTIONS]
         target = targets.get(name)
         verdict = ""
         if target is not None:
             verdict = f"   >= {target}x: " + ("met" if min(ratios) >= target else "NOT met")
         print(f"{name:<{width}}" + "".join(f"{r:>12.2f}x" for r in ratios) + verdict)
     print()
-    print(f"runs (s), {runs} of each, interleaved:")
-    for name, by_direction in times.items():
+    _table("CPU s per GiB, both ends", cpus, lambda c: median(c) * 1024 / mib, ".2f")
+    for name in [n for n in cpus if n != HUBNET]:
+        ratios = [median(cpus[HUBNET][d]) / median(cpus[name][d]) for d in DIRECTIONS]
+        print(f"{'hubnet CPU / ' + name:<{width}}" + "".join(f"{r:>12.2f}x" for r in ratios))
+    print()
+    print(f"runs, {runs} of each, interleaved: wall s (CPU s)")
+    for name, by_direction in walls.items():
         for d in DIRECTIONS:
-            print(f"  {name:<{width}} {d:<11} " + " ".join(f"{t:.3f}" for t in by_direction[d]))
+            pairs = zip(by_direction[d], cpus[name][d], strict=True)
+            print(f"  {name:<{width}} {d:<11} " + " ".join(f"{w:.3f} ({c:.2f})" for w, c in pairs))
     print("  (every time includes starting the process or connection: `hubnode call` and ssh")
     print("   start an interpreter or a handshake; see bench/latency.py for those alone)")
 
@@ -315,18 +370,21 @@ def main() -> int:
                 skipped.append(f"{SSH_GCM}, {SSH_DEFAULT}: {ssh_reason}")
             if not socat:
                 skipped.append(f"{SOCAT}: socat not installed (Debian: apt-get install socat)")
-            found = ways(server, sshd.argv if sshd else None, socat, payload.size, env)
+            found = ways(server, sshd, socat, payload.size, env)
             # Warm-up: creates the client's identity key and faults in every path (not the
             # download: its far end always sends the whole size).
             warm = Payload(1)
-            for run in found.values():
+            for way in found.values():
                 for direction in (UPLOAD, ROUND_TRIP):
-                    run(direction, warm, 60)
-            times = {name: {d: [] for d in DIRECTIONS} for name in found}
+                    way.run(direction, warm, 60)
+            walls: Times = {name: {d: [] for d in DIRECTIONS} for name in found}
+            cpus: Times = {name: {d: [] for d in DIRECTIONS} for name in found}
             for _ in range(args.runs):  # interleaved, so drift hits every way alike
                 for direction in DIRECTIONS:
-                    for name, run in found.items():
-                        times[name][direction].append(run(direction, payload, timeout))
+                    for name, way in found.items():
+                        wall, cpu = measure(way, direction, payload, timeout)
+                        walls[name][direction].append(wall)
+                        cpus[name][direction].append(cpu)
     except BenchError as exc:
         print(f"throughput: FAILED: {exc}", file=sys.stderr)
         return 1
@@ -337,7 +395,7 @@ def main() -> int:
     for line in skipped:
         print(f"  SKIPPED {line}")
     print()
-    report(times, args.mib, args.runs)
+    report(walls, cpus, args.mib, args.runs)
     return 0
 
 
