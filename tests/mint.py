@@ -11,6 +11,7 @@ the Cashu library is never imported by the tests themselves.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -24,6 +25,8 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+import cbor2
 
 from tests.helpers import lacking
 
@@ -153,3 +156,25 @@ def mint_tokens(mint: TestMint, wallet: Path, *amounts: int, v3: bool = False) -
 def receive_token(wallet: Path, token: str) -> int:
     """Redeem `token` into the wallet in `wallet` (any Cashu wallet would); the sat received."""
     return int(_tool("receive", str(wallet), token, wallet=wallet)[0])
+
+
+# Tokens made by hand, of no real mint: for what reads envelopes, and for nodes that must
+# refuse a token without asking any mint about it.
+FAKE_MINT = "http://127.0.0.1:3338"
+
+
+def v3_token(amounts: list[int], mint: str = FAKE_MINT, unit: str | None = "sat") -> str:
+    body = {
+        "token": [
+            {"mint": mint, "proofs": [{"amount": a, "id": "00ad", "secret": "s", "C": "02"} for a in amounts]}
+        ]
+    }
+    if unit is not None:
+        body["unit"] = unit
+    return "cashuA" + base64.urlsafe_b64encode(json.dumps(body).encode()).decode()
+
+
+def v4_token(amounts: list[int], mint: str = FAKE_MINT, unit: str = "sat") -> str:
+    proofs = [{"a": a, "s": f"secret{i}", "c": b"\x02" * 33} for i, a in enumerate(amounts)]
+    body = {"t": [{"i": b"\x00\xad", "p": proofs}], "m": mint, "u": unit}
+    return "cashuB" + base64.urlsafe_b64encode(cbor2.dumps(body)).decode().rstrip("=")

@@ -10,8 +10,9 @@ import pytest
 
 from hubnet.identity.keys import decode_peer_id
 from hubnet.node.ledger import Ledger
+from tests.e2e.conftest import Node
 from tests.e2e.harness import Client, Server, one_line, toml_string
-from tests.mint import TestMint, mint_tokens, receive_token
+from tests.mint import TestMint, mint_tokens, receive_token, v4_token
 
 EXIT_REFUSED, EXIT_TEMPFAIL, EXIT_USAGE = 126, 75, 2
 
@@ -81,3 +82,10 @@ def test_a_mint_that_is_down_credits_nothing_and_the_token_stays_yours(
     with Ledger.open(server.home, release_stale=False) as books:
         assert books.balance(decode_peer_id(client.peer_id)).available == 0
         assert books.audit().paid_in == 0
+
+
+def test_a_node_without_mints_takes_no_ecash(node: Node, client: Client) -> None:
+    token = v4_token([5])  # well formed, from no real mint: this node asks nobody about it
+    refused = client.run("deposit", "--server", node.target, token)
+    assert refused.returncode == EXIT_REFUSED
+    assert "untrusted-mint" in one_line(refused) and "names no mints" in one_line(refused)

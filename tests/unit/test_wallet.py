@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 from pathlib import Path
 
-import cbor2
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,25 +15,8 @@ from hubnet.identity.keys import Identity
 from hubnet.identity.records import InvalidRecord
 from hubnet.node.deposit_receipts import DepositReceipt, InvalidDepositReceipt, token_hash
 from hubnet.wallet import Wallet
-
-MINT = "http://127.0.0.1:3338"
-
-
-def v3_token(amounts: list[int], mint: str = MINT, unit: str | None = "sat") -> str:
-    body = {
-        "token": [
-            {"mint": mint, "proofs": [{"amount": a, "id": "00ad", "secret": "s", "C": "02"} for a in amounts]}
-        ]
-    }
-    if unit is not None:
-        body["unit"] = unit
-    return "cashuA" + base64.urlsafe_b64encode(json.dumps(body).encode()).decode()
-
-
-def v4_token(amounts: list[int], mint: str = MINT, unit: str = "sat") -> str:
-    proofs = [{"a": a, "s": f"secret{i}", "c": b"\x02" * 33} for i, a in enumerate(amounts)]
-    body = {"t": [{"i": b"\x00\xad", "p": proofs}], "m": mint, "u": unit}
-    return "cashuB" + base64.urlsafe_b64encode(cbor2.dumps(body)).decode().rstrip("=")
+from tests.mint import FAKE_MINT as MINT
+from tests.mint import v3_token, v4_token
 
 
 def test_both_envelopes_say_mint_unit_and_amount() -> None:
