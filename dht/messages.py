@@ -18,6 +18,7 @@ stay raw bytes here: they are verified against the clock where they are used.
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,10 +40,18 @@ MAX_TIME = 2**63 - 1
 MAX_CONTACTS = 20
 MAX_RECORDS_PER_REPLY = 6  # 6 x 1 KiB records plus 20 contacts stay under MAX_DATAGRAM
 MAX_REASON_CHARS = 200
+NONCE_LEN = 16
 
 
 class InvalidMessage(RemoteProtocolError):
     """A datagram is malformed, oversized or not signed by the key it names."""
+
+
+def _address(host: object, port: object) -> Address:
+    try:
+        return check_address([host, port])
+    except InvalidRecord as exc:
+        raise InvalidMessage(str(exc)) from exc
 
 
 class Contact(Node):  # type: ignore[misc]  # kademlia is untyped
@@ -66,11 +75,7 @@ class Contact(Node):  # type: ignore[misc]  # kademlia is untyped
         public_key, host, port = value
         if not (isinstance(public_key, bytes) and len(public_key) == PUBLIC_KEY_LEN):
             raise InvalidMessage("a contact key must be 32 bytes")
-        try:
-            checked_host, checked_port = check_address([host, port])
-        except InvalidRecord as exc:
-            raise InvalidMessage(str(exc)) from exc
-        return cls(public_key, checked_host, checked_port)
+        return cls(public_key, *_address(host, port))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Contact) and (self.public_key, self.address) == (
@@ -118,6 +123,23 @@ class GetNode:
     public_key: bytes
 
 
+@dataclass(frozen=True)
+class DialMe:
+    """Ask the receiver to dial us back (`dht.reachability`): over TCP at `tcp_port`, and with a
+    `DialBack` datagram carrying `nonce` to the UDP port this request came from, both at the
+    IP it came from and from a socket other than the one that answers."""
+
+    nonce: bytes
+    tcp_port: int
+
+
+@dataclass(frozen=True)
+class DialBack:
+    """The UDP dial-back: sent from a fresh socket, never answered."""
+
+    nonce: bytes
+
+
 # --- messages: replies -----------------------------------------------------------------
 
 
@@ -152,8 +174,26 @@ class NodeFound:
     contacts: tuple[Contact, ...]
 
 
-Request = Ping | FindNode | GetProviders | AddProvider | PutNode | GetNode
-Reply = Pong | Nodes | Providers | Stored | NodeFound
+class DialOutcome(enum.IntEnum):
+    """What came of a `DialMe`'s TCP dial-back."""
+
+    REFUSED = 0  # not attempted: no token yet, or too many dial-backs asked for
+    REACHED = 1  # the requester's key answered a Noise handshake at its IP and port
+    UNREACHED = 2  # no connection, or not the requester's key behind it
+
+
+@dataclass(frozen=True)
+class Dialed:
+    """The reply to `DialMe`: the address the request came from (the requester's observed
+    UDP address) and what the TCP dial-back found; sent once it is done."""
+
+    host: str
+    port: int
+    outcome: DialOutcome
+
+
+Request = Ping | FindNode | GetProviders | AddProvider | PutNode | GetNode | DialMe | DialBack
+Reply = Pong | Nodes | Providers | Stored | NodeFound | Dialed
 Message = Request | Reply
 
 _KINDS: dict[type, int] = {
@@ -168,8 +208,11 @@ _KINDS: dict[type, int] = {
     PutNode: 9,
     GetNode: 10,
     NodeFound: 11,
+    DialMe: 12,
+    Dialed: 13,
+    DialBack: 14,
 }
-REQUEST_TYPES = (Ping, FindNode, GetProviders, AddProvider, PutNode, GetNode)
+REQUEST_TYPES = (Ping, FindNode, GetProviders, AddProvider, PutNode, GetNode, DialMe, DialBack)
 
 
 @dataclass(frozen=True)
@@ -212,6 +255,12 @@ def _fields(message: Message) -> list[object]:
             return [ok, reason]
         case NodeFound(record, contacts):
             return [record, _contacts(contacts)]
+        case DialMe(nonce, tcp_port):
+            return [nonce, tcp_port]
+        case Dialed(host, port, outcome):
+            return [host, port, int(outcome)]
+        case DialBack(nonce):
+            return [nonce]
     raise TypeError(f"not a DHT message: {message!r}")
 
 
@@ -283,6 +332,15 @@ def _count(value: object, what: str) -> int:
     return value
 
 
+_OUTCOMES = frozenset(int(o) for o in DialOutcome)
+
+
+def _port(value: object) -> int:
+    if not (isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536):
+        raise InvalidMessage("a port must be an integer from 1 to 65535")
+    return value
+
+
 def _contact_list(value: object) -> tuple[Contact, ...]:
     if not (isinstance(value, list) and len(value) <= MAX_CONTACTS):
         raise InvalidMessage(f"contacts must be a list of at most {MAX_CONTACTS}")
@@ -322,6 +380,12 @@ def _message(kind: object, fields: list[object]) -> Message:
             return GetNode(_id(public_key, "node key", PUBLIC_KEY_LEN))
         case 11, [record, contacts] if record is None or isinstance(record, bytes):
             return NodeFound(record, _contact_list(contacts))
+        case 12, [nonce, tcp_port]:
+            return DialMe(_id(nonce, "nonce", NONCE_LEN), _port(tcp_port))
+        case 13, [host, port, outcome] if type(outcome) is int and outcome in _OUTCOMES:
+            return Dialed(*_address(host, port), DialOutcome(outcome))
+        case 14, [nonce]:
+            return DialBack(_id(nonce, "nonce", NONCE_LEN))
     raise InvalidMessage(f"unknown or malformed DHT message of kind {kind!r}")
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
+import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import trio
@@ -20,15 +22,30 @@ import trio
 from hubnet.dht.ids import K, distance, node_id
 from hubnet.dht.lookup import ALPHA, RPC_TIMEOUT, Lookup, NodeRecordLookup, ProviderLookup, Query, Seed
 from hubnet.dht.messages import (
+    NONCE_LEN,
     AddProvider,
     Contact,
+    Dialed,
+    DialMe,
+    DialOutcome,
     Ping,
     PutNode,
     Reply,
     Request,
     Stored,
 )
-from hubnet.dht.protocol import AcceptRecord, DhtProtocol, PingNeeded, ReplyReceived, Send, VerifyNeeded
+from hubnet.dht.protocol import (
+    AcceptRecord,
+    DhtProtocol,
+    DialBackNeeded,
+    DialBackReceived,
+    Event,
+    PingNeeded,
+    ReplyReceived,
+    Send,
+    VerifyNeeded,
+)
+from hubnet.dht.reachability import ReachabilityVotes, Vote, peers_to_ask
 from hubnet.dht.records import Address, NodeRecord, ProviderRecord
 from hubnet.dht.store import RecordStore
 from hubnet.dht.transport import DatagramTransport
@@ -41,6 +58,16 @@ REFRESH_INTERVAL = 600.0
 EXPIRE_INTERVAL = 60.0
 MAX_VERIFYING = 64  # newcomers being proven at once; more wait until they ask us again
 VERIFY_DELAY = 1.0  # seconds before pinging a newcomer: by then its next request may have proven it
+DIAL_BACK_TIMEOUT = 3.0  # seconds a dial-back (the TCP handshake) may take
+DIAL_ME_TIMEOUT = DIAL_BACK_TIMEOUT + 2.0  # seconds a requester waits for the answer to DialMe
+PROBE_GRACE = 0.5  # seconds the UDP dial-back may trail the answer (they take different paths)
+MAX_DIALING = 16  # dial-backs under way at once; more are refused
+
+# Dials a requester back (`DialBackNeeded`): connects to `requester.ip` at `tcp_port`, where
+# `requester.public_key` must complete a Noise handshake, and sends `probe` from a socket
+# other than the DHT's to `requester.address`; whether the handshake succeeded. The node
+# layer supplies it (TCP and Noise are its business); without one, dial-backs are refused.
+DialBack = Callable[[Contact, int, bytes], Awaitable[bool]]
 
 
 class DhtNode:
@@ -57,8 +84,9 @@ class DhtNode:
         clock: Callable[[], float] = time.time,
         rpc_timeout: float = RPC_TIMEOUT,
         accept_record: AcceptRecord | None = None,
+        dial_back: DialBack | None = None,
     ) -> None:
-        """`accept_record(record, source_address)`: see `DhtProtocol`."""
+        """`accept_record(record, source_address)`: see `DhtProtocol`; `dial_back`: see `DialBack`."""
         self.identity = identity
         self.transport = transport
         self.protocol = DhtProtocol(identity, serving=True, store=store, k=k, accept_record=accept_record)
@@ -70,6 +98,9 @@ class DhtNode:
         self._checking: set[bytes] = set()
         self._verifying: set[Address] = set()
         self._nursery: trio.Nursery | None = None
+        self.dial_back = dial_back
+        self._dialing = 0
+        self._probes: dict[bytes, tuple[bytes, trio.Event]] = {}  # our nonces: (the peer's key, arrived)
 
     @property
     def contact(self) -> Contact:
@@ -95,7 +126,7 @@ class DhtNode:
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 nursery.cancel_scope.cancel()
 
-    async def _handle(self, event: Send | ReplyReceived | PingNeeded | VerifyNeeded) -> None:
+    async def _handle(self, event: Event) -> None:
         match event:
             case Send(data, address):
                 await self.transport.send_to(data, address)
@@ -113,6 +144,34 @@ class DhtNode:
             ):
                 self._verifying.add(contact.address)
                 self._nursery.start_soon(self._verify, contact)
+            case DialBackNeeded(txid, requester) if self._nursery is not None:
+                if self.dial_back is None or self._dialing >= MAX_DIALING:
+                    refused = self.protocol.dialed(
+                        txid, requester.address, DialOutcome.REFUSED, now=self.now()
+                    )
+                    await self.transport.send_to(refused, requester.address)
+                else:
+                    self._dialing += 1
+                    self._nursery.start_soon(self._dial_back, event)
+            case DialBackReceived(nonce, sender):
+                expected = self._probes.get(nonce)
+                if expected is not None and expected[0] == sender:
+                    expected[1].set()
+
+    async def _dial_back(self, event: DialBackNeeded) -> None:
+        """Dial a requester back (`DialBack`) and answer its DialMe with the outcome."""
+        assert self.dial_back is not None
+        try:
+            reached = False
+            with trio.move_on_after(DIAL_BACK_TIMEOUT):
+                reached = await self.dial_back(event.requester, event.tcp_port, event.probe)
+            outcome = DialOutcome.REACHED if reached else DialOutcome.UNREACHED
+            address = event.requester.address
+            await self.transport.send_to(
+                self.protocol.dialed(event.txid, address, outcome, now=self.now()), address
+            )
+        finally:
+            self._dialing -= 1
 
     async def _check(self, contact: Contact) -> None:
         """Ping the oldest contact of a full bucket; evict it (promoting a newcomer) if silent."""
@@ -149,15 +208,21 @@ class DhtNode:
     # -- requests -----------------------------------------------------------------------
 
     async def rpc(
-        self, address: Address, message: Request, expected_key: bytes | None = None
+        self,
+        address: Address,
+        message: Request,
+        expected_key: bytes | None = None,
+        *,
+        timeout: float | None = None,
     ) -> Reply | None:
-        """Send one request and wait for its reply; None on timeout."""
+        """Send one request and wait for its reply (up to `timeout`, else `rpc_timeout`); None
+        on timeout."""
         txid, data = self.protocol.request(message, address, expected_key, now=self.now())
         send, receive = trio.open_memory_channel[ReplyReceived](1)
         self._waiters[txid] = send
         try:
             await self.transport.send_to(data, address)
-            with trio.move_on_after(self.rpc_timeout):
+            with trio.move_on_after(self.rpc_timeout if timeout is None else timeout):
                 return (await receive.receive()).message
             return None
         finally:
@@ -207,8 +272,10 @@ class DhtNode:
         closest = await self.lookup(target)
         stored = 0
         own = self.protocol.table.node
-        if len(closest) < self.k or distance(own.id, target) < distance(closest[-1].id, target):
-            # We are one of the k closest ourselves, and nobody else will store it here.
+        near = len(closest) < self.k or distance(own.id, target) < distance(closest[-1].id, target)
+        if near and not self.protocol.client_mode:
+            # We are one of the k closest ourselves, and nobody else will store it here
+            # (unless we are in client mode: nobody can ask us for it).
             with contextlib.suppress(InvalidRecord):
                 keep()
                 stored += 1
@@ -258,3 +325,52 @@ class DhtNode:
         await self.lookup(self.protocol.table.node.id)
         await self.refresh()
         return answered
+
+    # -- reachability (dht.reachability) ----------------------------------------------
+
+    async def dial_me(self, contact: Contact, tcp_port: int) -> Vote | None:
+        """Ask `contact` to dial us back at `tcp_port` and our DHT port; its vote, or None if it
+        refused or did not answer."""
+        nonce = os.urandom(NONCE_LEN)
+        arrived = trio.Event()
+        self._probes[nonce] = (contact.public_key, arrived)
+        try:
+            if not self.protocol.token_from(contact.address, now=self.now()):
+                # Dial-backs are only for proven addresses: get a token first.
+                await self.rpc(contact.address, Ping(), contact.public_key)
+            request = DialMe(nonce, tcp_port)
+            reply = await self.rpc(contact.address, request, contact.public_key, timeout=DIAL_ME_TIMEOUT)
+            if not isinstance(reply, Dialed) or reply.outcome is DialOutcome.REFUSED:
+                return None
+            with trio.move_on_after(PROBE_GRACE):
+                await arrived.wait()
+            reached = reply.outcome is DialOutcome.REACHED
+            return Vote(contact.public_key, (reply.host, reply.port), reached, arrived.is_set(), self.clock())
+        finally:
+            del self._probes[nonce]
+
+    async def check_reachability(self, tcp_port: int, votes: ReachabilityVotes, rng: random.Random) -> int:
+        """One round: ask a few peers of our table to dial us back, count their votes into
+        `votes`; how many answered."""
+        contacts = self.protocol.table.contacts()
+        answered = 0
+
+        async def ask(contact: Contact) -> None:
+            nonlocal answered
+            vote = await self.dial_me(contact, tcp_port)
+            if vote is not None:
+                votes.add(vote)
+                answered += 1
+
+        async with trio.open_nursery() as nursery:
+            for contact in peers_to_ask(contacts, rng):
+                nursery.start_soon(ask, contact)
+        votes.round_done(self.clock(), len(contacts))
+        return answered
+
+    async def tell_contacts(self) -> None:
+        """Ping every contact of our table, so that each learns our mode from the datagram: in
+        client mode it says we do not serve, and each drops us from its table at once."""
+        async with trio.open_nursery() as nursery:
+            for contact in self.protocol.table.contacts():
+                nursery.start_soon(self.rpc, contact.address, Ping(), contact.public_key)

@@ -51,6 +51,10 @@ from hubnet.dht.messages import (
     TXID_LEN,
     AddProvider,
     Contact,
+    DialBack,
+    Dialed,
+    DialMe,
+    DialOutcome,
     FindNode,
     GetNode,
     GetProviders,
@@ -86,6 +90,10 @@ FIRST_CONTACT_SIZE = 1232  # a lookup request without a token: one IPv6 minimum-
 REPLAY_WINDOW = 120  # seconds a request's sent_at may be from our clock, either way
 MAX_SEEN_PER_MINUTE = 16384  # txids remembered per minute of sent_at...
 MAX_SEEN_PER_NETWORK = 2048  # ...of which from one source network
+DIAL_BACK_WINDOW = 60  # seconds over which dial-backs are counted...
+DIAL_BACKS_PER_HOST = 4  # ...per requesting host (one check asks each peer once)...
+DIAL_BACKS_PER_WINDOW = 256  # ...and in all
+MAX_DIAL_BACK_HOSTS = 1024  # requesting hosts remembered (the oldest forgotten first)
 STORE_SLACK = 0.5  # a node stores for keys it is among the k + k/2 closest to, as far as it knows
 NOT_VERIFIED = "no valid token: ask this node anything first, and store with the token it gives"
 
@@ -124,7 +132,29 @@ class VerifyNeeded:
     contact: Contact
 
 
-Event = Send | ReplyReceived | PingNeeded | VerifyNeeded
+@dataclass(frozen=True)
+class DialBackNeeded:
+    """A proven requester asked to be dialled back (`DialMe`): dial `requester.ip` at
+    `tcp_port` (its key must answer) and send `probe` there to its UDP port from another
+    socket, then send `dialed(txid, ...)` as the reply."""
+
+    txid: bytes
+    requester: Contact
+    tcp_port: int
+    probe: bytes
+
+
+@dataclass(frozen=True)
+class DialBackReceived:
+    """A `DialBack` datagram arrived: the peer `sender` (a key) reached our UDP port with
+    `nonce`, from `source` (not its DHT port)."""
+
+    nonce: bytes
+    sender: bytes
+    source: Address
+
+
+Event = Send | ReplyReceived | PingNeeded | VerifyNeeded | DialBackNeeded | DialBackReceived
 
 
 @dataclass
@@ -153,6 +183,10 @@ class DhtProtocol:
     ):
         self.identity = identity
         self.serving = serving
+        # Client mode (a node that cannot be reached, `dht.reachability`): it keeps its table
+        # and asks as usual, but its datagrams say it does not serve, so nobody adds it, and
+        # it answers nothing, so it stores nothing for others.
+        self.client_mode = False
         self.k = k
         self.store = store if store is not None else RecordStore()
         self.accept_record = accept_record
@@ -170,6 +204,13 @@ class DhtProtocol:
         self.dropped = 0  # every datagram not acted on, for whatever reason
         self.replayed = 0  # of which requests seen before, out of their window, or over quota
         self.cut = 0  # replies to unproven addresses cut to their request's size
+        self._dial_backs: dict[str, list[int]] = {}  # by requesting host: when each was granted
+        self.dial_backs_refused = 0
+
+    @property
+    def answers(self) -> bool:
+        """Whether this node answers requests (and says so in its datagrams)."""
+        return self.serving and not self.client_mode
 
     # -- requests we send ---------------------------------------------------------------
 
@@ -186,13 +227,13 @@ class DhtProtocol:
         token = self.token_from(address, now=now)
         padding = 0
         if not token:
-            natural = encoded_size(message, serving=self.serving, sent_at=now)
+            natural = encoded_size(message, serving=self.answers, sent_at=now)
             wanted = natural + TOKEN_LEN
             if isinstance(message, FindNode | GetProviders | GetNode):
                 wanted = max(wanted, FIRST_CONTACT_SIZE)
-            padding = padding_for(message, wanted, serving=self.serving, sent_at=now)
+            padding = padding_for(message, wanted, serving=self.answers, sent_at=now)
         data = encode(
-            self.identity, txid, message, serving=self.serving, sent_at=now, token=token, padding=padding
+            self.identity, txid, message, serving=self.answers, sent_at=now, token=token, padding=padding
         )
         return txid, data
 
@@ -267,8 +308,14 @@ class DhtProtocol:
         sender = Contact(datagram.sender, source[0], source[1])
         events: list[Event] = []
         message = datagram.message
+        if isinstance(message, DialBack):
+            # From a socket that answers nothing: no reply, and no routing-table business.
+            if not self.serving or not self._first_time(datagram.txid, datagram.sent_at, source, now):
+                self.dropped += 1
+                return []
+            return [DialBackReceived(message.nonce, datagram.sender, source)]
         if isinstance(message, REQUEST_TYPES):
-            if not self.serving:
+            if not self.answers:
                 self.dropped += 1
                 return []
             if not self._first_time(datagram.txid, datagram.sent_at, source, now):
@@ -276,6 +323,10 @@ class DhtProtocol:
                 self.replayed += 1
                 return []
             proven = self.token_valid(datagram.token, source, now=now)
+            if isinstance(message, DialMe) and proven and self._grant_dial_back(source, now):
+                probe = self.dial_back_datagram(message.nonce, now=now)
+                events.append(DialBackNeeded(datagram.txid, sender, message.tcp_port, probe))
+                return events + self._update_table(datagram.serving, sender, source, proven=True)
             reply = self._answer(message, sender, now, proven=proven)
             budget = MAX_DATAGRAM if proven else len(data)
             sent = self._encode_reply(datagram.txid, reply, source, now, budget)
@@ -293,15 +344,55 @@ class DhtProtocol:
             self._keep_token(source, datagram.token, now)
             events.append(ReplyReceived(datagram.txid, sender, message))
             proven = True  # it answered at the address we asked
-        if datagram.serving and self.serving:
-            known = None if proven else self.table.find(sender)
-            if proven or (known is not None and known.address == source):
-                head = self.table.add_contact(sender)
-                if head is not None:
-                    events.append(PingNeeded(head))
-            elif self.table.wants(sender):
-                events.append(VerifyNeeded(sender))
-        return events
+        return events + self._update_table(datagram.serving, sender, source, proven=proven)
+
+    def _update_table(self, serving: bool, sender: Contact, source: Address, *, proven: bool) -> list[Event]:
+        """Add a serving sender whose address is proven (or ask to verify it); drop one that
+        says it no longer serves (it went into client mode) from where we had it."""
+        if not self.serving:
+            return []
+        known = self.table.find(sender)
+        if not serving:
+            if known is not None and known.address == source:
+                self.table.evict(known)
+            return []
+        if proven or (known is not None and known.address == source):
+            head = self.table.add_contact(sender)
+            return [PingNeeded(head)] if head is not None else []
+        if self.table.wants(sender):
+            return [VerifyNeeded(sender)]
+        return []
+
+    # -- dial-backs (dht.reachability) ---------------------------------------------------
+
+    def _grant_dial_back(self, source: Address, now: int) -> bool:
+        """Whether a proven requester at `source` may have a dial-back now (the rate limits)."""
+        for host in [h for h, times in self._dial_backs.items() if times[-1] <= now - DIAL_BACK_WINDOW]:
+            del self._dial_backs[host]
+        host = classify(source).host
+        times = [t for t in self._dial_backs.pop(host, []) if t > now - DIAL_BACK_WINDOW]
+        in_all = sum(len(t) for t in self._dial_backs.values()) + len(times)
+        granted = len(times) < DIAL_BACKS_PER_HOST and in_all < DIAL_BACKS_PER_WINDOW
+        if granted:
+            times.append(now)
+        else:
+            self.dial_backs_refused += 1
+        if times:
+            self._dial_backs[host] = times  # re-inserted: the dict is ordered by last grant
+        while len(self._dial_backs) > MAX_DIAL_BACK_HOSTS:
+            del self._dial_backs[next(iter(self._dial_backs))]
+        return granted
+
+    def dial_back_datagram(self, nonce: bytes, *, now: int) -> bytes:
+        """The `DialBack` datagram for `nonce`: it says it does not serve (it comes from a
+        socket that answers nothing)."""
+        return encode(self.identity, os.urandom(TXID_LEN), DialBack(nonce), serving=False, sent_at=now)
+
+    def dialed(self, txid: bytes, address: Address, outcome: DialOutcome, *, now: int) -> bytes:
+        """The reply to the `DialMe` of `DialBackNeeded(txid)` from `address`, once dialled."""
+        reply = self._encode_reply(txid, Dialed(address[0], address[1], outcome), address, now, MAX_DATAGRAM)
+        assert reply is not None  # a few dozen bytes always fit
+        return reply
 
     def _encode_reply(
         self, txid: bytes, reply: Reply, source: Address, now: int, budget: int
@@ -348,6 +439,8 @@ class DhtProtocol:
             case GetNode(public_key):
                 found = self.store.node(public_key, now=now)
                 return NodeFound(found.raw if found else None, self._closest(node_id(public_key), requester))
+            case DialMe():  # no token yet, or over the rate limits: say where it came from, no more
+                return Dialed(requester.ip, requester.port, DialOutcome.REFUSED)
         raise AssertionError(f"not a request: {message!r}")
 
     def _check(self, record: ProviderRecord | NodeRecord, key: bytes, source: Address) -> None:

@@ -16,11 +16,16 @@ from hubnet.dht.messages import (
     MAX_DATAGRAM,
     MAX_REASON_CHARS,
     MAX_RECORDS_PER_REPLY,
+    NONCE_LEN,
     TOKEN_LEN,
     TXID_LEN,
     AddProvider,
     Contact,
     Datagram,
+    DialBack,
+    Dialed,
+    DialMe,
+    DialOutcome,
     FindNode,
     GetNode,
     GetProviders,
@@ -73,9 +78,12 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Providers, st.lists(records, max_size=MAX_RECORDS_PER_REPLY).map(tuple), counts, contact_lists),
     st.builds(Stored, st.booleans(), st.text(max_size=MAX_REASON_CHARS)),
     st.builds(NodeFound, st.none() | records, contact_lists),
+    st.builds(DialMe, st.binary(min_size=NONCE_LEN, max_size=NONCE_LEN), st.integers(1, 65535)),
+    st.builds(Dialed, hosts, st.integers(1, 65535), st.sampled_from(DialOutcome)),
+    st.builds(DialBack, st.binary(min_size=NONCE_LEN, max_size=NONCE_LEN)),
 )
-REQUESTS = (Ping, FindNode, GetProviders, AddProvider, PutNode, GetNode)
-ALL_KINDS = {*REQUESTS, Pong, Nodes, Providers, Stored, NodeFound}
+REQUESTS = (Ping, FindNode, GetProviders, AddProvider, PutNode, GetNode, DialMe, DialBack)
+ALL_KINDS = {*REQUESTS, Pong, Nodes, Providers, Stored, NodeFound, Dialed}
 
 
 def valid_datagram(message: Message | None = None) -> bytes:
@@ -230,7 +238,7 @@ CONTACT = Contact(MALLORY.public_key, "192.0.2.7", 7070).to_wire()
         [TXID, 1, [], 1, *TAIL],  # serving not a bool
         [TXID, 1, {}, True, *TAIL],
         [TXID, 0, [], True, *TAIL],
-        [TXID, 12, [], True, *TAIL],
+        [TXID, 12, [], True, *TAIL],  # DialMe without fields
         [TXID, "1", [], True, *TAIL],
         [TXID, None, [], True, *TAIL],
         [TXID, 1, [b"extra"], True, *TAIL],
@@ -262,6 +270,23 @@ CONTACT = Contact(MALLORY.public_key, "192.0.2.7", 7070).to_wire()
         [TXID, 10, [b"k" * 20], True, *TAIL],
         [TXID, 11, ["record", []], True, *TAIL],
         [TXID, 11, [None, None], True, *TAIL],
+        [TXID, 12, [b"n" * NONCE_LEN], True, *TAIL],  # DialMe without its port
+        [TXID, 12, [b"n" * (NONCE_LEN - 1), 7070], True, *TAIL],
+        [TXID, 12, [b"n" * NONCE_LEN, 0], True, *TAIL],
+        [TXID, 12, [b"n" * NONCE_LEN, 65536], True, *TAIL],
+        [TXID, 12, [b"n" * NONCE_LEN, True], True, *TAIL],
+        [TXID, 12, ["n" * NONCE_LEN, 7070], True, *TAIL],
+        [TXID, 13, ["192.0.2.7", 7070, 3], True, *TAIL],  # no such outcome
+        [TXID, 13, ["192.0.2.7", 7070, True], True, *TAIL],
+        [TXID, 13, ["192.0.2.7", 7070, "1"], True, *TAIL],
+        [TXID, 13, ["bad host", 7070, 1], True, *TAIL],
+        [TXID, 13, ["h" * 254, 7070, 1], True, *TAIL],
+        [TXID, 13, [b"192.0.2.7", 7070, 1], True, *TAIL],
+        [TXID, 13, ["192.0.2.7", 0, 1], True, *TAIL],
+        [TXID, 13, ["192.0.2.7", 7070], True, *TAIL],
+        [TXID, 14, [b"n" * (NONCE_LEN + 1)], True, *TAIL],
+        [TXID, 14, [], True, *TAIL],
+        [TXID, 15, [], True, *TAIL],
         [TXID, 1, [], True, -1, b"", b""],
         [TXID, 1, [], True, 2**63, b"", b""],
         [TXID, 1, [], True, True, b"", b""],
