@@ -81,6 +81,12 @@ def id_command(obj: Context) -> None:
     help="Log this and worse: info (the default) is a line per job and per refusal; "
     "warning only problems; debug also connections and republishing. The global -v means debug.",
 )
+@click.option(
+    "--reachability",
+    type=click.Choice(["auto", "public", "private"], case_sensitive=False),
+    help="Override services.toml's `reachability`: auto (the default) asks DHT peers to dial this "
+    "node back; public or private says it, for an operator who knows (private: DHT client mode).",
+)
 @click.pass_obj
 def serve(
     obj: Context,
@@ -90,6 +96,7 @@ def serve(
     no_lan: bool,
     example_services: bool,
     log_level: str | None,
+    reachability: str | None,
 ) -> None:
     """Serve the programs in services.toml on one port (default 7070), TCP for jobs, UDP for the DHT.
 
@@ -108,7 +115,7 @@ def serve(
     level = LEVELS[log_level.lower()] if log_level else logging.DEBUG if obj.verbose else logging.INFO
     to_journal = configure(level, always=[START_LOGGER])
     try:
-        _serve(obj, listen, services_path, bootstrap, no_lan, example_services)
+        _serve(obj, listen, services_path, bootstrap, no_lan, example_services, reachability)
     except HubnetError as exc:
         if not to_journal:
             raise
@@ -126,6 +133,7 @@ def _serve(
     bootstrap: tuple[str, ...],
     no_lan: bool,
     example_services: bool,
+    reachability: str | None,
 ) -> None:
     import logging
 
@@ -139,6 +147,8 @@ def _serve(
     if listen:
         host, port = parse_hostport(listen)
         config = dataclasses.replace(config, listen_host=host, listen_port=port)
+    if reachability:
+        config = dataclasses.replace(config, reachability=reachability.lower())
     if example_services:
         from hubnet_robot.examples import with_examples
 
@@ -161,6 +171,7 @@ def _serve(
         orgs=orgs,
         hidden=hidden,
         data_dir=obj.home.data_dir,
+        serving_file=obj.home.serving,
     )
 
 
@@ -441,36 +452,63 @@ def peers(obj: Context, server: str | None, bootstrap: tuple[str, ...], as_json:
         click.echo(f"{row['peer']}  {printable(row['address']):<22} {row['shared_bits']!s:>3} bits shared")
 
 
-@cli.command(short_help="Show how busy a server is.")
-@click.option("--server", "-s", metavar="TARGET", help=DEFAULT_TARGET_HELP)
+@cli.command(short_help="Show how busy a node is and whether it can be reached.")
+@click.option(
+    "--server",
+    "-s",
+    metavar="TARGET",
+    help=DEFAULT_TARGET_HELP + " Default: the node serving from this home, else client.toml's server.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def status(obj: Context, server: str | None, as_json: bool) -> None:
-    """Show how busy a server is: jobs running, queued, capacity, load average.
+    """Show how busy a node is (jobs running, queued, capacity, load average) and, for a node
+    in the DHT, whether strangers can reach it: its reachability (public, private or
+    unknown), the address DHT peers see it at, its DHT mode (server, or client while
+    private) and how many DHT contacts it has.
 
-    The load averages (1, 5 and 15 minutes) are rounded to two decimals, as /proc/loadavg
-    shows them: some systems report them in fixed point (1.2998046875 for 1.30).
+    Without --server it asks the node serving from this home (`hubnode serve` says where in
+    the home's data folder while it runs). The load averages (1, 5 and 15 minutes) are
+    rounded to two decimals, as /proc/loadavg shows them: some systems report them in fixed
+    point (1.2998046875 for 1.30).
     """
     from hubnet.client import request
     from hubnet.node.protocol import GetStatus, StatusReply
 
+    if server is None and obj.home.serving.is_file():
+        server = obj.home.serving.read_text(encoding="utf-8").strip()
     reply = request(obj.target(server), obj.identity(), obj.known_hosts(), GetStatus(), StatusReply)
+    reach = reply.reach
     if as_json:
         import json
 
-        click.echo(
-            json.dumps(
-                {
-                    "running": reply.running,
-                    "queued": reply.queued,
-                    "capacity": reply.capacity,
-                    "load": [round(x, 2) for x in reply.load],
-                }
+        shown: dict[str, object] = {
+            "running": reply.running,
+            "queued": reply.queued,
+            "capacity": reply.capacity,
+            "load": [round(x, 2) for x in reply.load],
+        }
+        if reach is not None:
+            shown.update(
+                reachability=reach.reachability,
+                observed=reach.observed or None,
+                dht_mode=reach.dht_mode,
+                peers=reach.peers,
+                relays=list(reach.relays),
             )
-        )
+        click.echo(json.dumps(shown))
         return
     load = " ".join(f"{x:.2f}" for x in reply.load)
     click.echo(f"running {reply.running}, queued {reply.queued}, capacity {reply.capacity}, load {load}")
+    if reach is not None:
+        observed = printable(reach.observed) if reach.observed else "not yet known"
+        line = (
+            f"reachability {printable(reach.reachability)}, observed address {observed}, "
+            f"DHT {printable(reach.dht_mode)} mode, {reach.peers} peer(s)"
+        )
+        if reach.relays:
+            line += ", relays " + ", ".join(printable(r) for r in reach.relays)
+        click.echo(line)
 
 
 @cli.command(

@@ -44,6 +44,11 @@ class Home:
         return self.data_dir / "known_hosts"
 
     @property
+    def serving(self) -> Path:
+        """PEER_ID@HOST:PORT of the node serving from this home, while it runs (`hubnode status`)."""
+        return self.data_dir / "serving"
+
+    @property
     def services(self) -> Path:
         return self.config_dir / "services.toml"
 

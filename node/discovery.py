@@ -8,6 +8,7 @@ and its node record whenever `OfferPublisher` says they are due.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
 import time
@@ -24,8 +25,9 @@ from hubnet.identity.keys import Identity
 from hubnet.node.naming import Target
 from hubnet.node.offer_check import accept_record
 from hubnet.node.offers import Load
-from hubnet.node.protocol import PeerInfo
+from hubnet.node.protocol import PeerInfo, ReachStatus
 from hubnet.node.publisher import OfferPublisher
+from hubnet.node.reach import Reach, dial_back
 from hubnet.node.services import NodeConfig
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ def seeds_from(targets: Sequence[Target]) -> list[Seed]:
 
 
 class Discovery:
-    """Runs the node's DHT peer and its publisher."""
+    """Runs the node's DHT peer, its publisher and its reachability checks (`reach`)."""
 
     def __init__(
         self,
@@ -77,6 +79,7 @@ class Discovery:
         self.seeds = list(seeds)
         self.lan = lan
         self.dht: DhtNode | None = None
+        self.reach = Reach(config.reachability)
 
     def peers(self) -> list[PeerInfo]:
         """The DHT contacts in our routing table (none before the DHT has started)."""
@@ -84,11 +87,25 @@ class Discovery:
             return []
         return [PeerInfo(c.public_key, c.ip, c.port) for c in self.dht.protocol.table.contacts()]
 
+    def reach_status(self) -> ReachStatus | None:
+        """Reachability, observed address, DHT mode and contacts (none before the DHT has started)."""
+        if self.dht is None:
+            return None
+        state = self.reach.state
+        observed = str(DirectAddress(*state.observed)) if state.observed is not None else ""
+        mode = "client" if state.client_mode else "server"
+        return ReachStatus(str(state.reachability), observed, mode, len(self.dht.protocol.table))
+
     async def run(self, transport: DatagramTransport, *, task_status: trio.TaskStatus[DhtNode]) -> None:
         """Join and publish over `transport` (bound to the job port's number) until cancelled;
         `start` returns the DHT node. Whoever bound the transport closes it."""
         # Offers stored here may name only their publisher's address (node/offer_check.py).
-        dht = DhtNode(self.identity, transport, accept_record=accept_record)
+        dht = DhtNode(
+            self.identity,
+            transport,
+            accept_record=accept_record,
+            dial_back=functools.partial(dial_back, self.identity),
+        )
         self.dht = dht
         port = transport.local_address[1]
         addresses = advertised_addresses(self.config, port)
@@ -99,6 +116,7 @@ class Discovery:
                 from hubnet.dht.beacon import run_beacon
 
                 await nursery.start(run_beacon, dht)
+            nursery.start_soon(self.reach.run, dht, port)
             task_status.started(dht)
             await self._keep_published(dht, publisher)
 

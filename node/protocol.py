@@ -37,6 +37,7 @@ MAX_TEXT = 4096
 MAX_SERVICES = 1024
 MAX_PEERS = 4096  # a routing table holds at most k per bucket: 20 x 160, with room
 MAX_HOST = 253
+MAX_RELAYS = 16  # reservations a status reports
 # Largest stdin/stdout/stderr chunk in one message. Senders read up to DATA_CHUNK at a time:
 # a read returns what is there, so this adds no latency, and under bulk load fewer, larger
 # messages cost less per byte (the secure session splits them into Noise frames).
@@ -248,11 +249,23 @@ class Services:
 
 
 @dataclass(frozen=True)
+class ReachStatus:
+    """What a node knows of its place in the network (`node.reach`), for `hubnode status`."""
+
+    reachability: str  # public, private or unknown (a reader shows any short text it gets)
+    observed: str  # HOST:PORT where DHT peers saw it, or empty before any told it
+    dht_mode: str  # server, or client (a private node: in nobody's routing table)
+    peers: int  # contacts in its DHT routing table
+    relays: tuple[str, ...] = ()  # PEER_ID@HOST:PORT of the relays it holds reservations with
+
+
+@dataclass(frozen=True)
 class StatusReply:
     running: int
     queued: int
     capacity: int
     load: tuple[float, float, float]
+    reach: ReachStatus | None = None  # optional: older nodes and nodes without a DHT leave it out
 
 
 @dataclass(frozen=True)
@@ -388,10 +401,27 @@ def _decode_services(f: list[Any]) -> Services:
 
 
 def _decode_status(f: list[Any]) -> StatusReply:
-    running, queued, capacity, load = f
+    running, queued, capacity, load, *optional = f
     if not (isinstance(load, list) and len(load) == 3 and all(isinstance(x, float) for x in load)):
         raise RemoteProtocolError("load must be three floats")
-    return StatusReply(_count(running), _count(queued), _count(capacity), (load[0], load[1], load[2]))
+    reach = _decode_reach(optional[0]) if optional else None
+    return StatusReply(_count(running), _count(queued), _count(capacity), (load[0], load[1], load[2]), reach)
+
+
+def _decode_reach(f: object) -> ReachStatus:
+    if not isinstance(f, list):
+        raise RemoteProtocolError("a reach entry must be an array")
+    reachability, observed, dht_mode, peers, *optional = _known(f, 5, "a reach entry", required=4)
+    relays = optional[0] if optional else []
+    if not isinstance(relays, list) or len(relays) > MAX_RELAYS:
+        raise RemoteProtocolError(f"relays must be an array of at most {MAX_RELAYS}")
+    return ReachStatus(
+        _text(reachability, MAX_HOST),
+        _text(observed, MAX_HOST),
+        _text(dht_mode, MAX_HOST),
+        _count(peers),
+        tuple(_text(r) for r in relays),
+    )
 
 
 def _decode_peers(f: list[Any]) -> Peers:
@@ -463,7 +493,26 @@ _CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[
     StatusReply: (
         Kind.STATUS_REPLY,
         4,
-        lambda m: [m.running, m.queued, m.capacity, list(m.load)],
+        # The reach entry is optional: a node without a DHT leaves it out.
+        lambda m: [
+            m.running,
+            m.queued,
+            m.capacity,
+            list(m.load),
+            *(
+                [
+                    [
+                        m.reach.reachability,
+                        m.reach.observed,
+                        m.reach.dht_mode,
+                        m.reach.peers,
+                        list(m.reach.relays),
+                    ]
+                ]
+                if m.reach is not None
+                else []
+            ),
+        ],
         _decode_status,
     ),
     Peers: (
@@ -477,7 +526,7 @@ _KIND_OF = {cls: spec[0] for cls, spec in _CODECS.items()}
 _FIELDS_OF = {cls: spec[2] for cls, spec in _CODECS.items()}
 _BY_KIND = {spec[0]: (spec[1], spec[3]) for spec in _CODECS.values()}
 # Fields this version knows beyond a kind's required ones, which a sender may leave out.
-_OPTIONAL_FIELDS = {Kind.CALL: 1}
+_OPTIONAL_FIELDS = {Kind.CALL: 1, Kind.STATUS_REPLY: 1}
 
 
 def decode_object(obj: object) -> Message:

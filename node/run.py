@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -52,6 +52,7 @@ def run_node(
     orgs: OrgSetup | None = None,
     hidden: Sequence[Path] = (),
     data_dir: Path | None = None,
+    serving_file: Path | None = None,
 ) -> None:
     """Serve `config`'s services as `identity` until SIGTERM or SIGINT.
 
@@ -61,6 +62,8 @@ def run_node(
     what the node brings of organisations (see `node.org_watch.OrgSetup`). `hidden`: the
     node's own folders (its key, its config), which sandboxed jobs see empty. `data_dir`:
     where the node keeps its books and its ecash wallet (with `config.mints`, it takes deposits).
+    `serving_file`: where to say, while serving, the address this machine reaches the node at (`hubnode
+    status` asks it there).
     Raises ListenError if the port cannot be bound; no other error is relabelled as one, and
     SandboxError (before anything starts) if a service cannot be isolated as it asks.
     """
@@ -79,10 +82,20 @@ def run_node(
         attestations=orgs.attestations if orgs else (),
     )
     node.peers = discovery.peers
+    node.reach_status = discovery.reach_status
     refresh = refresh_interval()  # a bad HUBNET_ORG_REFRESH is said before anything starts
     try:
         trio.run(
-            _serve, config, identity, node, discovery, services_file, orgs or OrgSetup(), refresh, isolation
+            _serve,
+            config,
+            identity,
+            node,
+            discovery,
+            services_file,
+            orgs or OrgSetup(),
+            refresh,
+            isolation,
+            serving_file,
         )
     except* ListenError as group:
         # Nothing but the listener had started, so this is the only error: report it alone.
@@ -99,6 +112,7 @@ async def _serve(
     orgs: OrgSetup,
     org_refresh: float,
     isolation: Sequence[str],
+    serving_file: Path | None,
 ) -> None:
     # SIGTERM and SIGINT cancel everything, so every job's process group is killed on the way out.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals, contextlib.ExitStack() as stack:
@@ -123,6 +137,8 @@ async def _serve(
             for host, port in addresses:
                 where = f"{identity.peer_id}@{DirectAddress(host, port)}"
                 start_log.info("serving %d service(s) on %s", len(config.services), where)
+            if serving_file is not None:
+                stack.callback(_say_serving(serving_file, identity, *addresses[0]))
             start_log.info("%s", isolation[0])  # which sandbox, cgroups and user are in force
             for warning in isolation[1:]:
                 start_log.warning("%s", warning)
@@ -134,6 +150,26 @@ async def _serve(
         if node.cashier is not None:
             await node.cashier.wallet.aclose()
     log.info("stopped")
+
+
+def _say_serving(path: Path, identity: Identity, host: str, port: int) -> Callable[[], None]:
+    """Write PEER_ID@HOST:PORT (a wildcard listen host as loopback) to `path`; the function
+    that removes it again. A stale file (a node killed outright) names a port nobody
+    answers on, which `hubnode status` says."""
+    local = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    text = f"{identity.peer_id}@{DirectAddress(local, port)}\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        log.warning("cannot write %s (hubnode status will not find this node): %s", path, exc.strerror or exc)
+
+    def remove() -> None:
+        with contextlib.suppress(OSError):
+            if path.read_text(encoding="utf-8") == text:  # not a newer node's from the same home
+                path.unlink()
+
+    return remove
 
 
 def _say_where_services_came_from(config: NodeConfig, path: Path) -> None:

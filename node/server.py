@@ -57,6 +57,7 @@ from hubnet.node.protocol import (
     Message,
     PeerInfo,
     Peers,
+    ReachStatus,
     Receipt,
     Reject,
     RejectCode,
@@ -106,6 +107,8 @@ class Node:
         self.running = 0
         # What `hubnode peers --server` is told: set by whoever runs the node's DHT peer.
         self.peers: Callable[[], Sequence[PeerInfo]] = tuple
+        # What `hubnode status` says of reachability and the DHT: set likewise (none without one).
+        self.reach_status: Callable[[], ReachStatus | None] = lambda: None
         # The newest revocation lists of the organisations the services rely on: set by whoever
         # keeps them fresh (`node.org_watch.OrgWatch`).
         self.revocations: Callable[[], Mapping[bytes, RevocationList]] = dict
@@ -204,7 +207,9 @@ class Node:
 
     def status(self) -> StatusReply:
         one, five, fifteen = os.getloadavg()
-        return StatusReply(self.running, self.queued, self.config.max_jobs, (one, five, fifteen))
+        return StatusReply(
+            self.running, self.queued, self.config.max_jobs, (one, five, fifteen), self.reach_status()
+        )
 
     def _services(self) -> Services:
         if self.host is None:

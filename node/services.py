@@ -247,6 +247,9 @@ class Service:
         return {rule.org for rule in (*self.allow_orgs, *self.free_orgs)}
 
 
+REACHABILITY_SETTINGS = ("auto", "public", "private")
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """Everything `services.toml` says: where to listen, global job limits, the services."""
@@ -261,6 +264,8 @@ class NodeConfig:
     # Connections one source may hold at once; None: node.connections' default (loopback exempt).
     max_connections_per_address: int | None = None
     mints: tuple[str, ...] = ()  # the Cashu mints whose ecash this node takes (none: no ecash)
+    # "auto": ask DHT peers to dial back (node.reach); "public"/"private": the operator knows.
+    reachability: str = "auto"
 
     @property
     def orgs(self) -> set[bytes]:
@@ -521,6 +526,9 @@ def parse_services(text: str, *, source: str = "services.toml") -> NodeConfig:
     bootstrap = _targets(top, "bootstrap")
     advertise = _advertise(top)
     mints = _mints(top)
+    reachability = top.string("reachability") or "auto"
+    if reachability not in REACHABILITY_SETTINGS:
+        raise top.error("reachability", f"{reachability!r}: give one of {', '.join(REACHABILITY_SETTINGS)}")
     services: dict[bytes, Service] = {}
     table = top.table("services") or _Table(source, (), {})
     for name, body in table.entries():
@@ -547,6 +555,7 @@ def parse_services(text: str, *, source: str = "services.toml") -> NodeConfig:
         advertise=advertise,
         max_connections_per_address=max_connections_per_address,
         mints=mints,
+        reachability=reachability,
     )
 
 

@@ -160,8 +160,18 @@ def describe(values: Sequence[float]) -> str:
 class Simulation:
     """Nodes on one `SimNetwork`; create with `simulation(...)`."""
 
-    def __init__(self, network: SimNetwork, nursery: trio.Nursery, *, k: int, alpha: int, seed: int) -> None:
+    def __init__(
+        self,
+        network: SimNetwork,
+        nursery: trio.Nursery,
+        *,
+        k: int,
+        alpha: int,
+        seed: int,
+        address: Callable[[int], Address] = node_address,
+    ) -> None:
         self.network = network
+        self.address = address  # node i's address
         self.nursery = nursery
         self.k = k
         self.alpha = alpha
@@ -192,7 +202,7 @@ class Simulation:
         index = len(self.nodes)
         node = SimNode(
             node_identity(index),
-            self.network.transport(node_address(index)),
+            self.network.transport(self.address(index)),
             k=self.k,
             alpha=self.alpha,
             clock=lambda: EPOCH + trio.current_time(),
@@ -414,16 +424,19 @@ async def simulation(
     seed: int = 0,
     latency: float = 0.0,
     progress: Callable[[int], None] | None = None,
+    network: SimNetwork | None = None,
+    address: Callable[[int], Address] = node_address,
 ) -> AsyncIterator[Simulation]:
     """`count` nodes joined one by one, each through a random earlier node; stopped on exit.
 
     The network has no latency while nodes join (so joining takes no virtual time); set
-    `sim.network.latency` afterwards to measure rounds.
+    `sim.network.latency` afterwards to measure rounds. `network`: another kind of network
+    (one with NATs); `address(i)`: node i's address (default `node_address`, in 10/8).
     """
-    network = SimNetwork(seed=seed)
+    network = network if network is not None else SimNetwork(seed=seed)
     async with trio.open_nursery() as nursery:
         network.start(nursery)
-        sim = Simulation(network, nursery, k=k, alpha=alpha, seed=seed)
+        sim = Simulation(network, nursery, k=k, alpha=alpha, seed=seed, address=address)
         await sim.grow(count, progress)
         network.latency = latency
         yield sim
