@@ -68,8 +68,10 @@ def test_services_json_and_calling_by_listed_id(node: Node, client: Client) -> N
 def test_status(node: Node, client: Client) -> None:
     result = client.run("status", "--server", node.target)
     assert result.returncode == 0, result.stderr
-    text = result.stdout.decode().strip()
-    assert re.fullmatch(rf"running \d+, queued \d+, capacity {MAX_JOBS}, load [0-9.]+ [0-9.]+ [0-9.]+", text)
+    busy, reach = result.stdout.decode().splitlines()
+    assert re.fullmatch(rf"running \d+, queued \d+, capacity {MAX_JOBS}, load [0-9.]+ [0-9.]+ [0-9.]+", busy)
+    # Alone on loopback: no peer to dial it back, so nothing known of its reach.
+    assert reach == "reachability unknown, observed address not yet known, DHT server mode, 0 peer(s)"
 
     result = client.run("status", "--server", node.target, "--json")
     assert result.returncode == 0, result.stderr
@@ -77,6 +79,25 @@ def test_status(node: Node, client: Client) -> None:
     assert status["capacity"] == MAX_JOBS
     assert status["running"] >= 0 and status["queued"] >= 0
     assert len(status["load"]) == 3
+    assert {k: status[k] for k in ("reachability", "observed", "dht_mode", "peers", "relays")} == {
+        "reachability": "unknown",
+        "observed": None,
+        "dht_mode": "server",
+        "peers": 0,
+        "relays": [],
+    }
+
+
+def test_status_without_a_server_asks_the_node_serving_from_this_home(node: Node, client: Client) -> None:
+    serving = node.server.home / "serving"  # the home's data folder: --home puts everything there
+    assert serving.read_text().strip() == node.target
+    result = Client(node.server.home).run("status", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["capacity"] == MAX_JOBS
+    # A home that serves nothing and names no server: the usual one-line error.
+    result = client.run("status")
+    assert result.returncode != 0
+    assert "no server" in one_line(result)
 
 
 def test_alias_writes_a_command(node: Node, client: Client, tmp_path: Path) -> None:

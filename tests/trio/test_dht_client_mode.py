@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import trio
 import trio.testing
 
 from hubnet.dht.messages import Contact
-from hubnet.dht.node import DialBack
+from hubnet.dht.node import DhtNode, DialBack
 from hubnet.dht.reachability import RETRY_INTERVAL, Reachability
 from hubnet.dht.records import Address
-from hubnet.node.reach import Reach
+from hubnet.dht.transport import MemoryNetwork
+from hubnet.identity.keys import Identity
+from hubnet.node.reach import Reach, ReachState
 from tests.dht_sim import PORT, SimNetwork, SimNode, Simulation, simulation
 
 PUBLIC = 40
@@ -86,6 +89,13 @@ async def test_natted_nodes_go_private_hold_no_keys_and_still_find_every_record(
     async with simulation(k=8, seed=3, network=network, address=public_address) as sim:
         public = [await add(sim, network, reaches, natted=False) for _ in range(PUBLIC)]
         natted = [await add(sim, network, reaches, natted=True) for _ in range(NATTED)]
+        first = reaches[natted[0].index]
+        watched: list[ReachState] = []
+
+        async def watch() -> None:  # as the relay client does: wait for the next state
+            watched.append(await first.changed(ReachState(Reachability.UNKNOWN, None, False, False)))
+
+        sim.nursery.start_soon(watch)
         await sim.settle()
         await trio.sleep(2 * RETRY_INTERVAL)  # every node has had its rounds
 
@@ -98,6 +108,7 @@ async def test_natted_nodes_go_private_hold_no_keys_and_still_find_every_record(
                 node.contact.address,
                 True,
             )
+        assert [w.reachability for w in watched] == [Reachability.PRIVATE]
         private_keys = {n.identity.public_key for n in natted}
         for node in public:
             assert not {c.public_key for c in node.protocol.table.contacts()} & private_keys
@@ -116,3 +127,19 @@ async def test_natted_nodes_go_private_hold_no_keys_and_still_find_every_record(
                 found = await node.find_providers(record.key)
                 assert [r.raw for r in found] == [record.raw]
         sim.nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"), [("public", Reachability.PUBLIC), ("private", Reachability.PRIVATE)]
+)
+async def test_an_operators_setting_fixes_the_answer_and_asks_nobody(
+    setting: str, expected: Reachability
+) -> None:
+    network = MemoryNetwork()
+    dht = DhtNode(Identity.from_seed(b"o" * 32), network.transport(public_address(0)))
+    reach = Reach(setting)
+    await reach.run(dht, PORT)  # returns at once: nothing to find out
+    private = expected is Reachability.PRIVATE
+    assert reach.state == ReachState(expected, None, private, True)
+    assert dht.protocol.client_mode is private
+    assert network.delivered == network.lost == 0

@@ -24,6 +24,7 @@ from hubnet.node.protocol import (
     MAX_MESSAGE,
     MAX_PEERS,
     MAX_RECEIPT,
+    MAX_RELAYS,
     MAX_SERVICES,
     MAX_SIGNAL,
     MAX_TEXT,
@@ -48,6 +49,7 @@ from hubnet.node.protocol import (
     MessageDecoder,
     PeerInfo,
     Peers,
+    ReachStatus,
     Receipt,
     Reject,
     Role,
@@ -68,6 +70,7 @@ from hubnet.node.protocol import (
 
 FAST = settings(max_examples=100, deadline=None)
 SID = bytes(range(SERVICE_ID_LEN))
+LOAD = [0.5, 0.25, 0.125]
 
 service_ids = st.binary(min_size=SERVICE_ID_LEN, max_size=SERVICE_ID_LEN)
 texts = st.text(max_size=40)
@@ -110,7 +113,17 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     Services: st.builds(
         Services, st.lists(st.builds(ServiceInfo, texts, service_ids, texts, texts), max_size=6).map(tuple)
     ),
-    StatusReply: st.builds(StatusReply, counts, counts, counts, st.tuples(floats, floats, floats)),
+    StatusReply: st.builds(
+        StatusReply,
+        counts,
+        counts,
+        counts,
+        st.tuples(floats, floats, floats),
+        st.none()
+        | st.builds(
+            ReachStatus, texts, texts, texts, counts, st.lists(texts, max_size=MAX_RELAYS).map(tuple)
+        ),
+    ),
     GetPeers: st.just(GetPeers()),
     Deposit: st.builds(Deposit, st.text(max_size=200)),
     Peers: st.builds(
@@ -352,11 +365,47 @@ def test_malformed_fields_are_refused(raw: bytes) -> None:
             Peers((PeerInfo(b"k" * 32, "h", 1),)),
             id="peer-entry",
         ),
+        pytest.param(
+            _raw(
+                Kind.STATUS_REPLY,
+                [1, 0, 4, LOAD, ["private", "198.51.100.7:7070", "client", 3, ["r"], "new"], 9],
+            ),
+            StatusReply(
+                1, 0, 4, (0.5, 0.25, 0.125), ReachStatus("private", "198.51.100.7:7070", "client", 3, ("r",))
+            ),
+            id="status-reach",
+        ),
+        pytest.param(  # from a node that knows no relays yet
+            _raw(Kind.STATUS_REPLY, [1, 0, 4, LOAD, ["public", "", "server", 0]]),
+            StatusReply(1, 0, 4, (0.5, 0.25, 0.125), ReachStatus("public", "", "server", 0)),
+            id="status-reach-without-relays",
+        ),
+        pytest.param(  # from a node older than reachability
+            _raw(Kind.STATUS_REPLY, [1, 0, 4, LOAD]),
+            StatusReply(1, 0, 4, (0.5, 0.25, 0.125)),
+            id="status-without-reach",
+        ),
     ],
 )
 def test_fields_a_newer_peer_appends_are_ignored(raw: bytes, message: Message) -> None:
     """The versioning rule of docs/protocol.md: readers take the fields they know."""
     assert decode(raw) == message
+
+
+@pytest.mark.parametrize(
+    "reach",
+    [
+        pytest.param("private", id="not-an-array"),
+        pytest.param(["private", "", "client"], id="too-few-fields"),
+        pytest.param(["private", "", "client", -1], id="negative-peers"),
+        pytest.param(["private", b"", "client", 1], id="observed-not-text"),
+        pytest.param(["private", "", "client", 1, ["r"] * (MAX_RELAYS + 1)], id="too-many-relays"),
+        pytest.param(["private", "", "client", 1, [1]], id="relay-not-text"),
+    ],
+)
+def test_a_malformed_reach_entry_is_a_protocol_error(reach: object) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode(_raw(Kind.STATUS_REPLY, [1, 0, 4, LOAD, reach]))
 
 
 def test_a_call_without_attestations_keeps_its_short_form() -> None:

@@ -182,6 +182,7 @@ def test_defaults() -> None:
     cfg = parse_services('[services.cat]\ncommand = ["cat"]\nid = "ae58940f8a7398e74de9ab80ff66702d"\n')
     assert (cfg.listen_host, cfg.listen_port) == ("0.0.0.0", 7070)
     assert cfg.max_jobs >= 1 and cfg.max_queued == 4 * cfg.max_jobs
+    assert cfg.reachability == "auto"
     s = cfg.by_name("cat")
     assert s is not None and s.id == bytes.fromhex("AE58940F8A7398E74DE9AB80FF66702D")
     assert (s.timeout, s.max_concurrent, s.max_output, s.cpu_seconds, s.memory_bytes) == (
@@ -205,6 +206,11 @@ def test_sizes(size: object, value: int) -> None:
     text = f'[services.a]\ncommand = ["x"]\nmax_output = {size!r}\n'.replace("'", '"')
     s = parse_services(text).by_name("a")
     assert s is not None and s.max_output == value
+
+
+@pytest.mark.parametrize("setting", ["auto", "public", "private"])
+def test_reachability_setting(setting: str) -> None:
+    assert parse_services(f'reachability = "{setting}"').reachability == setting
 
 
 def test_load_services(tmp_path: Path) -> None:
@@ -232,6 +238,8 @@ def _args(extra: str) -> str:
 
 
 BAD_CONFIGS = [
+    ('reachability = "nat"', "reachability"),
+    ("reachability = true", "reachability"),
     ("listen = 7070", "listen"),
     ('listen = "host:99999"', "listen"),
     ('listen = "::1"', "listen"),
