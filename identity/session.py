@@ -44,6 +44,8 @@ MAX_PAYLOAD = MAX_MESSAGE_LEN - TAG_LEN
 # so the buffer never needs to hold more than a frame and a read. Four whole frames: under
 # a bulk stream each system call, and each batch decrypted, carries that many.
 MAX_RECEIVE = 4 * (MAX_MESSAGE_LEN + 2)
+# The most undecoded input a session holds: a frame and a read (see MAX_RECEIVE).
+MAX_BUFFER = 2 * (MAX_MESSAGE_LEN + 2) + MAX_RECEIVE
 # Handshake payloads carry at most this much application data; the rest follows as transport.
 _MAX_HANDSHAKE_PAYLOAD = MAX_MESSAGE_LEN - 2 * _DH_LEN - 3 * TAG_LEN - PUBLIC_KEY_LEN
 
@@ -92,7 +94,7 @@ class NoiseSession:
         identity: bytes,
         static_private: bytes,
         remote_identity: bytes | None = None,
-        max_buffer: int = 2 * (MAX_MESSAGE_LEN + 2) + MAX_RECEIVE,
+        max_buffer: int = MAX_BUFFER,
     ) -> None:
         if not initiator and remote_identity is not None:
             raise LocalProtocolError("a responder learns the remote key from the handshake")

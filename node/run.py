@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import resource
 import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,6 +37,20 @@ log = logging.getLogger("hubnet.node")
 # logging keeps this logger at info whatever the level (`hubnet.logs.configure(always=...)`).
 START_LOGGER = "hubnet.node.start"
 start_log = logging.getLogger(START_LOGGER)
+
+
+# Descriptors a node may hold: each connection holds a socket and each job its pipes and a
+# pidfd, so a node of a thousand connections and hundreds of jobs needs more than the usual
+# soft limit of 1024 (as Go and systemd services do, the soft limit goes up to the hard one).
+_OPEN_FILES = 1 << 16
+
+
+def _raise_open_files() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = _OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, _OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 class ListenError(HubnetError):
@@ -67,6 +82,7 @@ def run_node(
     Raises ListenError if the port cannot be bound; no other error is relabelled as one, and
     SandboxError (before anything starts) if a service cannot be isolated as it asks.
     """
+    _raise_open_files()
     node = Node(config, identity)
     if data_dir is not None and config.mints:
         node.cashier = Cashier(EcashWallet(data_dir, config.mints), Ledger.open(data_dir), identity)

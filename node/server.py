@@ -25,7 +25,7 @@ from hubnet.identity.errors import HubnetError, RemoteProtocolError, TransportEr
 from hubnet.identity.keys import Identity, encode_peer_id, fingerprint
 from hubnet.identity.orgs import RevocationList
 from hubnet.identity.secure import SecureStream, accept_secure
-from hubnet.identity.session import MAX_RECEIVE
+from hubnet.identity.session import MAX_BUFFER, MAX_RECEIVE
 from hubnet.node.admission import Admitted, Occupancy, admit, find_service, settle, standing
 from hubnet.node.cashier import Cashier
 from hubnet.node.connections import (
@@ -40,6 +40,7 @@ from hubnet.node.naming import format_service_id
 from hubnet.node.protocol import (
     DATA_CHUNK,
     KEEPALIVE,
+    MAX_MESSAGE,
     MAX_PEERS,
     MAX_TEXT,
     STDIN_WINDOW,
@@ -78,6 +79,13 @@ from hubnet.node.services import NodeConfig, Service
 
 log = logging.getLogger("hubnet.node")
 
+# The most a connection's buffers hold, whatever its peer does (docs/running-a-node.md,
+# Memory): the session's undecoded input and one batch decrypted from it, the job
+# protocol's decoder, the stdin a caller may send ahead of its job, and for each of stdout
+# and stderr one read in flight with its message and its frames. Each part is capped where
+# it lives; tests/unit/test_memory_bound.py checks the caps.
+CONNECTION_BUFFERS = 2 * MAX_BUFFER + 2 * MAX_MESSAGE + STDIN_WINDOW + 2 * 3 * DATA_CHUNK
+
 # A job's environment is built from nothing: only these come from the node's own.
 _PASSED_ENV = ("PATH",)
 _CANCELLED_EARLY = Reject(RejectCode.CANCELLED, "the caller cancelled before the job started")
@@ -97,7 +105,7 @@ class Node:
         *,
         handshake_timeout: float = 10.0,
         start_timeout: float = 30.0,
-        max_connections: int = MAX_CONNECTIONS,
+        max_connections: int | None = None,
         pressed_wait: float = PRESSED_WAIT,
     ) -> None:
         self.config = config
@@ -118,7 +126,9 @@ class Node:
         # Connections hold memory and a socket: bounded in all and per source, and those that
         # have not started a job are shed first (node.connections).
         self.connections = ConnectionTable(
-            max_connections, config.max_connections_per_address, pressed_wait=pressed_wait
+            max_connections or config.max_connections or MAX_CONNECTIONS,
+            config.max_connections_per_address,
+            pressed_wait=pressed_wait,
         )
         self._slots = trio.CapacityLimiter(config.max_jobs)
         self._service_slots = {

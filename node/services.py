@@ -263,6 +263,8 @@ class NodeConfig:
     advertise: tuple[Address, ...] = ()  # the addresses to put in offers, if not the listen address
     # Connections one source may hold at once; None: node.connections' default (loopback exempt).
     max_connections_per_address: int | None = None
+    # Connections the node holds at once, all sources; None: node.connections' default.
+    max_connections: int | None = None
     mints: tuple[str, ...] = ()  # the Cashu mints whose ecash this node takes (none: no ecash)
     # "auto": ask DHT peers to dial back (node.reach); "public"/"private": the operator knows.
     reachability: str = "auto"
@@ -523,6 +525,7 @@ def parse_services(text: str, *, source: str = "services.toml") -> NodeConfig:
     max_jobs = top.integer("max_jobs", 1) or os.cpu_count() or 1
     max_queued = top.integer("max_queued", 0)
     max_connections_per_address = top.integer("max_connections_per_address", 1)
+    max_connections = top.integer("max_connections", 1)
     bootstrap = _targets(top, "bootstrap")
     advertise = _advertise(top)
     mints = _mints(top)
@@ -554,6 +557,7 @@ def parse_services(text: str, *, source: str = "services.toml") -> NodeConfig:
         bootstrap=bootstrap,
         advertise=advertise,
         max_connections_per_address=max_connections_per_address,
+        max_connections=max_connections,
         mints=mints,
         reachability=reachability,
     )

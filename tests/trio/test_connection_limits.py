@@ -19,7 +19,7 @@ from hubnet.dht.addresses import DirectAddress
 from hubnet.identity.errors import ConfigError, HubnetError
 from hubnet.identity.keys import Identity
 from hubnet.identity.session import NoiseSession
-from hubnet.node.connections import ConnectionTable, Phase, source_of
+from hubnet.node.connections import MAX_CONNECTIONS, ConnectionTable, Phase, source_of
 from hubnet.node.naming import Target, service_id_for_name
 from hubnet.node.protocol import Call
 from hubnet.node.server import Node
@@ -335,3 +335,13 @@ def test_services_toml_sets_the_per_address_bound() -> None:
     assert parse_services("max_connections_per_address = 8\n" + SERVICES).max_connections_per_address == 8
     with pytest.raises(ConfigError, match="max_connections_per_address"):
         parse_services("max_connections_per_address = 0\n" + SERVICES)
+
+
+def test_services_toml_sets_the_node_bound() -> None:
+    assert parse_services(SERVICES).max_connections is None
+    assert Node(parse_services(SERVICES), CALLER).connections.max_connections == MAX_CONNECTIONS
+    config = parse_services("max_connections = 1000\n" + SERVICES)
+    assert Node(config, CALLER).connections.max_connections == 1000
+    assert Node(config, CALLER, max_connections=3).connections.max_connections == 3  # a test's own
+    with pytest.raises(ConfigError, match="max_connections"):
+        parse_services("max_connections = 0\n" + SERVICES)
