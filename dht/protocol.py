@@ -207,6 +207,13 @@ class DhtProtocol:
         self._dial_backs: dict[str, list[int]] = {}  # by requesting host: when each was granted
         self.dial_backs_refused = 0
 
+    def set_client_mode(self, on: bool) -> None:
+        """Enter or leave client mode; entering drops every record held, others' and our own:
+        nobody can ask a node in client mode for them (its publisher stores them elsewhere)."""
+        if on and not self.client_mode:
+            self.store = RecordStore(self.store.limits)
+        self.client_mode = on
+
     @property
     def answers(self) -> bool:
         """Whether this node answers requests (and says so in its datagrams)."""

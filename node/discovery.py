@@ -125,6 +125,7 @@ class Discovery:
         seeds_answered = False
         joins = 0
         reported: PublishState | None = None
+        published_with = self.reach.state
         while True:
             joined = False
             # Join through the seeds until one answers, even if LAN peers arrived first:
@@ -150,7 +151,11 @@ class Discovery:
                     )
             load = self.load()
             now = time.time()
-            if joined or publisher.due(load, now):
+            # A new reachability is news for the DHT: a node that went private holds its
+            # records no longer (client mode) and must store them at public nodes now.
+            moved = self.reach.state != published_with
+            if joined or moved or publisher.due(load, now):
+                published_with = self.reach.state
                 publication = publisher.publish(load, now)
                 stored = [await dht.publish_provider(offer) for offer in publication.offers]
                 await dht.publish_node_record(publication.node_record)

@@ -84,7 +84,7 @@ class Reach:
     async def run(self, dht: DhtNode, tcp_port: int) -> None:
         """Keep `state` current for the node whose DHT is `dht` and whose job port is `tcp_port`,
         until cancelled."""
-        dht.protocol.client_mode = self._state.client_mode
+        dht.protocol.set_client_mode(self._state.client_mode)
         if self._state.fixed:
             log.info(
                 "reachability: %s (set in the configuration: no dial-backs asked)", self._state.reachability
@@ -98,7 +98,7 @@ class Reach:
                 now = dht.clock()
                 status = self.votes.status(now)
                 entering = status is Reachability.PRIVATE and not dht.protocol.client_mode
-                dht.protocol.client_mode = status is Reachability.PRIVATE
+                dht.protocol.set_client_mode(status is Reachability.PRIVATE)
                 state = ReachState(status, self.votes.observed, dht.protocol.client_mode, False)
                 if state != self._state:
                     log.info("%s", describe(state, answered))

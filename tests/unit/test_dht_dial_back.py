@@ -32,7 +32,7 @@ from hubnet.dht.protocol import (
     ReplyReceived,
     Send,
 )
-from hubnet.dht.records import Address
+from hubnet.dht.records import Address, ProviderRecord
 from hubnet.identity.keys import Identity
 
 NOW = 1_700_000_000
@@ -153,3 +153,16 @@ def test_a_node_that_goes_into_client_mode_leaves_the_tables_it_was_in() -> None
     # And her requests from then on do not bring her back.
     node.receive(request(Ping(), serving=False, token=node.token_for(REQUESTER, now=NOW)), REQUESTER, now=NOW)
     assert node.table.find(alice) is None
+
+
+def test_entering_client_mode_drops_every_record_held() -> None:
+    node = peer()
+    record = ProviderRecord.create(ALICE, b"k" * 20, b"offer", sequence=1, issued_at=NOW, ttl=600)
+    node.store.add_provider(record)
+    node.set_client_mode(False)
+    assert len(node.store) == 1  # leaving or staying out of client mode keeps them
+    node.set_client_mode(True)
+    assert len(node.store) == 0 and node.client_mode
+    node.store.add_provider(record)
+    node.set_client_mode(True)  # already in client mode: nothing more to drop
+    assert len(node.store) == 1
