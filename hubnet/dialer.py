@@ -27,8 +27,13 @@ class TcpDialer:
     def dial(self, address: Address, timeout: float) -> socket.socket:
         if not isinstance(address, DirectAddress):
             raise TransportError(f"cannot reach {address}: this client has no relay dialer yet")
+        # getaddrinfo encodes a str host with the idna codec, whose import (stringprep,
+        # unicodedata) costs a Pi more than the rest of the connect: an ASCII name or IP
+        # goes in as bytes, which it takes as they are (typeshed says str only; CPython
+        # passes the host to getaddrinfo, which takes both).
+        host = address.host.encode("ascii") if address.host.isascii() else address.host
         try:
-            sock = socket.create_connection((address.host, address.port), timeout=timeout)
+            sock = socket.create_connection((host, address.port), timeout=timeout)  # type: ignore[arg-type]
         except TimeoutError as exc:
             raise TransportError(f"cannot connect to {address}: timed out") from exc
         except OSError as exc:

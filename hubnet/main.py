@@ -52,6 +52,18 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def _exit_at_once(code: int) -> NoReturn:
+    """Exit as `sys.exit` would, without tearing the interpreter down module by module:
+    that teardown is a tenth of a small call's cost, and the process ends anyway. The
+    exit handlers still run and the output is flushed."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main() -> None:
     """Entry point of the `hubnode` command."""
     try:
@@ -64,7 +76,7 @@ def main() -> None:
             from hubnet.commands import Context, run_call
 
             home, verbose, server, service, args = fast
-            sys.exit(run_call(Context(home, verbose), server, service, args))
+            _exit_at_once(run_call(Context(home, verbose), server, service, args))
     except KeyboardInterrupt:
         _fail("interrupted", EXIT_INTERRUPTED)
     except HubnetError as exc:

@@ -13,17 +13,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Raw libsodium bindings rather than nacl.signing: the Noise code loads them anyway, and
-# nacl.signing's extra modules cost a Pi several milliseconds on every call.
-from nacl.bindings import (
-    crypto_sign,
-    crypto_sign_ed25519_pk_to_curve25519,
-    crypto_sign_ed25519_sk_to_curve25519,
-    crypto_sign_open,
-    crypto_sign_seed_keypair,
-    randombytes,
-)
-
+# libsodium through `identity.sodium` rather than nacl.signing or nacl.bindings: their
+# modules cost a Pi many milliseconds on every call.
+from hubnet.identity import sodium
 from hubnet.identity.errors import ConfigError
 
 PUBLIC_KEY_LEN = 32
@@ -70,24 +62,16 @@ def fingerprint(public_key: bytes) -> str:
 
 def noise_public_key(public_key: bytes) -> bytes:
     """The X25519 public key a peer uses in Noise, derived from its Ed25519 key."""
-    try:
-        return bytes(crypto_sign_ed25519_pk_to_curve25519(public_key))
-    except Exception as exc:  # PyNaCl raises a bare RuntimeError for points off the curve
+    converted = sodium.ed25519_pk_to_curve25519(public_key) if len(public_key) == PUBLIC_KEY_LEN else None
+    if converted is None:
         shown = encode_peer_id(public_key) if len(public_key) == PUBLIC_KEY_LEN else public_key.hex()
-        raise ConfigError(f"peer id {shown} is not a valid Ed25519 public key (no node can have it)") from exc
+        raise ConfigError(f"peer id {shown} is not a valid Ed25519 public key (no node can have it)")
+    return converted
 
 
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> bool:
     """True when `signature` is `public_key`'s Ed25519 signature of `message`."""
-    from nacl.exceptions import BadSignatureError
-
-    if len(public_key) != PUBLIC_KEY_LEN or len(signature) != SIGNATURE_LEN:
-        return False
-    try:
-        crypto_sign_open(signature + message, public_key)
-    except (BadSignatureError, ValueError, TypeError):
-        return False
-    return True
+    return sodium.verify(public_key, message, signature)
 
 
 @dataclass(frozen=True)
@@ -101,13 +85,13 @@ class Identity:
     def __post_init__(self) -> None:
         if len(self.seed) != SEED_LEN:
             raise ValueError("an identity seed is 32 bytes")
-        public, secret = crypto_sign_seed_keypair(self.seed)
-        object.__setattr__(self, "public_key", bytes(public))
-        object.__setattr__(self, "_secret_key", bytes(secret))
+        public, secret = sodium.sign_seed_keypair(self.seed)
+        object.__setattr__(self, "public_key", public)
+        object.__setattr__(self, "_secret_key", secret)
 
     @classmethod
     def generate(cls) -> Identity:
-        return cls(bytes(randombytes(SEED_LEN)))
+        return cls(sodium.random_bytes(SEED_LEN))
 
     @classmethod
     def from_seed(cls, seed: bytes) -> Identity:
@@ -120,10 +104,10 @@ class Identity:
     @property
     def noise_private_key(self) -> bytes:
         """The X25519 private key for Noise, converted from the Ed25519 key."""
-        return bytes(crypto_sign_ed25519_sk_to_curve25519(self._secret_key))
+        return sodium.ed25519_sk_to_curve25519(self._secret_key)
 
     def sign(self, message: bytes) -> bytes:
-        return bytes(crypto_sign(message, self._secret_key))[:SIGNATURE_LEN]
+        return sodium.sign(message, self._secret_key)
 
 
 def load_or_create_identity(path: Path) -> Identity:

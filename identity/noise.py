@@ -6,8 +6,8 @@ and get bytes back, so the same code runs under trio, in tests and against the p
 
 The objects and methods carry the specification's names (`CipherState.encrypt_with_ad`,
 `HandshakeState.write_message`, `split`, ...) so that the spec can be read alongside the code. Primitives
-come from libsodium through PyNaCl; HMAC and HKDF are built from `hmac` and `hashlib` as section 4.3
-prescribes. Pre-shared keys (and so `MixKeyAndHash`) are not supported.
+come from libsodium (PyNaCl's build, through `identity.sodium`); HMAC and HKDF are built from `hmac`
+and `hashlib` as section 4.3 prescribes. Pre-shared keys (and so `MixKeyAndHash`) are not supported.
 """
 
 from __future__ import annotations
@@ -18,17 +18,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
-import nacl.bindings
-import nacl.exceptions
-import nacl.utils
-
-# libsodium itself, as PyNaCl binds it: its bindings take and return `bytes` only, a copy on
-# each side of every transport message; `encrypt_into`/`decrypt_into` call the same functions
-# on buffers the caller owns. The call runs without the GIL (cffi releases it), so another
-# thread can work meanwhile.
-from nacl._sodium import ffi as _ffi
-from nacl._sodium import lib as _sodium
-
+from hubnet.identity import sodium
 from hubnet.identity.errors import DecryptError, HandshakeError, LocalProtocolError
 
 if TYPE_CHECKING:
@@ -69,7 +59,7 @@ BULK_MESSAGE = 4096
 def public_key(private: bytes) -> bytes:
     """Return the X25519 public key of a 32-byte private key."""
     _check_key_length(private, "private key")
-    return bytes(nacl.bindings.crypto_scalarmult_base(private))
+    return sodium.scalarmult_base(private)
 
 
 def generate_keypair() -> tuple[bytes, bytes]:
@@ -77,7 +67,7 @@ def generate_keypair() -> tuple[bytes, bytes]:
 
     Any 32 random bytes are a valid private key: X25519 clamps the scalar itself.
     """
-    private = bytes(nacl.utils.random(DHLEN))
+    private = sodium.random_bytes(DHLEN)
     return private, public_key(private)
 
 
@@ -85,13 +75,12 @@ def _dh(private: bytes, remote_public: bytes) -> bytes:
     """X25519 shared secret; raise HandshakeError when it is all zeros.
 
     An all-zero result means the peer sent a low-order point, which would make the "secret" public.
-    libsodium already refuses it (PyNaCl then raises); the explicit check keeps us safe whichever way
-    the binding reports it. `compare_digest` keeps the comparison constant-time on secret data.
+    libsodium already refuses it (`sodium.scalarmult` then says None); the explicit check keeps us safe
+    whichever way the binding reports it. `compare_digest` keeps the comparison constant-time on secret data.
     """
-    try:
-        shared = bytes(nacl.bindings.crypto_scalarmult(private, remote_public))
-    except nacl.exceptions.CryptoError as exc:
-        raise HandshakeError("DH with the peer's key failed (low-order point)") from exc
+    shared = sodium.scalarmult(private, remote_public)
+    if shared is None:
+        raise HandshakeError("DH with the peer's key failed (low-order point)")
     if hmac.compare_digest(shared, bytes(DHLEN)):
         raise HandshakeError("DH with the peer's key gave an all-zero secret (low-order point)")
     return shared
@@ -275,11 +264,10 @@ class CipherState:
                 f"plaintext of {len(plaintext)} bytes exceeds {MAX_MESSAGE_LEN - TAG_LEN} with the tag"
             )
         self._check_nonce()
-        ciphertext = bytes(
-            nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt(plaintext, ad, _nonce(self._n), self._k)
-        )
+        ciphertext = bytearray(len(plaintext) + TAG_LEN)
+        sodium.aead_encrypt(ciphertext, plaintext, ad, _nonce(self._n), self._k)
         self._n += 1
-        return ciphertext
+        return bytes(ciphertext)
 
     def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
         """Check and decrypt `ciphertext` against `ad`; the nonce advances only on success.
@@ -294,13 +282,10 @@ class CipherState:
         if len(ciphertext) < TAG_LEN:
             raise DecryptError(f"message of {len(ciphertext)} bytes is shorter than the tag")
         self._check_nonce()
-        try:
-            plaintext = nacl.bindings.crypto_aead_chacha20poly1305_ietf_decrypt(
-                ciphertext, ad, _nonce(self._n), self._k
-            )
-        except nacl.exceptions.CryptoError as exc:
+        plaintext = bytearray(len(ciphertext) - TAG_LEN)
+        if not sodium.aead_decrypt(plaintext, ciphertext, ad, _nonce(self._n), self._k):
             # Leave n alone: the spec says a failed decryption does not consume a nonce.
-            raise DecryptError("message failed authentication") from exc
+            raise DecryptError("message failed authentication")
         self._n += 1
         return bytes(plaintext)
 
@@ -317,12 +302,7 @@ class CipherState:
             # It takes any buffer (its stubs before 45 say bytes), so no copy goes in.
             out[:] = self._bulk_aead().encrypt(_nonce(self._n), plaintext, None)  # type: ignore[arg-type]
         else:
-            with _ffi.from_buffer(out, require_writable=True) as c, _ffi.from_buffer(plaintext) as m:
-                done = _sodium.crypto_aead_chacha20poly1305_ietf_encrypt(
-                    c, _ffi.NULL, m, len(plaintext), _ffi.NULL, 0, _ffi.NULL, _nonce(self._n), self._k
-                )
-            if done != 0:
-                raise LocalProtocolError("libsodium refused to encrypt")
+            sodium.aead_encrypt(out, plaintext, b"", _nonce(self._n), self._k)
         self._n += 1
 
     def decrypt_into(self, out: memoryview, ciphertext: bytes | bytearray | memoryview) -> None:
@@ -342,14 +322,9 @@ class CipherState:
                 out[:] = self._bulk_aead().decrypt(_nonce(self._n), ciphertext, None)  # type: ignore[arg-type]
             except InvalidTag:
                 raise DecryptError("message failed authentication") from None
-        else:
-            with _ffi.from_buffer(out, require_writable=True) as m, _ffi.from_buffer(ciphertext) as c:
-                done = _sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
-                    m, _ffi.NULL, _ffi.NULL, c, len(ciphertext), _ffi.NULL, 0, _nonce(self._n), self._k
-                )
-            if done != 0:
-                # As in decrypt_with_ad: a failed decryption does not consume a nonce.
-                raise DecryptError("message failed authentication")
+        elif not sodium.aead_decrypt(out, ciphertext, b"", _nonce(self._n), self._k):
+            # As in decrypt_with_ad: a failed decryption does not consume a nonce.
+            raise DecryptError("message failed authentication")
         self._n += 1
 
     def _bulk_aead(self) -> ChaCha20Poly1305:
@@ -364,10 +339,8 @@ class CipherState:
         """Replace the key by REKEY(k) (spec sections 4.2 and 11.3); the nonce is kept."""
         if self._k is None:
             raise LocalProtocolError("rekey without a key")
-        zeros = bytes(_KEY_LEN)
-        encrypted = nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt(
-            zeros, b"", _nonce(_MAX_NONCE), self._k
-        )
+        encrypted = bytearray(_KEY_LEN + TAG_LEN)
+        sodium.aead_encrypt(encrypted, bytes(_KEY_LEN), b"", _nonce(_MAX_NONCE), self._k)
         self._k = bytes(encrypted[:_KEY_LEN])
         self._bulk = None
 
