@@ -15,6 +15,10 @@ it the Cancel to send, and after `CANCEL_GRACE` more without the node's last wor
 raises TransportError. When the node does end the call in that grace, `timed_out` is the
 error the driver raises: a call cancelled at a deadline never looks like a success.
 
+A paid job (its Accept held money) is followed by the node's signed receipt: a driver
+reads on after Exit until `complete` (the receipt came, the node closed, or RECEIPT_WAIT
+passed); whether the receipt is right is for `hubnet.receipt_store` to check.
+
 It wraps the job protocol's `JobConnection`, which refuses anything illegal; this layer
 adds what a caller needs on top: how much stdin it may send now, whether the job is
 over, and its result.
@@ -32,6 +36,7 @@ from hubnet.node.protocol import (
     Accept,
     Call,
     Cancel,
+    ConnectionClosed,
     Event,
     Exit,
     JobConnection,
@@ -54,6 +59,8 @@ CANCEL_GRACE = 2.0
 # `accept_timeout` and `idle_timeout` change them; docs/getting-started.md lists them.
 DEFAULT_ACCEPT_TIMEOUT = 60.0
 DEFAULT_IDLE_TIMEOUT = 4 * KEEPALIVE
+# How long a caller waits after a paid job's Exit for its receipt (the node sends both at once).
+RECEIPT_WAIT = 5.0
 
 _NODE_FINISHED = (State.EXITED, State.DONE, State.CLOSED)
 
@@ -67,12 +74,14 @@ def located(error: TransportError, address: object) -> TransportError:
 
 @dataclass(frozen=True)
 class CallResult:
-    """How a job ended: the node's Exit, its job id and the terms it ran on."""
+    """How a job ended: the node's Exit, its job id, the terms it ran on, the node's signed
+    receipt (a paid job's) and the node's key (b"" when the driver did not say)."""
 
     exit: Exit
     job_id: str
     terms: Terms
     receipt: bytes | None = None
+    node: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -107,14 +116,19 @@ class CallMachine:
         self.reject: Reject | None = None
         self.exit: Exit | None = None
         self.receipt: bytes | None = None
+        self.node = b""  # the node's key, once connected
+        self._node_closed = False
+        self._receipt_late = False
         self._deadline = math.inf  # the caller's own, for the whole call
         self._accept_by = math.inf
         self._heard = math.inf  # when the node last sent anything
         self._expired: str | None = None  # which deadline passed (a Cancel went out then)
         self._grace_until = math.inf
 
-    def connected(self, now: float) -> None:
-        """The handshake is done at `now`: the node has `timeouts.accept` from now to accept."""
+    def connected(self, now: float, node: bytes = b"") -> None:
+        """The handshake with `node` (its key) is done at `now`: the node has
+        `timeouts.accept` from now to accept."""
+        self.node = node
         self._accept_by = now + self.timeouts.accept
         self._heard = now
 
@@ -126,7 +140,7 @@ class CallMachine:
     def wake_at(self) -> float:
         """When the driver must call `on_timer` if the node sends nothing (math.inf: never)."""
         if self.finished:
-            return math.inf
+            return self._heard + RECEIPT_WAIT if self.awaiting_receipt else math.inf
         if self._expired is not None:
             return self._grace_until
         if self.accept is None:
@@ -138,6 +152,9 @@ class CallMachine:
         call). Raises TransportError when the grace has passed too, or if the node can no
         longer be told. Before `wake_at()`, nothing."""
         if now < self.wake_at():
+            return b""
+        if self.awaiting_receipt:
+            self._receipt_late = True  # the call is complete without it; the driver reports that
             return b""
         if self._expired is not None:
             raise TransportError(f"{self._expired} and the node did not end the {self._what}")
@@ -208,6 +225,18 @@ class CallMachine:
         """The node has said its last word about the job: Exit or Reject."""
         return self.exit is not None or self.reject is not None
 
+    @property
+    def awaiting_receipt(self) -> bool:
+        """A paid job has exited and its receipt is still to come (see RECEIPT_WAIT)."""
+        paid = self.accept is not None and self.accept.terms.held > 0
+        waiting = not (self._node_closed or self._receipt_late or self._conn.errored)
+        return paid and self.exit is not None and self.receipt is None and waiting
+
+    @property
+    def complete(self) -> bool:
+        """Nothing more to wait for: finished, and a paid job's receipt came (or will not)."""
+        return self.finished and not self.awaiting_receipt
+
     def receive_data(self, data: bytes | bytearray, now: float | None = None) -> None:
         """Bytes from the node (received at `now`: the node is not idle); b"" when it
         closed its stream."""
@@ -228,6 +257,8 @@ class CallMachine:
             self.exit = event
         elif isinstance(event, Receipt):
             self.receipt = event.record
+        elif isinstance(event, ConnectionClosed):
+            self._node_closed = True
         return event
 
     def result(self) -> CallResult:
@@ -235,4 +266,4 @@ class CallMachine:
         if self.exit is None:
             raise LookupError("the call has not exited")
         accept = self.accept or Accept("")
-        return CallResult(self.exit, accept.job_id, accept.terms, self.receipt)
+        return CallResult(self.exit, accept.job_id, accept.terms, self.receipt, self.node)

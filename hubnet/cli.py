@@ -15,15 +15,15 @@ from typing import Any
 
 import click
 
-from hubnet.commands import Context, run_call
+from hubnet.commands import DEFAULT_TARGET_HELP, Context, run_call
 from hubnet.exits import EXIT_TRANSPORT, EXIT_USAGE
 from hubnet.identity.errors import ConfigError, HubnetError, NotOffered
+from hubnet.ledger_cli import caller_balance, ledger, receipts
 from hubnet.org_cli import org
 from hubnet.safe_text import printable
 from hubnet.wallet_cli import deposit, wallet
 
 BOOTSTRAP_HELP = "A DHT node to join through, PEER_ID@HOST:PORT (or HOST:PORT); repeatable."
-DEFAULT_TARGET_HELP = "PEER_ID@HOST:PORT pins the server's key; HOST:PORT trusts it on first use."
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -181,11 +181,23 @@ def _serve(
 )
 @click.option("--server", "-s", metavar="TARGET", help=DEFAULT_TARGET_HELP)
 @click.option("--bootstrap", "-b", "bootstrap", metavar="TARGET", multiple=True, help=BOOTSTRAP_HELP)
+@click.option(
+    "--max-cost",
+    type=click.IntRange(min=0),
+    metavar="MSAT",
+    help="The most this job may cost, in millisatoshi (default: client.toml's max_cost, else "
+    "no limit); a node whose worst case for it is higher refuses it (too-expensive).",
+)
 @click.argument("service")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
 def call(
-    obj: Context, server: str | None, bootstrap: tuple[str, ...], service: str, args: tuple[str, ...]
+    obj: Context,
+    server: str | None,
+    bootstrap: tuple[str, ...],
+    max_cost: int | None,
+    service: str,
+    args: tuple[str, ...],
 ) -> None:
     """Run SERVICE on a server with ARGS, streaming stdin, stdout and stderr.
 
@@ -198,9 +210,9 @@ def call(
     service is not to be had (the server has no such service, nobody in the DHT offers
     it, or no offer passes [select]); 126 if the server refused the call; 2 for a usage
     or configuration error (e.g. no server and no DHT given); 255 if the connection or
-    the protocol failed.
+    the protocol failed. A paid job's signed receipt is checked and kept (hubnode receipts).
     """
-    sys.exit(run_call(obj, server, service, args, bootstrap))
+    sys.exit(run_call(obj, server, service, args, bootstrap, max_cost=max_cost))
 
 
 @cli.command(
@@ -277,7 +289,8 @@ def services(
     With SERVICE and no --server: every valid offer for it in the DHT (peer, address,
     price, load) and the round trip of a live status probe, best first by client.toml's
     [select] rules. With --server: the services that server offers (only SERVICE, if
-    given) and the arguments each accepts.
+    given), the arguments each accepts, and its price now in msat (per call, per second,
+    per MiB) with the demand multiplier that is in it (surge pricing).
 
     A SERVICE that is not to be had exits 127, as `call` does, with a line on stderr
     (--json still prints []).
@@ -299,13 +312,15 @@ def services(
         shown = [s for s in shown if s.service_id == sid] or [
             s for s in shown if service_id_for_name(s.name) == sid
         ]
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": s.name,
             "id": format_service_id(s.service_id),
             "description": s.description,
             "arguments": s.arguments,
             "isolation": s.isolation,  # "" from a node older than sandboxes
+            "price": dict(zip(("per_call", "per_second", "per_mib"), s.price, strict=True)),
+            "multiplier": s.multiplier,
         }
         for s in shown
     ]
@@ -320,6 +335,12 @@ def services(
             click.echo(f"{'':<16} arguments: {printable(row['arguments'])}")
             if row["isolation"]:
                 click.echo(f"{'':<16} isolation: {printable(row['isolation'])}")
+            per_call, per_second, per_mib = shown_price = row["price"].values()
+            if any(shown_price):
+                click.echo(
+                    f"{'':<16} price: {per_call} msat per call, {per_second} per second, {per_mib} per MiB"
+                    f" (x{row['multiplier']:g} for demand)"
+                )
     if service is not None and not rows:
         from hubnet.commands import suggest_names
 
@@ -572,6 +593,9 @@ def alias(
 cli.add_command(org)
 cli.add_command(deposit)
 cli.add_command(wallet)
+cli.add_command(ledger)
+cli.add_command(caller_balance)
+cli.add_command(receipts)
 
 
 def run_cli() -> None:

@@ -181,7 +181,7 @@ def open_call(
         timeouts = Timeouts(min(given.accept, timeout), given.idle)
     machine = CallMachine(call, timeouts)
     secure = connect(target, identity, known_hosts, machine.request_data(), timeout=timeout, dialer=dialer)
-    machine.connected(time.monotonic())
+    machine.connected(time.monotonic(), secure.remote_identity)
     opened = OpenCall(target, secure, machine)
     if not wait_for_accept:
         return opened
@@ -289,11 +289,11 @@ def _pump(
         # Every whole message first: one read (the handshake's last, too) may have brought several.
         if early := secure.pending():
             machine.receive_data(early, time.monotonic())
-        while not machine.finished and (event := machine.next_event()) is not None:
+        while not machine.complete and (event := machine.next_event()) is not None:
             _deliver(machine, event, stdout, stderr)
             if until_accepted and isinstance(event, Accept):
                 return
-        if machine.finished:
+        if machine.complete:
             break
         if stdin_fd is not None and (machine.stdin_room > 0) != reading_stdin:
             reading_stdin = not reading_stdin

@@ -84,14 +84,24 @@ class Context:
 
 # `call`'s own options, each of which takes a value; hubnode's global options, and whether
 # each takes one. Both kinds go before SERVICE (the global ones before the command).
-CALL_OPTIONS = ("--server", "-s", "--bootstrap", "-b")
+CALL_OPTIONS = ("--server", "-s", "--bootstrap", "-b", "--max-cost")
+DEFAULT_TARGET_HELP = "PEER_ID@HOST:PORT pins the server's key; HOST:PORT trusts it on first use."
 GLOBAL_OPTIONS = {"--home": True, "-v": False, "--verbose": False}
 NO_SERVER = "no server given and no DHT to find one in"  # how hubnet.discover's message starts
-CALL_USAGE = "hubnode [-v] [--home DIR] call [--server TARGET] [--bootstrap TARGET] SERVICE [ARGS]..."
+CALL_USAGE = (
+    "hubnode [-v] [--home DIR] call [--server TARGET] [--bootstrap TARGET] [--max-cost MSAT] "
+    "SERVICE [ARGS]..."
+)
 
 
 def run_call(
-    ctx: Context, server: str | None, service: str, args: tuple[str, ...], bootstrap: tuple[str, ...] = ()
+    ctx: Context,
+    server: str | None,
+    service: str,
+    args: tuple[str, ...],
+    bootstrap: tuple[str, ...] = (),
+    *,
+    max_cost: int | None = None,
 ) -> int:
     """`hubnode call`: run the job, stream its output here, return the exit status to use.
 
@@ -106,7 +116,7 @@ def run_call(
     if service.startswith("-"):
         raise misplaced_option(service, server, bootstrap, args)
     try:
-        return _run_call(ctx, server, service, args, bootstrap)
+        return _run_call(ctx, server, service, args, bootstrap, max_cost)
     except HubnetError as exc:
         hint = options_after_service(service, args)
         if hint is not None:
@@ -127,8 +137,11 @@ class ServiceCall:
     server: str | None
 
 
-def service_call(ctx: Context, server: str | None, typed: str, args: tuple[str, ...]) -> ServiceCall:
-    """Resolve `typed` (an alias, a service name or id) and `args` into the request to send.
+def service_call(
+    ctx: Context, server: str | None, typed: str, args: tuple[str, ...], max_cost: int | None = None
+) -> ServiceCall:
+    """Resolve `typed` (an alias, a service name or id) and `args` into the request to send,
+    with the caller's ceiling (`max_cost`, else client.toml's) for the node to enforce.
 
     `hubnode call`, `hubnode map` and the Python API all start here, so an alias, the home's
     attestations and the server chosen are the same for each.
@@ -145,7 +158,9 @@ def service_call(ctx: Context, server: str | None, typed: str, args: tuple[str, 
     label = repr(service) if alias is None else f"{service!r} (alias {typed!r})"
     # The home's organisation attestations go with every call; the node checks them.
     attestations = tuple(record for _, record in read_file(ctx.home.attestations))[:MAX_CALL_ATTESTATIONS]
-    request = Call(resolve_service_ref(service), args, attestations)
+    if max_cost is None:
+        max_cost = ctx.client_config.max_cost
+    request = Call(resolve_service_ref(service), args, attestations, max_cost)
     return ServiceCall(request, service, label, server or alias_server or ctx.client_config.server or None)
 
 
@@ -199,14 +214,24 @@ def naming_missing_services(ctx: Context, planned: ServiceCall) -> Iterator[None
 
 
 def _run_call(
-    ctx: Context, server: str | None, typed: str, args: tuple[str, ...], bootstrap: tuple[str, ...]
+    ctx: Context,
+    server: str | None,
+    typed: str,
+    args: tuple[str, ...],
+    bootstrap: tuple[str, ...],
+    max_cost: int | None,
 ) -> int:
     from hubnet.client import finish_call
 
-    planned = service_call(ctx, server, typed, args)
+    planned = service_call(ctx, server, typed, args, max_cost)
     stdin_fd = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.fileno()
     with naming_missing_services(ctx, planned):
-        exit = finish_call(open_service_call(ctx, planned, bootstrap), stdin_fd=stdin_fd).exit
+        result = finish_call(open_service_call(ctx, planned, bootstrap), stdin_fd=stdin_fd)
+    if result.receipt is not None or result.terms.held:
+        from hubnet.receipt_store import keep_receipt
+
+        keep_receipt(ctx.home.data_dir, result, ctx.identity().public_key)
+    exit = result.exit
     if exit.error:
         from hubnet.safe_text import printable
 

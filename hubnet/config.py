@@ -20,7 +20,8 @@ class ClientConfig:
     `connect_timeout = 10` (seconds for connecting and the handshake), `accept_timeout =
     60` (seconds from the handshake to the node's Accept), `idle_timeout = 60` (seconds a
     node may send nothing while a job runs), `bootstrap = [...]` (DHT nodes to discover
-    services through) and a `[select]` table (see `hubnet.select`)."""
+    services through), `max_cost = MSAT` (the most one job may cost: a node whose worst
+    case is higher refuses it) and a `[select]` table (see `hubnet.select`)."""
 
     server: str | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -29,6 +30,7 @@ class ClientConfig:
     bootstrap: tuple[str, ...] = ()
     select: Mapping[str, object] = field(default_factory=dict)
     source: str = "client.toml"
+    max_cost: int | None = None
 
     @property
     def timeouts(self) -> Timeouts:
@@ -62,7 +64,15 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: {exc}") from exc
 
 
-_CLIENT_KEYS = ("server", "connect_timeout", "accept_timeout", "idle_timeout", "bootstrap", "select")
+_CLIENT_KEYS = (
+    "server",
+    "connect_timeout",
+    "accept_timeout",
+    "idle_timeout",
+    "bootstrap",
+    "select",
+    "max_cost",
+)
 _TIMEOUT_KEYS = {
     "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
     "accept_timeout": DEFAULT_ACCEPT_TIMEOUT,
@@ -94,6 +104,9 @@ def load_client_config(path: Path) -> ClientConfig:
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
             raise ConfigError(f"{path}: {key}: must be a positive number of seconds")
         timeouts[key] = float(value)
+    max_cost = data.get("max_cost")
+    if max_cost is not None and (type(max_cost) is not int or not 0 <= max_cost < 1 << 63):
+        raise ConfigError(f"{path}: max_cost: must be a whole number of millisatoshi, 0 or more")
     return ClientConfig(
         server,
         timeouts["connect_timeout"],
@@ -102,6 +115,7 @@ def load_client_config(path: Path) -> ClientConfig:
         tuple(bootstrap),
         select,
         str(path),
+        max_cost,
     )
 
 

@@ -15,12 +15,15 @@ from typing import NoReturn
 from hubnet.exits import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code_for
 from hubnet.identity.errors import HubnetError
 
+FastCall = tuple[str | None, bool, str | None, int | None, str, tuple[str, ...]]
 
-def parse_fast_call(argv: list[str]) -> tuple[str | None, bool, str | None, str, tuple[str, ...]] | None:
-    """(home, verbose, server, service, args) for a plain `call`, or None to let click parse.
 
-    Accepts exactly: [--home DIR] [-v|--verbose] call [--server|-s TARGET] SERVICE [ARGS...],
-    the same forms click accepts, so the result never differs, only the cost.
+def parse_fast_call(argv: list[str]) -> FastCall | None:
+    """(home, verbose, server, max_cost, service, args) for a plain `call`, or None to let
+    click parse.
+
+    Accepts exactly: [--home DIR] [-v|--verbose] call [--server|-s TARGET | --max-cost MSAT]...
+    SERVICE [ARGS...], the same forms click accepts, so the result never differs, only the cost.
     """
     home = os.environ.get("HUBNET_HOME") or None
     verbose = False
@@ -35,13 +38,18 @@ def parse_fast_call(argv: list[str]) -> tuple[str | None, bool, str | None, str,
         else:
             return None
     i += 1
-    server = None
-    if i + 1 < len(argv) and argv[i] in ("--server", "-s"):
-        server = argv[i + 1]
+    server, max_cost = None, None
+    while i + 1 < len(argv) and argv[i] in ("--server", "-s", "--max-cost"):
+        if argv[i] == "--max-cost":
+            if not argv[i + 1].isdecimal() or not argv[i + 1].isascii():
+                return None  # click says what is wrong with it
+            max_cost = int(argv[i + 1])
+        else:
+            server = argv[i + 1]
         i += 2
     if i >= len(argv) or argv[i].startswith("-"):
         return None
-    return home, verbose, server, argv[i], tuple(argv[i + 1 :])
+    return home, verbose, server, max_cost, argv[i], tuple(argv[i + 1 :])
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -75,8 +83,8 @@ def main() -> None:
         else:
             from hubnet.commands import Context, run_call
 
-            home, verbose, server, service, args = fast
-            _exit_at_once(run_call(Context(home, verbose), server, service, args))
+            home, verbose, server, max_cost, service, args = fast
+            _exit_at_once(run_call(Context(home, verbose), server, service, args, max_cost=max_cost))
     except KeyboardInterrupt:
         _fail("interrupted", EXIT_INTERRUPTED)
     except HubnetError as exc:

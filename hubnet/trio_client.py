@@ -21,6 +21,7 @@ import random
 import sys
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import trio
@@ -51,6 +52,7 @@ from hubnet.node.protocol import (
     Stderr,
     Stdout,
 )
+from hubnet.receipt_store import keep_receipt
 from hubnet.trust import KnownHostsStore, PinnedKeys, expected_key, explain_failure, remember
 
 ReplyT = TypeVar("ReplyT", bound=Message)
@@ -99,15 +101,19 @@ class Client:
         connect_timeout: float = 10.0,
         timeouts: Timeouts | None = None,
         announce: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+        receipts_dir: Path | None = None,
     ) -> None:
         """`timeouts`: how long a node may take to accept a call and stay silent during a
-        job (the defaults, or client.toml's: `load_client_config(path).timeouts`)."""
+        job (the defaults, or client.toml's: `load_client_config(path).timeouts`).
+        Every paid job's receipt is checked (a bad or missing one is said on stderr) and,
+        with `receipts_dir` (a home's data folder), kept there (`hubnet.receipt_store`)."""
         self.identity = identity
         self.known_hosts = known_hosts or PinnedKeys()
         self.dialer = dialer or TcpStreamDialer()
         self.connect_timeout = connect_timeout
         self.timeouts = timeouts or Timeouts()
         self.announce = announce
+        self.receipts_dir = receipts_dir
 
     async def connect(self, target: Target, first_data: bytes) -> SecureStream:
         """A secure stream to `target` with `first_data` delivered (see `hubnet.trust`)."""
@@ -179,7 +185,9 @@ class Client:
             machine = CallMachine(call, self.timeouts)
             try:
                 collected = _Collected(stdout, stderr, accepted)
-                return await self._call(target, machine, stdin, collected, deadline)
+                output = await self._call(target, machine, stdin, collected, deadline)
+                keep_receipt(self.receipts_dir, output.result, self.identity.public_key)
+                return output
             except (TransportError, HandshakeError) as exc:
                 # A node that is full sheds connections that have not started a job (node.connections):
                 # closed before its Accept, the call ran nothing, so if its stdin can be sent again it
@@ -214,7 +222,7 @@ class Client:
             stream = await self.connect(target, machine.request_data())
         if connecting.cancelled_caught:
             raise TransportError("the call's deadline passed while connecting")
-        machine.connected(trio.current_time())
+        machine.connected(trio.current_time(), stream.remote_identity)
         machine.set_deadline(deadline)  # math.inf: none
         async with stream:
             await stream.send_all(machine.start())
@@ -281,13 +289,14 @@ async def _receive_until_finished(
     """The node's messages until its last word, keeping the machine's deadlines: when one
     passes, the feeding stops (it may hold the stream, blocked on a node that reads no
     more) and the Cancel goes out; the machine raises once the node's grace is over too."""
-    while not machine.finished:
+    while not machine.complete:
         event = await _next_event_until(stream, machine, machine.wake_at)
         if event is None:
             feeding.cancel()
             cancel = machine.on_timer(trio.current_time())
             with trio.move_on_at(machine.wake_at()):
-                await stream.send_all(cancel)
+                if cancel:
+                    await stream.send_all(cancel)
         elif isinstance(event, Stdout | Stderr):
             await collected.deliver(event)
         elif isinstance(event, Accept) and collected.accepted is not None:

@@ -1,8 +1,10 @@
 """Admission and settlement: the node's decisions about a call, with no I/O.
 
-The server's driver only sequences them: `admit` -> Accept (or Reject) -> run the job ->
-`settle` -> Exit. A ledger, organisation rules and demand pricing change these two
-functions and what they are given, never the driver.
+The server's driver only sequences them: `admit` -> hold the terms' amount in the ledger
+(`payers`; `payment_required` if it cannot) -> Accept -> run the job -> `settle` -> settle
+the hold in the ledger -> Exit and a receipt. Organisation rules (free_orgs pay nothing)
+and demand pricing (the multiplier, node.pricing) change what `admit` quotes; the caller's
+ceiling (`Call.max_cost`) is checked against the worst case before anything is held.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from hubnet.identity.keys import fingerprint
 from hubnet.identity.orgs import Attestation, RevocationList, Role, check
 from hubnet.identity.records import InvalidRecord
 from hubnet.node.naming import format_service_id, service_id_for_name
+from hubnet.node.pricing import scaled
 from hubnet.node.protocol import Call, Exit, Reject, RejectCode, Terms, Usage
 from hubnet.node.runner import JobOutcome
 from hubnet.node.services import NodeConfig, Service
@@ -88,12 +91,18 @@ def standing(
 
 
 def admit(
-    call: Call, caller: bytes, config: NodeConfig, occupancy: Occupancy, standing: Standing = Standing()
+    call: Call,
+    caller: bytes,
+    config: NodeConfig,
+    occupancy: Occupancy,
+    standing: Standing = Standing(),
+    multiplier: float = 1.0,
 ) -> Admitted | Reject:
     """Whether `caller` may run `call` here now, and on what terms.
 
-    `occupancy` must be that of the service `find_service` gives for the call's id, and
-    `standing` what the call's attestations prove (see `standing`).
+    `occupancy` and `multiplier` (node.pricing) must be those of the service `find_service`
+    gives for the call's id, and `standing` what the call's attestations prove (see
+    `standing`). Whether the caller can pay the terms' hold is the ledger's to say.
     """
     service = find_service(config, call.service_id)
     if service is None:
@@ -106,8 +115,33 @@ def admit(
         return Reject(RejectCode.BAD_ARGUMENTS, str(exc))
     if not occupancy.slot_free and occupancy.queued >= config.max_queued:
         return Reject(RejectCode.BUSY, "too many calls are waiting; try again later")
-    terms = Terms() if service.free_for(standing.memberships) else terms_for(service)
+    terms = Terms() if service.free_for(standing.memberships) else terms_for(service, multiplier)
+    if call.max_cost is not None and terms.held > call.max_cost:
+        return Reject(
+            RejectCode.TOO_EXPENSIVE,
+            f"{service.name} may cost up to {terms.held} msat here now (held up front), "
+            f"above your ceiling of {call.max_cost} msat",
+            terms.held,
+        )
     return Admitted(service, argv, terms)
+
+
+def payers(caller: bytes, standing: Standing) -> tuple[bytes, ...]:
+    """The accounts a call may be paid from, in order: the caller's own, then those of the
+    organisations it is a proven member of (an organisation that keeps an account at a node
+    pays for its members' calls there)."""
+    return (caller, *sorted({org for org, _ in standing.memberships}))
+
+
+def payment_required(service: Service, needed: int, available: int) -> Reject:
+    """The refusal for a caller whose account cannot cover the hold."""
+    has = f"your balance here is {available} msat" if available else "you have no balance here"
+    return Reject(
+        RejectCode.PAYMENT_REQUIRED,
+        f"{service.name} needs {needed} msat held up front and {has}; "
+        "ask the node's operator to credit you (hubnode ledger credit) or deposit ecash",
+        needed,
+    )
 
 
 def _not_allowed(service: Service, caller: bytes, standing: Standing) -> str:
@@ -133,13 +167,14 @@ def _not_allowed(service: Service, caller: bytes, standing: Standing) -> str:
     return why
 
 
-def terms_for(service: Service) -> Terms:
-    """The service's prices, and the most one job can cost under its limits (held up front).
+def terms_for(service: Service, multiplier: float = 1.0) -> Terms:
+    """The service's prices times the demand `multiplier`, and the most one job can cost
+    under its limits (held up front).
 
     Stdin has no limit of its own, so its MiB are covered by the hold only as far as the
     output cap is: `settle` never charges more than was held.
     """
-    price = service.price
+    price = scaled(service.price, multiplier)
     worst_seconds = math.ceil(service.timeout)
     worst_mib = math.ceil(2 * service.max_output / MIB)
     held = price.per_call + price.per_second * worst_seconds + price.per_mib * worst_mib

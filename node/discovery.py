@@ -28,7 +28,7 @@ from hubnet.node.offers import Load
 from hubnet.node.protocol import PeerInfo, ReachStatus
 from hubnet.node.publisher import OfferPublisher
 from hubnet.node.reach import Reach, dial_back
-from hubnet.node.services import NodeConfig
+from hubnet.node.services import NodeConfig, Service
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ class Discovery:
         self.lan = lan
         self.dht: DhtNode | None = None
         self.reach = Reach(config.reachability)
+        # The demand multiplier on a service's prices: set by whoever runs the job server.
+        self.multiplier: Callable[[Service], float] = lambda service: 1.0
 
     def peers(self) -> list[PeerInfo]:
         """The DHT contacts in our routing table (none before the DHT has started)."""
@@ -109,7 +111,9 @@ class Discovery:
         self.dht = dht
         port = transport.local_address[1]
         addresses = advertised_addresses(self.config, port)
-        publisher = OfferPublisher(self.identity, self.config, addresses, attestations=self.attestations)
+        publisher = OfferPublisher(
+            self.identity, self.config, addresses, attestations=self.attestations, multiplier=self.multiplier
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(dht.serve)
             if self.lan:

@@ -4,7 +4,7 @@ Each message is msgpack `[kind, fields]` with `fields` an array whose layout the
 fixes; by the versioning rule of docs/protocol.md a reader takes the fields it knows
 and ignores any a newer peer appends. One connection carries one request: a call (then
 its stdin/stdout/stderr, exit and an optional receipt), a service list, a status, a
-peer list or an ecash deposit.
+peer list, an ecash deposit or the caller's balance.
 
 `JobConnection` is the sans-IO machine for one end (h11-style): each role has its own
 state, every legal step is a row of `TRANSITIONS`, and anything else, sent or received,
@@ -71,6 +71,7 @@ class Kind(enum.IntEnum):
     CANCEL = 7
     PEERS = 8
     DEPOSIT = 12
+    BALANCE = 11
     ACCEPT = 16
     REJECT = 17
     STDOUT = 18
@@ -81,6 +82,7 @@ class Kind(enum.IntEnum):
     PEERS_REPLY = 23
     CREDIT = 24
     RECEIPT = 25
+    BALANCE_REPLY = 27
 
 
 class RejectCode(enum.StrEnum):
@@ -100,17 +102,21 @@ class RejectCode(enum.StrEnum):
     TOKEN_SPENT = "token-spent"
     MINT_UNAVAILABLE = "mint-unavailable"
     DEPOSIT_FAILED = "deposit-failed"
+    PAYMENT_REQUIRED = "payment-required"  # no account here, or too little in it for the hold
+    TOO_EXPENSIVE = "too-expensive"  # the job's worst case is above the caller's ceiling
 
 
 @dataclass(frozen=True)
 class Call:
     """Run `service_id` with the client's `args`; `attestations` are the caller's organisation
     attestations (encoded `hubnet.identity.orgs.Attestation`s), for services that serve
-    organisations' members only or free."""
+    organisations' members only or free. `max_cost` is the caller's ceiling in millisatoshi:
+    the node refuses (`too-expensive`) a job whose worst case is above it; None: no ceiling."""
 
     service_id: bytes
     args: tuple[str, ...] = ()
     attestations: tuple[bytes, ...] = ()
+    max_cost: int | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,11 @@ class Deposit:
     the node answers with a signed deposit receipt (`Receipt`) or a `Reject`."""
 
     token: str
+
+
+@dataclass(frozen=True)
+class GetBalance:
+    """Ask for the caller's own balance at the node (its prepaid account)."""
 
 
 @dataclass(frozen=True)
@@ -183,10 +194,12 @@ class Accept:
 @dataclass(frozen=True)
 class Reject:
     """The node refused the request: `code` is a `RejectCode` (or one this reader does not
-    know yet), `reason` a sentence for people."""
+    know yet), `reason` a sentence for people; `needed` the millisatoshi the call needs
+    when it was refused for money (`payment-required`, `too-expensive`)."""
 
     code: str
     reason: str
+    needed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -241,6 +254,10 @@ class ServiceInfo:
     description: str
     arguments: str
     isolation: str = ""  # how its jobs are isolated, one line (older nodes send none)
+    # Its price now (per call, per second, per MiB, in msat), the demand multiplier applied
+    # (node.pricing); older nodes send neither.
+    price: tuple[int, int, int] = (0, 0, 0)
+    multiplier: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -269,6 +286,15 @@ class StatusReply:
 
 
 @dataclass(frozen=True)
+class BalanceReply:
+    """The caller's account at the node, in millisatoshi: what it may spend now, and what
+    its running jobs hold."""
+
+    available: int
+    held: int
+
+
+@dataclass(frozen=True)
 class PeerInfo:
     """One DHT contact: its Ed25519 key and UDP address."""
 
@@ -287,9 +313,23 @@ class ConnectionClosed:
     """The peer's end of the stream: an event, never sent as a message."""
 
 
-ClientMessage = Call | ListServices | GetStatus | GetPeers | Deposit | Start | Stdin | StdinEnd | Cancel
-ServerMessage = Accept | Reject | Stdout | Stderr | Credit | Exit | Receipt | Services | StatusReply | Peers
-Request = Call | ListServices | GetStatus | GetPeers | Deposit
+ClientMessage = (
+    Call | ListServices | GetStatus | GetPeers | Deposit | GetBalance | Start | Stdin | StdinEnd | Cancel
+)
+ServerMessage = (
+    Accept
+    | Reject
+    | Stdout
+    | Stderr
+    | Credit
+    | Exit
+    | Receipt
+    | Services
+    | StatusReply
+    | Peers
+    | BalanceReply
+)
+Request = Call | ListServices | GetStatus | GetPeers | Deposit | GetBalance
 Message = ClientMessage | ServerMessage
 Event = Message | ConnectionClosed
 
@@ -341,6 +381,7 @@ def _known(f: list[Any], arity: int, what: str, required: int | None = None) -> 
 def _decode_call(f: list[Any]) -> Call:
     sid, args, *optional = f
     attestations = optional[0] if optional else []
+    max_cost = _count(optional[1]) if len(optional) > 1 and optional[1] is not None else None
     if not isinstance(attestations, list) or len(attestations) > MAX_CALL_ATTESTATIONS:
         raise RemoteProtocolError(f"a call carries at most {MAX_CALL_ATTESTATIONS} attestations")
     if not all(isinstance(a, bytes) and len(a) <= MAX_ATTESTATION_BYTES for a in attestations):
@@ -352,7 +393,14 @@ def _decode_call(f: list[Any]) -> Call:
     parsed = tuple(_text(a, MAX_ARGS_BYTES) for a in args)
     if sum(len(a) for a in parsed) > MAX_ARGS_BYTES:
         raise RemoteProtocolError("arguments too long")
-    return Call(sid, parsed, tuple(attestations))
+    return Call(sid, parsed, tuple(attestations), max_cost)
+
+
+def _call_options(call: Call) -> list[Any]:
+    """A Call's optional trailing fields, as few as say what it has (each needs those before it)."""
+    if call.max_cost is not None:
+        return [list(call.attestations), call.max_cost]
+    return [list(call.attestations)] if call.attestations else []
 
 
 def _decode_exit(f: list[Any]) -> Exit:
@@ -392,11 +440,26 @@ def _decode_services(f: list[Any]) -> Services:
         raise RemoteProtocolError(f"service list must be an array of at most {MAX_SERVICES}")
     infos = []
     for item in items:
-        name, sid, desc, arguments, *rest = _known(item, 5, "a service entry", required=4)
+        name, sid, desc, arguments, *rest = _known(item, 7, "a service entry", required=4)
         if not isinstance(sid, bytes) or len(sid) != SERVICE_ID_LEN:
             raise RemoteProtocolError("service id must be 16 bytes")
         isolation = _text(rest[0]) if rest else ""
-        infos.append(ServiceInfo(_text(name), sid, _text(desc), _text(arguments), isolation))
+        price = _known(rest[1], 3, "a price") if len(rest) > 1 else [0, 0, 0]
+        factor = rest[2] if len(rest) > 2 else 1.0
+        if not (isinstance(factor, float) and 0 < factor <= 1000):
+            raise RemoteProtocolError("a price multiplier is a float above 0, at most 1000")
+        per_call, per_second, per_mib = (_count(p) for p in price)
+        infos.append(
+            ServiceInfo(
+                _text(name),
+                sid,
+                _text(desc),
+                _text(arguments),
+                isolation,
+                (per_call, per_second, per_mib),
+                factor,
+            )
+        )
     return Services(tuple(infos))
 
 
@@ -443,14 +506,15 @@ _CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[
     Call: (
         Kind.CALL,
         2,
-        # The attestations field is optional: a call without any stays as short as before.
-        lambda m: [m.service_id, list(m.args), *([list(m.attestations)] if m.attestations else [])],
+        # The attestations and the ceiling are optional: a call without them stays as short as before.
+        lambda m: [m.service_id, list(m.args), *_call_options(m)],
         _decode_call,
     ),
     ListServices: (Kind.LIST, 0, lambda m: [], lambda f: ListServices()),
     GetStatus: (Kind.STATUS, 0, lambda m: [], lambda f: GetStatus()),
     GetPeers: (Kind.PEERS, 0, lambda m: [], lambda f: GetPeers()),
     Deposit: (Kind.DEPOSIT, 1, lambda m: [m.token], lambda f: Deposit(_text(f[0], MAX_TOKEN))),
+    GetBalance: (Kind.BALANCE, 0, lambda m: [], lambda f: GetBalance()),
     Start: (Kind.START, 0, lambda m: [], lambda f: Start()),
     Stdin: (Kind.STDIN, 1, lambda m: [m.data], lambda f: Stdin(_bytes(f[0]))),
     StdinEnd: (Kind.STDIN_END, 0, lambda m: [], lambda f: StdinEnd()),
@@ -463,7 +527,12 @@ _CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[
     ),
     Credit: (Kind.CREDIT, 1, lambda m: [m.size], lambda f: Credit(_count(f[0]))),
     Receipt: (Kind.RECEIPT, 1, lambda m: [m.record], _decode_receipt),
-    Reject: (Kind.REJECT, 2, lambda m: [m.code, m.reason], lambda f: Reject(_text(f[0]), _text(f[1]))),
+    Reject: (
+        Kind.REJECT,
+        2,
+        lambda m: [m.code, m.reason, *([] if m.needed is None else [m.needed])],
+        lambda f: Reject(_text(f[0]), _text(f[1]), _count(f[2]) if len(f) > 2 else None),
+    ),
     Stdout: (Kind.STDOUT, 1, lambda m: [m.data], lambda f: Stdout(_bytes(f[0]))),
     Stderr: (Kind.STDERR, 1, lambda m: [m.data], lambda f: Stderr(_bytes(f[0]))),
     Exit: (
@@ -487,7 +556,12 @@ _CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[
     Services: (
         Kind.SERVICES,
         1,
-        lambda m: [[[s.name, s.service_id, s.description, s.arguments, s.isolation] for s in m.services]],
+        lambda m: [
+            [
+                [s.name, s.service_id, s.description, s.arguments, s.isolation, list(s.price), s.multiplier]
+                for s in m.services
+            ]
+        ],
         _decode_services,
     ),
     StatusReply: (
@@ -515,6 +589,12 @@ _CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[
         ],
         _decode_status,
     ),
+    BalanceReply: (
+        Kind.BALANCE_REPLY,
+        2,
+        lambda m: [m.available, m.held],
+        lambda f: BalanceReply(_count(f[0]), _count(f[1])),
+    ),
     Peers: (
         Kind.PEERS_REPLY,
         1,
@@ -526,7 +606,7 @@ _KIND_OF = {cls: spec[0] for cls, spec in _CODECS.items()}
 _FIELDS_OF = {cls: spec[2] for cls, spec in _CODECS.items()}
 _BY_KIND = {spec[0]: (spec[1], spec[3]) for spec in _CODECS.values()}
 # Fields this version knows beyond a kind's required ones, which a sender may leave out.
-_OPTIONAL_FIELDS = {Kind.CALL: 1, Kind.STATUS_REPLY: 1}
+_OPTIONAL_FIELDS = {Kind.CALL: 2, Kind.STATUS_REPLY: 1, Kind.REJECT: 1}
 
 
 def decode_object(obj: object) -> Message:
@@ -611,7 +691,7 @@ class State(enum.Enum):
     SENDING_STDIN = "sending-stdin"
     STDIN_DONE = "stdin-done"
     CANCELLED = "cancelled"
-    ASKED = "asked"  # a list, status, peers or deposit request sent: nothing more to say
+    ASKED = "asked"  # a list, status, peers, deposit or balance request sent: nothing more to say
     # server
     WAITING = "waiting"  # no request yet
     MUST_ANSWER_CALL = "must-answer-call"
@@ -619,6 +699,7 @@ class State(enum.Enum):
     MUST_STATUS = "must-status"
     MUST_PEERS = "must-peers"
     MUST_DEPOSIT = "must-deposit"
+    MUST_BALANCE = "must-balance"
     RUNNING = "running"  # accepted: output flows, stdin credit is granted
     EXITED = "exited"  # Exit sent; a Receipt may follow
     DONE = "done"  # the last word said
@@ -640,6 +721,7 @@ TRANSITIONS: dict[Role, dict[State, dict[MessageType, State]]] = {
             GetStatus: State.ASKED,
             GetPeers: State.ASKED,
             Deposit: State.ASKED,
+            GetBalance: State.ASKED,
             ConnectionClosed: State.CLOSED,
         },
         State.CALLED: {Start: State.SENDING_STDIN, Cancel: State.CANCELLED, ConnectionClosed: State.CLOSED},
@@ -662,6 +744,7 @@ TRANSITIONS: dict[Role, dict[State, dict[MessageType, State]]] = {
         State.MUST_STATUS: {StatusReply: State.DONE},
         State.MUST_PEERS: {Peers: State.DONE},
         State.MUST_DEPOSIT: {Receipt: State.DONE, Reject: State.DONE},
+        State.MUST_BALANCE: {BalanceReply: State.DONE},
         State.RUNNING: {
             Stdout: State.RUNNING,
             Stderr: State.RUNNING,
@@ -682,6 +765,7 @@ SERVER_OWES: dict[MessageType, State] = {
     GetStatus: State.MUST_STATUS,
     GetPeers: State.MUST_PEERS,
     Deposit: State.MUST_DEPOSIT,
+    GetBalance: State.MUST_BALANCE,
 }
 INITIAL = {Role.CLIENT: State.IDLE, Role.SERVER: State.WAITING}
 

@@ -1,14 +1,16 @@
 """What a node publishes about itself, and when: sans-IO, on the caller's clock.
 
 One signed offer per service (provider record under the service's key) and one node
-record. Offers carry the node's load, which goes stale quickly, so they live for minutes
-and are republished on a timer and soon after the load changes, but never more than once
-per `min_gap` seconds however fast jobs come and go.
+record. Offers carry the node's load and its prices (times the demand multiplier of
+node.pricing), which go stale quickly, so they live for minutes and are republished on a
+timer and soon after the load or a multiplier changes, but never more than once per
+`min_gap` seconds however fast jobs come and go.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hubnet.dht.addresses import Address
@@ -16,6 +18,7 @@ from hubnet.dht.ids import service_key
 from hubnet.dht.records import MAX_NODE_ADDRESSES, NodeRecord, ProviderRecord
 from hubnet.identity.keys import Identity
 from hubnet.node.offers import MAX_FREE_ORGS, MAX_OFFER_ATTESTATIONS, Load, Offer
+from hubnet.node.pricing import scaled
 from hubnet.node.services import NodeConfig, Service
 
 OFFER_TTL = 300
@@ -44,8 +47,11 @@ class OfferPublisher:
         interval: float = REPUBLISH_INTERVAL,
         min_gap: float = MIN_GAP,
         attestations: tuple[bytes, ...] = (),
+        multiplier: Callable[[Service], float] = lambda service: 1.0,
     ) -> None:
         self.identity = identity
+        # The demand multiplier on a service's prices now (`node.server.Node.multiplier`).
+        self.multiplier = multiplier
         # This node's organisation attestations (encoded), carried by every offer as far as
         # the record's size allows.
         self.attestations = attestations[:MAX_OFFER_ATTESTATIONS]
@@ -57,13 +63,18 @@ class OfferPublisher:
         self._sequence = 0
         self._last_time: float | None = None
         self._last_load: Load | None = None
+        self._last_multipliers: list[float] = []
 
     def due(self, load: Load, now: float) -> bool:
-        """Whether to publish now: never yet, the timer ran out, or the load changed."""
+        """Whether to publish now: never yet, the timer ran out, or the load or a price changed."""
         if self._last_time is None:
             return True
         elapsed = now - self._last_time
-        return elapsed >= self.interval or (load != self._last_load and elapsed >= self.min_gap)
+        changed = load != self._last_load or self._multipliers() != self._last_multipliers
+        return elapsed >= self.interval or (changed and elapsed >= self.min_gap)
+
+    def _multipliers(self) -> list[float]:
+        return [self.multiplier(service) for service in self.config.services.values()]
 
     def publish(self, load: Load, now: float) -> Publication:
         """Sign fresh records for `load` at `now` (unix seconds) and remember that we did."""
@@ -80,6 +91,7 @@ class OfferPublisher:
             ttl=self.ttl,
         )
         self._last_time, self._last_load = now, load
+        self._last_multipliers = self._multipliers()
         return Publication(offers, node_record)
 
     def _offer(self, service: Service, load: Load, issued: int) -> ProviderRecord:
@@ -97,7 +109,7 @@ class OfferPublisher:
             service_id=service.id,
             name=service.name,
             addresses=self.addresses,
-            price=service.price,
+            price=scaled(service.price, self.multiplier(service)),
             load=load,
             sequence=self._sequence,
             issued_at=issued,

@@ -76,16 +76,18 @@ def run_node(
     `START_LOGGER`), after which file (`services_file`) the services came from. `orgs` says
     what the node brings of organisations (see `node.org_watch.OrgSetup`). `hidden`: the
     node's own folders (its key, its config), which sandboxed jobs see empty. `data_dir`:
-    where the node keeps its books and its ecash wallet (with `config.mints`, it takes deposits).
+    where the node keeps its books (node.ledger; without one, nothing is charged) and its ecash
+    wallet (with `config.mints`, it takes deposits).
     `serving_file`: where to say, while serving, the address this machine reaches the node at (`hubnode
     status` asks it there).
     Raises ListenError if the port cannot be bound; no other error is relabelled as one, and
     SandboxError (before anything starts) if a service cannot be isolated as it asks.
     """
     _raise_open_files()
-    node = Node(config, identity)
-    if data_dir is not None and config.mints:
-        node.cashier = Cashier(EcashWallet(data_dir, config.mints), Ledger.open(data_dir), identity)
+    ledger = Ledger.open(data_dir) if data_dir is not None else None  # stale holds released
+    node = Node(config, identity, ledger=ledger)
+    if ledger is not None and data_dir is not None and config.mints:
+        node.cashier = Cashier(EcashWallet(data_dir, config.mints), ledger, identity)
     node.host = probe_host(hidden=hidden, adopt_cgroup=True)
     users, warnings = check_services(node.host, [(s.name, s.isolation) for s in config.services.values()])
     isolation = [node.host.describe(users), *warnings]
@@ -99,6 +101,7 @@ def run_node(
     )
     node.peers = discovery.peers
     node.reach_status = discovery.reach_status
+    discovery.multiplier = node.multiplier
     refresh = refresh_interval()  # a bad HUBNET_ORG_REFRESH is said before anything starts
     try:
         trio.run(

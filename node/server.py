@@ -2,8 +2,9 @@
 
 Each connection is one secure session carrying one request (see `node.protocol`).
 Everything the peer sends is checked by the sans-IO machines, and what a call may do
-and cost is decided by `node.admission`; this module only sequences (admit -> Accept ->
-run -> settle -> Exit) and owns the sockets, the timeouts, the job slots and the runner.
+and cost is decided by `node.admission`; this module only sequences (admit -> Start ->
+fund and hold -> Accept -> run -> settle -> Exit and receipt) and owns the sockets, the
+timeouts, the job slots, the runner and the ledger's transactions.
 """
 
 from __future__ import annotations
@@ -26,7 +27,16 @@ from hubnet.identity.keys import Identity, encode_peer_id, fingerprint
 from hubnet.identity.orgs import RevocationList
 from hubnet.identity.secure import SecureStream, accept_secure
 from hubnet.identity.session import MAX_BUFFER, MAX_RECEIVE
-from hubnet.node.admission import Admitted, Occupancy, admit, find_service, settle, standing
+from hubnet.node.admission import (
+    Admitted,
+    Occupancy,
+    admit,
+    find_service,
+    payers,
+    payment_required,
+    settle,
+    standing,
+)
 from hubnet.node.cashier import Cashier
 from hubnet.node.connections import (
     MAX_CONNECTIONS,
@@ -36,7 +46,11 @@ from hubnet.node.connections import (
     Phase,
     source_of,
 )
+from hubnet.node.funding import CallFunding
+from hubnet.node.ledger import InsufficientFunds, Ledger, Settlement
 from hubnet.node.naming import format_service_id
+from hubnet.node.offers import Load
+from hubnet.node.pricing import multiplier, scaled
 from hubnet.node.protocol import (
     DATA_CHUNK,
     KEEPALIVE,
@@ -45,12 +59,15 @@ from hubnet.node.protocol import (
     MAX_TEXT,
     STDIN_WINDOW,
     Accept,
+    BalanceReply,
     Call,
     Cancel,
     ConnectionClosed,
     Credit,
     Deposit,
     Event,
+    Exit,
+    GetBalance,
     GetPeers,
     GetStatus,
     JobConnection,
@@ -73,6 +90,7 @@ from hubnet.node.protocol import (
     StdinEnd,
     Stdout,
 )
+from hubnet.node.receipts import JobReceipt
 from hubnet.node.runner import Job, JobLimits, JobOutcome, SpawnError
 from hubnet.node.sandbox import Confinement, Host, describe_isolation, probe_host
 from hubnet.node.services import NodeConfig, Service
@@ -92,7 +110,12 @@ _CANCELLED_EARLY = Reject(RejectCode.CANCELLED, "the caller cancelled before the
 
 
 class Node:
-    """A node serving `config`'s services as `identity` on one TCP port."""
+    """A node serving `config`'s services as `identity` on one TCP port.
+
+    With a `ledger` a priced call is paid from an account there (held at the start, settled
+    at the exit, with a signed receipt); without one (tests of the job path) nothing is held
+    or charged, and the Exit only says what the job would have cost.
+    """
 
     # How this machine isolates jobs (`node.sandbox.probe_host`): set by whoever runs the node
     # (`node.run`, which says it at start); if nobody did, the first job probes it.
@@ -107,8 +130,12 @@ class Node:
         start_timeout: float = 30.0,
         max_connections: int | None = None,
         pressed_wait: float = PRESSED_WAIT,
+        ledger: Ledger | None = None,
     ) -> None:
         self.config = config
+        self.ledger = ledger
+        # Pay-per-call (node.funding): set by whoever runs the node with an ecash backend.
+        self.funding: CallFunding | None = None
         self.identity = identity
         self.handshake_timeout = handshake_timeout
         self.start_timeout = start_timeout
@@ -123,6 +150,7 @@ class Node:
         self.queued = 0
         # Ecash deposits (node.cashier): set by whoever runs the node with `mints` and a ledger.
         self.cashier: Cashier | None = None
+        self._last_busy = time.monotonic()  # when a job last ran or waited (the idle price)
         # Connections hold memory and a socket: bounded in all and per source, and those that
         # have not started a job are shed first (node.connections).
         self.connections = ConnectionTable(
@@ -194,6 +222,8 @@ class Node:
             await _reply(stream, conn, self.status())
         elif isinstance(request, GetPeers):
             await _reply(stream, conn, Peers(tuple(self.peers()[:MAX_PEERS])))
+        elif isinstance(request, GetBalance):
+            await _reply(stream, conn, self.balance_of(stream.remote_identity))
         elif isinstance(request, Call):
             await self._call(stream, conn, request, tracked)
         elif isinstance(request, Deposit):
@@ -215,6 +245,21 @@ class Node:
             answer = await self.cashier.deposit(deposit.token, peer)
         return answer if isinstance(answer, Reject) else Receipt(answer)
 
+    def balance_of(self, peer: bytes) -> BalanceReply:
+        """`peer`'s own account here (nothing, on a node without a ledger)."""
+        if self.ledger is None:
+            return BalanceReply(0, 0)
+        balance = self.ledger.balance(peer)
+        return BalanceReply(balance.available, balance.held)
+
+    def multiplier(self, service: Service) -> float:
+        """The demand multiplier on `service`'s prices now (node.pricing): what offers carry
+        and Accept quotes."""
+        busy = self.running + self.queued
+        idle_for = 0.0 if busy else time.monotonic() - self._last_busy
+        load = Load(self.running, self.queued, self.config.max_jobs)
+        return multiplier(service.surge, load, self.config.max_queued, idle_for)
+
     def status(self) -> StatusReply:
         one, five, fifteen = os.getloadavg()
         return StatusReply(
@@ -233,6 +278,8 @@ class Node:
                     svc.description[:MAX_TEXT],
                     svc.policy.summary()[:MAX_TEXT],
                     describe_isolation(host, svc.isolation)[:MAX_TEXT],
+                    _price_now(svc, self.multiplier(svc)),
+                    self.multiplier(svc),
                 )
                 for svc in sorted(self.config.services.values(), key=lambda s: s.name)
             )
@@ -245,7 +292,8 @@ class Node:
         found = find_service(self.config, call.service_id)  # by its id, or by its name's default id
         occupancy = Occupancy(self._slot_free(found.id if found else call.service_id), self.queued)
         proven = standing(call.attestations, peer, int(time.time()), self.revocations())
-        admitted = admit(call, peer, self.config, occupancy, proven)
+        factor = self.multiplier(found) if found else 1.0
+        admitted = admit(call, peer, self.config, occupancy, proven, factor)
         if isinstance(admitted, Reject):
             # The reasons for these two would only repeat the line's service and caller.
             plain = admitted.code in (RejectCode.NO_SUCH_SERVICE, RejectCode.NOT_ALLOWED)
@@ -273,16 +321,34 @@ class Node:
             return
         if tracked is not None:
             tracked.phase = Phase.ACTIVE  # a live caller: never shed from now on
+        job_id = secrets.token_hex(8)
+        payment = await self._hold(call, peer, admitted, payers(peer, proven), job_id)
+        if isinstance(payment, Reject):
+            log.info(
+                "refused %s from %s: %s (%s)",
+                admitted.service.name,
+                fingerprint(peer),
+                payment.code,
+                payment.reason,
+            )
+            await _reply(stream, conn, payment)
+            return
         caller = _Caller(stream, conn)
-        async with trio.open_nursery() as nursery:
-            # From Start on the caller is heard at once: a Cancel or a vanished caller ends the
-            # job, or its wait for a slot, even while the job does not read its stdin.
-            nursery.start_soon(caller.pump)
-            nursery.start_soon(caller.send_credit)
-            with caller.waiting:
-                async with self._job_slot(admitted.service):
-                    await self._run(caller, admitted)
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                # From Start on the caller is heard at once: a Cancel or a vanished caller ends the
+                # job, or its wait for a slot, even while the job does not read its stdin.
+                nursery.start_soon(caller.pump)
+                nursery.start_soon(caller.send_credit)
+                with caller.waiting:
+                    async with self._job_slot(admitted.service):
+                        await self._run(caller, admitted, job_id, call, payment)
+                nursery.cancel_scope.cancel()
+        finally:
+            if payment is not None and not caller.settled:
+                # Never settled (cancelled while queued, the node stopping): it costs nothing.
+                assert self.ledger is not None
+                self.ledger.release(job_id, note="the job did not run to its end")
         if caller.left_while_queued is not None:
             with contextlib.suppress(TransportError):
                 await caller.reply(_CANCELLED_EARLY)
@@ -292,6 +358,56 @@ class Node:
                 fingerprint(peer),
                 caller.left_while_queued,
             )
+
+    async def _hold(
+        self, call: Call, peer: bytes, admitted: Admitted, accounts: Sequence[bytes], job_id: str
+    ) -> bytes | Reject | None:
+        """Hold the call's worst case from the first of `accounts` that can pay it, after
+        letting pay-per-call fund it: the payer, a refusal, or None for a call that holds
+        nothing (free, or a node without a ledger)."""
+        needed = admitted.terms.held
+        if self.ledger is None or needed == 0:
+            return None
+        if self.funding is not None:
+            refused = await self.funding.fund(self.ledger, call, accounts[0], needed)
+            if refused is not None:
+                return refused
+        try:
+            payer, _ = self.ledger.hold_first(accounts, job_id, needed)
+        except InsufficientFunds as exc:
+            return payment_required(admitted.service, needed, exc.available)
+        return payer
+
+    def _settle(self, job_id: str, payer: bytes | None, admitted: Admitted, exit: Exit) -> Settlement | None:
+        """Charge the job's cost (held: the Exit's cost is never more) and release the rest."""
+        if payer is None:
+            return None
+        assert self.ledger is not None
+        return self.ledger.settle(job_id, exit.cost, note=admitted.service.name)
+
+    async def _receipt(
+        self, job_id: str, call: Call, peer: bytes, admitted: Admitted, exit: Exit, settlement: Settlement
+    ) -> Receipt:
+        """The signed receipt for a settled job, with what pay-per-call adds to it."""
+        extra = {}
+        if self.funding is not None:
+            assert self.ledger is not None
+            extra = dict(await self.funding.after_settle(self.ledger, call, settlement.account, settlement))
+        receipt = JobReceipt(
+            job_id=job_id,
+            service_id=admitted.service.id,
+            service=admitted.service.name,
+            caller=peer,
+            node=self.identity.public_key,
+            payer=settlement.account,
+            usage=exit.usage,
+            terms=admitted.terms,
+            cost=exit.cost,
+            balance=settlement.balance,
+            time=int(time.time()),
+            extra=extra,
+        )
+        return Receipt(receipt.sign(self.identity))
 
     def _service_name(self, service_id: bytes) -> str:
         """The service's name for the log; an id this node does not serve has only its hex."""
@@ -320,10 +436,12 @@ class Node:
                     self.running -= 1
         finally:
             self._service_slots[service.id].release()
+            self._last_busy = time.monotonic()
 
-    async def _run(self, caller: _Caller, admitted: Admitted) -> None:
+    async def _run(
+        self, caller: _Caller, admitted: Admitted, job_id: str, call: Call, payer: bytes | None
+    ) -> None:
         service, peer = admitted.service, caller.stream.remote_identity
-        job_id = secrets.token_hex(8)
         workdir = tempfile.mkdtemp(prefix=f"hubnet-{service.name}-")
         env = {name: os.environ[name] for name in _PASSED_ENV if name in os.environ}
         env |= {"LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir}
@@ -365,6 +483,9 @@ class Node:
                 )
                 raise
             exit_message = settle(outcome, admitted.terms)
+            # Settled before the Exit goes out: a caller that vanishes now has still used the job.
+            settlement = self._settle(job_id, payer, admitted, exit_message)
+            caller.settled = True
             log.log(
                 logging.WARNING if spawn_error else logging.INFO,
                 "job %s %s for %s: %s%s",
@@ -374,9 +495,19 @@ class Node:
                 describe_outcome(outcome, exit_message.cost),
                 spawn_error,
             )
-            await caller.reply(exit_message)
+            if settlement is None:
+                await caller.reply(exit_message)
+            else:
+                receipt = await self._receipt(job_id, call, peer, admitted, exit_message, settlement)
+                # One write for both: the caller waits for the receipt of a paid job.
+                await caller.stream.send_all(caller.conn.send(exit_message) + caller.conn.send(receipt))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _price_now(service: Service, factor: float) -> tuple[int, int, int]:
+    price = scaled(service.price, factor)
+    return (price.per_call, price.per_second, price.per_mib)
 
 
 def describe_outcome(outcome: JobOutcome, cost: int) -> str:
@@ -415,6 +546,7 @@ class _Caller:
         self.job: Job | None = None  # set once the job runs
         self.waiting = trio.CancelScope()  # the wait for a slot, cancelled if the caller goes first
         self.left_while_queued: str | None = None
+        self.settled = False  # the job's hold, if any, was settled
         self._stdin_send, stdin_receive = trio.open_memory_channel[bytes](math.inf)
         self.stdin = _CreditedStdin(stdin_receive, self._credit)
         self._uncredited = 0

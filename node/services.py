@@ -32,6 +32,7 @@ from hubnet.node.naming import (
     service_id_for_name,
 )
 from hubnet.node.offers import MAX_ADDRESSES, Price
+from hubnet.node.pricing import Surge
 from hubnet.node.protocol import MAX_SERVICES
 from hubnet.node.sandbox import DEFAULT_MAX_PROCESSES, Isolation
 
@@ -224,6 +225,7 @@ class Service:
     allow_orgs: tuple[OrgRule, ...] = ()  # members of these (of a role, if given) may call
     free_orgs: tuple[OrgRule, ...] = ()  # members of these pay nothing
     isolation: Isolation = field(default_factory=Isolation)  # its jobs' sandbox (node.sandbox)
+    surge: Surge | None = None  # demand pricing (node.pricing); None: the price never moves
 
     def argv(self, args: Sequence[str]) -> list[str]:
         """The full argv to exec for a client's `args`; PolicyError if they are not allowed."""
@@ -401,6 +403,7 @@ def _parse_service(t: _Table, name: str) -> Service:
         env[key] = value
     args_table = t.table("arguments")
     price_table = t.table("price")
+    surge_table = t.table("surge")
     allow_orgs, free_orgs = _org_rules(t, "allow_orgs"), _org_rules(t, "free_orgs")
     service = Service(
         name=name,
@@ -419,6 +422,7 @@ def _parse_service(t: _Table, name: str) -> Service:
         allow_orgs=allow_orgs,
         free_orgs=free_orgs,
         isolation=_parse_isolation(t),
+        surge=_parse_surge(surge_table) if surge_table else None,
     )
     t.done()
     return service
@@ -472,6 +476,24 @@ def _parse_price(t: _Table) -> Price:
     )
     t.done()
     return price
+
+
+def _parse_surge(t: _Table) -> Surge:
+    """`surge = { start = 0.5, max = 3.0, idle = 0.5 }`: see node.pricing."""
+    given: dict[str, float] = {}
+    for key in ("start", "max", "idle"):
+        value = t.take(key)
+        if value is None:
+            continue
+        if type(value) not in (int, float) or not math.isfinite(value):
+            raise t.error(key, "must be a number")
+        given[key] = float(value)
+    t.done()
+    try:
+        return Surge(**given)
+    except ValueError as exc:
+        key, _, why = str(exc).partition(" ")  # Surge names the key first
+        raise t.error(key, why) from None
 
 
 def _targets(top: _Table, key: str) -> tuple[Target, ...]:

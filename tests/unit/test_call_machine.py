@@ -15,6 +15,7 @@ from hubnet.call_machine import (
     CANCEL_GRACE,
     DEFAULT_ACCEPT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
+    RECEIPT_WAIT,
     CallMachine,
     Timeouts,
 )
@@ -465,10 +466,37 @@ def test_the_callers_deadline_comes_first_when_it_is_sooner() -> None:
     pair.machine.set_deadline(None)
 
 
-def test_no_timer_once_the_node_has_exited() -> None:
+def test_no_timer_once_the_node_has_exited_and_sent_the_receipt() -> None:
     pair = _connected(Timeouts(accept=1, idle=1))
-    _heard(pair, 100.5, ACCEPT, EXIT)
+    _heard(pair, 100.5, ACCEPT, EXIT, Receipt(b"signed"))
+    assert pair.machine.complete
     assert pair.machine.wake_at() == math.inf
     assert pair.machine.on_timer(1000) == b""
     assert pair.machine.timed_out is None
     assert pair.machine.result().exit == EXIT
+    assert pair.machine.result().receipt == b"signed"
+
+
+def test_a_paid_job_waits_a_while_for_its_receipt_and_then_is_complete_without() -> None:
+    pair = _connected(Timeouts(accept=1, idle=1))
+    _heard(pair, 100.5, ACCEPT, EXIT)
+    assert pair.machine.finished and not pair.machine.complete
+    assert pair.machine.wake_at() == 100.5 + RECEIPT_WAIT
+    assert pair.machine.on_timer(100.5 + RECEIPT_WAIT) == b""  # no Cancel: the job is over
+    assert pair.machine.complete and pair.machine.timed_out is None
+    assert pair.machine.result().receipt is None
+
+
+def test_a_node_that_closes_after_exit_completes_the_call() -> None:
+    pair = _connected(Timeouts(accept=1, idle=1))
+    _heard(pair, 100.5, ACCEPT, EXIT)
+    pair.machine.receive_data(b"")
+    assert pair.machine.next_event() == ConnectionClosed()
+    assert pair.machine.complete
+
+
+def test_a_free_job_is_complete_at_its_exit() -> None:
+    pair = _connected(Timeouts(accept=1, idle=1))
+    _heard(pair, 100.5, Accept("job-2", Terms()), EXIT)
+    assert pair.machine.complete
+    assert pair.machine.wake_at() == math.inf

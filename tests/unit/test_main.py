@@ -25,19 +25,25 @@ from hubnet.identity.errors import (
     Rejected,
     TransportError,
 )
-from hubnet.main import parse_fast_call
+from hubnet.main import FastCall, parse_fast_call
 
 
-def _click_parse(argv: list[str]) -> tuple[str | None, bool, str | None, str, tuple[str, ...]] | None:
+def _click_parse(argv: list[str]) -> FastCall | None:
     """What the click CLI hands to run_call for argv; None if it never gets there."""
-    seen: list[tuple[str | None, bool, str | None, str, tuple[str, ...]]] = []
+    seen: list[FastCall] = []
 
     def record(
-        ctx: Context, server: str | None, service: str, args: tuple[str, ...], bootstrap: tuple[str, ...]
+        ctx: Context,
+        server: str | None,
+        service: str,
+        args: tuple[str, ...],
+        bootstrap: tuple[str, ...],
+        *,
+        max_cost: int | None,
     ) -> int:
         # The fast path has no --bootstrap: a call that gives one is always left to click.
         assert bootstrap == ()
-        seen.append((ctx.home_option, ctx.verbose, server, service, args))
+        seen.append((ctx.home_option, ctx.verbose, server, max_cost, service, args))
         return 0
 
     with pytest.MonkeyPatch.context() as patch:
@@ -54,6 +60,8 @@ FAST_FORMS = [
     ["--verbose", "call", "svc", "--help"],
     ["--home", "call", "call", "svc"],
     ["call", "svc", "--", "-x"],
+    ["call", "--max-cost", "500", "-s", "h:1", "svc", "--max-cost", "1"],
+    ["call", "--server", "h:1", "--max-cost", "0", "--server", "h:2", "svc"],
 ]
 
 
@@ -74,6 +82,8 @@ def test_fast_path_agrees_with_click(argv: list[str], monkeypatch: pytest.Monkey
         ["id"],
         ["--home=/x", "call", "svc"],
         ["call", "--server=h:1", "s"],
+        ["call", "--max-cost", "-5", "s"],
+        ["call", "--max-cost", "lots", "s"],
     ],
 )
 def test_unusual_forms_go_to_click(argv: list[str]) -> None:
@@ -85,12 +95,26 @@ def test_home_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (
         parse_fast_call(["call", "svc"])
         == _click_parse(["call", "svc"])
-        == ("/srv/node", False, None, "svc", ())
+        == ("/srv/node", False, None, None, "svc", ())
     )
 
 
 _TOKENS = st.sampled_from(
-    ["call", "--home", "-v", "--verbose", "-s", "--server", "svc", "x", "--", "-n", "--help"]
+    [
+        "call",
+        "--home",
+        "-v",
+        "--verbose",
+        "-s",
+        "--server",
+        "--max-cost",
+        "7",
+        "svc",
+        "x",
+        "--",
+        "-n",
+        "--help",
+    ]
 )
 
 

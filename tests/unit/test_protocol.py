@@ -33,6 +33,7 @@ from hubnet.node.protocol import (
     STDIN_WINDOW,
     TRANSITIONS,
     Accept,
+    BalanceReply,
     Call,
     Cancel,
     ConnectionClosed,
@@ -40,6 +41,7 @@ from hubnet.node.protocol import (
     Deposit,
     Event,
     Exit,
+    GetBalance,
     GetPeers,
     GetStatus,
     JobConnection,
@@ -84,8 +86,11 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         service_ids,
         st.lists(texts, max_size=12).map(tuple),
         st.lists(st.binary(max_size=MAX_ATTESTATION_BYTES), max_size=MAX_CALL_ATTESTATIONS).map(tuple),
+        st.none() | counts,
     ),
     ListServices: st.just(ListServices()),
+    GetBalance: st.just(GetBalance()),
+    BalanceReply: st.builds(BalanceReply, counts, counts),
     GetStatus: st.just(GetStatus()),
     Start: st.just(Start()),
     Stdin: st.builds(Stdin, data),
@@ -94,7 +99,7 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     Accept: st.builds(Accept, texts, st.builds(Terms, counts, counts, counts, counts)),
     Credit: st.builds(Credit, counts),
     Receipt: st.builds(Receipt, st.binary(max_size=MAX_RECEIPT)),
-    Reject: st.builds(Reject, texts, texts),
+    Reject: st.builds(Reject, texts, texts, st.none() | counts),
     Stdout: st.builds(Stdout, data),
     Stderr: st.builds(Stderr, data),
     Exit: st.one_of(
@@ -111,7 +116,20 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         )
     ),
     Services: st.builds(
-        Services, st.lists(st.builds(ServiceInfo, texts, service_ids, texts, texts), max_size=6).map(tuple)
+        Services,
+        st.lists(
+            st.builds(
+                ServiceInfo,
+                texts,
+                service_ids,
+                texts,
+                texts,
+                texts,
+                st.tuples(counts, counts, counts),
+                st.floats(min_value=0.01, max_value=1000),
+            ),
+            max_size=6,
+        ).map(tuple),
     ),
     StatusReply: st.builds(
         StatusReply,
@@ -339,7 +357,12 @@ def test_malformed_fields_are_refused(raw: bytes) -> None:
     ("raw", "message"),
     [
         pytest.param(
-            _raw(Kind.CALL, [SID, ["a"], [b"att"], "later"]), Call(SID, ("a",), (b"att",)), id="call"
+            _raw(Kind.CALL, [SID, ["a"], [b"att"], 5, "later"]), Call(SID, ("a",), (b"att",), 5), id="call"
+        ),
+        pytest.param(
+            _raw(Kind.REJECT, ["payment-required", "r", 7, "later"]),
+            Reject("payment-required", "r", 7),
+            id="reject",
         ),
         pytest.param(_raw(Kind.START, [1, 2]), Start(), id="start"),
         pytest.param(
@@ -351,8 +374,8 @@ def test_malformed_fields_are_refused(raw: bytes) -> None:
             id="usage",
         ),
         pytest.param(
-            _raw(Kind.SERVICES, [[["n", SID, "d", "a", "i", "new"]]]),
-            Services((ServiceInfo("n", SID, "d", "a", "i"),)),
+            _raw(Kind.SERVICES, [[["n", SID, "d", "a", "i", [1, 2, 3, 4], 1.5, "new"]]]),
+            Services((ServiceInfo("n", SID, "d", "a", "i", (1, 2, 3), 1.5),)),
             id="service-entry",
         ),
         pytest.param(  # from a node older than sandboxes: its services' isolation unknown
@@ -502,6 +525,7 @@ CLIENT_MESSAGES: tuple[Message, ...] = (
     GetStatus(),
     GetPeers(),
     Deposit("cashuBtoken"),
+    GetBalance(),
     Start(),
     Stdin(b"in"),
     StdinEnd(),
@@ -518,6 +542,7 @@ SERVER_MESSAGES: tuple[Message, ...] = (
     Services((ServiceInfo("espeak", SID, "speech", "text"),)),
     StatusReply(1, 0, 4, (0.5, 0.25, 0.125)),
     Peers((PeerInfo(b"k" * 32, "127.0.0.1", 7070),)),
+    BalanceReply(5, 6),
 )
 
 
@@ -562,6 +587,7 @@ PATHS: dict[tuple[Role, State], tuple[Message, ...]] = {
     (Role.SERVER, State.MUST_STATUS): (GetStatus(),),
     (Role.SERVER, State.MUST_PEERS): (GetPeers(),),
     (Role.SERVER, State.MUST_DEPOSIT): (Deposit("cashuBtoken"),),
+    (Role.SERVER, State.MUST_BALANCE): (GetBalance(),),
     (Role.SERVER, State.RUNNING): (Call(SID), Start(), Stdin(b"in"), Accept("job")),
     (Role.SERVER, State.EXITED): (Call(SID), Accept("job"), EXIT),
     (Role.SERVER, State.DONE): (Call(SID), Reject("busy", "")),
