@@ -5,6 +5,11 @@ Starts a real `hubnode serve` with a `true` service in a temporary home and time
 processes (fork to exit), interleaved, after warm-ups:
 
   hubnode call --server PEER@127.0.0.1:PORT true   (pinned key: Noise IK), stdin /dev/null
+  hubnode call --server ... paid                   the same node's priced service, from an
+                                                   account its operator credited: the node
+                                                   holds and settles in its ledger, signs a
+                                                   receipt, and the caller checks and spools it
+                                                   (target: at most 1.1x the free call)
   hubnode call --server ... members                the same node's members-only service
                                                    (allow_orgs), called from a home that
                                                    joined the organisation: the call carries
@@ -35,6 +40,10 @@ Then `-X importtime` breakdowns of `import hubnet.cli` and of a whole call
 (`python -X importtime -m hubnet ... call`), to show what to make lazy, and a check that
 the members-only call (a home with an attestations file) loads neither Trio nor the
 record parsers (hubnet.identity.orgs): it reads the file with hubnet.identity.attest_text.
+
+Last, the node's ledger alone (node/ledger.py, in this process, on a temporary file): jobs
+held and settled per second (two transactions each), beside the bare SQLite floor on the
+same file settings (one INSERT per transaction).
 
     .venv/bin/python bench/latency.py [--runs 30] [--warmup 3]
 """
@@ -78,6 +87,14 @@ description = "does nothing, successfully"
 timeout = 10
 """
 
+PAID_SERVICE = """
+[services.paid]
+command = ["true"]
+description = "does nothing, for 1 msat a call"
+timeout = 10
+price = { per_call = 1 }
+"""
+
 MEMBERS_SERVICE = """
 [services.members]
 command = ["true"]
@@ -96,6 +113,8 @@ sys.exit(0 if s.recv(1) == b"x" else 1)
 PROVIDERS = 12  # more than one page of provider records (dht.messages.MAX_RECORDS_PER_REPLY)
 CALL = "hubnode call (IK)"
 MEMBERS_CALL = "hubnode call --server, members-only (attestation checked)"
+PAID_CALL = "hubnode call --server, paid (hold, settle, receipt)"
+LEDGER_JOBS = 2000  # jobs held and settled in the ledger bench
 DISCOVERED = "hubnode call (DHT, probe, IK)"
 DISCOVERED_MANY = f"hubnode call (DHT {PROVIDERS}, probe, IK)"
 _RUN_TIMEOUT = 30.0
@@ -231,6 +250,44 @@ def organisation(env: dict[str, str]) -> Iterator[Organisation]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def fund(server: Server, env: dict[str, str]) -> None:
+    """The node's operator credits the client's home enough for every paid call of the bench."""
+    client = run_hubnode(["--home", str(server.client_home), "id"], env).strip()
+    server_home = server.client_home.parent / "server"  # _common.hubnode_server's layout
+    run_hubnode(["--home", str(server_home), "ledger", "credit", client, str(10**12)], env)
+
+
+def ledger_rates(jobs: int = LEDGER_JOBS) -> tuple[float, float]:
+    """(jobs held and settled per second in node.ledger, bare SQLite transactions per second)
+    on temporary files with the ledger's settings (WAL, synchronous=NORMAL)."""
+    import sqlite3
+
+    from hubnet.node.ledger import Ledger
+
+    with tempfile.TemporaryDirectory(prefix="hubnet-ledger-bench-") as folder:
+        with Ledger.open(Path(folder)) as books:
+            account = b"a" * 32
+            books.credit(account, jobs * 10)
+            started = time.perf_counter()
+            for n in range(jobs):
+                books.hold(account, f"job{n}", 10)
+                books.settle(f"job{n}", 7)
+            settled = jobs / (time.perf_counter() - started)
+            assert books.audit().consistent
+        db = sqlite3.connect(Path(folder) / "bare.sqlite", isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("CREATE TABLE t (n INTEGER)")
+        started = time.perf_counter()
+        for n in range(jobs):
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO t VALUES (?)", (n,))
+            db.execute("COMMIT")
+        bare = jobs / (time.perf_counter() - started)
+        db.close()
+    return settled, bare
+
+
 def check_refused(case: Case) -> None:
     """`case` must be refused as not allowed (exit 126): the service really is members-only."""
     done = subprocess.run(
@@ -346,11 +403,15 @@ def main() -> int:
             ssh_case() as (ssh, ssh_reason),
             bytecode_cache() as env,
             organisation(env) as org,
-            hubnode_server(SERVICES_TOML + MEMBERS_SERVICE.format(org=org.org_id), env) as server,
+            hubnode_server(
+                SERVICES_TOML + PAID_SERVICE + MEMBERS_SERVICE.format(org=org.org_id), env
+            ) as server,
             providers(PROVIDERS, env) as many,
             echo_server() as echo_port,
         ):
             call_argv = ["--home", str(server.client_home), "call", "--server", server.target, "true"]
+            paid_argv = [*call_argv[:-1], "paid"]
+            fund(server, env)
             members_argv = ["--home", str(org.member_home), "call", "--server", server.target, "members"]
             # The open call's home has no attestation: the members-only service must refuse it.
             stranger = [HUBNODE, *call_argv[:-1], "members"]
@@ -359,6 +420,7 @@ def main() -> int:
             discovering_many = discovering_home(many.client_home.parent, "discovering", many.target)
             cases = [
                 Case(CALL, [HUBNODE, *call_argv], env),
+                Case(PAID_CALL, [HUBNODE, *paid_argv], env),
                 Case(MEMBERS_CALL, [HUBNODE, *members_argv], env),
                 Case(DISCOVERED, [HUBNODE, "--home", str(discovering), "call", "true"], env),
                 Case(DISCOVERED_MANY, [HUBNODE, "--home", str(discovering_many), "call", "true"], env),
@@ -403,7 +465,14 @@ def main() -> int:
         f"{median(paired) * 1000:+.1f} ms (median of the {len(paired)} back-to-back pairs)"
     )
     print("  ratios of hubnode call (mean, median):")
-    for name in [n for n in times if n not in (CALL, MEMBERS_CALL, DISCOVERED, DISCOVERED_MANY)]:
+    paid = times[PAID_CALL]
+    paid_ratio = median(paid) / median(call)
+    print(
+        f"  paid / free hubnode call: {paid_ratio:.3f}x (medians), "
+        f"{statistics.fmean(paid) / statistics.fmean(call):.3f}x (means); target <= 1.1x: "
+        f"{'met' if paid_ratio <= 1.1 else 'NOT met'}"
+    )
+    for name in [n for n in times if n not in (CALL, PAID_CALL, MEMBERS_CALL, DISCOVERED, DISCOVERED_MANY)]:
         print(
             f"    / {name:<{width}} {statistics.fmean(call) / statistics.fmean(times[name]):>5.2f}x "
             f"{median(call) / median(times[name]):>5.2f}x"
@@ -439,6 +508,11 @@ def main() -> int:
         print(f"  {package} on its path: {found}")
     reader = "yes" if loaded(members_modules, "hubnet.identity.attest_text") else "NO"
     print(f"  hubnet.identity.attest_text (reads DATA/attestations) on its path: {reader}")
+    print()
+    settled, bare = ledger_rates()
+    print(f"the node's ledger ({LEDGER_JOBS} jobs, each a hold and a settle: two transactions):")
+    print(f"  {settled:,.0f} jobs settled per second; bare SQLite {bare:,.0f} transactions per second")
+    print(f"  ledger transactions / bare transactions: {2 * settled / bare:.2f}x")
     return 0
 
 

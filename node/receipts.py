@@ -83,7 +83,10 @@ class JobReceipt:
     def decode(cls, record: bytes) -> JobReceipt:
         """Parse and verify the signature (by the key in the record, which must be the body's
         node); InvalidReceipt otherwise. Whether it is the right node's is `verify`'s."""
-        signed = SignedRecord.decode(record, domain=RECEIPT_DOMAIN)
+        try:
+            signed = SignedRecord.decode(record, domain=RECEIPT_DOMAIN)
+        except InvalidRecord as exc:  # one error type for every way a receipt can be wrong
+            raise InvalidReceipt(str(exc)) from None
         try:
             body = msgpack.unpackb(signed.body, raw=False, strict_map_key=True)
         except Exception as exc:  # msgpack raises several unrelated types on garbage

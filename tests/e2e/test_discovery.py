@@ -73,6 +73,11 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
             args = ["--no-lan"] + (["--bootstrap", servers[-1].target] if servers else [])
             servers.append(Server(root / f"node{i}", toml, serve_args=args).start())
         network = Network(servers, Client(root / "client"))
+        for provider in (PROVIDER_A, PROVIDER_B):  # their operators credit the client to pay for `who`
+            credited = Client(servers[provider].home).run(
+                "ledger", "credit", network.client.peer_id, "1000000"
+            )
+            assert credited.returncode == 0, credited.stderr.decode()
         deadline = time.monotonic() + OFFERS_TIMEOUT
         while len(network.offers()) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -139,6 +139,7 @@ def honest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     toml = 'listen = "127.0.0.1:0"\n[services.who]\ncommand = ["echo", "honest"]\nprice = { per_call = 10 }\n'
     server = Server(tmp_path_factory.mktemp("honest"), toml).start()
     try:
+        _credit(server, CLIENT.peer_id)
         yield server
     finally:
         problems = server.stop()
@@ -412,9 +413,16 @@ def _publish(offer: Offer, identity: Identity, seed: Server) -> int:
         return client.publish_provider(record)
 
 
+def _credit(server: Server, peer_id: str) -> None:
+    """The honest node's operator credits a caller, to pay for its calls of `who`."""
+    credited = Client(server.home).run("ledger", "credit", peer_id, "1000000")
+    assert credited.returncode == 0, credited.stderr.decode()
+
+
 def _timed_call(client: Client, dht: Dht) -> tuple[bool, float, int | None]:
     """`hubnode -v call -b SEED who`: whether the honest node answered, in how long, and how
     many times the discovery dialled (as it says)."""
+    _credit(dht.servers[1], client.peer_id)  # the node that offers `who`
     started = time.monotonic()
     result = client.run("-v", "call", "-b", dht.seed, "who", input=None)
     took = time.monotonic() - started

@@ -129,6 +129,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         )
         with desktop:
             lab = Lab(org, admin, desktop, robots, stranger, stranger_desktop, markers)
+            _fund(desktop, stranger, *robots)  # a revoked robot pays where members are free
             # The desktop has the lab's list (so it is past its first fetches), and both offers
             # of `who` are in the DHT.
             said = f"organisation {fingerprint(decode_peer_id(org))}: revocation list"
@@ -232,10 +233,20 @@ def test_free_orgs_quotes_nothing_to_members_and_the_price_to_a_stranger(lab: La
 # --- client rules -------------------------------------------------------------------------------
 
 
-def _client_with(root: Path, name: str, select: str, seed: str) -> Client:
+def _client_with(root: Path, name: str, select: str, lab: Lab) -> Client:
+    """A caller with `select` rules, and an account at both desktops to pay for `who`."""
     client = Client(root / name)
-    (client.home / "client.toml").write_text(f"bootstrap = [{toml_string(seed)}]\n\n[select]\n{select}\n")
+    (client.home / "client.toml").write_text(f"bootstrap = [{toml_string(lab.seed)}]\n\n[select]\n{select}\n")
+    _fund(lab.desktop, client)
+    _fund(lab.stranger_desktop, client)
     return client
+
+
+def _fund(server: Server, *callers: Client) -> None:
+    """The node's operator credits `callers` enough for every paid call of this module."""
+    operator = Client(server.home)
+    for caller in callers:
+        _must(operator.run("ledger", "credit", caller.peer_id, "1000000"), "ledger credit")
 
 
 def _who(client: Client) -> str:
@@ -246,13 +257,13 @@ def _who(client: Client) -> str:
 
 def test_only_orgs_never_calls_a_cheaper_provider_outside_the_organisation(lab: Lab, tmp_path: Path) -> None:
     # Without rules the stranger's desktop wins on price: the cheaper offer is there to be taken.
-    plain = _client_with(tmp_path, "plain", "", lab.seed)
+    plain = _client_with(tmp_path, "plain", "", lab)
     assert [_who(plain) for _ in range(2)] == ["stranger-desktop"] * 2
-    picky = _client_with(tmp_path, "picky", f"only_orgs = [{toml_string(lab.org)}]", lab.seed)
+    picky = _client_with(tmp_path, "picky", f"only_orgs = [{toml_string(lab.org)}]", lab)
     assert [_who(picky) for _ in range(4)] == ["lab-desktop"] * 4
     # ...and a role the lab's desktop does not have leaves nothing acceptable (exit 127).
     robots_only = _client_with(
-        tmp_path, "robots-only", f"only_orgs = [{toml_string(lab.org + '/robot')}]", lab.seed
+        tmp_path, "robots-only", f"only_orgs = [{toml_string(lab.org + '/robot')}]", lab
     )
     result = robots_only.run("call", "who", input=None)
     assert result.returncode == 127, result.stderr.decode()
@@ -260,7 +271,7 @@ def test_only_orgs_never_calls_a_cheaper_provider_outside_the_organisation(lab: 
 
 
 def test_trusted_orgs_prefers_a_member_over_a_cheaper_stranger(lab: Lab, tmp_path: Path) -> None:
-    trusting = _client_with(tmp_path, "trusting", f"trusted_orgs = [{toml_string(lab.org)}]", lab.seed)
+    trusting = _client_with(tmp_path, "trusting", f"trusted_orgs = [{toml_string(lab.org)}]", lab)
     assert [_who(trusting) for _ in range(4)] == ["lab-desktop"] * 4
     # Still ranked, not exclusive: both offers are acceptable, the lab's first.
     result = trusting.run("services", "--json", "-b", lab.seed, "who", input=None)

@@ -58,6 +58,7 @@ class LoggedServer:
         journal_stream: str | None = None,
     ) -> None:
         home.mkdir(parents=True, exist_ok=True)
+        self.home = home
         if services_toml is not None:
             (home / "services.toml").write_text(services_toml, encoding="utf-8")
         self.log_path = home.parent / f"{home.name}.log"
@@ -133,6 +134,8 @@ def servers() -> Iterator[list[LoggedServer]]:
 
 def _call_everything(server: LoggedServer, client: Client) -> None:
     """A job, and a refusal of each kind a caller can cause."""
+    credited = Client(server.home).run("ledger", "credit", client.peer_id, "1000")  # to pay for `cat`
+    assert credited.returncode == 0, credited.stderr.decode()
     assert client.call(server.target, "cat", input=b"hello").stdout == b"hello"
     assert client.call(server.target, "private").returncode == 126
     assert client.call(server.target, "cat", "--nope").returncode == 126
