@@ -74,6 +74,12 @@ pi=$work/pi
 mkdir -p "$pi"
 printf 'bootstrap = ["%s"]\n' "$seed" >"$pi/client.toml"
 echo "demo: the Pi's client.toml: $(cat "$pi/client.toml")"
+# Calls cost money: each desktop's operator credits the Pi's account there (docs/money.md).
+pi_id=$("$hubnode" --home "$pi" id)
+for desk in desk-a desk-b; do
+    "$hubnode" --home "$work/$desk" ledger credit "$pi_id" 100000 --note "paid in advance" >/dev/null
+done
+echo "demo: both desktops credited the Pi 100000 msat (hubnode ledger credit)"
 for _ in $(seq 100); do  # offers appear once the desktops have joined and published
     [[ $("$hubnode" --home "$pi" services --json espeak 2>/dev/null | grep -c '"peer"') == 2 ]] && break
     sleep 0.2
@@ -83,6 +89,8 @@ echo "demo: \$ hubnode services espeak"
 echo "demo: \$ echo \"This was a triumph\" | hubnode call espeak -v en-us > triumph.wav"
 echo "This was a triumph" | "$hubnode" --home "$pi" call espeak -v en-us >triumph.wav
 echo "demo: wrote triumph.wav ($(stat -c %s triumph.wav) bytes): $(file -b triumph.wav 2>/dev/null || head -c 4 triumph.wav)"
+echo "demo: \$ hubnode receipts   (the signed receipt the Pi kept)"
+"$hubnode" --home "$pi" receipts | sed 's/^/  /'
 echo "demo: what desktop A saw (the cheaper one, so it got the call):"
 sed 's/^/  /' "$work/desk-a.log"
 echo "demo: stopping the network"
