@@ -29,7 +29,14 @@ from typing import IO
 
 from hubnet.call_machine import CallResult
 from hubnet.client import OpenCall, finish_call
-from hubnet.commands import Context, ServiceCall, naming_missing_services, open_service_call, service_call
+from hubnet.commands import (
+    Context,
+    ServiceCall,
+    keep_call_receipt,
+    naming_missing_services,
+    open_service_call,
+    service_call,
+)
 from hubnet.identity.errors import HubnetError, Rejected, TransportError
 from hubnet.identity.keys import encode_peer_id
 
@@ -102,6 +109,7 @@ def call(
             finished = finish_call(
                 opened, stdin_fd=fd, stdout=stdout.extend, stderr=stderr.extend, deadline=deadline
             )
+    keep_call_receipt(ctx, finished)  # checked and kept in the home, as `hubnode call` does
     return Result.of(finished, provider_of(opened), bytes(stdout), bytes(stderr))
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from hubnet.identity.errors import ConfigError, HubnetError, NotOffered, Rejected
 
 if TYPE_CHECKING:
+    from hubnet.call_machine import CallResult
     from hubnet.client import OpenCall
     from hubnet.config import ClientConfig
     from hubnet.home import Home
@@ -227,10 +228,7 @@ def _run_call(
     stdin_fd = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.fileno()
     with naming_missing_services(ctx, planned):
         result = finish_call(open_service_call(ctx, planned, bootstrap), stdin_fd=stdin_fd)
-    if result.receipt is not None or result.terms.held:
-        from hubnet.receipt_store import keep_receipt
-
-        keep_receipt(ctx.home.data_dir, result, ctx.identity().public_key)
+    keep_call_receipt(ctx, result)
     exit = result.exit
     if exit.error:
         from hubnet.safe_text import printable
@@ -243,6 +241,16 @@ def _run_call(
         # the output cap): its output was still cut short, so never report success.
         return 1
     return exit.exit_code if exit.exit_code is not None else 1
+
+
+def keep_call_receipt(ctx: Context, result: CallResult) -> None:
+    """Check a paid job's receipt and keep it in the home (`hubnet.receipt_store`, which says
+    on stderr what is wrong with a bad or missing one); a free job has none."""
+    if result.receipt is None and not result.terms.held:
+        return
+    from hubnet.receipt_store import keep_receipt  # only for paid calls: free ones never load it
+
+    keep_receipt(ctx.home.data_dir, result, ctx.identity().public_key)
 
 
 def why_hubnet_ended(error: str) -> str:
