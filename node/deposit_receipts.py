@@ -15,6 +15,7 @@ import msgpack
 from hubnet.identity.keys import Identity, encode_peer_id, fingerprint
 from hubnet.identity.records import InvalidRecord, SignedRecord
 from hubnet.node.protocol import MAX_RECEIPT
+from hubnet.node.receipts import signed_map
 
 DEPOSIT_DOMAIN = "hubnet/deposit/1"
 _KEY_LEN = 32
@@ -63,13 +64,9 @@ class DepositReceipt:
     def verify(cls, record: bytes, *, node: bytes, caller: bytes, token: str) -> DepositReceipt:
         """The receipt in `record` if it is `node`'s, for `caller`, about `token`; else
         InvalidDepositReceipt."""
-        signed = SignedRecord.decode(record, domain=DEPOSIT_DOMAIN)
-        try:
-            body = msgpack.unpackb(signed.body, raw=False, strict_map_key=True)
-        except Exception as exc:  # msgpack raises several unrelated types on garbage
-            raise InvalidDepositReceipt(f"the deposit receipt's body is not msgpack ({exc})") from None
-        if not isinstance(body, dict) or not all(k in body for k in _FIELDS):
-            raise InvalidDepositReceipt("the deposit receipt lacks fields")
+        body, signer = signed_map(
+            record, DEPOSIT_DOMAIN, _FIELDS, InvalidDepositReceipt, "the deposit receipt"
+        )
         receipt = cls(*(body[k] for k in _FIELDS))
         if not (
             all(
@@ -80,9 +77,9 @@ class DepositReceipt:
             and isinstance(receipt.mint, str)
         ):
             raise InvalidDepositReceipt("the deposit receipt's fields have the wrong types")
-        if receipt.node != signed.public_key or receipt.node != node:
+        if receipt.node != signer or receipt.node != node:
             raise InvalidDepositReceipt(
-                f"the deposit receipt is signed by {fingerprint(signed.public_key)}, not the node"
+                f"the deposit receipt is signed by {fingerprint(signer)}, not the node"
             )
         if receipt.caller != caller:
             raise InvalidDepositReceipt(

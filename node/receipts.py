@@ -8,7 +8,7 @@ add keys without breaking older readers, which keep what they do not know in `ex
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -83,16 +83,7 @@ class JobReceipt:
     def decode(cls, record: bytes) -> JobReceipt:
         """Parse and verify the signature (by the key in the record, which must be the body's
         node); InvalidReceipt otherwise. Whether it is the right node's is `verify`'s."""
-        try:
-            signed = SignedRecord.decode(record, domain=RECEIPT_DOMAIN)
-        except InvalidRecord as exc:  # one error type for every way a receipt can be wrong
-            raise InvalidReceipt(str(exc)) from None
-        try:
-            body = msgpack.unpackb(signed.body, raw=False, strict_map_key=True)
-        except Exception as exc:  # msgpack raises several unrelated types on garbage
-            raise InvalidReceipt(f"the receipt's body is not msgpack ({exc})") from None
-        if not isinstance(body, dict) or not all(key in body for key in _KNOWN):
-            raise InvalidReceipt("the receipt's body lacks fields")
+        body, signer = signed_map(record, RECEIPT_DOMAIN, _KNOWN, InvalidReceipt, "the receipt")
         try:
             receipt = cls(
                 job_id=_typed(body["job"], str),
@@ -110,9 +101,28 @@ class JobReceipt:
             )
         except (TypeError, ValueError) as exc:
             raise InvalidReceipt(f"the receipt's body is malformed: {exc}") from None
-        if receipt.node != signed.public_key:
+        if receipt.node != signer:
             raise InvalidReceipt("the receipt is signed by another key than its node's")
         return receipt
+
+
+def signed_map(
+    record: bytes, domain: str, fields: Sequence[str], error: type[InvalidRecord], what: str
+) -> tuple[dict[str, Any], bytes]:
+    """The body of a signed record of `domain` whose body is a msgpack map with string keys
+    holding at least `fields`, and the key that signed it; `error` saying what is wrong
+    with `what` (a receipt, a deposit receipt) otherwise."""
+    try:
+        signed = SignedRecord.decode(record, domain=domain)
+    except InvalidRecord as exc:  # one error type for every way a receipt can be wrong
+        raise error(f"{what}: {exc}") from None
+    try:
+        body = msgpack.unpackb(signed.body, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise error(f"{what}'s body is not msgpack ({exc})") from None
+    if not isinstance(body, dict) or not all(key in body for key in fields):
+        raise error(f"{what} lacks fields")
+    return body, signed.public_key
 
 
 def _typed(value: object, kind: type[Any]) -> Any:
