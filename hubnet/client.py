@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from hubnet.call_machine import CallMachine, CallResult, Timeouts, located
 from hubnet.dialer import Dialer, TcpDialer
@@ -41,10 +41,18 @@ from hubnet.node.protocol import (
 )
 from hubnet.trust import KnownHostsStore, expected_key, explain_failure, remember
 
+if TYPE_CHECKING:
+    import queue
+    import threading
+
 ReplyT = TypeVar("ReplyT", bound=Message)
 Sink = Callable[[bytes], object]
 
 _TCP = TcpDialer()
+# A Stdin message this large starts the sender's thread (`_Sender`), which then holds at
+# most `_QUEUED` messages that wait for it.
+_THREAD_FROM = 64 * 1024
+_QUEUED = 2
 # What `hubnode call` asks of the pipes it reads and writes (as the node does of a job's):
 # each read then takes up to a whole stdin message, and each write of output goes in whole.
 _PIPE_SIZE = 1 << 20
@@ -187,7 +195,7 @@ def open_call(
         return opened
     try:
         secure.send_all(machine.start())
-        _pump(opened, None, _STDOUT, _STDERR, until_accepted=True)
+        _pump(opened, _Sender(secure), None, _STDOUT, _STDERR, until_accepted=True)
     except TransportError as exc:
         secure.close()
         raise located(exc, target.address) from exc
@@ -244,6 +252,7 @@ def finish_call(
     the protocol.
     """
     secure, machine = opened.secure, opened.machine
+    sender = _Sender(secure)
     try:
         machine.set_deadline(deadline)
         # A job may run as long as its node allows; the machine's deadlines bound the waits,
@@ -251,20 +260,20 @@ def finish_call(
         secure.sock.settimeout(machine.timeouts.idle)
         for fd in (stdin_fd, 1 if stdout is _STDOUT else None):
             _widen_pipe(fd)
-        _send_quietly(secure, (b"" if machine.started else machine.start()))
+        sender.send(b"" if machine.started else machine.start())
         if stdin_fd is None:
-            _send_quietly(secure, machine.end_stdin())
-        _pump(opened, stdin_fd, stdout, stderr)
+            sender.send(machine.end_stdin())
+        _pump(opened, sender, stdin_fd, stdout, stderr)
     except TransportError as exc:
         raise located(exc, opened.target.address) from exc
     except RemoteProtocolError as exc:
         raise RemoteProtocolError(f"{opened.target.address}: the node broke the protocol: {exc}") from exc
     except KeyboardInterrupt:
         # Tell the node at once, so that the job stops (and stops costing) now, not at its timeout.
-        with contextlib.suppress(TransportError):
-            secure.send_all(machine.cancel())
+        sender.send(machine.cancel())
         raise
     finally:
+        sender.close()
         secure.close()
     return machine.result()
 
@@ -277,10 +286,16 @@ def _widen_pipe(fd: int | None) -> None:
 
 
 def _pump(
-    opened: OpenCall, stdin_fd: int | None, stdout: Sink, stderr: Sink, *, until_accepted: bool = False
+    opened: OpenCall,
+    sender: _Sender,
+    stdin_fd: int | None,
+    stdout: Sink,
+    stderr: Sink,
+    *,
+    until_accepted: bool = False,
 ) -> None:
     """Until the node's last word (or, `until_accepted`, its Accept): its messages to the
-    sinks, stdin up within the credit, and the machine's deadlines kept."""
+    sinks, stdin up within the credit (through `sender`), and the machine's deadlines kept."""
     secure, machine, sock = opened.secure, opened.machine, opened.secure.sock
     poller = select.poll()
     poller.register(sock, select.POLLIN)
@@ -305,7 +320,7 @@ def _pump(
         wait_ms = None if wake_at == math.inf else max(0, math.ceil((wake_at - time.monotonic()) * 1000))
         ready = dict(poller.poll(wait_ms))
         if not ready:
-            _send_quietly(secure, machine.on_timer(time.monotonic()))  # raises once it is over
+            sender.send(machine.on_timer(time.monotonic()))  # raises once it is over
             continue
         if sock.fileno() in ready:
             data = secure.receive_ready()
@@ -315,7 +330,7 @@ def _pump(
                 machine.receive_data(data, time.monotonic())
         elif stdin_fd is not None and stdin_fd in ready:
             data = os.read(stdin_fd, min(machine.stdin_room, DATA_CHUNK))
-            _send_quietly(secure, machine.send_stdin(data) if data else machine.end_stdin())
+            sender.send(machine.send_stdin(data) if data else machine.end_stdin())
     if machine.timed_out is not None:
         raise machine.timed_out
 
@@ -330,8 +345,61 @@ def _deliver(machine: CallMachine, event: Event, stdout: Sink, stderr: Sink) -> 
         raise machine.timed_out or Rejected(event.code, event.reason)
 
 
-def _send_quietly(secure: SecureSocket, data: bytes) -> None:
-    # The node may have refused the call and closed already; its Reject is still there to read,
-    # and a send error must not hide it. A real failure shows up on the next receive.
-    with contextlib.suppress(TransportError):
-        secure.send_all(data)
+class _Sender:
+    """Every message of a call to the node, in order, once the call runs.
+
+    While stdin is small, each is encrypted and written at once. From the first Stdin of a
+    bulk stream (`_THREAD_FROM`) on, a thread of its own encrypts and writes them, so that
+    this loop reads stdin and the node's output meanwhile: the cipher and the socket
+    release the GIL, and a round trip then uses two cores. The session's sending half is
+    then used by that thread alone and its receiving half, like the call machine, by the
+    loop alone; messages pass through a short queue, which keeps the back-pressure.
+
+    A failed send is kept quiet: the node may have refused the call and closed already,
+    its Reject is still there to read, and a send error must not hide it. A real failure
+    shows up on the next receive.
+    """
+
+    def __init__(self, secure: SecureSocket) -> None:
+        self._secure = secure
+        self._queue: queue.Queue[bytes | None] | None = None
+        self._thread: threading.Thread | None = None
+        self.failed = False
+
+    def send(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._queue is None and len(data) >= _THREAD_FROM:
+            self._start()
+        if self._queue is None:
+            self._write(data)
+        else:
+            self._queue.put(data)
+
+    def close(self) -> None:
+        """Wait until everything queued is written (or has failed)."""
+        if self._queue is not None and self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = self._thread = None
+
+    def _start(self) -> None:
+        import queue  # here, not above: a small call never starts a thread
+        import threading
+
+        self._queue = queue.Queue(maxsize=_QUEUED)
+        self._thread = threading.Thread(target=self._run, name="hubnet-sender", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        assert self._queue is not None
+        while (data := self._queue.get()) is not None:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        if self.failed:
+            return
+        try:
+            self._secure.send_all(data)
+        except TransportError:
+            self.failed = True
