@@ -54,6 +54,7 @@ bench: $(VENV)/.installed-test
 	$(PY) bench/abuse.py
 	$(PY) bench/ecash.py
 	$(PY) bench/holepunch.py
+	$(PY) bench/map.py
 
 ## `hubnode` for your user, with pipx (EXTRAS=speech,face adds the robot services' extras);
 ## INTO=DIR installs into the virtualenv DIR instead, for the Python API. pip builds in the

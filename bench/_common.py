@@ -183,6 +183,8 @@ _SSH_RUN_TIMEOUT = 30.0
 # (--with-privsep-path), no sshd_config option moves or disables it, and sshd refuses to
 # start without it. systemd's unit creates it (RuntimeDirectory=sshd); we create it if missing.
 _PRIVSEP_DIR = Path("/run/sshd")
+# MaxStartups: bench/map.py's `parallel -S` opens dozens of logins at once (sshd's default, 10,
+# would refuse the rest).
 SSHD_CONFIG = """\
 ListenAddress 127.0.0.1:{port}
 HostKey {work}/host_ed25519
@@ -196,6 +198,7 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 X11Forwarding no
 PrintMotd no
+MaxStartups 200
 """
 
 

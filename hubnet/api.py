@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -265,12 +264,29 @@ def too_expensive(address: object, held: int, max_cost: int) -> Rejected:
 
 @contextlib.contextmanager
 def _stdin_fd(stdin: Stdin) -> Iterator[int | None]:
-    """A descriptor the blocking client can read `stdin` from: a file's own, or a temporary
-    file holding the bytes (a regular file is always ready for `poll`, and needs no thread)."""
+    """A descriptor the blocking client can read `stdin` from: a file's own, or a pipe or a
+    temporary file holding the bytes (a regular file is always ready for `poll`, and needs no
+    thread to feed it)."""
     if stdin is None or stdin == b"":
         yield None
         return
     if isinstance(stdin, bytes | bytearray | memoryview):
+        # What fits in a pipe's buffer (64 KiB on Linux) is written whole now: no file, no thread.
+        reader, writer = os.pipe()
+        os.set_blocking(writer, False)
+        try:
+            fits = os.write(writer, stdin) == len(stdin)
+        except BlockingIOError:
+            fits = False
+        os.close(writer)
+        try:
+            if fits:
+                yield reader
+                return
+        finally:
+            os.close(reader)
+        import tempfile  # only here: it costs a blocking call's import ~3 ms
+
         with tempfile.TemporaryFile() as held:
             held.write(stdin)
             held.seek(0)

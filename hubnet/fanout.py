@@ -44,7 +44,13 @@ from hubnet.trio_client import Client
 DEFAULT_CAPACITY = 4
 # Refusals that will not change with a retry: of the provider (it does not run the service
 # for this caller) or of the input itself (its arguments break the service's policy).
-REFUSALS = {"no-such-service": "provider", "not-allowed": "provider", "bad-arguments": "input"}
+REFUSALS = {
+    "no-such-service": "provider",
+    "not-allowed": "provider",
+    "payment-required": "provider",  # no account there, or too little in it
+    "too-expensive": "provider",  # its hold is above what the run may spend
+    "bad-arguments": "input",
+}
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@ clock, no Trio: the drivers own those, and the tests feed it any order of outcom
 
 The rules, and why:
 - A provider gets work when it has a free slot, so a slow one takes less of it on its own.
-  One that fails sees its slots halved (at least one) and regains one per success (AIMD,
-  as TCP does): a provider that fails is given less work, and one that failed three times
-  in a row is rested for the rest of the run.
+  It starts with one slot and gains one per success up to its capacity (at most
+  `MAX_SLOTS`, whatever its offer claims); one that fails sees its slots halved (AIMD, as
+  TCP does). So an offer that lies about its capacity, or leads nowhere, draws one job at a
+  time, and a provider that failed three times in a row is rested for the rest of the run.
 - An attempt that fails (no connection, a refusal, a node that died, the program's non-zero
   exit) is run again, on a provider that has not tried that input if there is one, until
   the input's `retries` are spent. Inputs can be replayed, so this holds after the Accept
@@ -18,9 +19,10 @@ The rules, and why:
 - With `redundancy` N, each input runs on N distinct providers (distinct organisations
   first, when the providers say theirs), and the output that a majority of them (N // 2 + 1)
   agree on is accepted. Providers whose output differed are reported and get no more work.
-- With a budget, no attempt starts whose worst case (the provider's last hold, else the
+- With a budget, no attempt starts whose worst case (the provider's largest hold, else the
   estimate given for it) could take what is spent and held above it; a hold that turns out
-  larger at the Accept cancels the attempt.
+  larger at the Accept cancels the attempt. A provider's first job runs alone (one slot),
+  so its Accept says what it holds before a second starts there.
 
 Every input ends exactly once: `InputDone` with the accepted attempt, or `InputFailed` with
 its last attempt (if any) and why (tests/unit/test_schedule.py checks it over random
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 
 MAX_CONSECUTIVE_FAILURES = 3  # then a provider is rested for the rest of the run
 MAX_UNSTARTED = 8  # attempts per input that ran nothing before it fails anyway
+MAX_SLOTS = 64  # jobs at once on one provider, whatever its offer says
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,8 @@ class _ProviderState:
     slots: int  # how many jobs it may run now (AIMD between 1 and its capacity)
     running: int = 0
     consecutive_failures: int = 0
-    worst: int = 0  # the largest hold it asked for so far
+    worst: int = 0  # the largest hold it asked for so far (before any: its offer's price)
+    held_known: bool = False  # an Accept of its has said what it holds
     avoided: bool = False
     failed: int = 0
     succeeded: int = 0
@@ -183,7 +187,8 @@ class Scheduler:
     def add_provider(self, info: Provider) -> None:
         if info.capacity < 1:
             return  # a provider with no job slots can take no work
-        self._providers[info.key] = _ProviderState(info, slots=info.capacity, worst=info.estimate)
+        capped = Provider(info.key, min(info.capacity, MAX_SLOTS), info.org, info.estimate)
+        self._providers[info.key] = _ProviderState(capped, slots=1, worst=info.estimate)
 
     def add_input(self, seq: int) -> None:
         """Input `seq` (unique) wants running."""
@@ -202,7 +207,8 @@ class Scheduler:
         still goes to `finished`)."""
         state = self._attempts[attempt]
         provider = self._providers[state.provider]
-        provider.worst = max(provider.worst, held)
+        provider.worst = max(provider.worst, held) if provider.held_known else held
+        provider.held_known = True
         state.accepted = True
         if self.max_cost is None:
             return True
@@ -367,7 +373,9 @@ class Scheduler:
         return any(not p.avoided and p.info.key not in entry.tried for p in self._providers.values())
 
     def _affordable(self, provider: _ProviderState) -> bool:
-        return self.max_cost is None or self.spent + self.reserved + provider.worst <= self.max_cost
+        if self.max_cost is None:
+            return True
+        return self.spent + self.reserved + provider.worst <= self.max_cost
 
     def _start(self, entry: _InputState, provider: _ProviderState) -> Start:
         attempt = self._next_attempt

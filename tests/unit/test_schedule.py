@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hubnet.schedule import (
+    MAX_SLOTS,
     MAX_UNSTARTED,
     InputDone,
     InputFailed,
@@ -35,6 +36,7 @@ def _run(
     behaviour: dict[str, str],
     inputs: int,
     rng: random.Random,
+    capacities: dict[str, int],
     *,
     held: int = 0,
 ) -> tuple[dict[int, list[InputDone | InputFailed]], dict[int, Start], list[ProviderAvoided]]:
@@ -55,6 +57,8 @@ def _run(
         running += new
         if scheduler.jobs is not None:
             assert len(running) <= scheduler.jobs
+        for key, capacity in capacities.items():
+            assert sum(start.provider == key for start in running) <= capacity
         if not running:
             events = scheduler.settle_stuck()
             assert events, "nothing runs, nothing starts, and nothing was settled"
@@ -112,7 +116,8 @@ def test_every_input_ends_exactly_once(
     behaviour = {f"p{i}": kind for i, kind in enumerate(kinds)}
     providers = [Provider(key, capacities[i]) for i, key in enumerate(behaviour)]
     scheduler = Scheduler(providers, jobs=jobs, retries=retries, redundancy=redundancy)
-    ends, starts, _ = _run(scheduler, behaviour, inputs, random.Random(seed))
+    capacity = {key: capacities[i] for i, key in enumerate(behaviour)}
+    ends, starts, _ = _run(scheduler, behaviour, inputs, random.Random(seed), capacity)
     assert all(len(settled) == 1 for settled in ends.values()), ends
     assert scheduler.done_inputs + scheduler.failed_inputs == inputs
     for seq, [end] in ends.items():
@@ -134,15 +139,33 @@ def test_every_input_ends_exactly_once(
 
 def test_capacity_and_jobs_bound_what_runs_at_once() -> None:
     scheduler = Scheduler([Provider("a", 2), Provider("b", 3)], jobs=4)
-    for seq in range(10):
+    for seq in range(20):
         scheduler.add_input(seq)
-    starts = scheduler.next_starts()
-    assert len(starts) == 4
-    assert sum(s.provider == "a" for s in starts) <= 2
-    unlimited = Scheduler([Provider("a", 2), Provider("b", 3)])
-    for seq in range(10):
-        unlimited.add_input(seq)
-    assert [s.seq for s in unlimited.next_starts()] == [0, 1, 2, 3, 4]  # in input order
+    running = scheduler.next_starts()
+    assert [s.seq for s in running] == [0, 1]  # one slot each to begin with, in input order
+    most = {"a": 0, "b": 0}
+    while running:
+        start = running.pop(0)
+        scheduler.finished(start.attempt, Outcome(True, 0, None, b"x"))
+        running += scheduler.next_starts()
+        assert len(running) <= 4  # -j
+        for key in most:
+            most[key] = max(most[key], sum(s.provider == key for s in running))
+    assert most == {"a": 2, "b": 3} or sum(most.values()) == 4  # each up to its capacity, within -j
+
+
+def test_an_offer_cannot_claim_more_than_max_slots() -> None:
+    scheduler = Scheduler([Provider("boastful", 10**6)])
+    for seq in range(200):
+        scheduler.add_input(seq)
+    running = scheduler.next_starts()
+    peak = len(running)
+    while running:
+        start = running.pop()
+        scheduler.finished(start.attempt, Outcome(True, 0, None, b"x"))
+        running += scheduler.next_starts()
+        peak = max(peak, len(running))
+    assert peak == MAX_SLOTS
 
 
 def test_a_failing_provider_gets_less_work_then_none() -> None:
@@ -164,7 +187,7 @@ def test_a_failing_provider_gets_less_work_then_none() -> None:
             ]
     assert scheduler.done_inputs == 40
     assert [e.provider for e in avoided] == ["bad"]
-    assert bad_starts <= 4 + 2  # its first slots, then halved slots until three failures in a row
+    assert bad_starts == 3  # one slot at first, never more: rested after three failures in a row
 
 
 def test_a_retry_goes_to_another_provider() -> None:
@@ -219,11 +242,15 @@ def test_no_job_starts_that_could_exceed_the_budget() -> None:
     for seq in range(10):
         scheduler.add_input(seq)
     scheduler.close()
-    first = scheduler.next_starts()
-    assert len(first) == 3  # 3 x 30 held fits in 100, a fourth would not
-    for start in first:
+    running = scheduler.next_starts()
+    peak = 0
+    while running:
+        peak = max(peak, len(running))
+        start = running.pop(0)
         assert scheduler.accepted(start.attempt, 30)
         scheduler.finished(start.attempt, Outcome(True, 0, None, b"x", cost=25))
+        running += scheduler.next_starts()
+    assert peak <= 3  # 3 x 30 held fits in 100, a fourth would not
     assert scheduler.spent == 75
     assert scheduler.next_starts() == []  # 75 + 30 > 100
     failures = scheduler.settle_stuck()
@@ -245,7 +272,9 @@ def test_a_hold_above_the_budget_at_the_accept_cancels_the_attempt() -> None:
 def test_the_budget_holds_whatever_happens(inputs: int, held: int, budget: int, seed: int) -> None:
     behaviour = {"p0": "good", "p1": "flaky", "p2": "crashy"}
     scheduler = Scheduler([Provider(k, 3, estimate=held) for k in behaviour], retries=2, max_cost=budget)
-    ends, _, _ = _run(scheduler, behaviour, inputs, random.Random(seed), held=held)
+    ends, _, _ = _run(
+        scheduler, behaviour, inputs, random.Random(seed), dict.fromkeys(behaviour, 3), held=held
+    )
     assert all(len(settled) == 1 for settled in ends.values())
     assert scheduler.spent <= budget
 
@@ -262,3 +291,15 @@ def test_a_refusal_avoids_the_provider_or_fails_the_input_at_once() -> None:
     assert scheduler.finished(second.attempt, bad) == [InputFailed(1, second.attempt, "bad-arguments: -x")]
     [again] = scheduler.next_starts()
     assert again.seq == 0 and again.provider == second.provider
+
+
+def test_a_providers_first_accept_tells_its_price_before_a_second_job_starts() -> None:
+    scheduler = Scheduler([Provider("named", 8)], max_cost=35)  # named: no offer, no price known
+    for seq in range(10):
+        scheduler.add_input(seq)
+    scheduler.close()
+    [first] = scheduler.next_starts()
+    assert scheduler.accepted(first.attempt, 10)
+    assert scheduler.next_starts() == []
+    scheduler.finished(first.attempt, Outcome(True, 0, None, b"x", cost=10))
+    assert len(scheduler.next_starts()) == 2  # 10 spent + 2 x 10 held fits in 35, a third would not
