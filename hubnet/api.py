@@ -67,8 +67,9 @@ class Result:
         return self.exit_code == 0 and self.error is None
 
     @classmethod
-    def of(cls, result: CallResult, provider: str, stdout: bytes, stderr: bytes) -> Result:
+    def of(cls, result: CallResult, stdout: bytes, stderr: bytes) -> Result:
         exit = result.exit
+        provider = encode_peer_id(result.node)  # the key its handshake proved
         return cls(
             stdout, stderr, exit.exit_code, exit.signal, provider, exit.cost, result.receipt, exit.error
         )
@@ -98,7 +99,7 @@ def call(
     Raises the project's errors (`hubnet.errors`): NotOffered, Rejected, TransportError,
     RemoteProtocolError, HostKeyMismatch, ConfigError.
     """
-    ctx, planned = plan_call(service, args, server, home)
+    ctx, planned = plan_call(service, args, server, home, max_cost)
     deadline = None if timeout is None else time.monotonic() + timeout
     stdout, stderr = bytearray(), bytearray()
     with naming_missing_services(ctx, planned):
@@ -109,7 +110,7 @@ def call(
                 opened, stdin_fd=fd, stdout=stdout.extend, stderr=stderr.extend, deadline=deadline
             )
     keep_call_receipt(ctx, finished)  # checked and kept in the home, as `hubnode call` does
-    return Result.of(finished, provider_of(opened), bytes(stdout), bytes(stderr))
+    return Result.of(finished, bytes(stdout), bytes(stderr))
 
 
 def stream(
@@ -125,12 +126,12 @@ def stream(
     """Start `service` and return a `CallStream`: write stdin in pieces, read stdout as the
     job writes it (a robot streaming audio). The call is open (accepted) when this returns;
     the arguments are those of `call`."""
-    ctx, planned = plan_call(service, args, server, home)
+    ctx, planned = plan_call(service, args, server, home, max_cost)
     deadline = None if timeout is None else time.monotonic() + timeout
     with naming_missing_services(ctx, planned):
         opened = open_service_call(ctx, planned, tuple(bootstrap), wait_for_accept=True)
         _within_budget(opened, max_cost)
-    return CallStream(opened, deadline)
+    return CallStream(opened, deadline, ctx)
 
 
 _END = object()  # after the last stdout chunk in a CallStream's queue
@@ -145,9 +146,10 @@ class CallStream:
     the job.
     """
 
-    def __init__(self, opened: OpenCall, deadline: float | None) -> None:
+    def __init__(self, opened: OpenCall, deadline: float | None, ctx: Context) -> None:
         self.provider = provider_of(opened)
         self._opened = opened
+        self._ctx = ctx
         self._chunks: queue.SimpleQueue[bytes | object] = queue.SimpleQueue()
         self._stderr = bytearray()
         self._finished: CallResult | None = None
@@ -214,7 +216,8 @@ class CallStream:
         if self._failure is not None:
             raise self._failure
         assert self._finished is not None
-        return Result.of(self._finished, self.provider, rest, bytes(self._stderr))
+        keep_call_receipt(self._ctx, self._finished)
+        return Result.of(self._finished, rest, bytes(self._stderr))
 
     def __enter__(self) -> CallStream:
         return self
@@ -233,20 +236,26 @@ def provider_of(opened: OpenCall) -> str:
 
 
 def plan_call(
-    service: str, args: Iterable[str], server: str | None, home: str | os.PathLike[str] | None
+    service: str,
+    args: Iterable[str],
+    server: str | None,
+    home: str | os.PathLike[str] | None,
+    max_cost: int | None = None,
 ) -> tuple[Context, ServiceCall]:
-    """The home's context, and `service` with `args` resolved as `hubnode call` resolves them."""
+    """The home's context, and `service` with `args` resolved as `hubnode call` resolves them
+    (the request carries `max_cost`, else client.toml's, for the node to refuse a dearer job)."""
     if isinstance(args, str):
         raise TypeError("args is a sequence of strings, not one string: call('speak', ['Hello'])")
     ctx = Context(None if home is None else os.fspath(home))
-    return ctx, service_call(ctx, server, service, tuple(args))
+    return ctx, service_call(ctx, server, service, tuple(args), max_cost)
 
 
 def _within_budget(opened: OpenCall, max_cost: int | None) -> None:
     """Refuse an accepted call whose hold (the most the node may charge) exceeds `max_cost`.
 
-    The job was started with the Accept's round trip (the live caller's Start goes out
-    first), so it is cancelled at once: at most the first instants of it are charged.
+    The Call carried `max_cost`, so an honest node refused such a call before running it;
+    this is for one that did not. Its job was started with the Accept's round trip (the
+    live caller's Start goes out first), so it is cancelled at once.
     """
     accept = opened.machine.accept
     if max_cost is None or accept is None or accept.terms.held <= max_cost:

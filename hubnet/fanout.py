@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import os
 import threading
@@ -22,7 +23,8 @@ from pathlib import Path
 import trio
 
 from hubnet.api import Result, plan_call
-from hubnet.commands import Context, ServiceCall
+from hubnet.call_machine import CallResult
+from hubnet.commands import Context, ServiceCall, keep_call_receipt
 from hubnet.identity.errors import ConfigError, HubnetError, Rejected, TransportError
 from hubnet.identity.keys import encode_peer_id
 from hubnet.node.naming import Target
@@ -153,7 +155,9 @@ class FanOut:
         *,
         timeout: float | None = None,
         avoided: Callable[[ProviderAvoided], None] = lambda event: None,
+        keep: Callable[[CallResult], None] = lambda result: None,
     ) -> None:
+        """`keep` is given each finished call (to check and keep a paid job's receipt)."""
         self.client = client
         self.request = request
         self.places = {place.provider.key: place for place in places}
@@ -163,6 +167,7 @@ class FanOut:
         self.timeout = timeout
         self._settled = settled
         self._avoided = avoided
+        self._keep = keep
         self._jobs: dict[int, Job] = {}
         self._attempts: dict[int, Attempt] = {}  # by attempt id, until its input is settled
         self._of_input: dict[int, list[int]] = {}
@@ -212,25 +217,23 @@ class FanOut:
             attempt.sent = len(stdin)
             with scope:
                 # An alias's arguments (in the request) come first, as with `hubnode call`.
-                request = Call(
-                    self.request.service_id, self.request.args + job.args, self.request.attestations
-                )
+                # The Call carries what the job may cost: the caller's ceiling per job, and what the
+                # run's budget has left for it; a node whose hold is larger refuses at once.
+                ceiling = self.scheduler.ceiling(start.attempt)
+                if self.request.max_cost is not None:
+                    ceiling = (
+                        self.request.max_cost if ceiling is None else min(ceiling, self.request.max_cost)
+                    )
+                args = self.request.args + job.args
+                request = Call(self.request.service_id, args, self.request.attestations, ceiling)
                 output = await self.client.call(
                     target, request, stdin=stdin, timeout=self.timeout, accepted=accepted
                 )
             if scope.cancelled_caught:
                 raise Rejected("too-expensive", "its hold would take the run above --max-cost")
             exit = output.result.exit
-            attempt.result = Result(
-                output.stdout,
-                output.stderr,
-                exit.exit_code,
-                exit.signal,
-                provider_text(start.provider),
-                exit.cost,
-                output.result.receipt,
-                exit.error,
-            )
+            self._keep(output.result)
+            attempt.result = Result.of(output.result, output.stdout, output.stderr)
             attempt.cost = exit.cost
             digest = hashlib.sha256(output.stdout).digest()
             outcome = Outcome(True, exit.exit_code, exit.signal, digest, exit.cost, exit.error)
@@ -418,7 +421,10 @@ class _ServiceRun:
         )
         run = cls()
         client = client_for(ctx, named=bool(servers) or bool(planned.server))
-        run.fanout = FanOut(client, planned.request, places, scheduler, run._settled, timeout=options.timeout)
+        keep = functools.partial(keep_call_receipt, ctx)
+        run.fanout = FanOut(
+            client, planned.request, places, scheduler, run._settled, timeout=options.timeout, keep=keep
+        )
         nursery.start_soon(run.fanout.run)
         return run
 

@@ -13,6 +13,7 @@ status (the number of failed inputs, at most 101).
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 import time
@@ -23,7 +24,7 @@ from typing import IO, Any
 
 import trio
 
-from hubnet.commands import Context, service_call
+from hubnet.commands import Context, keep_call_receipt, service_call
 from hubnet.fanout import FanOut, Job, Settled, places_for, provider_text
 from hubnet.identity.errors import ConfigError
 from hubnet.safe_text import printable
@@ -325,6 +326,7 @@ def run_map(
             settled,
             timeout=options.timeout,
             avoided=avoided.append,
+            keep=functools.partial(keep_call_receipt, ctx),
         )
         for seq, job in enumerate(jobs, start=1):
             if seq in done_before:

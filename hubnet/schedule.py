@@ -218,6 +218,14 @@ class Scheduler:
         state.reserved = held
         return True
 
+    def ceiling(self, attempt: int) -> int | None:
+        """The most `attempt` may cost without the run going over its budget (None: no budget):
+        the Call carries it, so that a node whose hold is larger refuses before running it."""
+        if self.max_cost is None:
+            return None
+        others = self.reserved - self._attempts[attempt].reserved
+        return max(self.max_cost - self.spent - others, 0)
+
     def finished(self, attempt: int, outcome: Outcome) -> list[Event]:
         """`attempt` ended with `outcome`: what that settles."""
         state = self._attempts.pop(attempt)

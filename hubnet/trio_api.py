@@ -13,7 +13,6 @@ shared with `hubnode call`; they run on a worker thread.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import AsyncIterator, Iterable
@@ -23,7 +22,8 @@ from dataclasses import dataclass
 import trio
 
 from hubnet.api import Result, plan_call, too_expensive
-from hubnet.commands import Context, ServiceCall, naming_missing_services
+from hubnet.call_machine import CallResult
+from hubnet.commands import Context, ServiceCall, keep_call_receipt, naming_missing_services
 from hubnet.identity.errors import (
     HandshakeError,
     HostKeyMismatch,
@@ -32,11 +32,10 @@ from hubnet.identity.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from hubnet.identity.keys import encode_peer_id
 from hubnet.node.naming import Target
 from hubnet.node.protocol import Accept
 from hubnet.trio_client import CallOutput, Client, Stdin
-from hubnet.trust import PinnedKeys, expected_key
+from hubnet.trust import PinnedKeys
 
 MAX_ATTEMPTS = 5  # providers a discovered call is tried on (as hubnet.discover's)
 # How a call fails on its provider (before its Accept: having run nothing, so the next one is tried).
@@ -104,12 +103,6 @@ def client_for(ctx: Context, *, named: bool) -> Client:
     )
 
 
-def provider_name(client: Client, target: Target) -> str:
-    """The peer id that answered at `target` (pinned, or remembered by its first call)."""
-    key = expected_key(target, client.known_hosts)
-    return encode_peer_id(key) if key is not None else str(target.address)
-
-
 class _Budget:
     """Refuses a call whose Accept holds more than `max_cost`: the job is cancelled at once."""
 
@@ -152,7 +145,7 @@ async def call(
     Without a server, the discovered providers are tried in turn until one accepts (a
     provider that fails before its Accept ran nothing); after the Accept a failure is raised.
     """
-    ctx, planned = plan_call(service, args, server, home)
+    ctx, planned = plan_call(service, args, server, home, max_cost)
     reachable = await trio.to_thread.run_sync(where_to_call, ctx, planned, tuple(bootstrap))
     client = client_for(ctx, named=bool(planned.server))
     failures: list[str] = []
@@ -166,8 +159,8 @@ async def call(
                 raise
             failures.append(f"{place.target.address}: {exc}")
             continue
-        provider = provider_name(client, place.target)
-        return Result.of(output.result, provider, output.stdout, output.stderr)
+        keep_call_receipt(ctx, output.result)
+        return Result.of(output.result, output.stdout, output.stderr)
     raise TransportError(f"every provider of {planned.label} failed before accepting: {'; '.join(failures)}")
 
 
@@ -175,9 +168,9 @@ class TrioCallStream:
     """A running remote job in a Trio program: `send` stdin in pieces, `receive` stdout (or
     `async for` over it), `end_stdin`; `result` once the `stream` block has ended."""
 
-    def __init__(self, provider: str) -> None:
-        self.provider = provider
+    def __init__(self) -> None:
         self.result: Result | None = None
+        self.finished: CallResult | None = None
         self.failure: HubnetError | None = None
         self._stdin_in, self._stdin_out = trio.open_memory_channel[bytes](0)
         # Unread stdout is kept, so that sending never waits for reading (see hubnet.api.CallStream).
@@ -230,7 +223,8 @@ class TrioCallStream:
                         timeout=timeout,
                         accepted=budget.check,
                     )
-                    self.result = Result.of(done.result, self.provider, b"", done.stderr)
+                    self.finished = done.result
+                    self.result = Result.of(done.result, b"", done.stderr)
         except HubnetError as exc:
             self.failure = exc
         finally:
@@ -253,11 +247,10 @@ async def stream(
     the block `job.result`. Leaving the block ends stdin and waits for the job's exit;
     leaving it on an exception cancels the job. A discovered service runs on the best
     candidate (a stream's stdin cannot be replayed on another)."""
-    ctx, planned = plan_call(service, args, server, home)
+    ctx, planned = plan_call(service, args, server, home, max_cost)
     [place, *_] = await trio.to_thread.run_sync(where_to_call, ctx, planned, tuple(bootstrap))
     client = client_for(ctx, named=bool(planned.server))
-    provider = encode_peer_id(place.target.peer) if place.target.peer else str(place.target.address)
-    job = TrioCallStream(provider)
+    job = TrioCallStream()
     with naming_missing_services(ctx, planned):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
@@ -271,5 +264,5 @@ async def stream(
             await job.end_stdin()
     if job.failure is not None:
         raise job.failure
-    if job.result is not None and not place.target.peer:
-        job.result = dataclasses.replace(job.result, provider=provider_name(client, place.target))
+    if job.finished is not None:
+        keep_call_receipt(ctx, job.finished)
