@@ -4,8 +4,9 @@ One desktop serves priced services; its operator credits callers with `hubnode l
 credit`. A caller's paid call holds the worst case, settles at the exit, and comes back
 with a signed receipt that the caller keeps; a caller without an account, or whose ceiling
 is below the worst case, is refused before anything runs; a member of a `free_orgs`
-organisation pays nothing; and 50 concurrent calls of one caller with money for 20 run
-exactly 20 times and leave the balance at 0, never below.
+organisation pays nothing; 50 concurrent calls of one caller with money for 20 run
+exactly 20 times and leave the balance at 0, never below; and a node with surge pricing
+quotes (and charges) more while it is busy, and says so.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from hubnet.identity.errors import Rejected
 from hubnet.identity.keys import load_or_create_identity
 from hubnet.node.ledger import Ledger
 from hubnet.node.naming import Target, service_id_for_name
-from hubnet.node.protocol import Call
+from hubnet.node.protocol import Call, GetStatus, StatusReply
 from hubnet.receipt_store import ReceiptStore
+from hubnet.trio_client import CallOutput
 from hubnet.trio_client import Client as TrioClient
 from tests.e2e.harness import Client, Server, toml_string
 from tests.helpers import require_program
@@ -187,3 +189,73 @@ def test_concurrent_calls_of_one_caller_never_overdraw(shop: Shop) -> None:
         audit = books.audit()
     assert audit.consistent and audit.lowest_balance >= 0, audit
     assert audit.earnings >= AFFORDABLE * PAID
+
+
+SURGE_TOML = """listen = "127.0.0.1:0"
+max_jobs = 1
+max_queued = 1
+
+[services.slow]
+command = ["sleep", "30"]
+timeout = 60
+price = { per_call = 1000 }
+surge = { start = 0.0, max = 3.0 }
+sandbox = false
+
+[services.quick]
+command = ["echo", "quick"]
+price = { per_call = 1000 }
+surge = { start = 0.0, max = 3.0 }
+sandbox = false
+"""
+
+
+def test_a_busy_node_quotes_its_surge_price_and_lowers_it_again(tmp_path: Path) -> None:
+    """One slot: while a job runs the node is half full (utilisation 1 of 2), so with
+    `start = 0, max = 3` its multiplier is 2; `hubnode services` says so, a call that waits
+    for the slot is quoted and charged double, and the price falls back once it is idle."""
+    require_program("sleep")
+    caller = Client(tmp_path / "caller")
+    with Server(tmp_path / "node", SURGE_TOML) as node:
+        operator = Client(node.home)
+        assert operator.run("ledger", "credit", caller.peer_id, "1000000").returncode == 0
+        home = Home.locate(caller.home)
+        client = TrioClient(load_or_create_identity(home.identity_key), announce=lambda _: None)
+        target = Target.parse(node.target)
+
+        def shown() -> dict[str, tuple[float, int]]:
+            listed = json.loads(caller.run("services", "--server", node.target, "--json").stdout)
+            return {row["name"]: (row["multiplier"], row["price"]["per_call"]) for row in listed}
+
+        assert shown() == {"slow": (1.0, 1000), "quick": (1.0, 1000)}
+        seen: dict[str, tuple[float, int]] = {}
+
+        async def busy() -> None:
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    slow = trio.CancelScope()
+
+                    async def run_slow() -> None:
+                        with slow:
+                            await client.call(target, Call(service_id_for_name("slow")))
+
+                    nursery.start_soon(run_slow)
+                    while (await client.request(target, GetStatus(), StatusReply)).running < 1:
+                        await trio.sleep(0.05)
+                    seen.update(await trio.to_thread.run_sync(shown))
+                    output: CallOutput | None = None
+
+                    async def run_quick() -> None:
+                        nonlocal output
+                        output = await client.call(target, Call(service_id_for_name("quick")))
+
+                    nursery.start_soon(run_quick)  # it waits for the slot, quoted at this moment
+                    while (await client.request(target, GetStatus(), StatusReply)).queued < 1:
+                        await trio.sleep(0.05)
+                    slow.cancel()  # the slot frees, the queued call runs
+            assert output is not None
+            assert output.result.terms.per_call == 2000 and output.result.exit.cost == 2000
+
+        trio.run(busy)
+        assert seen == {"slow": (2.0, 2000), "quick": (2.0, 2000)}
+        assert shown() == {"slow": (1.0, 1000), "quick": (1.0, 1000)}  # idle again
