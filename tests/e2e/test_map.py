@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+import hubnet
 from tests.e2e.harness import Client, Server, base_env, wait_until
 from tests.helpers import require_program
 
@@ -260,3 +261,52 @@ def _read_some(fd: int) -> bytes:
         return os.read(fd, 65536)
     except OSError:  # EIO: the other side is closed and everything was read
         return b""
+
+
+def test_max_cost_starts_no_job_that_could_take_the_run_above_it(tmp_path: Path) -> None:
+    """A service at 10 msat a call, a budget of 35 for ten inputs: three run, seven are
+    reported unrun, and what was charged (the joblog's costs, the kept receipts) stays within it."""
+    priced = """listen = "127.0.0.1:0"
+max_jobs = 4
+
+[services.priced]
+command = ["cat"]
+price = { per_call = 10 }
+"""
+    client = Client(tmp_path / "client")
+    with Server(tmp_path / "node", priced) as node:
+        credited = Client(node.home).run("ledger", "credit", client.peer_id, "1000")
+        assert credited.returncode == 0, credited.stderr.decode()
+        inputs = _inputs(tmp_path / "in", 10)
+        joblog = tmp_path / "joblog"
+        run = client.run(
+            "map",
+            "-s",
+            node.target,
+            "--max-cost",
+            "35",
+            "--joblog",
+            str(joblog),
+            "priced",
+            ":::",
+            *map(str, inputs),
+        )
+        # The Python API: a ceiling below the hold is refused by the node; one at it pays.
+        with pytest.raises(hubnet.Rejected) as refused:
+            hubnet.call("priced", stdin=b"x", server=node.target, home=client.home, max_cost=5)
+        assert refused.value.code == "too-expensive"
+        paid = hubnet.call("priced", stdin=b"x", server=node.target, home=client.home, max_cost=10)
+        assert paid.stdout == b"x" and paid.cost == 10 and paid.receipt is not None
+    assert run.returncode == 7, run.stderr.decode()  # GNU parallel's status: seven inputs failed
+    rows = _joblog(joblog)
+    ran = [row for row in rows if row["Exitval"] == "0"]
+    assert len(ran) == 3 and all(row["Cost"] == "10" for row in ran)
+    assert sum(int(row["Cost"]) for row in rows) <= 35
+    assert b"would be exceeded" in run.stderr and b"3 done, 7 failed" in run.stderr
+    assert b"30 msat" in run.stderr
+    kept = client.run("receipts", "--json", input=None)
+    assert kept.returncode == 0, kept.stderr.decode()
+    receipts = json.loads(kept.stdout)["receipts"]  # every paid job's signed receipt, checked and kept
+    assert sorted(r["cost"] for r in receipts) == [10, 10, 10, 10] and not json.loads(kept.stdout).get(
+        "problems"
+    )
