@@ -388,6 +388,7 @@ def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_
                 "id": format_service_id(offer.service_id),
                 "address": str(offer.addresses[0]),
                 "price": dataclasses.asdict(offer.price),
+                "multiplier": offer.multiplier,  # the demand multiplier already in the price
                 "load": dataclasses.asdict(answer.load if answer and answer.load else offer.load),
                 "rtt_ms": round(answer.rtt * 1000, 2) if answer else None,
                 "expires_at": offer.expires_at,
@@ -412,6 +413,8 @@ def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_
             f"{price['per_second']:>7} {price['per_mib']:>8} "
             f"{load['running'] + load['queued']:>3}/{load['capacity']:<3} {rtt:>9}"
         )
+        if row["multiplier"] != 1.0:
+            click.echo(f"{'':<20} price x{row['multiplier']:g} for demand (surge pricing)")
         if org_line:
             click.echo(f"{'':<20} {printable(org_line)}")
 

@@ -19,6 +19,7 @@ from hubnet.identity.errors import RemoteProtocolError
 from hubnet.identity.keys import PUBLIC_KEY_LEN
 from hubnet.identity.orgs import MAX_ATTESTATION_LEN
 from hubnet.node.naming import SERVICE_ID_LEN, is_service_name
+from hubnet.node.protocol import MAX_MULTIPLIER
 
 MAX_ADDRESSES = 8
 MAX_PRICE = 2**53  # millisatoshi; far above any sane price, small enough for a float ranking
@@ -81,6 +82,9 @@ class Offer:
     # organisations whose members this service serves free.
     attestations: tuple[bytes, ...] = ()
     free_orgs: tuple[bytes, ...] = ()
+    # The demand multiplier already in `price` (node.pricing), for people to see: 1 is the
+    # listed price, 2 a busy node's double.
+    multiplier: float = 1.0
 
     def payload(self) -> bytes:
         """The bytes that go into the provider record."""
@@ -98,8 +102,13 @@ class Offer:
             [self.price.per_call, self.price.per_second, self.price.per_mib],
             [self.load.running, self.load.queued, self.load.capacity],
         ]
-        if self.attestations or self.free_orgs:  # optional: an offer without them keeps its size
+        if not 0 < self.multiplier <= MAX_MULTIPLIER:
+            raise ValueError(f"an offer's multiplier is above 0 and at most {MAX_MULTIPLIER:g}")
+        # Optional, each needing those before it: an offer without them keeps its size.
+        if self.attestations or self.free_orgs or self.multiplier != 1.0:
             fields += [list(self.attestations), list(self.free_orgs)]
+        if self.multiplier != 1.0:
+            fields.append(float(self.multiplier))
         return bytes(msgpack.packb(fields))
 
 
@@ -133,9 +142,12 @@ def offer_from_record(record: ProviderRecord) -> Offer:
         raise InvalidOffer("offer payload is not msgpack") from exc
     if not (isinstance(fields, list) and len(fields) >= 5):
         raise InvalidOffer("offer payload must be an array of at least 5 elements")
-    # Fields past the 7th are a newer node's additions (the versioning rule of docs/protocol.md).
-    service_id, name, addresses, price, load, *optional = fields[:7]
-    attestations, free_orgs = _optional_lists(optional)
+    # Fields past the 8th are a newer node's additions (the versioning rule of docs/protocol.md).
+    service_id, name, addresses, price, load, *optional = fields[:8]
+    attestations, free_orgs = _optional_lists(optional[:2])
+    multiplier = optional[2] if len(optional) > 2 else 1.0
+    if not (isinstance(multiplier, float) and 0 < multiplier <= MAX_MULTIPLIER):
+        raise InvalidOffer(f"an offer's multiplier is a float above 0 and at most {MAX_MULTIPLIER:g}")
     if not (isinstance(service_id, bytes) and len(service_id) == SERVICE_ID_LEN):
         raise InvalidOffer("offer service id must be 16 bytes")
     if service_key(service_id) != record.key:
@@ -155,6 +167,7 @@ def offer_from_record(record: ProviderRecord) -> Offer:
         expires_at=record.expires_at,
         attestations=attestations,
         free_orgs=free_orgs,
+        multiplier=multiplier,
     )
 
 

@@ -55,6 +55,8 @@ KEEPALIVE = 15.0
 # What an Exit may report: a program's exit status, or the signal that killed it.
 MAX_EXIT_CODE = 255
 MAX_SIGNAL = 64
+# A demand multiplier on the wire (node.pricing allows services at most 100): room for later.
+MAX_MULTIPLIER = 1000.0
 MAX_CALL_ATTESTATIONS = 8  # a caller belongs to a few organisations, not to many
 MAX_ATTESTATION_BYTES = 512  # hubnet.identity.orgs.MAX_ATTESTATION_LEN, with room
 # A Cashu token (`cashuA...`/`cashuB...`) of a few dozen proofs is a few KiB.
@@ -446,8 +448,8 @@ def _decode_services(f: list[Any]) -> Services:
         isolation = _text(rest[0]) if rest else ""
         price = _known(rest[1], 3, "a price") if len(rest) > 1 else [0, 0, 0]
         factor = rest[2] if len(rest) > 2 else 1.0
-        if not (isinstance(factor, float) and 0 < factor <= 1000):
-            raise RemoteProtocolError("a price multiplier is a float above 0, at most 1000")
+        if not (isinstance(factor, float) and 0 < factor <= MAX_MULTIPLIER):
+            raise RemoteProtocolError(f"a price multiplier is a float above 0, at most {MAX_MULTIPLIER:g}")
         per_call, per_second, per_mib = (_count(p) for p in price)
         infos.append(
             ServiceInfo(

@@ -110,6 +110,7 @@ class OfferPublisher:
             name=service.name,
             addresses=self.addresses,
             price=scaled(service.price, self.multiplier(service)),
+            multiplier=self.multiplier(service),
             load=load,
             sequence=self._sequence,
             issued_at=issued,

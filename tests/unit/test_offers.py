@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import msgpack
 import pytest
@@ -131,8 +132,20 @@ def test_attestations_and_free_orgs_ride_in_the_offer_and_fit_its_record() -> No
 
 
 def test_fields_a_newer_node_appends_to_an_offer_are_ignored() -> None:
-    payload = msgpack.packb([SID, "espeak", ["h:1"], [0, 0, 0], [0, 0, 1], [], [], "later"])
+    payload = msgpack.packb([SID, "espeak", ["h:1"], [0, 0, 0], [0, 0, 1], [], [], 1.5, "later"])
     assert offer_from_record(_record(payload)).name == "espeak"
+
+
+def test_the_demand_multiplier_rides_last_and_only_when_it_is_not_one() -> None:
+    surging = dataclasses.replace(_offer(), multiplier=2.5)
+    assert offer_from_record(_record(surging.payload())).multiplier == 2.5
+    assert msgpack.unpackb(surging.payload())[5:] == [[], [], 2.5]
+    for bad in (0.0, -1.0, 1001.0, 2):
+        payload = msgpack.packb([SID, "espeak", ["h:1"], [0, 0, 0], [0, 0, 1], [], [], bad])
+        with pytest.raises(InvalidOffer, match="multiplier"):
+            offer_from_record(_record(payload))
+    with pytest.raises(ValueError, match="multiplier"):
+        dataclasses.replace(_offer(), multiplier=0.0).payload()
 
 
 def test_an_offer_filed_under_another_services_key_is_refused() -> None:
