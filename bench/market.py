@@ -17,9 +17,10 @@ tries providers in that order. A provider quotes its price at that moment, as Ac
 above the caller's ceiling it is refused (too-expensive), and a full queue refuses (busy);
 the caller then tries the next. A call no provider takes is lost.
 
-Reported for each run and each phase (before, during, after the shock): utilisation
-((running + queued) / (slots + queue), as node.pricing counts it) averaged over providers
-("mean") and the busiest provider's ("max"), their ratio (1 is a perfectly even spread),
+Reported for each run and each phase (before, during, after the shock): each provider's
+utilisation ((running + queued) / (slots + queue), as node.pricing counts it) averaged over
+the phase, then the mean over providers and the busiest provider's ("max"), their ratio (1
+is a perfectly even spread),
 calls served, refused as busy (each a wasted attempt), lost, the mean time a served call
 waited in a queue, and the mean multiplier and price paid. A PNG plot of
 the mean multiplier, and of mean and max utilisation over time in both runs, goes to
@@ -122,6 +123,7 @@ class Run:
     times: list[float] = field(default_factory=list)
     mean_use: list[float] = field(default_factory=list)
     max_use: list[float] = field(default_factory=list)
+    uses: list[list[float]] = field(default_factory=list)  # each sample: every provider's
     mean_multiplier: list[float] = field(default_factory=list)
     tallies: dict[str, Tally] = field(default_factory=lambda: {name: Tally() for name in PHASES})
 
@@ -168,6 +170,7 @@ def simulate(surge: Surge | None, seed: int) -> Run:
             run.times.append(next_sample)
             run.mean_use.append(statistics.fmean(uses))
             run.max_use.append(max(uses))
+            run.uses.append(uses)
             run.mean_multiplier.append(statistics.fmean(p.multiplier(next_sample) for p in providers))
             next_sample += 1.0
         for provider in providers:
@@ -201,12 +204,13 @@ def simulate(surge: Surge | None, seed: int) -> Run:
 
 
 def _summary(run: Run, phase: str) -> tuple[float, float, float]:
+    """(mean utilisation, the busiest provider's utilisation, mean multiplier) over `phase`,
+    each provider's utilisation averaged over the phase first."""
     start, end = PHASES[phase]
     picked = [i for i, t in enumerate(run.times) if start <= t < end]
-    mean = statistics.fmean(run.mean_use[i] for i in picked)
-    peak = statistics.fmean(run.max_use[i] for i in picked)
+    per_provider = [statistics.fmean(run.uses[i][p] for i in picked) for p in range(PROVIDERS)]
     factor = statistics.fmean(run.mean_multiplier[i] for i in picked)
-    return mean, peak, factor
+    return statistics.fmean(per_provider), max(per_provider), factor
 
 
 def report(name: str, run: Run) -> None:
