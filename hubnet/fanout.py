@@ -16,9 +16,10 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import trio
 
@@ -355,6 +356,14 @@ class Executor(concurrent.futures.Executor):
         job = Job(tuple(args), stdin if isinstance(stdin, Path) else bytes(stdin))
         trio.from_thread.run(self._add, service, seq, job, future, trio_token=self._token)
         return future
+
+    def map(  # type: ignore[override]  # a service's name where the standard Executor has a callable
+        self, service: str, /, *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
+    ) -> Iterator[Result]:
+        """One call of `service` per item, the Results in order: `map("face", photos,
+        itertools.repeat(["identify"]))` is `submit("face", photo, ["identify"])` for each."""
+        submitted: Iterator[Any] = super().map(service, *iterables, timeout=timeout, chunksize=chunksize)  # type: ignore[arg-type]
+        return cast(Iterator[Result], submitted)
 
     async def _add(self, service: str, seq: int, job: Job, future: concurrent.futures.Future[Result]) -> None:
         # One scheduler per service (as typed: an alias is a service of its own), since each

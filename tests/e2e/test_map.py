@@ -10,6 +10,7 @@ right, the joblog complete); a run cut by Ctrl-C and `--resume`d runs only what 
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import trio
 
 import hubnet
 from tests.e2e.harness import Client, Server, base_env, wait_until
@@ -310,3 +312,22 @@ price = { per_call = 10 }
     assert sorted(r["cost"] for r in receipts) == [10, 10, 10, 10] and not json.loads(kept.stdout).get(
         "problems"
     )
+
+
+def test_the_python_api_finds_the_providers_in_the_dht(network: Network, tmp_path: Path) -> None:
+    honest = {server.peer_id for server in network.honest}
+    data = b"through the DHT\n"
+    want = hashlib.sha256(data).hexdigest() + "  -\n"
+    home, seed = network.client.home, [network.seed]
+    found = hubnet.call("checksum", stdin=data, bootstrap=seed, home=home)
+    assert found.stdout.decode() == want and found.provider in honest
+    in_trio = trio.run(
+        functools.partial(hubnet.trio_api.call, "checksum", stdin=data, bootstrap=seed, home=home)
+    )
+    assert in_trio.stdout.decode() == want and in_trio.provider in honest
+    inputs = [b"%d\n" % i for i in range(12)]
+    with hubnet.Executor(bootstrap=seed, home=home, retries=2) as pool:
+        results = list(pool.map("checksum", inputs))
+    assert [r.stdout.decode() for r in results] == [hashlib.sha256(i).hexdigest() + "  -\n" for i in inputs]
+    # Every provider starts with one slot, so the first jobs went to several at once.
+    assert {r.provider for r in results} <= honest and len({r.provider for r in results}) >= 2
