@@ -188,6 +188,12 @@ def _serve(
     help="The most this job may cost, in millisatoshi (default: client.toml's max_cost, else "
     "no limit); a node whose worst case for it is higher refuses it (too-expensive).",
 )
+@click.option(
+    "--pay",
+    type=click.Choice(["auto", "never"]),
+    help="auto: when the node wants money (payment-required), call again with a Cashu token "
+    "from `hubnode wallet` and keep the change it returns (default: client.toml's pay, else never).",
+)
 @click.argument("service")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
@@ -196,6 +202,7 @@ def call(
     server: str | None,
     bootstrap: tuple[str, ...],
     max_cost: int | None,
+    pay: str | None,
     service: str,
     args: tuple[str, ...],
 ) -> None:
@@ -212,7 +219,7 @@ def call(
     or configuration error (e.g. no server and no DHT given); 255 if the connection or
     the protocol failed. A paid job's signed receipt is checked and kept (hubnode receipts).
     """
-    sys.exit(run_call(obj, server, service, args, bootstrap, max_cost=max_cost))
+    sys.exit(run_call(obj, server, service, args, bootstrap, max_cost=max_cost, pay=pay))
 
 
 @cli.command(

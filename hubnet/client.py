@@ -150,7 +150,7 @@ def exchange(
     finally:
         secure.close()
     if isinstance(reply, Reject) and reply_type is not Reject:
-        raise Rejected(reply.code, reply.reason)
+        raise Rejected(reply.code, reply.reason, reply.needed)
     if not isinstance(reply, reply_type):
         raise RemoteProtocolError(f"expected {reply_type.__name__}, got {type(reply).__name__}")
     return reply, secure.remote_identity
@@ -342,7 +342,7 @@ def _deliver(machine: CallMachine, event: Event, stdout: Sink, stderr: Sink) -> 
         stderr(event.data)
     elif isinstance(event, Reject):
         # After a Cancel at a deadline, the refusal is the deadline's doing: say so.
-        raise machine.timed_out or Rejected(event.code, event.reason)
+        raise machine.timed_out or Rejected(event.code, event.reason, event.needed)
 
 
 class _Sender:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from hubnet.known_hosts import KnownHosts
     from hubnet.node.naming import Target
     from hubnet.node.protocol import Call
+    from hubnet.node.receipts import JobReceipt
     from hubnet.select import SelectionRules
 
 _WHY_HUBNET_ENDED = {
@@ -103,6 +104,7 @@ def run_call(
     bootstrap: tuple[str, ...] = (),
     *,
     max_cost: int | None = None,
+    pay: str | None = None,
 ) -> int:
     """`hubnode call`: run the job, stream its output here, return the exit status to use.
 
@@ -117,7 +119,7 @@ def run_call(
     if service.startswith("-"):
         raise misplaced_option(service, server, bootstrap, args)
     try:
-        return _run_call(ctx, server, service, args, bootstrap, max_cost)
+        return _run_call(ctx, server, service, args, bootstrap, max_cost, pay or ctx.client_config.pay)
     except HubnetError as exc:
         hint = options_after_service(service, args)
         if hint is not None:
@@ -221,14 +223,25 @@ def _run_call(
     args: tuple[str, ...],
     bootstrap: tuple[str, ...],
     max_cost: int | None,
+    pay: str,
 ) -> int:
     from hubnet.client import finish_call
 
     planned = service_call(ctx, server, typed, args, max_cost)
     stdin_fd = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.fileno()
     with naming_missing_services(ctx, planned):
-        result = finish_call(open_service_call(ctx, planned, bootstrap), stdin_fd=stdin_fd)
-    keep_call_receipt(ctx, result)
+        if pay == "auto":
+            from hubnet.pay import open_paying_call
+
+            opened = open_paying_call(ctx, planned, bootstrap)
+        else:
+            opened = open_service_call(ctx, planned, bootstrap)
+        result = finish_call(opened, stdin_fd=stdin_fd)
+    receipt = keep_call_receipt(ctx, result)
+    if receipt is not None and opened.machine.call.token is not None:
+        from hubnet.pay import keep_change
+
+        keep_change(ctx, receipt)
     exit = result.exit
     if exit.error:
         from hubnet.safe_text import printable
@@ -243,14 +256,15 @@ def _run_call(
     return exit.exit_code if exit.exit_code is not None else 1
 
 
-def keep_call_receipt(ctx: Context, result: CallResult) -> None:
+def keep_call_receipt(ctx: Context, result: CallResult) -> JobReceipt | None:
     """Check a paid job's receipt and keep it in the home (`hubnet.receipt_store`, which says
-    on stderr what is wrong with a bad or missing one); a free job has none."""
+    on stderr what is wrong with a bad or missing one): the receipt if it is good. A free job
+    has none."""
     if result.receipt is None and not result.terms.held:
-        return
+        return None
     from hubnet.receipt_store import keep_receipt  # only for paid calls: free ones never load it
 
-    keep_receipt(ctx.home.data_dir, result, ctx.identity().public_key)
+    return keep_receipt(ctx.home.data_dir, result, ctx.identity().public_key)
 
 
 def why_hubnet_ended(error: str) -> str:

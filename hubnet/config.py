@@ -21,7 +21,9 @@ class ClientConfig:
     60` (seconds from the handshake to the node's Accept), `idle_timeout = 60` (seconds a
     node may send nothing while a job runs), `bootstrap = [...]` (DHT nodes to discover
     services through), `max_cost = MSAT` (the most one job may cost: a node whose worst
-    case is higher refuses it) and a `[select]` table (see `hubnet.select`)."""
+    case is higher refuses it), `pay = "auto"` (a call a node refuses for want of money is
+    paid with a Cashu token from `hubnode wallet`; "never", the default, does not) and a
+    `[select]` table (see `hubnet.select`)."""
 
     server: str | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -31,6 +33,7 @@ class ClientConfig:
     select: Mapping[str, object] = field(default_factory=dict)
     source: str = "client.toml"
     max_cost: int | None = None
+    pay: str = "never"
 
     @property
     def timeouts(self) -> Timeouts:
@@ -72,7 +75,9 @@ _CLIENT_KEYS = (
     "bootstrap",
     "select",
     "max_cost",
+    "pay",
 )
+PAY_CHOICES = ("auto", "never")
 _TIMEOUT_KEYS = {
     "connect_timeout": DEFAULT_CONNECT_TIMEOUT,
     "accept_timeout": DEFAULT_ACCEPT_TIMEOUT,
@@ -107,6 +112,9 @@ def load_client_config(path: Path) -> ClientConfig:
     max_cost = data.get("max_cost")
     if max_cost is not None and (type(max_cost) is not int or not 0 <= max_cost < 1 << 63):
         raise ConfigError(f"{path}: max_cost: must be a whole number of millisatoshi, 0 or more")
+    pay = data.get("pay", "never")
+    if pay not in PAY_CHOICES:
+        raise ConfigError(f'{path}: pay: must be "auto" (pay with tokens from `hubnode wallet`) or "never"')
     return ClientConfig(
         server,
         timeouts["connect_timeout"],
@@ -116,6 +124,7 @@ def load_client_config(path: Path) -> ClientConfig:
         select,
         str(path),
         max_cost,
+        pay,
     )
 
 

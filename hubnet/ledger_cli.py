@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from hubnet.node.ledger import Ledger
 
 
-@click.group(short_help="The node's accounts: credit, balances, history.")
+@click.group(short_help="The node's accounts: credit, balances, history, payout.")
 def ledger() -> None:
     """The node's prepaid accounts, in millisatoshi (1 sat = 1000 msat).
 
@@ -31,6 +31,7 @@ def ledger() -> None:
     hubnode ledger credit PEER_ID 50000 --note "paid in cash"
     hubnode ledger balance                 # every account, and the node's earnings
     hubnode ledger history PEER_ID
+    hubnode ledger payout > earnings.token  # the earnings as a Cashu token
     """
 
 
@@ -45,6 +46,52 @@ def _account(text: str) -> bytes:
     from hubnet.identity.keys import decode_peer_id
 
     return decode_peer_id(text)
+
+
+@ledger.command(short_help="Pay the node's earnings out as a Cashu token.")
+@click.argument("msat", type=click.IntRange(min=1), required=False)
+@click.option(
+    "--services",
+    "services_path",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The node's services.toml, for its mints (default: the home's).",
+)
+@click.pass_obj
+def payout(obj: Context, msat: int | None, services_path: str | None) -> None:
+    """Print a Cashu token of MSAT millisatoshi of the node's earnings on stdout (whole sats;
+    default: all the earnings, rounded down to a sat), and take it from the earnings.
+
+    The token comes from the node's ecash wallet (the tokens callers deposited and paid
+    calls with), at one of services.toml's `mints`; any Cashu wallet redeems it
+    (`cashu receive TOKEN`). Works beside a running node. Keep the token: it is the money.
+    """
+    from pathlib import Path
+
+    import trio
+
+    from hubnet.identity.errors import ConfigError
+    from hubnet.node.services import load_services
+
+    services = Path(services_path) if services_path else obj.home.services
+    mints = load_services(services).mints
+    if not mints:
+        raise ConfigError(f"{services} names no mints: this node has no ecash to pay out")
+    token, paid = trio.run(_payout, obj, mints, msat)
+    click.echo(token)
+    click.echo(f"hubnode: paid out {paid} msat of the node's earnings", err=True)
+
+
+async def _payout(obj: Context, mints: tuple[str, ...], msat: int | None) -> tuple[str, int]:
+    from hubnet.node.cashier import Cashier
+    from hubnet.node.ecash import EcashWallet
+
+    data_dir = obj.home.data_dir
+    with _open(obj) as books:
+        wallet = EcashWallet(data_dir, mints)
+        try:
+            return await Cashier(wallet, books, obj.identity()).payout(msat)
+        finally:
+            await wallet.aclose()
 
 
 @ledger.command(short_help="Add money to an account.")

@@ -247,7 +247,7 @@ class Client:
         if failure is not None:
             raise failure
         if machine.reject is not None:
-            raise Rejected(machine.reject.code, machine.reject.reason)
+            raise Rejected(machine.reject.code, machine.reject.reason, machine.reject.needed)
         return CallOutput(machine.result(), bytes(collected.stdout), bytes(collected.stderr))
 
 

@@ -58,9 +58,11 @@ class NotOffered(HubnetError):
 
 
 class Rejected(HubnetError):
-    """The server refused the request; `code` says why in one word."""
+    """The server refused the request; `code` says why in one word; `needed` the msat the
+    call needs, when it was refused for money."""
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, code: str, reason: str, needed: int | None = None) -> None:
         super().__init__(f"{code}: {reason}")
         self.code = code
         self.reason = reason
+        self.needed = needed

@@ -1,7 +1,8 @@
 """The node's cashier: ecash into callers' accounts, and out again as the node's earnings.
 
 A deposit redeems a Cashu token, credits the ledger and signs a receipt; a payout sends a
-token of the node's earnings from its wallet and records it in the ledger.
+token of the node's earnings from its wallet and records it in the ledger; pay-per-call
+(`EcashFunding`) is a deposit carried in a Call, with the change sent back in the receipt.
 
 Redeeming (a swap at the mint, in the helper process of `node.ecash`) and crediting (a
 ledger transaction) cannot be one transaction, so a deposit is written down first, in
@@ -18,14 +19,19 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+import weakref
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+import trio
 
 from hubnet.identity.keys import Identity, fingerprint
 from hubnet.node.deposit_receipts import DepositReceipt, token_hash
 from hubnet.node.ecash import MSAT_PER_SAT, EcashWallet, sat_to_msat
 from hubnet.node.ecash_wire import EcashError, EcashErrorCode
-from hubnet.node.ledger import InsufficientFunds, Ledger, LedgerError
-from hubnet.node.protocol import Reject, RejectCode
+from hubnet.node.ledger import InsufficientFunds, Ledger, LedgerError, Settlement
+from hubnet.node.protocol import Call, Reject, RejectCode
 
 log = logging.getLogger("hubnet.node.ecash")
 
@@ -171,3 +177,49 @@ class Cashier:
             raise LedgerError(f"{exc}; the token already made (not recorded): {token.token}") from None
         log.info("paid out %d msat of earnings as ecash from %s", amount, token.mint)
         return token.token, amount
+
+
+class EcashFunding:
+    """Pay-per-call (`node.funding.CallFunding`): a Call's token is deposited into the caller's
+    account before the hold, and what it brought beyond the job's cost goes back to the caller
+    as a fresh token (whole sats; the msat below a sat stay in the account) in the receipt."""
+
+    def __init__(self, cashier: Cashier) -> None:
+        self.cashier = cashier
+        # What each call's token brought, until its job is settled: by the Call object, so that
+        # a call refused after its deposit (its balance then stays in the account) leaves nothing.
+        self._brought: weakref.WeakKeyDictionary[Call, tuple[int, str]] = weakref.WeakKeyDictionary()
+
+    async def fund(self, ledger: Ledger, call: Call, payer: bytes, needed: int) -> Reject | None:
+        if call.token is None:
+            return None
+        try:
+            # Shielded as a deposit is (Node._deposit): a swap cut off half way is in limbo till restart.
+            with trio.CancelScope(shield=True):
+                amount, _, mint = await self.cashier.credit(call.token, payer)
+        except EcashError as exc:
+            log.info("refused the token of a call from %s: %s", fingerprint(payer), exc)
+            return refusal(exc)
+        self._brought[call] = (amount, mint)
+        return None
+
+    async def after_settle(
+        self, ledger: Ledger, call: Call, payer: bytes, settlement: Settlement
+    ) -> Mapping[str, Any]:
+        amount, mint = self._brought.pop(call, (0, ""))
+        change = min(amount - settlement.cost, settlement.balance)
+        change -= change % MSAT_PER_SAT
+        if change <= 0:
+            return {}
+        try:
+            ledger.debit(payer, change, kind="change", note="pay-per-call change")
+        except InsufficientFunds:  # another job of this caller's took it meanwhile
+            return {}
+        try:
+            with trio.CancelScope(shield=True):
+                token = await self.cashier.wallet.send(change // MSAT_PER_SAT, prefer=mint)
+        except EcashError as exc:
+            ledger.credit(payer, change, kind="credit", note=f"change not paid out ({exc}): kept here")
+            log.warning("kept the change of a call from %s in its account: %s", fingerprint(payer), exc)
+            return {}
+        return {"change": token.token, "change_msat": change}

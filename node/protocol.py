@@ -113,12 +113,15 @@ class Call:
     """Run `service_id` with the client's `args`; `attestations` are the caller's organisation
     attestations (encoded `hubnet.identity.orgs.Attestation`s), for services that serve
     organisations' members only or free. `max_cost` is the caller's ceiling in millisatoshi:
-    the node refuses (`too-expensive`) a job whose worst case is above it; None: no ceiling."""
+    the node refuses (`too-expensive`) a job whose worst case is above it; None: no ceiling.
+    `token`: a Cashu token that pays for this call (pay-per-call): the node redeems it into
+    the caller's account before it holds the job's price, and returns the change."""
 
     service_id: bytes
     args: tuple[str, ...] = ()
     attestations: tuple[bytes, ...] = ()
     max_cost: int | None = None
+    token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -384,6 +387,7 @@ def _decode_call(f: list[Any]) -> Call:
     sid, args, *optional = f
     attestations = optional[0] if optional else []
     max_cost = _count(optional[1]) if len(optional) > 1 and optional[1] is not None else None
+    token = _text(optional[2], MAX_TOKEN) if len(optional) > 2 and optional[2] is not None else None
     if not isinstance(attestations, list) or len(attestations) > MAX_CALL_ATTESTATIONS:
         raise RemoteProtocolError(f"a call carries at most {MAX_CALL_ATTESTATIONS} attestations")
     if not all(isinstance(a, bytes) and len(a) <= MAX_ATTESTATION_BYTES for a in attestations):
@@ -395,11 +399,13 @@ def _decode_call(f: list[Any]) -> Call:
     parsed = tuple(_text(a, MAX_ARGS_BYTES) for a in args)
     if sum(len(a) for a in parsed) > MAX_ARGS_BYTES:
         raise RemoteProtocolError("arguments too long")
-    return Call(sid, parsed, tuple(attestations), max_cost)
+    return Call(sid, parsed, tuple(attestations), max_cost, token)
 
 
 def _call_options(call: Call) -> list[Any]:
     """A Call's optional trailing fields, as few as say what it has (each needs those before it)."""
+    if call.token is not None:
+        return [list(call.attestations), call.max_cost, call.token]
     if call.max_cost is not None:
         return [list(call.attestations), call.max_cost]
     return [list(call.attestations)] if call.attestations else []
@@ -608,7 +614,7 @@ _KIND_OF = {cls: spec[0] for cls, spec in _CODECS.items()}
 _FIELDS_OF = {cls: spec[2] for cls, spec in _CODECS.items()}
 _BY_KIND = {spec[0]: (spec[1], spec[3]) for spec in _CODECS.values()}
 # Fields this version knows beyond a kind's required ones, which a sender may leave out.
-_OPTIONAL_FIELDS = {Kind.CALL: 2, Kind.STATUS_REPLY: 1, Kind.REJECT: 1}
+_OPTIONAL_FIELDS = {Kind.CALL: 3, Kind.STATUS_REPLY: 1, Kind.REJECT: 1}
 
 
 def decode_object(obj: object) -> Message:

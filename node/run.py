@@ -20,7 +20,7 @@ from hubnet.dht.addresses import DirectAddress
 from hubnet.dht.transport import UdpTransport
 from hubnet.identity.errors import HubnetError
 from hubnet.identity.keys import Identity
-from hubnet.node.cashier import Cashier
+from hubnet.node.cashier import Cashier, EcashFunding
 from hubnet.node.discovery import Discovery, seeds_from
 from hubnet.node.ecash import EcashWallet
 from hubnet.node.ledger import Ledger
@@ -88,6 +88,7 @@ def run_node(
     node = Node(config, identity, ledger=ledger)
     if ledger is not None and data_dir is not None and config.mints:
         node.cashier = Cashier(EcashWallet(data_dir, config.mints), ledger, identity)
+        node.funding = EcashFunding(node.cashier)
     node.host = probe_host(hidden=hidden, adopt_cgroup=True)
     users, warnings = check_services(node.host, [(s.name, s.isolation) for s in config.services.values()])
     isolation = [node.host.describe(users), *warnings]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +17,7 @@ from tests.e2e.harness import Client, Server, one_line, toml_string
 from tests.mint import TestMint, mint_tokens, receive_token, v4_token
 
 EXIT_REFUSED, EXIT_TEMPFAIL, EXIT_USAGE = 126, 75, 2
+PRICE = 3000  # msat a call of `priced`: per call only, so its hold is its cost
 
 
 def node_toml(*mints: str) -> str:
@@ -24,6 +27,10 @@ mints = [{", ".join(toml_string(m) for m in mints)}]
 
 [services.cat]
 command = ["cat"]
+
+[services.priced]
+command = ["cat"]
+price = {{ per_call = {PRICE} }}
 """
 
 
@@ -89,3 +96,54 @@ def test_a_node_without_mints_takes_no_ecash(node: Node, client: Client) -> None
     refused = client.run("deposit", "--server", node.target, token)
     assert refused.returncode == EXIT_REFUSED
     assert "untrusted-mint" in one_line(refused) and "names no mints" in one_line(refused)
+
+
+def _json(result: subprocess.CompletedProcess[bytes]) -> Any:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_deposit_pays_for_calls_at_exactly_their_receipts_cost(
+    bank: Server, client: Client, tmp_path: Path, cashu_mint: TestMint
+) -> None:
+    (token,) = mint_tokens(cashu_mint, tmp_path / "payer", 20)
+    assert client.run("deposit", "--server", bank.target, token).returncode == 0
+    called = client.call(bank.target, "priced", input=b"paid for")
+    assert (called.returncode, called.stdout) == (0, b"paid for")
+    (receipt,) = _json(client.run("receipts", "--json"))["receipts"]
+    assert receipt["cost"] == PRICE
+    assert _json(client.run("balance", "--server", bank.target, "--json"))["available"] == 20_000 - PRICE
+
+
+def test_pay_per_call_with_change_and_the_change_is_money(
+    bank: Server, client: Client, tmp_path: Path, cashu_mint: TestMint
+) -> None:
+    unpaid = client.call(bank.target, "priced")
+    assert unpaid.returncode == EXIT_REFUSED
+    assert "payment-required" in one_line(unpaid) and f"needs {PRICE} msat" in one_line(unpaid)
+    nothing = client.run("call", "--pay", "auto", "--server", bank.target, "priced")
+    assert nothing.returncode == EXIT_REFUSED
+    assert "hubnode wallet add" in one_line(nothing)
+
+    small, ten = mint_tokens(cashu_mint, tmp_path / "payer", 2, 10)
+    for token in (small, ten):
+        assert client.run("wallet", "add", token).returncode == 0
+    paid = client.run("call", "--pay", "auto", "--server", bank.target, "priced", input=b"pay as you go")
+    assert (paid.returncode, paid.stdout) == (0, b"pay as you go"), paid.stderr
+    (receipt,) = _json(client.run("receipts", "--json"))["receipts"]
+    assert receipt["cost"] == PRICE
+    # The 10-sat token paid (the 2-sat one could not); 7 sat came back as a fresh token.
+    wallet = _json(client.run("wallet", "--json"))
+    assert sorted(t["amount"] for t in wallet) == [2, 10 - PRICE // 1000]
+    change = next(t for t in wallet if t["amount"] == 7)
+    assert change["token"] not in (small, ten) and change["mint"] == cashu_mint.url
+    assert _json(client.run("balance", "--server", bank.target, "--json"))["available"] == 0
+
+    again = _json(client.run("deposit", "--server", bank.target, "--json", change["token"]))
+    assert (again["amount_msat"], again["balance_msat"]) == (7000, 7000)
+
+    # The node's earnings out, as ecash any wallet takes, beside the running node.
+    operator = Client(bank.home)
+    out = operator.run("ledger", "payout", str(PRICE))
+    assert out.returncode == 0, out.stderr
+    assert receive_token(tmp_path / "operator", out.stdout.decode().strip()) == PRICE // 1000

@@ -40,9 +40,10 @@ def _click_parse(argv: list[str]) -> FastCall | None:
         bootstrap: tuple[str, ...],
         *,
         max_cost: int | None,
+        pay: str | None,
     ) -> int:
-        # The fast path has no --bootstrap: a call that gives one is always left to click.
-        assert bootstrap == ()
+        # The fast path has no --bootstrap nor --pay: a call that gives one is always left to click.
+        assert bootstrap == () and pay is None
         seen.append((ctx.home_option, ctx.verbose, server, max_cost, service, args))
         return 0
 

@@ -87,6 +87,7 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         st.lists(texts, max_size=12).map(tuple),
         st.lists(st.binary(max_size=MAX_ATTESTATION_BYTES), max_size=MAX_CALL_ATTESTATIONS).map(tuple),
         st.none() | counts,
+        st.none() | st.text(max_size=200),
     ),
     ListServices: st.just(ListServices()),
     GetBalance: st.just(GetBalance()),
@@ -357,7 +358,9 @@ def test_malformed_fields_are_refused(raw: bytes) -> None:
     ("raw", "message"),
     [
         pytest.param(
-            _raw(Kind.CALL, [SID, ["a"], [b"att"], 5, "later"]), Call(SID, ("a",), (b"att",), 5), id="call"
+            _raw(Kind.CALL, [SID, ["a"], [b"att"], 5, "cashuB", "later"]),
+            Call(SID, ("a",), (b"att",), 5, "cashuB"),
+            id="call",
         ),
         pytest.param(
             _raw(Kind.REJECT, ["payment-required", "r", 7, "later"]),
