@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 
 import msgpack
 import pytest
@@ -105,3 +107,12 @@ def test_a_failure_is_a_typed_error_and_a_wrong_answer_a_protocol_error() -> Non
     with pytest.raises(RemoteProtocolError):
         reply_or_raise(Redeem("t", ()), TokenState(True, 1, "m"))
     assert reply_or_raise(CheckToken("t"), TokenState(False, 1, "m")) == TokenState(False, 1, "m")
+
+
+def test_only_the_helper_process_imports_the_cashu_library() -> None:
+    # Importing cashu rewrites os.environ from ./.env, sys.tracebacklimit and the logging of
+    # whatever process imports it: the node, `hubnode call` and `hubnode deposit` must not.
+    modules = "hubnet.node.run, hubnet.node.cashier, hubnet.cli, hubnet.wallet_cli, hubnet.pay, hubnet.wallet"
+    probe = f"import sys, {modules}; print(sorted(m for m in sys.modules if m.split('.')[0] == 'cashu'))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
