@@ -8,10 +8,11 @@ Redeeming (a swap at the mint, in the helper process of `node.ecash`) and credit
 ledger transaction) cannot be one transaction, so a deposit is written down first, in
 `pending` (SQLite, `ecash/deposits.sqlite` in the node's data folder), and crossed off once
 the ledger has it. The ledger's journal names each deposit by its token's hash, so a node
-killed between the swap and the cross-off credits it exactly once: at the next start
-`reconcile` asks the mint about every deposit still written down, credits those whose
-proofs the mint has spent and the journal does not yet hold, and forgets those the mint
-has not seen spent (the swap never happened: the token is still its owner's).
+killed between the swap and the cross-off credits it exactly once: at the next start (and
+every RECONCILE_INTERVAL while it runs, for a swap whose answer never came) `reconcile`
+asks the mint about every deposit still written down and not being redeemed now, credits
+those whose proofs the mint has spent and the journal does not yet hold, and forgets those
+the mint has not seen spent (the swap never happened: the token is still its owner's).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 import sqlite3
 import time
 import weakref
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from hubnet.node.protocol import Call, Reject, RejectCode
 log = logging.getLogger("hubnet.node.ecash")
 
 PENDING_FILE = "deposits.sqlite"
+RECONCILE_INTERVAL = 300.0  # seconds; nothing is asked of anyone while nothing is pending
 
 
 def journal_note(token: str, mint: str) -> str:
@@ -102,27 +105,34 @@ def refusal(error: EcashError) -> Reject:
 
 
 class Cashier:
-    """The node's ecash desk: `deposit` a token into an account, `reconcile` at start, `payout`."""
+    """The node's ecash desk: `deposit` a token into an account, `reconcile`, `payout`."""
 
     def __init__(self, wallet: EcashWallet, ledger: Ledger, identity: Identity) -> None:
         self.wallet = wallet
         self.ledger = ledger
         self.identity = identity
         self.pending = PendingDeposits(wallet.folder)
+        self._redeeming: Counter[bytes] = Counter()  # token hashes being deposited now
 
     async def credit(self, token: str, account: bytes) -> tuple[int, int, str]:
         """Redeem `token` and credit it to `account`: (msat credited, balance after, mint).
         EcashError when it was refused (see `refusal`)."""
-        self.pending.add(token, account)
+        name = token_hash(token)
+        self._redeeming[name] += 1
         try:
-            redeemed = await self.wallet.redeem(token)
-        except EcashError as exc:
-            if exc.code in _SETTLED:
-                self.pending.remove(token)
-            raise
-        amount = sat_to_msat(redeemed.amount)
-        balance = self.ledger.credit(account, amount, kind="deposit", note=journal_note(token, redeemed.mint))
-        self.pending.remove(token)
+            self.pending.add(token, account)
+            try:
+                redeemed = await self.wallet.redeem(token)
+            except EcashError as exc:
+                if exc.code in _SETTLED:
+                    self.pending.remove(token)
+                raise
+            amount = sat_to_msat(redeemed.amount)
+            note = journal_note(token, redeemed.mint)
+            balance = self.ledger.credit(account, amount, kind="deposit", note=note)
+            self.pending.remove(token)
+        finally:
+            self._redeeming[name] -= 1
         log.info("deposit of %d msat from %s for %s", amount, redeemed.mint, fingerprint(account))
         return amount, balance, redeemed.mint
 
@@ -139,19 +149,29 @@ class Cashier:
         return receipt.sign(self.identity)
 
     async def reconcile(self) -> None:
-        """Settle the deposits a stopped node left between swap and credit (module docstring)."""
+        """Settle the deposits left between swap and credit (module docstring)."""
         for token, account in self.pending.all():
+            if self._redeeming[token_hash(token)]:
+                continue
             try:
                 state = await self.wallet.check(token)
             except EcashError as exc:
                 log.warning("cannot settle an interrupted deposit yet: %s", exc)
                 continue
+            if self._redeeming[token_hash(token)]:
+                continue  # deposited again while we asked: that deposit settles it
             note = journal_note(token, state.mint)
             credited = any(e.kind == "deposit" and e.note == note for e in self.ledger.history(account))
             if state.spent and not credited:
                 self.ledger.credit(account, sat_to_msat(state.amount), kind="deposit", note=note)
                 log.info("credited an interrupted deposit to %s", fingerprint(account))
             self.pending.remove(token)
+
+    async def keep_reconciling(self, interval: float = RECONCILE_INTERVAL) -> None:
+        """`reconcile` now (what a killed node left) and every `interval` seconds."""
+        while True:
+            await self.reconcile()
+            await trio.sleep(interval)
 
     async def payout(self, amount: int | None = None) -> tuple[str, int]:
         """The node's earnings out as a token: (token, msat paid out). `amount` (msat, whole

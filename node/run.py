@@ -151,7 +151,7 @@ async def _serve(
                 node.revocations = lambda: watch.revocations
                 nursery.start_soon(watch.run)
             if node.cashier is not None:
-                nursery.start_soon(node.cashier.reconcile)  # what a killed node left half done
+                nursery.start_soon(node.cashier.keep_reconciling)  # deposits left half done
             if services_file is not None:  # said once listening, so a node that cannot says only that
                 _say_where_services_came_from(config, services_file)
             for host, port in addresses:
