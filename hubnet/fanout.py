@@ -156,7 +156,7 @@ class FanOut:
         *,
         timeout: float | None = None,
         avoided: Callable[[ProviderAvoided], None] = lambda event: None,
-        keep: Callable[[CallResult], None] = lambda result: None,
+        keep: Callable[[CallResult], object] = lambda result: None,
     ) -> None:
         """`keep` is given each finished call (to check and keep a paid job's receipt)."""
         self.client = client
