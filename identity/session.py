@@ -119,6 +119,11 @@ class NoiseSession:
         return self._pattern
 
     @property
+    def buffered(self) -> int:
+        """Bytes received and not yet decoded."""
+        return len(self._buffer)
+
+    @property
     def handshake_done(self) -> bool:
         return self._state in (_State.TRANSPORT, _State.FINISHING)
 
