@@ -110,8 +110,9 @@ def test_a_deposit_pays_for_calls_at_exactly_their_receipts_cost(
     assert client.run("deposit", "--server", bank.target, token).returncode == 0
     called = client.call(bank.target, "priced", input=b"paid for")
     assert (called.returncode, called.stdout) == (0, b"paid for")
-    (receipt,) = _json(client.run("receipts", "--json"))["receipts"]
-    assert receipt["cost"] == PRICE
+    kept = _json(client.run("receipts", "--json"))
+    (receipt,) = kept["receipts"]  # checked by the client: the node's signature, this caller, this job
+    assert (receipt["cost"], kept["problems"]) == (PRICE, [])
     assert _json(client.run("balance", "--server", bank.target, "--json"))["available"] == 20_000 - PRICE
 
 
