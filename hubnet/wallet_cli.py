@@ -42,7 +42,7 @@ def deposit(obj: Context, server: str | None, as_json: bool, token: str) -> None
     """
     from hubnet.cashu_token import read_token
     from hubnet.client import exchange
-    from hubnet.node.deposit_receipts import DepositReceipt
+    from hubnet.node.deposit_receipts import DepositReceipt, InvalidDepositReceipt
     from hubnet.node.protocol import Deposit, Receipt
     from hubnet.wallet import Wallet
 
@@ -50,7 +50,13 @@ def deposit(obj: Context, server: str | None, as_json: bool, token: str) -> None
     info = read_token(text)  # a typo is said here, before the node is bothered
     identity = obj.identity()
     reply, node = exchange(obj.target(server), identity, obj.known_hosts(), Deposit(text), Receipt)
-    receipt = DepositReceipt.verify(reply.record, node=node, caller=identity.public_key, token=text)
+    try:
+        receipt = DepositReceipt.verify(reply.record, node=node, caller=identity.public_key, token=text)
+    except InvalidDepositReceipt as exc:
+        raise InvalidDepositReceipt(
+            f"the node answered the deposit with a bad receipt ({exc}): it may have redeemed the "
+            "token without crediting you; keep the token and ask its operator (hubnode balance)"
+        ) from None
     with Wallet.open(obj.home.data_dir) as wallet:
         wallet.keep_deposit(
             node, receipt.token, receipt.amount, receipt.balance, receipt.mint, receipt.time, reply.record

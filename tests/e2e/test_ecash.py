@@ -10,11 +10,14 @@ from typing import Any
 
 import pytest
 
-from hubnet.identity.keys import decode_peer_id
+from hubnet.identity.keys import Identity, decode_peer_id
+from hubnet.node.deposit_receipts import DepositReceipt, token_hash
 from hubnet.node.ledger import Ledger
+from hubnet.node.protocol import Receipt
 from tests.e2e.conftest import Node
 from tests.e2e.harness import Client, Server, one_line, toml_string
-from tests.mint import TestMint, mint_tokens, receive_token, v4_token
+from tests.e2e.test_hostile_server import FakeNode, answers
+from tests.mint import FAKE_MINT, TestMint, mint_tokens, receive_token, v4_token
 
 EXIT_REFUSED, EXIT_TEMPFAIL, EXIT_USAGE = 126, 75, 2
 PRICE = 3000  # msat a call of `priced`: per call only, so its hold is its cost
@@ -148,3 +151,16 @@ def test_pay_per_call_with_change_and_the_change_is_money(
     out = operator.run("ledger", "payout", str(PRICE))
     assert out.returncode == 0, out.stderr
     assert receive_token(tmp_path / "operator", out.stdout.decode().strip()) == PRICE // 1000
+
+
+def test_a_deposit_answered_by_a_bad_receipt_is_said_loudly(client: Client) -> None:
+    token = v4_token([5])
+    stranger = Identity.generate()
+    forged = DepositReceipt(
+        stranger.public_key, decode_peer_id(client.peer_id), 5000, 5000, FAKE_MINT, token_hash(token), 1
+    )
+    with FakeNode(answers(Receipt(forged.sign(stranger)))) as node:
+        told = client.run("deposit", "--server", node.target, token)
+    assert told.returncode == 255
+    line = one_line(told)
+    assert "bad receipt" in line and "keep the token" in line
