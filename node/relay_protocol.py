@@ -1,0 +1,455 @@
+"""The relay protocol: how a private node keeps a reservation, and how a caller reaches it.
+
+Everything here rides in a Noise session with the *relay* on the node's one port (the
+same port, handshake and framing as the job protocol), as the first message after the
+handshake: never in the handshake's first message, which anyone who recorded it can
+replay (a replayed Reserve must not displace the real holder's reservation).
+
+Three requests, each on a connection of its own:
+
+- **Reserve** (the private node, the *holder*): "keep me reachable". The relay answers
+  Reserved (how long the reservation lasts unless renewed, and the limits of each
+  circuit) or Refused. The connection stays open: over it the relay sends Incoming each
+  time a caller asks for the holder, and the holder sends Reserve again to renew.
+- **Connect** (the *caller*): "link me to TARGET". The relay tells the target's holder
+  connection Incoming(circuit), and waits for the target to claim it.
+- **Claim** (the target, on a fresh outbound connection): "I take circuit C". The relay
+  answers Linked on both connections, and from then on splices their raw bytes.
+
+After Linked nothing more of the relay's session is sent or read: the connection is the
+circuit, and the caller and the target run their own Noise IK handshake end to end in
+it, so the relay sees only their ciphertext and cannot pose as the target. One fresh TCP
+connection per circuit (rather than streams multiplexed over the reservation) keeps the
+relay a plain byte splicer: each circuit has the kernel's own flow control and back-
+pressure, a slow circuit cannot hold up another, and the relay never decrypts or frames
+circuit data. A node behind a NAT can always open one more outbound connection.
+
+`RelayConnection` is the sans-IO machine for one end (as `node.protocol.JobConnection`):
+per-role states, a literal table of legal steps (`TRANSITIONS`), a request moving the
+relay to the state in which it owes the answer (`RELAY_OWES`) and an answer moving the
+requester (`ANSWER_MOVES`); anything else, sent or received, puts both roles in ERROR.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from hubnet.identity.errors import ClosedEarly, LocalProtocolError, RemoteProtocolError, TransportError
+
+PEER_ID_LEN = 32
+CIRCUIT_ID_LEN = 16
+MAX_RELAY_MESSAGE = 4096  # every relay message is small: refuse to buffer more
+MAX_REASON = 1024
+MAX_COUNT = (1 << 63) - 1
+
+
+class Kind(enum.IntEnum):
+    """Message kinds: a range of their own, apart from the job protocol's (1..25)."""
+
+    RESERVE = 32
+    CONNECT = 33
+    CLAIM = 34
+    RESERVED = 40
+    INCOMING = 41
+    LINKED = 42
+    REFUSED = 43
+
+
+class RefusalCode(enum.StrEnum):
+    """Why a relay refused; on the wire as the text. A reader keeps codes it does not know
+    and treats them as a refusal."""
+
+    NOT_A_RELAY = "not-a-relay"  # this node does not relay
+    RESERVATIONS_FULL = "reservations-full"  # the relay holds as many reservations as it takes
+    PEER_RESERVATIONS_FULL = "peer-reservations-full"  # this peer holds as many as one peer may
+    NO_RESERVATION = "no-reservation"  # the target holds no reservation here
+    CIRCUITS_FULL = "circuits-full"  # the target, or the caller, has as many circuits as allowed
+    TARGET_UNAVAILABLE = "target-unavailable"  # the target did not claim the circuit in time
+    NO_SUCH_CIRCUIT = "no-such-circuit"  # a claim for a circuit that is not waiting for this peer
+
+
+@dataclass(frozen=True)
+class CircuitLimits:
+    """What one circuit may carry (both directions together) and for how long."""
+
+    max_bytes: int
+    max_seconds: int
+
+
+@dataclass(frozen=True)
+class Reserve:
+    """Holder -> relay: reserve (or renew) a slot through which callers reach me."""
+
+
+@dataclass(frozen=True)
+class Connect:
+    """Caller -> relay: link me to `target` (a peer id holding a reservation here)."""
+
+    target: bytes
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Target -> relay, on a fresh connection: this is my end of `circuit`."""
+
+    circuit: bytes
+
+
+@dataclass(frozen=True)
+class Reserved:
+    """Relay -> holder: the reservation holds for `expires_in` seconds unless renewed."""
+
+    expires_in: int
+    limits: CircuitLimits
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """Relay -> holder: a caller waits on `circuit`; claim it on a fresh connection."""
+
+    circuit: bytes
+
+
+@dataclass(frozen=True)
+class Linked:
+    """Relay -> caller and target: from the next byte on, this connection is the circuit."""
+
+    limits: CircuitLimits
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Relay -> requester: `code` is a `RefusalCode` (or one this reader does not know)."""
+
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ConnectionClosed:
+    """The peer's end of stream: an event, never sent."""
+
+
+Request = Reserve | Connect | Claim
+Answer = Reserved | Incoming | Linked | Refused
+Message = Request | Answer
+Event = Message | ConnectionClosed
+
+
+# ---- codec -------------------------------------------------------------------------------------
+
+
+def _count(v: object) -> int:
+    if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_COUNT):
+        raise RemoteProtocolError("expected a non-negative integer")
+    return v
+
+
+def _key(v: object, length: int, what: str) -> bytes:
+    if not (isinstance(v, bytes) and len(v) == length):
+        raise RemoteProtocolError(f"{what} must be {length} bytes")
+    return v
+
+
+def _text(v: object) -> str:
+    if not (isinstance(v, str) and len(v) <= MAX_REASON):
+        raise RemoteProtocolError(f"expected a string of at most {MAX_REASON} characters")
+    return v
+
+
+def _limits(bytes_: object, seconds: object) -> CircuitLimits:
+    return CircuitLimits(_count(bytes_), _count(seconds))
+
+
+_CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[list[Any]], Message]]] = {
+    Reserve: (Kind.RESERVE, 0, lambda m: [], lambda f: Reserve()),
+    Connect: (Kind.CONNECT, 1, lambda m: [m.target], lambda f: Connect(_key(f[0], PEER_ID_LEN, "a peer id"))),
+    Claim: (
+        Kind.CLAIM,
+        1,
+        lambda m: [m.circuit],
+        lambda f: Claim(_key(f[0], CIRCUIT_ID_LEN, "a circuit id")),
+    ),
+    Reserved: (
+        Kind.RESERVED,
+        3,
+        lambda m: [m.expires_in, m.limits.max_bytes, m.limits.max_seconds],
+        lambda f: Reserved(_count(f[0]), _limits(f[1], f[2])),
+    ),
+    Incoming: (
+        Kind.INCOMING,
+        1,
+        lambda m: [m.circuit],
+        lambda f: Incoming(_key(f[0], CIRCUIT_ID_LEN, "a circuit id")),
+    ),
+    Linked: (
+        Kind.LINKED,
+        2,
+        lambda m: [m.limits.max_bytes, m.limits.max_seconds],
+        lambda f: Linked(_limits(f[0], f[1])),
+    ),
+    Refused: (Kind.REFUSED, 2, lambda m: [m.code, m.reason], lambda f: Refused(_text(f[0]), _text(f[1]))),
+}
+_BY_KIND = {spec[0]: (spec[1], spec[3]) for spec in _CODECS.values()}
+
+
+def encode(message: Message) -> bytes:
+    """The wire bytes of one message."""
+    kind, _, fields, _ = _CODECS[type(message)]
+    return bytes(msgpack.packb([int(kind), fields(message)]))
+
+
+def decode_object(obj: object) -> Message:
+    """One unpacked msgpack value as a message. A reader takes the fields it knows from the
+    front and ignores any a newer peer appends (the job protocol's versioning rule)."""
+    if not (isinstance(obj, list) and len(obj) == 2 and isinstance(obj[1], list)):
+        raise RemoteProtocolError("a relay message is [kind, fields]")
+    kind, fields = obj
+    if not (isinstance(kind, int) and not isinstance(kind, bool)):
+        raise RemoteProtocolError("a relay message kind is an integer")
+    try:
+        arity, decoder = _BY_KIND[Kind(kind)]
+    except ValueError:
+        raise RemoteProtocolError(f"unknown relay message kind {kind}") from None
+    if len(fields) < arity:
+        raise RemoteProtocolError(f"relay message kind {kind} needs {arity} fields")
+    return decoder(fields[:arity])
+
+
+def _unpacker() -> msgpack.Unpacker:
+    return msgpack.Unpacker(
+        raw=False,
+        strict_map_key=True,
+        max_buffer_size=MAX_RELAY_MESSAGE,
+        max_bin_len=MAX_RELAY_MESSAGE,
+        max_str_len=MAX_RELAY_MESSAGE,
+        max_array_len=16,
+        max_map_len=0,
+        max_ext_len=0,
+    )
+
+
+def is_relay_request(data: bytes) -> bool:
+    """Whether `data`, a connection's first bytes after the handshake, begin a relay request
+    (rather than a job-protocol request): a `[kind, ...]` whose kind is a relay request's.
+    A node looks at this to pick the machine that reads the connection."""
+    unpacker = _unpacker()
+    try:
+        unpacker.feed(data[:MAX_RELAY_MESSAGE])
+        if unpacker.read_array_header() != 2:
+            return False
+        kind = unpacker.unpack()
+    except Exception:  # msgpack raises many types for short or malformed input
+        return False
+    return isinstance(kind, int) and kind in (Kind.RESERVE, Kind.CONNECT, Kind.CLAIM)
+
+
+# ---- the connection machine ---------------------------------------------------------------------
+
+
+class Role(enum.Enum):
+    REQUESTER = "requester"  # the holder, the caller or the claiming target
+    RELAY = "relay"
+
+
+class State(enum.Enum):
+    """Where one role is (both roles' states in one enum, as in h11)."""
+
+    # requester
+    IDLE = "idle"
+    RESERVING = "reserving"  # Reserve sent (first or renewal), its answer not yet in
+    RESERVED = "reserved"  # holding a reservation: may renew
+    CONNECTING = "connecting"
+    CLAIMING = "claiming"
+    # relay
+    WAITING = "waiting"  # no request yet
+    MUST_RESERVE = "must-reserve"
+    HOLDING = "holding"  # a reservation is held: Incoming may go out
+    MUST_RENEW = "must-renew"  # a renewal asked while holding; Incoming may still go out
+    MUST_CONNECT = "must-connect"
+    MUST_CLAIM = "must-claim"
+    # both
+    LINKED = "linked"  # the connection is a circuit now: nothing of this protocol follows
+    DONE = "done"  # refused: nothing more to say
+    CLOSED = "closed"
+    ERROR = "error"
+
+
+MessageType = type[Message] | type[ConnectionClosed]
+
+TRANSITIONS: dict[Role, dict[State, dict[MessageType, State]]] = {
+    Role.REQUESTER: {
+        State.IDLE: {
+            Reserve: State.RESERVING,
+            Connect: State.CONNECTING,
+            Claim: State.CLAIMING,
+            ConnectionClosed: State.CLOSED,
+        },
+        State.RESERVING: {ConnectionClosed: State.CLOSED},
+        State.RESERVED: {Reserve: State.RESERVING, ConnectionClosed: State.CLOSED},
+        State.CONNECTING: {ConnectionClosed: State.CLOSED},
+        State.CLAIMING: {ConnectionClosed: State.CLOSED},
+        State.DONE: {ConnectionClosed: State.CLOSED},
+        State.LINKED: {},
+        State.CLOSED: {},
+        State.ERROR: {},
+    },
+    Role.RELAY: {
+        State.WAITING: {},
+        State.MUST_RESERVE: {Reserved: State.HOLDING, Refused: State.DONE},
+        # A relay may end a reservation (it expired, the relay is stopping) by closing.
+        State.HOLDING: {Incoming: State.HOLDING, ConnectionClosed: State.CLOSED},
+        State.MUST_RENEW: {
+            Reserved: State.HOLDING,
+            Refused: State.DONE,
+            Incoming: State.MUST_RENEW,
+            ConnectionClosed: State.CLOSED,
+        },
+        State.MUST_CONNECT: {Linked: State.LINKED, Refused: State.DONE},
+        State.MUST_CLAIM: {Linked: State.LINKED, Refused: State.DONE},
+        State.DONE: {ConnectionClosed: State.CLOSED},
+        State.LINKED: {},
+        State.CLOSED: {},
+        State.ERROR: {},
+    },
+}
+
+# A request moves the relay, from the state it is in, to the state in which it owes the answer.
+RELAY_OWES: dict[tuple[MessageType, State], State] = {
+    (Reserve, State.WAITING): State.MUST_RESERVE,
+    (Reserve, State.HOLDING): State.MUST_RENEW,
+    (Connect, State.WAITING): State.MUST_CONNECT,
+    (Claim, State.WAITING): State.MUST_CLAIM,
+}
+# An answer moves the requester out of the state in which it waits for one (Incoming, not
+# an answer to anything the requester asked, leaves it where it is).
+ANSWER_MOVES: dict[MessageType, State] = {
+    Reserved: State.RESERVED,
+    Linked: State.LINKED,
+    Refused: State.DONE,
+}
+AWAITING_ANSWER = (State.RESERVING, State.CONNECTING, State.CLAIMING)
+INITIAL = {Role.REQUESTER: State.IDLE, Role.RELAY: State.WAITING}
+
+
+class RelayConnection:
+    """One end of one relay-protocol connection (h11-style, no I/O).
+
+    `send` checks that *we* follow the protocol (LocalProtocolError), `next_event` that
+    the peer does (RemoteProtocolError); after either both roles are in ERROR. Once
+    LINKED the machine is finished: the bytes that follow on the connection are the
+    circuit's, and the driver reads them raw (a Linked with anything after it in the
+    relay's session is a violation: the relay's session has ended).
+    """
+
+    def __init__(self, role: Role) -> None:
+        self.our_role = role
+        self.their_role = Role.RELAY if role is Role.REQUESTER else Role.REQUESTER
+        self.states = dict(INITIAL)
+        self._unpacker = _unpacker()
+        self._fed = 0
+        self._consumed = 0
+        self._peer_closed = False
+
+    @property
+    def our_state(self) -> State:
+        return self.states[self.our_role]
+
+    @property
+    def their_state(self) -> State:
+        return self.states[self.their_role]
+
+    @property
+    def errored(self) -> bool:
+        return State.ERROR in self.states.values()
+
+    def send(self, message: Message) -> bytes:
+        """The bytes of `message`, which must be legal for us now."""
+        if self.errored:
+            raise LocalProtocolError("the relay connection is in its error state")
+        try:
+            self._step(self.our_role, message, LocalProtocolError)
+            wire = encode(message)
+            if len(wire) > MAX_RELAY_MESSAGE:
+                raise LocalProtocolError(f"{type(message).__name__} exceeds {MAX_RELAY_MESSAGE} bytes")
+            decode_object(msgpack.unpackb(wire))  # never send what the peer would refuse
+        except (LocalProtocolError, RemoteProtocolError) as exc:
+            self._fail()
+            raise LocalProtocolError(str(exc)) from None
+        return wire
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the peer (decrypted by the session); b"" when its stream ended."""
+        if self.errored:
+            raise RemoteProtocolError("the relay connection is in its error state")
+        if self._peer_closed:
+            raise LocalProtocolError("receive_data() after the peer's end of stream")
+        if not data:
+            self._peer_closed = True
+            return
+        try:
+            self._unpacker.feed(data)
+        except msgpack.BufferFull:
+            self._fail()
+            raise RemoteProtocolError(f"a relay message exceeds {MAX_RELAY_MESSAGE} bytes") from None
+        self._fed += len(data)
+
+    def next_event(self) -> Event | None:
+        """The peer's next message, ConnectionClosed once its stream ended, or None for more."""
+        if self.errored:
+            raise RemoteProtocolError("the relay connection is in its error state")
+        if self.their_state is State.CLOSED:
+            return ConnectionClosed()
+        try:
+            event: Event | None = self._next_message()
+            if event is None and self._peer_closed:
+                if self._fed > self._consumed:
+                    raise RemoteProtocolError("the peer closed in the middle of a relay message")
+                event = ConnectionClosed()
+            if event is not None:
+                self._step(self.their_role, event, RemoteProtocolError)
+                if isinstance(event, Linked) and self._fed > self._consumed:
+                    raise RemoteProtocolError("the relay's session went on after Linked")
+        except (RemoteProtocolError, TransportError):
+            self._fail()
+            raise
+        return event
+
+    def _next_message(self) -> Message | None:
+        try:
+            obj = self._unpacker.unpack()
+        except msgpack.OutOfData:
+            return None
+        except Exception as exc:  # msgpack raises many types for malformed input
+            raise RemoteProtocolError(f"malformed relay message: {exc}") from None
+        self._consumed = int(self._unpacker.tell())
+        return decode_object(obj)
+
+    def _step(self, role: Role, event: Event, error: type[LocalProtocolError | RemoteProtocolError]) -> None:
+        state = self.states[role]
+        following = TRANSITIONS[role][state].get(type(event))
+        if following is None:
+            if role is Role.RELAY and isinstance(event, ConnectionClosed):
+                # Not garbage but a relay gone before its answer (killed, stopping): a transport failure.
+                raise ClosedEarly(f"the relay closed the connection before its answer ({state.value})")
+            raise error(f"{type(event).__name__} is not allowed from the {role.value} in state {state.value}")
+        if role is Role.REQUESTER and not isinstance(event, ConnectionClosed):
+            owed = RELAY_OWES.get((type(event), self.states[Role.RELAY]))
+            if owed is None:
+                raise error(f"{type(event).__name__} while the relay is {self.states[Role.RELAY].value}")
+            self.states[Role.RELAY] = owed
+        if (
+            role is Role.RELAY
+            and type(event) in ANSWER_MOVES
+            and self.states[Role.REQUESTER] in AWAITING_ANSWER
+        ):
+            self.states[Role.REQUESTER] = ANSWER_MOVES[type(event)]
+        self.states[role] = following
+
+    def _fail(self) -> None:
+        self.states = dict.fromkeys(self.states, State.ERROR)
