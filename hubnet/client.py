@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from hubnet.call_machine import CallMachine, CallResult, Timeouts, located
-from hubnet.dialer import Dialer, TcpDialer
+from hubnet.dialer import Dialer, TcpDialer, dial_first
 from hubnet.identity.blocking import SecureSocket, connect_secure_socket
 from hubnet.identity.errors import HandshakeError, Rejected, RemoteProtocolError, TransportError
 from hubnet.identity.keys import Identity
@@ -66,7 +66,7 @@ def _handshake(
     timeout: float,
     dialer: Dialer,
 ) -> SecureSocket:
-    sock = dialer.dial(target.address, timeout)
+    sock = dial_first(dialer, target.addresses, timeout)
     try:
         return connect_secure_socket(sock, identity, remote, first_data if remote is not None else b"")
     except HandshakeError as exc:

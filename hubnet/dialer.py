@@ -1,18 +1,24 @@
 """The dialer seam of the blocking client: an address in, a connected socket out.
 
 `hubnet.client` never opens a socket itself; it asks a `Dialer`. `TcpDialer` reaches
-direct addresses; a relay client, later, is one more dialer for relayed addresses, and
-the code above it does not change (the Noise session then runs end to end inside the
-relay's splice). The Trio client has the same seam in `hubnet.trio_client`.
+direct addresses over TCP, and relayed ones through their relay: it connects to the
+relay, asks for the target (`node.relay_protocol`), and hands back the socket once the
+relay has linked it to the target, so that the code above runs the same Noise session
+with the target end to end inside the relay's splice. The Trio client has the same seam
+in `hubnet.trio_client`.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 from typing import Protocol
 
-from hubnet.dht.addresses import Address, DirectAddress
-from hubnet.identity.errors import TransportError
+from hubnet.dht.addresses import Address, RelayAddress
+from hubnet.identity.blocking import connect_secure_socket
+from hubnet.identity.errors import RemoteProtocolError, TransportError
+from hubnet.identity.keys import Identity
+from hubnet.node.relay_protocol import Connect, Linked, Refused, RelayConnection, Role
 
 
 class Dialer(Protocol):
@@ -22,11 +28,11 @@ class Dialer(Protocol):
 
 
 class TcpDialer:
-    """Direct addresses over TCP."""
+    """Direct addresses over TCP, relayed ones through their relay."""
 
     def dial(self, address: Address, timeout: float) -> socket.socket:
-        if not isinstance(address, DirectAddress):
-            raise TransportError(f"cannot reach {address}: this client has no relay dialer yet")
+        if isinstance(address, RelayAddress):
+            return _through_relay(address, timeout)
         # getaddrinfo encodes a str host with the idna codec, whose import (stringprep,
         # unicodedata) costs a Pi more than the rest of the connect: an ASCII name or IP
         # goes in as bytes, which it takes as they are (typeshed says str only; CPython
@@ -41,3 +47,46 @@ class TcpDialer:
         # Each handshake message goes out in one write; without NODELAY delayed ACKs stall every call.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
+
+
+def _through_relay(address: RelayAddress, timeout: float) -> socket.socket:
+    """A socket to the relay, linked to `address.target`: what follows is the target's."""
+    sock = TcpDialer().dial(address.relay, timeout)
+    try:
+        # A fresh key for the relay hop: the relay needs no name for the caller, and gets none.
+        secure = connect_secure_socket(sock, Identity.generate(), address.relay_peer)
+        conn = RelayConnection(Role.REQUESTER)
+        secure.send_all(conn.send(Connect(address.target)))
+        while (event := conn.next_event()) is None:
+            conn.receive_data(secure.receive_some())
+        linked(event, address)
+        if secure.detach():
+            raise RemoteProtocolError(f"relay {address.relay} sent data before the target did")
+    except TimeoutError as exc:
+        sock.close()
+        raise TransportError(f"relay {address.relay}: timed out") from exc
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def linked(event: object, address: RelayAddress) -> None:
+    """Check a relay's answer to Connect: Linked, else TransportError naming the refusal."""
+    if isinstance(event, Refused):
+        raise TransportError(f"relay {address.relay} refused: {event.code}: {event.reason}")
+    if not isinstance(event, Linked):
+        raise TransportError(f"relay {address.relay} closed before linking the target")
+
+
+def dial_first(dialer: Dialer, addresses: Sequence[Address], timeout: float) -> socket.socket:
+    """The first of `addresses` that connects (a target's relays, when one refuses or fails)."""
+    failures: list[TransportError | RemoteProtocolError] = []
+    for address in addresses:
+        try:
+            return dialer.dial(address, timeout)
+        except (TransportError, RemoteProtocolError) as exc:
+            failures.append(exc)
+    if len(failures) == 1:
+        raise failures[0]
+    raise TransportError("; ".join(str(exc) for exc in failures))

@@ -37,7 +37,7 @@ from hubnet.dht.ids import service_key
 from hubnet.dht.lookup import Seed
 from hubnet.dht.records import ProviderRecord
 from hubnet.dht.sources import parse_ip
-from hubnet.dialer import Dialer, TcpDialer
+from hubnet.dialer import Dialer, TcpDialer, dial_first
 from hubnet.identity.blocking import connect_secure_socket
 from hubnet.identity.errors import (
     ConfigError,
@@ -61,6 +61,7 @@ from hubnet.select import (
     probe_targets,
     proven_memberships,
     rank,
+    relayed_addresses,
     with_trusted_orgs,
 )
 from hubnet.trust import PinnedKeys
@@ -216,9 +217,18 @@ def none_acceptable(name: str, found: int, rules_source: str) -> NotOffered:
 
 
 def target_of(offer: Offer) -> Target:
-    # Only direct addresses can be dialled so far; hubnet.select drops offers without one.
-    direct = next(a for a in offer.addresses if isinstance(a, DirectAddress))
-    return Target(direct, offer.publisher)
+    """Where to call the offer's publisher: its first direct address; else its relayed
+    addresses, each tried in turn (`hubnet.select` drops offers with neither)."""
+    direct = [a for a in offer.addresses if isinstance(a, DirectAddress)]
+    if direct:
+        return Target(direct[0], offer.publisher)
+    first, *others = relayed_addresses(offer)
+    return Target(first, offer.publisher, tuple(others))
+
+
+def _near(address: Address) -> DirectAddress:
+    """The host a dial to `address` goes to first: itself, or its relay."""
+    return address if isinstance(address, DirectAddress) else address.relay
 
 
 # --- bounded dialling ----------------------------------------------------------------------------
@@ -289,14 +299,13 @@ class DialLedger:
             return str(address) in self._dead
 
     def dial(self, address: Address, timeout: float) -> socket.socket:
-        if not isinstance(address, DirectAddress):
-            return self._inner.dial(address, timeout)  # (refuses: no relay dialer yet)
         text = str(address)
         with self._lock:
             key = self._keys.get(text)
         if key is None:
             try:
-                key = _resolve(address)
+                # A relayed address counts as itself: a relay serves many targets, each once.
+                key = _resolve(address) if isinstance(address, DirectAddress) else (text, 0)
             except TransportError:
                 with self._lock:
                     self._dead.add(text)
@@ -311,9 +320,10 @@ class DialLedger:
                 raise TransportError(f"{address}: this discovery dialled {len(self._dialled)} addresses")
             self._dialled.add(key)
             self.dials += 1
-        host, port = key
         try:
-            return self._inner.dial(DirectAddress(host, port), timeout)
+            return self._inner.dial(
+                DirectAddress(*key) if isinstance(address, DirectAddress) else address, timeout
+            )
         except TransportError:
             with self._lock:
                 self._dead.add(text)
@@ -348,7 +358,7 @@ def spread_over_hosts(offers: Sequence[Offer]) -> list[Offer]:
     rounds: dict[str, int] = {}
     keyed = []
     for index, offer in enumerate(offers):
-        group = _host_group(target_of(offer).direct)
+        group = _host_group(_near(target_of(offer).address))
         rounds[group] = rounds.get(group, -1) + 1
         keyed.append((rounds[group], index, offer))
     return [offer for _, _, offer in sorted(keyed, key=lambda item: item[:2])]
@@ -461,19 +471,24 @@ class Backoff:
 class _Group:
     """One address to probe and the offers that name it (two keys cannot both be there)."""
 
-    address: DirectAddress
+    address: Address
     offers: tuple[Offer, ...]
+    fallbacks: tuple[Address, ...] = ()  # a relayed node's other relays
 
 
 def _groups(offers: Sequence[Offer]) -> list[_Group]:
     by_address: dict[str, list[Offer]] = {}
     for offer in offers:
         by_address.setdefault(str(target_of(offer).address), []).append(offer)
-    return [_Group(target_of(group[0]).direct, tuple(group)) for group in by_address.values()]
+    groups = []
+    for group in by_address.values():
+        target = target_of(group[0])
+        groups.append(_Group(target.address, tuple(group), target.fallbacks))
+    return groups
 
 
 def _ask_status(
-    identity: Identity, address: DirectAddress, claimants: Sequence[bytes], dialer: Dialer, timeout: float
+    identity: Identity, group: _Group, claimants: Sequence[bytes], dialer: Dialer, timeout: float
 ) -> tuple[bytes, StatusReply]:
     """The key that answers at `address`, and its status.
 
@@ -483,7 +498,8 @@ def _ask_status(
     job = JobConnection(Role.CLIENT)
     data = job.send(GetStatus())
     expected = claimants[0] if len(claimants) == 1 else None
-    sock = dialer.dial(address, timeout)
+    address = group.address
+    sock = dial_first(dialer, [address, *group.fallbacks], timeout)
     try:
         secure = connect_secure_socket(sock, identity, expected, data if expected is not None else b"")
     except BaseException:
@@ -524,7 +540,7 @@ class _Prober:
         claimants = [offer.publisher for offer in group.offers]
         answer = None
         try:
-            key, reply = _ask_status(self.identity, group.address, claimants, self.ledger, self.timeout)
+            key, reply = _ask_status(self.identity, group, claimants, self.ledger, self.timeout)
             load = Load(reply.running, reply.queued, reply.capacity)
             answer = (key, Probe(time.monotonic() - started, load))
         except (HubnetError, OSError, ValueError):

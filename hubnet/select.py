@@ -29,7 +29,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from hubnet.dht.addresses import DirectAddress
+from hubnet.dht.addresses import DirectAddress, RelayAddress
 from hubnet.identity.errors import ConfigError
 from hubnet.identity.hints import did_you_mean
 from hubnet.identity.keys import decode_peer_id
@@ -149,13 +149,21 @@ def proven_memberships(
     return proven, refused
 
 
+def relayed_addresses(offer: Offer) -> list[RelayAddress]:
+    """The offer's addresses through relays to its publisher (one naming another target is
+    no way to reach this publisher)."""
+    return [a for a in offer.addresses if isinstance(a, RelayAddress) and a.target == offer.publisher]
+
+
 def _member(rules: Sequence[OrgRule], offer: Offer, proven: Memberships) -> bool:
     return any(rule.matches(m) for rule in rules for m in proven.get(offer.publisher, ()))
 
 
 def _allowed(offer: Offer, rules: SelectionRules, proven: Memberships) -> bool:
-    if not any(isinstance(address, DirectAddress) for address in offer.addresses):
-        return False  # reachable only through relays, which this client cannot dial yet
+    if not any(isinstance(address, DirectAddress) for address in offer.addresses) and not relayed_addresses(
+        offer
+    ):
+        return False  # no address this client can dial
     peer = offer.publisher
     if peer in rules.exclude or (rules.only and peer not in rules.only):
         return False

@@ -27,7 +27,8 @@ from typing import Protocol, TypeVar
 import trio
 
 from hubnet.call_machine import CANCEL_GRACE, CallMachine, CallResult, Timeouts, located
-from hubnet.dht.addresses import Address, DirectAddress
+from hubnet.dht.addresses import Address, RelayAddress
+from hubnet.dialer import linked
 from hubnet.identity.errors import (
     ClosedEarly,
     HandshakeClosed,
@@ -52,6 +53,8 @@ from hubnet.node.protocol import (
     Stderr,
     Stdout,
 )
+from hubnet.node.relay_protocol import Connect, RelayConnection
+from hubnet.node.relay_protocol import Role as RelayRole
 from hubnet.receipt_store import keep_receipt
 from hubnet.trust import KnownHostsStore, PinnedKeys, expected_key, explain_failure, remember
 
@@ -69,15 +72,32 @@ class StreamDialer(Protocol):
 
 
 class TcpStreamDialer:
-    """Direct addresses over TCP (Trio sets TCP_NODELAY on its socket streams)."""
+    """Direct addresses over TCP (Trio sets TCP_NODELAY on its socket streams), relayed ones
+    through their relay (as `hubnet.dialer.TcpDialer`: the stream is the target's once linked)."""
 
     async def dial(self, address: Address) -> trio.abc.Stream:
-        if not isinstance(address, DirectAddress):
-            raise TransportError(f"cannot reach {address}: this client has no relay dialer yet")
+        if isinstance(address, RelayAddress):
+            return await self._through_relay(address)
         try:
             return await trio.open_tcp_stream(address.host, address.port)
         except OSError as exc:
             raise TransportError(f"cannot connect to {address}: {exc.strerror or exc}") from exc
+
+    async def _through_relay(self, address: RelayAddress) -> trio.abc.Stream:
+        transport = await self.dial(address.relay)
+        try:
+            secure = await connect_secure(transport, Identity.generate(), address.relay_peer)
+            conn = RelayConnection(RelayRole.REQUESTER)
+            await secure.send_all(conn.send(Connect(address.target)))
+            while (event := conn.next_event()) is None:
+                conn.receive_data(await secure.receive_some())
+            linked(event, address)
+            if secure.detach():
+                raise RemoteProtocolError(f"relay {address.relay} sent data before the target did")
+        except BaseException:
+            await transport.aclose()
+            raise
+        return transport
 
 
 @dataclass(frozen=True)
@@ -136,8 +156,20 @@ class Client:
             await stream.send_all(first_data)
         return stream
 
+    async def _dial(self, target: Target) -> trio.abc.Stream:
+        """The first of the target's addresses that connects (its next relay when one refuses)."""
+        failures: list[TransportError | RemoteProtocolError] = []
+        for address in target.addresses:
+            try:
+                return await self.dialer.dial(address)
+            except (TransportError, RemoteProtocolError) as exc:
+                failures.append(exc)
+        if len(failures) == 1:
+            raise failures[0]
+        raise TransportError("; ".join(str(exc) for exc in failures))
+
     async def _handshake(self, target: Target, remote: bytes | None, first_data: bytes) -> SecureStream:
-        transport = await self.dialer.dial(target.address)
+        transport = await self._dial(target)
         try:
             return await connect_secure(
                 transport, self.identity, remote, first_data if remote is not None else b""

@@ -60,6 +60,11 @@ class SecureSocket:
     def close(self) -> None:
         self.sock.close()
 
+    def detach(self) -> bytes:
+        """Stop decrypting (`NoiseSession.detach`): the bytes read from the socket but not
+        decrypted, which come before what the socket has still to give."""
+        return self._session.detach()
+
 
 def _send(sock: socket.socket, data: bytes | bytearray) -> None:
     if not data:

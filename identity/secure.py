@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import trio
 
-from hubnet.identity.errors import ClosedEarly, HandshakeError
+from hubnet.identity.errors import ClosedEarly, HandshakeError, RemoteProtocolError
 from hubnet.identity.keys import Identity
 from hubnet.identity.session import MAX_RECEIVE, HandshakeComplete, NoiseSession
 
@@ -66,6 +66,14 @@ class SecureStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.transport.aclose()
+
+    def detach(self) -> bytes:
+        """Stop decrypting (`NoiseSession.detach`): the bytes read from the transport but
+        not decrypted, to be read before the transport's own. Decrypted bytes nobody took
+        are the peer breaking the protocol that ended the session."""
+        if self._plaintext:
+            raise RemoteProtocolError("data after the session's last message")
+        return self._session.detach()
 
 
 async def _send(transport: trio.abc.Stream, data: bytes | bytearray) -> None:

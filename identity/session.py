@@ -266,6 +266,17 @@ class NoiseSession:
             del out[written:]
         return out
 
+    def detach(self) -> bytes:
+        """End the session where the stream goes on without it: the bytes received but not
+        decoded, which belong to whoever reads the stream next (a relay circuit, whose own
+        end-to-end session follows the relay's). The session refuses everything after."""
+        if not self.handshake_done:
+            raise LocalProtocolError("detach() before the handshake completed")
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        self._state = _State.FAILED
+        return rest
+
     def check_eof(self) -> None:
         """Call when the peer closed: an incomplete frame or handshake is truncation."""
         if not self.handshake_done:

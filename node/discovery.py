@@ -17,17 +17,19 @@ from dataclasses import dataclass
 
 import trio
 
-from hubnet.dht.addresses import Address, DirectAddress
+from hubnet.dht.addresses import Address, DirectAddress, RelayAddress
 from hubnet.dht.lookup import Seed
 from hubnet.dht.node import DhtNode
+from hubnet.dht.reachability import Reachability
 from hubnet.dht.transport import DatagramTransport
-from hubnet.identity.keys import Identity
+from hubnet.identity.keys import Identity, encode_peer_id
 from hubnet.node.naming import Target
 from hubnet.node.offer_check import accept_record
 from hubnet.node.offers import Load
 from hubnet.node.protocol import PeerInfo, ReachStatus
 from hubnet.node.publisher import OfferPublisher
 from hubnet.node.reach import Reach, dial_back
+from hubnet.node.relay import relay_service
 from hubnet.node.services import NodeConfig, Service
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,10 @@ class Discovery:
         attestations: tuple[bytes, ...] = (),
     ) -> None:
         self.identity = identity
+        # A private node is dialled through its relays only: it publishes the relayed
+        # addresses it holds (`use_addresses`), no direct one, and nothing while it holds none.
+        self.relayed: tuple[Address, ...] = ()
+        self.direct: tuple[Address, ...] = ()
         self.attestations = attestations  # this node's organisation attestations, for its offers
         self.config = config
         self.load = load
@@ -96,7 +102,10 @@ class Discovery:
         state = self.reach.state
         observed = str(DirectAddress(*state.observed)) if state.observed is not None else ""
         mode = "client" if state.client_mode else "server"
-        return ReachStatus(str(state.reachability), observed, mode, len(self.dht.protocol.table))
+        relays = tuple(
+            f"{encode_peer_id(a.relay_peer)}@{a.relay}" for a in self.relayed if isinstance(a, RelayAddress)
+        )
+        return ReachStatus(str(state.reachability), observed, mode, len(self.dht.protocol.table), relays)
 
     async def run(self, transport: DatagramTransport, *, task_status: trio.TaskStatus[DhtNode]) -> None:
         """Join and publish over `transport` (bound to the job port's number) until cancelled;
@@ -110,9 +119,13 @@ class Discovery:
         )
         self.dht = dht
         port = transport.local_address[1]
-        addresses = advertised_addresses(self.config, port)
+        self.direct = advertised_addresses(self.config, port)
         publisher = OfferPublisher(
-            self.identity, self.config, addresses, attestations=self.attestations, multiplier=self.multiplier
+            self.identity,
+            self.config,
+            self.addresses,
+            attestations=self.attestations,
+            multiplier=self.multiplier,
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(dht.serve)
@@ -123,6 +136,27 @@ class Discovery:
             nursery.start_soon(self.reach.run, dht, port)
             task_status.started(dht)
             await self._keep_published(dht, publisher)
+
+    @property
+    def private(self) -> bool:
+        return self.reach.state.reachability is Reachability.PRIVATE
+
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        """Where callers reach this node: its relayed addresses while private, else direct."""
+        return self.relayed if self.private else self.direct
+
+    def use_addresses(self, addresses: tuple[Address, ...]) -> None:
+        """The relayed addresses this node holds now (published within POLL_INTERVAL)."""
+        self.relayed = addresses
+
+    def _readdress(self, publisher: OfferPublisher) -> None:
+        """Republish at once when where callers reach us, or whether we relay, has changed: a
+        private node relays for nobody (nobody could reach its relay)."""
+        relay = relay_service(self.config.relay) if self.config.relay and not self.private else None
+        if publisher.addresses != self.addresses or publisher.relay != relay:
+            publisher.relay = relay
+            publisher.readdress(self.addresses)
 
     async def _keep_published(self, dht: DhtNode, publisher: OfferPublisher) -> None:
         last_join = float("-inf")
@@ -158,12 +192,13 @@ class Discovery:
             # A new reachability is news for the DHT: a node that went private holds its
             # records no longer (client mode) and must store them at public nodes now.
             moved = self.reach.state != published_with
-            if joined or moved or publisher.due(load, now):
+            self._readdress(publisher)
+            if (joined or moved or publisher.due(load, now)) and publisher.addresses:
                 published_with = self.reach.state
                 publication = publisher.publish(load, now)
                 stored = [await dht.publish_provider(offer) for offer in publication.offers]
                 await dht.publish_node_record(publication.node_record)
-                names = [service.name for service in self.config.services.values()]
+                names = [service.name for service in publisher.offered]
                 state = PublishState.of(names, stored, len(dht.protocol.table))
                 # The republish every 100 s is news only when what it found changed.
                 level = logging.DEBUG if state == reported else state.level

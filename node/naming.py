@@ -62,6 +62,12 @@ class Target:
 
     address: Address
     peer: bytes | None = None
+    # More addresses of the same node, tried in order when `address` fails: its other relays.
+    fallbacks: tuple[Address, ...] = ()
+
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        return (self.address, *self.fallbacks)
 
     @classmethod
     def parse(cls, text: str) -> Target:

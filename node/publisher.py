@@ -48,10 +48,14 @@ class OfferPublisher:
         min_gap: float = MIN_GAP,
         attestations: tuple[bytes, ...] = (),
         multiplier: Callable[[Service], float] = lambda service: 1.0,
+        relay: Service | None = None,
     ) -> None:
         self.identity = identity
         # The demand multiplier on a service's prices now (`node.server.Node.multiplier`).
         self.multiplier = multiplier
+        # A relay offers its relaying like a service (node.relay.relay_service), so that
+        # private nodes find it in the DHT; nobody calls it as a job.
+        self.relay = relay
         # This node's organisation attestations (encoded), carried by every offer as far as
         # the record's size allows.
         self.attestations = attestations[:MAX_OFFER_ATTESTATIONS]
@@ -64,6 +68,16 @@ class OfferPublisher:
         self._last_time: float | None = None
         self._last_load: Load | None = None
         self._last_multipliers: list[float] = []
+
+    @property
+    def offered(self) -> list[Service]:
+        """What this node publishes offers for: its services, and its relaying if it relays."""
+        return [*self.config.services.values(), *([self.relay] if self.relay else [])]
+
+    def readdress(self, addresses: tuple[Address, ...]) -> None:
+        """Publish `addresses` from now on, and at once (a private node's relays changed)."""
+        self.addresses = addresses
+        self._last_time = None
 
     def due(self, load: Load, now: float) -> bool:
         """Whether to publish now: never yet, the timer ran out, or the load or a price changed."""
@@ -82,7 +96,7 @@ class OfferPublisher:
         # own records from before the restart.
         self._sequence = max(self._sequence + 1, int(now * 1000))
         issued = int(now)
-        offers = tuple(self._offer(service, load, issued) for service in self.config.services.values())
+        offers = tuple(self._offer(service, load, issued) for service in self.offered)
         node_record = NodeRecord.create(
             self.identity,
             self.addresses[:MAX_NODE_ADDRESSES],

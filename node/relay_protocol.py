@@ -234,13 +234,13 @@ def _unpacker() -> msgpack.Unpacker:
     )
 
 
-def is_relay_request(data: bytes) -> bool:
+def is_relay_request(data: bytes | bytearray) -> bool:
     """Whether `data`, a connection's first bytes after the handshake, begin a relay request
     (rather than a job-protocol request): a `[kind, ...]` whose kind is a relay request's.
     A node looks at this to pick the machine that reads the connection."""
     unpacker = _unpacker()
     try:
-        unpacker.feed(data[:MAX_RELAY_MESSAGE])
+        unpacker.feed(bytes(data[:MAX_RELAY_MESSAGE]))
         if unpacker.read_array_header() != 2:
             return False
         kind = unpacker.unpack()
@@ -383,7 +383,7 @@ class RelayConnection:
             raise LocalProtocolError(str(exc)) from None
         return wire
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Bytes from the peer (decrypted by the session); b"" when its stream ended."""
         if self.errored:
             raise RemoteProtocolError("the relay connection is in its error state")

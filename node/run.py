@@ -8,6 +8,7 @@ here, in the layer they belong to, and the CLI stays a parser.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import resource
 import signal
@@ -28,6 +29,7 @@ from hubnet.node.naming import Target
 from hubnet.node.offers import Load
 from hubnet.node.org_records import OrgSetup
 from hubnet.node.org_watch import OrgWatch, refresh_interval
+from hubnet.node.reservations import RelayFinder, RelayListener
 from hubnet.node.sandbox import check_services, probe_host
 from hubnet.node.server import Node
 from hubnet.node.services import NodeConfig
@@ -140,6 +142,12 @@ async def _serve(
             addresses, udp = await _listen(nursery, node, config)
             stack.callback(udp.close)  # after the nursery, once nothing uses the socket
             dht = await nursery.start(discovery.run, udp)
+            # While callers cannot dial us (node.reach says private), we serve through relays'
+            # circuits: one more listener, feeding the same server as the TCP port.
+            relays = RelayListener(identity, on_change=discovery.use_addresses)
+            finder = RelayFinder(config.relays, dht, identity.public_key)
+            await nursery.start(functools.partial(relays.run, finder, active=lambda: discovery.private))
+            nursery.start_soon(node.serve_listeners, [relays])
             if config.orgs or orgs.own_lists or orgs.own_profiles:
                 watch = OrgWatch(
                     dht,

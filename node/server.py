@@ -91,6 +91,8 @@ from hubnet.node.protocol import (
     Stdout,
 )
 from hubnet.node.receipts import JobReceipt
+from hubnet.node.relay import Relay
+from hubnet.node.relay_protocol import is_relay_request
 from hubnet.node.runner import Job, JobLimits, JobOutcome, SpawnError
 from hubnet.node.sandbox import Confinement, Host, describe_isolation, probe_host
 from hubnet.node.services import NodeConfig, Service
@@ -158,6 +160,8 @@ class Node:
             config.max_connections_per_address,
             pressed_wait=pressed_wait,
         )
+        # Relay requests come to the same port (node.relay); without [relay] they are refused.
+        self.relay = Relay(config.relay)
         self._slots = trio.CapacityLimiter(config.max_jobs)
         self._service_slots = {
             sid: trio.CapacityLimiter(svc.max_concurrent) for sid, svc in config.services.items()
@@ -173,7 +177,7 @@ class Node:
         await self.serve_listeners(listeners)
 
     async def serve_listeners(self, listeners: Sequence[trio.abc.Listener[trio.abc.Stream]]) -> None:
-        """Serve every connection that any of `listeners` accepts (TCP ports; later, relay reservations)."""
+        """Serve every connection that any of `listeners` accepts (TCP ports, relay reservations)."""
         await trio.serve_listeners(self.handle_connection, list(listeners))
 
     async def handle_connection(self, transport: trio.abc.Stream) -> None:
@@ -204,12 +208,21 @@ class Node:
             stream, first_data = await accept_secure(transport, self.identity)
         if tracked is not None:
             tracked.phase = Phase.REQUEST
+        replayable = bool(first_data)
+        if not replayable:
+            # Only a relay request comes after the handshake rather than in its first message
+            # (which anyone who recorded it can replay): see node.relay_protocol.
+            with self.connections.waiting(tracked, self.start_timeout):
+                first_data = bytes(await stream.receive_some())
+            if is_relay_request(first_data):
+                await self.relay.serve(stream, first_data, tracked)
+                return
         conn = JobConnection(Role.SERVER)
         request: Event | None = None
         if first_data:  # (an empty feed would mean the end of the stream)
             conn.receive_data(first_data)
             request = conn.next_event()
-            if request is not None and conn.buffered:
+            if request is not None and conn.buffered and replayable:
                 # Anyone who recorded an IK first message can replay it: only the request may
                 # ride there, never the Start that proves the caller live.
                 raise RemoteProtocolError("only the request may ride in the handshake")

@@ -253,6 +253,23 @@ REACHABILITY_SETTINGS = ("auto", "public", "private")
 
 
 @dataclass(frozen=True)
+class RelayConfig:
+    """`[relay]` of services.toml: what this node, if public, relays for private ones.
+
+    The defaults carry a robot's real jobs through one circuit (minutes of audio, a large
+    photo, a long speech stream: a gigabyte and an hour), not the 2 minutes and 128 KiB
+    that libp2p's relays allow and its users trip over."""
+
+    max_reservations: int = 128  # private nodes holding a reservation here, in all
+    max_reservations_per_peer: int = 4  # reservations one peer may hold at once
+    max_circuits_per_peer: int = 16  # circuits open at once to one target, or from one caller's IP
+    max_circuit_bytes: int = 1 << 30  # both directions together
+    max_circuit_seconds: int = 3600
+    reservation_seconds: int = 120  # a reservation not renewed within this ends
+    price_per_mib: int = 0  # millisatoshi per MiB relayed, published in the relay's offer
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything `services.toml` says: where to listen, global job limits, the services."""
 
@@ -270,6 +287,8 @@ class NodeConfig:
     mints: tuple[str, ...] = ()  # the Cashu mints whose ecash this node takes (none: no ecash)
     # "auto": ask DHT peers to dial back (node.reach); "public"/"private": the operator knows.
     reachability: str = "auto"
+    relay: RelayConfig | None = None  # None: this node relays for nobody
+    relays: tuple[Target, ...] = ()  # relays to hold reservations with, pinned (else from the DHT)
 
     @property
     def orgs(self) -> set[bytes]:
@@ -532,6 +551,31 @@ def _advertise(top: _Table) -> tuple[Address, ...]:
     return tuple(addresses)
 
 
+def _parse_relay(t: _Table) -> RelayConfig | None:
+    default = RelayConfig()
+    enabled = _flag(t, "enabled", True)
+    relay = RelayConfig(
+        max_reservations=t.integer("max_reservations", 1) or default.max_reservations,
+        max_reservations_per_peer=t.integer("max_reservations_per_peer", 1)
+        or default.max_reservations_per_peer,
+        max_circuits_per_peer=t.integer("max_circuits_per_peer", 1) or default.max_circuits_per_peer,
+        max_circuit_bytes=t.size("max_circuit_bytes") or default.max_circuit_bytes,
+        max_circuit_seconds=t.integer("max_circuit_seconds", 1) or default.max_circuit_seconds,
+        reservation_seconds=t.integer("reservation_seconds", 10) or default.reservation_seconds,
+        price_per_mib=t.integer("price_per_mib", 0) or 0,
+    )
+    t.done()
+    return relay if enabled else None
+
+
+def _relays(top: _Table) -> tuple[Target, ...]:
+    relays = _targets(top, "relays")
+    for target in relays:
+        if target.peer is None or isinstance(target.address, RelayAddress):
+            raise top.error("relays", f"{target.address}: give each relay as PEER_ID@HOST:PORT")
+    return relays
+
+
 def parse_services(text: str, *, source: str = "services.toml") -> NodeConfig:
     """Parse and validate the text of a services.toml; ConfigError names file and key."""
     try:
@@ -554,6 +598,9 @@ def parse_services(text: str, *, source: str = "services.toml") -> NodeConfig:
     reachability = top.string("reachability") or "auto"
     if reachability not in REACHABILITY_SETTINGS:
         raise top.error("reachability", f"{reachability!r}: give one of {', '.join(REACHABILITY_SETTINGS)}")
+    relay_table = top.table("relay")
+    relay = _parse_relay(relay_table) if relay_table is not None else None
+    relays = _relays(top)
     services: dict[bytes, Service] = {}
     table = top.table("services") or _Table(source, (), {})
     for name, body in table.entries():
@@ -581,6 +628,8 @@ def parse_services(text: str, *, source: str = "services.toml") -> NodeConfig:
         max_connections_per_address=max_connections_per_address,
         max_connections=max_connections,
         mints=mints,
+        relay=relay,
+        relays=relays,
         reachability=reachability,
     )
 

@@ -33,9 +33,10 @@ from hubnet.node.protocol import (
     StatusReply,
     Stdout,
 )
+from hubnet.node.reservations import RelayFinder, RelayListener
 from hubnet.node.server import Node
 from hubnet.node.services import parse_services
-from hubnet.trio_client import Client, TcpStreamDialer
+from hubnet.trio_client import Client
 from tests.helpers import require_program
 
 ADDRESS = DirectAddress("node.test", 7070)  # never resolved: the in-memory dialer takes it
@@ -272,10 +273,30 @@ async def test_a_silent_node_times_out_connecting() -> None:
         await client.request(Target(ADDRESS, Identity.generate().public_key), GetStatus(), StatusReply)
 
 
-async def test_the_tcp_dialer_has_no_relay_yet() -> None:
-    relayed = RelayAddress(Identity.generate().public_key, ADDRESS, Identity.generate().public_key)
-    with pytest.raises(TransportError, match="relay"):
-        await TcpStreamDialer().dial(relayed)
+async def test_through_a_relay_over_real_tcp_after_another_relay_refused() -> None:
+    node = _node()  # private: reached only through its reservation at `relay`
+    relay = Node(parse_services('listen = "127.0.0.1:0"\n[relay]\n'), Identity.generate())
+    no_relay = Node(parse_services('listen = "127.0.0.1:0"\n'), Identity.generate())
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            (relay_host, relay_port), *_ = await nursery.start(relay.serve)
+            (other_host, other_port), *_ = await nursery.start(no_relay.serve)
+            reserved = trio.Event()
+            listener = RelayListener(node.identity, on_change=lambda held: held and reserved.set())
+            pinned = [Target(DirectAddress(relay_host, relay_port), relay.identity.public_key)]
+            await nursery.start(listener.run, RelayFinder(pinned, None, node.identity.public_key))
+            nursery.start_soon(node.serve_listeners, [listener])
+            await reserved.wait()
+            peer = node.identity.public_key
+            refusing = RelayAddress(no_relay.identity.public_key, DirectAddress(other_host, other_port), peer)
+            good = RelayAddress(relay.identity.public_key, DirectAddress(relay_host, relay_port), peer)
+            client = Client(Identity.generate())  # the default dialer: TCP, and relays
+            with pytest.raises(TransportError, match="not-a-relay"):
+                await client.request(Target(refusing, peer), GetStatus(), StatusReply)
+            output = await client.call(Target(refusing, peer, (good,)), CAT, stdin=b"relayed" * 100_000)
+            nursery.cancel_scope.cancel()
+    assert output.stdout == b"relayed" * 100_000
+    assert relay.relay.bytes_relayed > 1_400_000  # the stdin and the output, ciphertext both ways
 
 
 async def test_over_real_tcp() -> None:

@@ -1,0 +1,320 @@
+"""The relay service: reservations for private nodes, and circuits spliced through to them.
+
+A public node with `[relay]` in services.toml answers the relay protocol
+(`node.relay_protocol`) on its one port. A private node keeps a reservation connection
+open; a caller asks for it (Connect), the relay tells the holder (Incoming), the holder
+claims the circuit on a fresh outbound connection (Claim), and the relay splices the
+caller's and the target's raw bytes, inside which their own Noise session runs end to
+end. What may be held and carried is decided by `RelayBook` (pure, no I/O); `Relay` owns
+the waiting, the notices and the splice.
+
+A relay learns who holds reservations (their peer ids), which source addresses call
+them, when and how many bytes pass; it never sees a circuit's plaintext, and cannot pose
+as a target, whose key the caller checks in the end-to-end handshake. The caller's hop to
+the relay uses a fresh key per circuit, so the relay does not learn the caller's identity
+either: callers are counted by their source address instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from collections import Counter
+from dataclasses import dataclass, field
+
+import trio
+
+from hubnet.identity.keys import fingerprint
+from hubnet.identity.secure import SecureStream
+from hubnet.node.connections import Connection, Phase
+from hubnet.node.naming import service_id_for_name
+from hubnet.node.offers import Price
+from hubnet.node.relay_protocol import (
+    CIRCUIT_ID_LEN,
+    CircuitLimits,
+    Claim,
+    Connect,
+    ConnectionClosed,
+    Event,
+    Incoming,
+    Linked,
+    Message,
+    RefusalCode,
+    Refused,
+    RelayConnection,
+    Reserve,
+    Reserved,
+    Role,
+)
+from hubnet.node.services import RelayConfig, Service
+
+log = logging.getLogger("hubnet.node.relay")
+
+# The service a relay publishes an offer for, so that private nodes find relays in the DHT.
+RELAY_SERVICE_NAME = "hubnet-relay"
+RELAY_SERVICE_ID = service_id_for_name(RELAY_SERVICE_NAME)
+
+
+def relay_service(config: RelayConfig) -> Service:
+    """What a relay's offer says: the well-known relay service at the relay's price per MiB.
+    (Its command is never run: a Call for it finds no such service in services.toml.)"""
+    return Service(
+        RELAY_SERVICE_NAME,
+        RELAY_SERVICE_ID,
+        ("hubnode-relay",),
+        description="relays circuits to nodes behind NATs",
+        price=Price(per_mib=config.price_per_mib),
+    )
+
+
+CLAIM_TIMEOUT = 10.0  # how long a caller waits for the target to claim its circuit
+SPLICE_CHUNK = 256 * 1024  # one read of a spliced stream: as the job protocol's output chunks
+
+
+class RelayBook:
+    """Who holds reservations and circuits here, against the limits (pure bookkeeping)."""
+
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+        self.reservations: Counter[bytes] = Counter()  # by holder peer id
+        self.circuits_to: Counter[bytes] = Counter()  # by target peer id
+        self.circuits_from: Counter[str | None] = Counter()  # by caller source (an IP)
+
+    @property
+    def limits(self) -> CircuitLimits:
+        return CircuitLimits(self.config.max_circuit_bytes, self.config.max_circuit_seconds)
+
+    def reserve(self, peer: bytes) -> Refused | None:
+        """Take a reservation for `peer`, or say why not."""
+        if self.reservations[peer] >= self.config.max_reservations_per_peer:
+            return Refused(
+                RefusalCode.PEER_RESERVATIONS_FULL,
+                f"you hold {self.reservations[peer]} reservations here, the most one peer may",
+            )
+        if self.reservations.total() >= self.config.max_reservations:
+            return Refused(
+                RefusalCode.RESERVATIONS_FULL,
+                f"this relay holds {self.reservations.total()} reservations, the most it takes",
+            )
+        self.reservations[peer] += 1
+        return None
+
+    def release(self, peer: bytes) -> None:
+        self.reservations[peer] -= 1
+        self.reservations += Counter()  # drops the counts that reached 0
+
+    def open_circuit(self, target: bytes, source: str | None) -> Refused | None:
+        """Take a circuit from `source` to `target`, or say why not."""
+        if not self.reservations[target]:
+            return Refused(RefusalCode.NO_RESERVATION, "the target holds no reservation at this relay")
+        most = self.config.max_circuits_per_peer
+        if self.circuits_to[target] >= most:
+            return Refused(RefusalCode.CIRCUITS_FULL, f"the target has {most} circuits through this relay")
+        if self.circuits_from[source] >= most:
+            return Refused(RefusalCode.CIRCUITS_FULL, f"your address has {most} circuits through this relay")
+        self.circuits_to[target] += 1
+        self.circuits_from[source] += 1
+        return None
+
+    def close_circuit(self, target: bytes, source: str | None) -> None:
+        self.circuits_to[target] -= 1
+        self.circuits_from[source] -= 1
+        self.circuits_to += Counter()  # drops the counts that reached 0
+        self.circuits_from += Counter()
+
+
+class RawStream(trio.abc.HalfCloseableStream):
+    """A transport whose relay session has ended (`SecureStream.detach`): the bytes that
+    session had read but not decrypted first, then the transport's own."""
+
+    def __init__(self, transport: trio.abc.Stream, first: bytes) -> None:
+        self.transport = transport
+        self._first = first
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.transport.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        if isinstance(self.transport, trio.abc.HalfCloseableStream):
+            await self.transport.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._first:
+            size = len(self._first) if max_bytes is None else max_bytes
+            chunk, self._first = self._first[:size], self._first[size:]
+            await trio.lowlevel.checkpoint()
+            return chunk
+        return bytes(await self.transport.receive_some(max_bytes))
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
+@dataclass(eq=False)
+class _Holder:
+    """One reservation connection: where Incoming notices for its peer go."""
+
+    peer: bytes
+    notices: trio.MemorySendChannel[bytes]
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A circuit a caller waits on until its target claims it."""
+
+    target: bytes
+    claimed: trio.Event = field(default_factory=trio.Event)
+    done: trio.Event = field(default_factory=trio.Event)
+    target_stream: RawStream | None = None
+
+
+class Relay:
+    """Serves relay requests; with `config` None, refuses them all (this node is no relay)."""
+
+    def __init__(self, config: RelayConfig | None, *, claim_timeout: float = CLAIM_TIMEOUT) -> None:
+        self.config = config
+        self.book = RelayBook(config) if config is not None else None
+        self.claim_timeout = claim_timeout
+        self.bytes_relayed = 0
+        self._holders: dict[bytes, list[_Holder]] = {}
+        self._pending: dict[bytes, _Pending] = {}
+
+    async def serve(self, stream: SecureStream, first: bytes, tracked: Connection | None) -> None:
+        """Answer the request that `first` (the first bytes after the handshake) begins."""
+        conn = RelayConnection(Role.RELAY)
+        conn.receive_data(first)
+        request = await next_relay_event(stream, conn)
+        if self.book is None:
+            await _send(stream, conn, Refused(RefusalCode.NOT_A_RELAY, "this node does not relay"))
+            return
+        if isinstance(request, Reserve):
+            if tracked is not None:
+                tracked.phase = Phase.ACTIVE  # a live holder: never shed for a newcomer
+            await self._hold(stream, conn, self.book)
+        elif isinstance(request, Connect):
+            await self._connect(stream, conn, request.target, tracked.source if tracked else None, self.book)
+        elif isinstance(request, Claim):
+            await self._claim(stream, conn, request.circuit)
+
+    async def _hold(self, stream: SecureStream, conn: RelayConnection, book: RelayBook) -> None:
+        peer = stream.remote_identity
+        refusal = book.reserve(peer)
+        if refusal is not None:
+            log.info("refused a reservation for %s: %s", fingerprint(peer), refusal.code)
+            await _send(stream, conn, refusal)
+            return
+        seconds = book.config.reservation_seconds
+        notices, incoming = trio.open_memory_channel[bytes](book.config.max_circuits_per_peer)
+        holder = _Holder(peer, notices)
+        self._holders.setdefault(peer, []).append(holder)
+        lock = trio.Lock()  # renewals and notices both write: one message at a time
+        try:
+            await _send(stream, conn, Reserved(seconds, book.limits))
+            log.info("reservation for %s (%d held)", fingerprint(peer), book.reservations.total())
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_send_notices, stream, conn, incoming, lock)
+                with trio.move_on_after(seconds) as expiry:
+                    while not isinstance(await next_relay_event(stream, conn), ConnectionClosed):
+                        async with lock:
+                            await _send(stream, conn, Reserved(seconds, book.limits))
+                        expiry.deadline = trio.current_time() + seconds
+                nursery.cancel_scope.cancel()
+        finally:
+            self._holders[peer].remove(holder)
+            if not self._holders[peer]:
+                del self._holders[peer]
+            book.release(peer)
+            log.info("reservation for %s ended", fingerprint(peer))
+
+    async def _connect(
+        self, stream: SecureStream, conn: RelayConnection, target: bytes, source: str | None, book: RelayBook
+    ) -> None:
+        refusal = book.open_circuit(target, source)
+        if refusal is not None:
+            log.info("refused a circuit from %s to %s: %s", source, fingerprint(target), refusal.code)
+            await _send(stream, conn, refusal)
+            return
+        circuit = secrets.token_bytes(CIRCUIT_ID_LEN)
+        pending = _Pending(target)
+        self._pending[circuit] = pending
+        try:
+            # The newest reservation first: an older one of the same peer may be a dead connection.
+            holder = self._holders[target][-1]
+            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                holder.notices.send_nowait(circuit)
+            with trio.move_on_after(self.claim_timeout):
+                await pending.claimed.wait()
+            if pending.target_stream is None:
+                await _send(
+                    stream, conn, Refused(RefusalCode.TARGET_UNAVAILABLE, "the target did not answer")
+                )
+                return
+            await _send(stream, conn, Linked(book.limits))
+            caller = RawStream(stream.transport, stream.detach())
+            await self._splice(caller, pending.target_stream, book.limits)
+        finally:
+            del self._pending[circuit]
+            pending.done.set()
+            book.close_circuit(target, source)
+
+    async def _claim(self, stream: SecureStream, conn: RelayConnection, circuit: bytes) -> None:
+        pending = self._pending.get(circuit)
+        if pending is None or pending.target != stream.remote_identity or pending.claimed.is_set():
+            await _send(stream, conn, Refused(RefusalCode.NO_SUCH_CIRCUIT, "no circuit waits for you there"))
+            return
+        assert self.book is not None
+        await _send(stream, conn, Linked(self.book.limits))
+        pending.target_stream = RawStream(stream.transport, stream.detach())
+        pending.claimed.set()
+        await pending.done.wait()  # the caller's task splices; this connection lives as long
+
+    async def _splice(self, caller: RawStream, target: RawStream, limits: CircuitLimits) -> None:
+        """Copy bytes both ways until both ends have closed, or a limit is reached (then both
+        are cut). An end of stream is passed on as one, so each end can finish its last word."""
+        budget = [limits.max_bytes]
+        with trio.move_on_after(limits.max_seconds) as timer:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, caller, target, budget, nursery.cancel_scope)
+                nursery.start_soon(self._pump, target, caller, budget, nursery.cancel_scope)
+        if timer.cancelled_caught:
+            log.info("a circuit reached its %d s limit and was cut", limits.max_seconds)
+        elif budget[0] < 0:
+            log.info("a circuit reached its %d byte limit and was cut", limits.max_bytes)
+
+    async def _pump(
+        self, source: RawStream, sink: RawStream, budget: list[int], both: trio.CancelScope
+    ) -> None:
+        try:
+            while data := await source.receive_some(SPLICE_CHUNK):
+                budget[0] -= len(data)
+                if budget[0] < 0:
+                    both.cancel()
+                    return
+                await sink.send_all(data)
+                self.bytes_relayed += len(data)
+            await sink.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            both.cancel()  # one end is gone: the other has nothing more to hear
+
+
+async def _send_notices(
+    stream: SecureStream, conn: RelayConnection, circuits: trio.MemoryReceiveChannel[bytes], lock: trio.Lock
+) -> None:
+    async for circuit in circuits:
+        async with lock:
+            await _send(stream, conn, Incoming(circuit))
+
+
+async def _send(stream: SecureStream, conn: RelayConnection, message: Message) -> None:
+    await stream.send_all(conn.send(message))
+
+
+async def next_relay_event(stream: SecureStream, conn: RelayConnection) -> Event:
+    """The peer's next relay message (or ConnectionClosed), read from `stream`."""
+    while (event := conn.next_event()) is None:
+        conn.receive_data(await stream.receive_some())
+    return event
