@@ -55,6 +55,7 @@ bench: $(VENV)/.installed-test
 	$(PY) bench/ecash.py
 	$(PY) bench/holepunch.py
 	$(PY) bench/map.py
+	$(PY) bench/relay.py
 
 ## `hubnode` for your user, with pipx (EXTRAS=speech,face adds the robot services' extras);
 ## INTO=DIR installs into the virtualenv DIR instead, for the Python API. pip builds in the

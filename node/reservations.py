@@ -51,6 +51,7 @@ REST = 30.0  # a relay that failed is not tried again for this long
 MAX_WAITING_CIRCUITS = 64  # claimed circuits the server has not accepted yet
 
 LOOKUP_INTERVAL = 30.0  # how often the DHT is asked for relays, at most
+LOOKUP_RETRY = 5.0  # ... or, while it has found none, this often
 
 Candidates = Callable[[], Awaitable[Sequence[Target]]]
 
@@ -68,7 +69,8 @@ class RelayFinder:
         self._looked = -math.inf
 
     async def __call__(self) -> Sequence[Target]:
-        if self.dht is not None and trio.current_time() - self._looked >= LOOKUP_INTERVAL:
+        interval = LOOKUP_INTERVAL if self._found else LOOKUP_RETRY
+        if self.dht is not None and trio.current_time() - self._looked >= interval:
             self._looked = trio.current_time()
             found = []
             for record in await self.dht.find_providers(service_key(RELAY_SERVICE_ID)):
