@@ -140,9 +140,8 @@ def main() -> None:
     extra = (median(latency["relayed"]) - median(latency["direct"])) * 1000
     print(f"latency relayed - direct: {extra:+.1f} ms")
     carried = 2 * options.mib * options.runs  # stdin up and stdout down through the circuit
-    print(
-        f"relay CPU: {relay_cpu * 1000 / carried:.2f} ms per MiB carried ({relay_cpu:.2f} s for {carried} MiB)"
-    )
+    per_mib = relay_cpu * 1000 / carried
+    print(f"relay CPU: {per_mib:.2f} ms per MiB carried ({relay_cpu:.2f} s for {carried} MiB)")
 
 
 if __name__ == "__main__":
