@@ -273,23 +273,29 @@ async def test_a_silent_node_times_out_connecting() -> None:
         await client.request(Target(ADDRESS, Identity.generate().public_key), GetStatus(), StatusReply)
 
 
+async def _reserved_behind(node: Node, relay: Node, nursery: trio.Nursery) -> DirectAddress:
+    """Serve `relay` and have the private `node` hold a reservation there; the relay's address."""
+    (host, port), *_ = await nursery.start(relay.serve)
+    reserved = trio.Event()
+    listener = RelayListener(node.identity, on_change=lambda held: held and reserved.set())
+    pinned = [Target(DirectAddress(host, port), relay.identity.public_key)]
+    await nursery.start(listener.run, RelayFinder(pinned, None, node.identity.public_key))
+    nursery.start_soon(node.serve_listeners, [listener])
+    await reserved.wait()
+    return DirectAddress(host, port)
+
+
 async def test_through_a_relay_over_real_tcp_after_another_relay_refused() -> None:
     node = _node()  # private: reached only through its reservation at `relay`
     relay = Node(parse_services('listen = "127.0.0.1:0"\n[relay]\n'), Identity.generate())
     no_relay = Node(parse_services('listen = "127.0.0.1:0"\n'), Identity.generate())
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            (relay_host, relay_port), *_ = await nursery.start(relay.serve)
+            relay_address = await _reserved_behind(node, relay, nursery)
             (other_host, other_port), *_ = await nursery.start(no_relay.serve)
-            reserved = trio.Event()
-            listener = RelayListener(node.identity, on_change=lambda held: held and reserved.set())
-            pinned = [Target(DirectAddress(relay_host, relay_port), relay.identity.public_key)]
-            await nursery.start(listener.run, RelayFinder(pinned, None, node.identity.public_key))
-            nursery.start_soon(node.serve_listeners, [listener])
-            await reserved.wait()
             peer = node.identity.public_key
             refusing = RelayAddress(no_relay.identity.public_key, DirectAddress(other_host, other_port), peer)
-            good = RelayAddress(relay.identity.public_key, DirectAddress(relay_host, relay_port), peer)
+            good = RelayAddress(relay.identity.public_key, relay_address, peer)
             client = Client(Identity.generate())  # the default dialer: TCP, and relays
             with pytest.raises(TransportError, match="not-a-relay"):
                 await client.request(Target(refusing, peer), GetStatus(), StatusReply)
@@ -297,6 +303,25 @@ async def test_through_a_relay_over_real_tcp_after_another_relay_refused() -> No
             nursery.cancel_scope.cancel()
     assert output.stdout == b"relayed" * 100_000
     assert relay.relay.bytes_relayed > 1_400_000  # the stdin and the output, ciphertext both ways
+
+
+async def test_a_circuit_past_its_byte_limit_is_cut() -> None:
+    node = _node()
+    relay = Node(
+        parse_services('listen = "127.0.0.1:0"\n[relay]\nmax_circuit_bytes = "256K"\n'), Identity.generate()
+    )
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            relay_address = await _reserved_behind(node, relay, nursery)
+            peer = node.identity.public_key
+            target = Target(RelayAddress(relay.identity.public_key, relay_address, peer), peer)
+            client = Client(Identity.generate())
+            small = await client.call(target, CAT, stdin=b"x" * 1000)
+            with pytest.raises(TransportError):
+                await client.call(target, CAT, stdin=b"x" * 1_000_000)
+            nursery.cancel_scope.cancel()
+    assert small.stdout == b"x" * 1000
+    assert relay.relay.bytes_relayed <= 256 * 1024
 
 
 async def test_over_real_tcp() -> None:
