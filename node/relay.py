@@ -192,13 +192,12 @@ class Relay:
             await _send(stream, conn, Refused(RefusalCode.NOT_A_RELAY, "this node does not relay"))
             return
         if isinstance(request, Reserve):
-            if tracked is not None:
-                tracked.phase = Phase.ACTIVE  # a live holder: never shed for a newcomer
+            _activate(tracked)  # a live holder: never shed for a newcomer
             await self._hold(stream, conn, self.book)
         elif isinstance(request, Connect):
-            await self._connect(stream, conn, request.target, tracked.source if tracked else None, self.book)
+            await self._connect(stream, conn, request.target, tracked, self.book)
         elif isinstance(request, Claim):
-            await self._claim(stream, conn, request.circuit)
+            await self._claim(stream, conn, request.circuit, tracked)
 
     async def _hold(self, stream: SecureStream, conn: RelayConnection, book: RelayBook) -> None:
         peer = stream.remote_identity
@@ -231,8 +230,14 @@ class Relay:
             log.info("reservation for %s ended", fingerprint(peer))
 
     async def _connect(
-        self, stream: SecureStream, conn: RelayConnection, target: bytes, source: str | None, book: RelayBook
+        self,
+        stream: SecureStream,
+        conn: RelayConnection,
+        target: bytes,
+        tracked: Connection | None,
+        book: RelayBook,
     ) -> None:
+        source = tracked.source if tracked is not None else None
         refusal = book.open_circuit(target, source)
         if refusal is not None:
             log.info("refused a circuit from %s to %s: %s", source, fingerprint(target), refusal.code)
@@ -254,6 +259,7 @@ class Relay:
                 )
                 return
             await _send(stream, conn, Linked(book.limits))
+            _activate(tracked)  # a circuit carries a live call: never shed for a newcomer
             caller = RawStream(stream.transport, stream.detach())
             await self._splice(caller, pending.target_stream, book.limits)
         finally:
@@ -261,13 +267,16 @@ class Relay:
             pending.done.set()
             book.close_circuit(target, source)
 
-    async def _claim(self, stream: SecureStream, conn: RelayConnection, circuit: bytes) -> None:
+    async def _claim(
+        self, stream: SecureStream, conn: RelayConnection, circuit: bytes, tracked: Connection | None
+    ) -> None:
         pending = self._pending.get(circuit)
         if pending is None or pending.target != stream.remote_identity or pending.claimed.is_set():
             await _send(stream, conn, Refused(RefusalCode.NO_SUCH_CIRCUIT, "no circuit waits for you there"))
             return
         assert self.book is not None
         await _send(stream, conn, Linked(self.book.limits))
+        _activate(tracked)
         pending.target_stream = RawStream(stream.transport, stream.detach())
         pending.claimed.set()
         await pending.done.wait()  # the caller's task splices; this connection lives as long
@@ -299,6 +308,11 @@ class Relay:
             await sink.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             both.cancel()  # one end is gone: the other has nothing more to hear
+
+
+def _activate(tracked: Connection | None) -> None:
+    if tracked is not None:
+        tracked.phase = Phase.ACTIVE
 
 
 async def _send_notices(
