@@ -559,7 +559,8 @@ class _Prober:
             if answer is not None and answer[0] == offer.publisher:
                 self.results[offer.publisher] = answer[1]
                 self.backoff.answered(offer)
-                self.ledger.grant(group.address)
+                for address in (group.address, *group.fallbacks):  # the call may take another relay
+                    self.ledger.grant(address)
                 live = answer[1]
             else:
                 self.results[offer.publisher] = None
