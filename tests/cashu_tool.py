@@ -2,15 +2,20 @@
 
 Tests never import the Cashu library themselves (it loads ./.env into os.environ, sets
 sys.tracebacklimit and reconfigures logging in whatever process imports it), so this script
-does their wallet work in a process of its own, with nutshell's own Wallet API:
+does their wallet work in a process of its own, with nutshell's own Wallet API. It reads
+one JSON request a line and answers each with a JSON line (tests/mint.py drives it):
 
-    mint URL WALLET_DIR [--v3] AMOUNT...   mint each AMOUNT (sat; fake Lightning) and print a token per line
-    receive WALLET_DIR TOKEN               redeem TOKEN into the wallet and print the amount received
+    {"command": "mint", "url": URL, "folder": DIR, "amounts": [SAT, ...], "v3": false}
+        -> {"tokens": [...]}: each amount minted (fake Lightning) by the wallet in DIR
+    {"command": "receive", "folder": DIR, "token": TOKEN}
+        -> {"amount": SAT}: TOKEN redeemed into the wallet in DIR
+    anything failed -> {"error": "..."}
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 
@@ -42,23 +47,24 @@ async def receive(folder: str, text: str) -> int:
 
 
 def main() -> None:
-    # Our output is the tokens alone: the library's own prints (a new mnemonic...) go to stderr.
+    """Answer one JSON request per stdin line with one JSON line, until stdin ends: a process
+    lives for the whole test session, so the library is imported once, not per token."""
+    # Our output is the answers alone: the library's own prints (a new mnemonic...) go to stderr.
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    command, *args = sys.argv[1:]
-    if command == "mint":
-        url, folder, *rest = args
-        legacy = "--v3" in rest
-        amounts = [int(a) for a in rest if a != "--v3"]
-        for token in asyncio.run(mint(url, folder, amounts, legacy)):
-            print(token, file=out)
-    elif command == "receive":
-        folder, token = args
-        print(asyncio.run(receive(folder, token)), file=out)
-    else:
-        sys.exit(f"unknown command {command!r}")
-    out.flush()
+    loop = asyncio.new_event_loop()  # one loop: the wallets' HTTP clients live in it
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            if request["command"] == "mint":
+                work = mint(request["url"], request["folder"], request["amounts"], request["v3"])
+                answer: dict[str, object] = {"tokens": loop.run_until_complete(work)}
+            else:
+                answer = {"amount": loop.run_until_complete(receive(request["folder"], request["token"]))}
+        except Exception as exc:  # the test that asked says what failed
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(answer), file=out, flush=True)
 
 
 if __name__ == "__main__":

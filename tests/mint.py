@@ -11,10 +11,12 @@ the Cashu library is never imported by the tests themselves.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -25,6 +27,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import cbor2
 
@@ -131,31 +134,68 @@ def running_mint(name: str) -> Iterator[TestMint]:
         mint.stop()
 
 
-def _tool(*args: str, wallet: Path) -> list[str]:
-    wallet.mkdir(parents=True, exist_ok=True)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(wallet), "CASHU_DIR": str(wallet)}
-    done = subprocess.run(
-        [sys.executable, str(_TOOL), *args],
-        env=env,
-        cwd=wallet,
-        capture_output=True,
-        text=True,
-        timeout=TOOL_TIMEOUT,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"cashu_tool {args[0]} failed ({done.returncode}): {done.stderr[-2000:]}")
-    return done.stdout.split()
+class _Tool:
+    """The session's one tests/cashu_tool.py process (the library takes 1-2 s to import)."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[str] | None = None
+        self.folder = Path(tempfile.mkdtemp(prefix="hubnet-cashu-tool-"))
+
+    def ask(self, request: dict[str, object]) -> dict[str, Any]:
+        if self.process is None or self.process.poll() is not None:
+            env = {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "HOME": str(self.folder),
+                "CASHU_DIR": str(self.folder),
+            }
+            self.process = subprocess.Popen(
+                [sys.executable, str(_TOOL)],
+                env=env,
+                cwd=self.folder,  # the library reads ./.env: there is none here
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            atexit.register(self.close)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        answer = _read_line(self.process.stdout, TOOL_TIMEOUT)
+        if not answer:
+            raise RuntimeError(f"cashu_tool exited ({self.process.poll()}) on {request['command']}")
+        result: dict[str, Any] = json.loads(answer)
+        if "error" in result:
+            raise RuntimeError(f"cashu_tool {request['command']} failed: {result['error']}")
+        return result
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _read_line(stream: IO[str], timeout: float) -> str:
+    """A line from `stream`, or "" if none came in `timeout` seconds (a hung tool fails the test)."""
+    ready, _, _ = select.select([stream], [], [], timeout)
+    return stream.readline() if ready else ""
+
+
+_tool = _Tool()
 
 
 def mint_tokens(mint: TestMint, wallet: Path, *amounts: int, v3: bool = False) -> list[str]:
     """Fresh tokens of `amounts` sat from `mint` (fake Lightning), minted by a wallet in `wallet`."""
-    return _tool("mint", mint.url, str(wallet), *(["--v3"] if v3 else []), *map(str, amounts), wallet=wallet)
+    request = {"command": "mint", "url": mint.url, "folder": str(wallet), "amounts": list(amounts), "v3": v3}
+    wallet.mkdir(parents=True, exist_ok=True)
+    return list(_tool.ask(request)["tokens"])
 
 
 def receive_token(wallet: Path, token: str) -> int:
     """Redeem `token` into the wallet in `wallet` (any Cashu wallet would); the sat received."""
-    return int(_tool("receive", str(wallet), token, wallet=wallet)[0])
+    wallet.mkdir(parents=True, exist_ok=True)
+    return int(_tool.ask({"command": "receive", "folder": str(wallet), "token": token})["amount"])
 
 
 # Tokens made by hand, of no real mint: for what reads envelopes, and for nodes that must
