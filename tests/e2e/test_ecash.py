@@ -164,3 +164,12 @@ def test_a_deposit_answered_by_a_bad_receipt_is_said_loudly(client: Client) -> N
     assert told.returncode == 255
     line = one_line(told)
     assert "bad receipt" in line and "keep the token" in line
+
+
+def test_a_token_the_node_refuses_before_redeeming_stays_in_the_wallet(bank: Server, client: Client) -> None:
+    foreign = v4_token([50])  # from a mint the bank does not trust
+    assert client.run("wallet", "add", foreign).returncode == 0
+    refused = client.run("call", "--pay", "auto", "--server", bank.target, "priced")
+    assert refused.returncode == EXIT_REFUSED
+    assert "untrusted-mint" in one_line(refused)
+    assert [t["token"] for t in _json(client.run("wallet", "--json"))] == [foreign]
