@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from typing import TYPE_CHECKING
 
-from hubnet.client import OpenCall
 from hubnet.commands import Context, ServiceCall, open_service_call
 from hubnet.identity.errors import Rejected, TransportError
-from hubnet.identity.keys import fingerprint
-from hubnet.node.receipts import JobReceipt
-from hubnet.wallet import StoredToken, Wallet
+
+if TYPE_CHECKING:
+    from hubnet.client import OpenCall
+    from hubnet.node.receipts import JobReceipt
+    from hubnet.wallet import StoredToken
 
 PAYMENT_REQUIRED = "payment-required"
 # Refusals after which the token was certainly not redeemed: it is still the caller's.
@@ -36,6 +38,9 @@ def open_paying_call(ctx: Context, planned: ServiceCall, bootstrap: tuple[str, .
         if exc.code != PAYMENT_REQUIRED or exc.needed is None:
             raise
         needed = exc.needed
+    # Only now: a caller that pays nothing (or has an account) never loads the wallet (SQLite).
+    from hubnet.wallet import Wallet
+
     sat = -(-needed // 1000)
     with Wallet.open(ctx.home.data_dir) as wallet:
         token = wallet.take(sat)
@@ -60,6 +65,8 @@ def open_paying_call(ctx: Context, planned: ServiceCall, bootstrap: tuple[str, .
 
 
 def _put_back(ctx: Context, token: StoredToken) -> None:
+    from hubnet.wallet import Wallet
+
     with Wallet.open(ctx.home.data_dir) as wallet:
         wallet.put_back(token)
 
@@ -70,6 +77,8 @@ def keep_change(ctx: Context, receipt: JobReceipt) -> None:
     if change is None:
         return
     from hubnet.cashu_token import BadToken
+    from hubnet.identity.keys import fingerprint
+    from hubnet.wallet import Wallet
 
     try:
         with Wallet.open(ctx.home.data_dir) as wallet:
