@@ -1,10 +1,14 @@
 #!/usr/bin/env python
-"""A call through a relay beside the same call made directly, on 127.0.0.1 (loopback).
+"""A call through a relay beside a call made directly: in the namespaces, else on loopback.
 
-Two real `hubnode serve` processes: a relay (`[relay]`) and a target that is forced
-private (`reachability = "private"`, the relay pinned), so it holds a reservation there
-and is reached through a circuit; it also listens on 127.0.0.1, so the same `cat` can be
-called directly. Interleaved runs (direct, relayed, direct, relayed, ...), medians:
+In the network namespaces of tests/netns.py (as root): a relay on relay1 (`[relay]`), the
+desktop behind router1 serving `cat` and holding a reservation at it (forced private, the
+relay pinned), and the same `cat` served directly by relay2, a public host; the caller is
+the Pi, behind router2. Relayed: Pi -> its NAT -> relay1 -> the desktop's NAT -> desktop;
+direct: Pi -> its NAT -> relay2. Without root: two `hubnode serve` on 127.0.0.1, the
+target forced private behind the relay and also called on its own port, so the two ways
+reach the very same node (no NAT, no links: what relaying costs in CPU and copies alone).
+Interleaved runs (direct, relayed, direct, relayed, ...), medians:
 
   throughput   N MiB of random bytes through `cat` and back, one `hubnode call` process
                from start to exit (count and CRC-32 checked); the target: relayed >= 0.7x direct
@@ -12,15 +16,13 @@ called directly. Interleaved runs (direct, relayed, direct, relayed, ...), media
   relay CPU    the relay process's CPU seconds (from /proc) over the relayed throughput
                runs, per MiB it carried (both directions of the circuit counted)
 
-This runs on loopback, not in network namespaces: no NAT, no link latency, so the ratios
-show what relaying costs in CPU and copies, not in round trips across the internet.
-
-    .venv/bin/python bench/relay.py [--mib 256] [--runs 2] [--calls 10]
+    .venv/bin/python bench/relay.py [--mib 256] [--runs 2] [--calls 10] [--loopback]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -28,29 +30,39 @@ import tempfile
 import threading
 import time
 import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HUBNODE, BenchError, Server, bytecode_cache, hubnode_server, median, process_cpu
+sys.path.insert(0, str(ROOT))
+from _common import HUBNODE, BenchError, bytecode_cache, hubnode_server, median, process_cpu  # noqa: E402
 
 MiB = 1024 * 1024
-READY_TIMEOUT = 30.0
-RELAY = 'listen = "127.0.0.1:0"\n\n[relay]\nenabled = true\nmax_circuit_bytes = "64G"\n'
+READY_TIMEOUT = 60.0
+PORT = 4300  # in the namespaces
+CAT = '[services.cat]\ncommand = ["cat"]\nmax_output = "64G"\ntimeout = 3600\n'
+RELAY = '[relay]\nenabled = true\nmax_circuit_bytes = "64G"\n'
 
 
-def target_toml(relay: Server) -> str:
-    return (
-        f'listen = "127.0.0.1:0"\nreachability = "private"\nrelays = ["{relay.target}"]\n\n'
-        '[services.cat]\ncommand = ["cat"]\nmax_output = "64G"\ntimeout = 3600\n'
-    )
+@dataclass
+class Setup:
+    """Where the bench calls from (`prefix`, `home`), the two ways, and the relay's pid."""
+
+    where: str
+    prefix: Sequence[str]
+    home: Path
+    ways: dict[str, str]  # way -> the --server argument
+    relay_pid: int
 
 
-def call(home: Path, server: str, source: Path | None, env: dict[str, str]) -> tuple[float, int, int]:
+def call(setup: Setup, server: str, source: Path | None, env: dict[str, str]) -> tuple[float, int, int]:
     """One `hubnode call --server SERVER cat` with `source` as stdin: seconds, bytes and CRC-32 out."""
     started = time.perf_counter()
     with open(source or os.devnull, "rb") as stdin:
         proc = subprocess.Popen(
-            [HUBNODE, "--home", str(home), "call", "--server", server, "cat"],
+            [*setup.prefix, HUBNODE, "--home", str(setup.home), "call", "--server", server, "cat"],
             stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -74,17 +86,87 @@ def call(home: Path, server: str, source: Path | None, env: dict[str, str]) -> t
     return elapsed, size, crc
 
 
-def wait_relayed(home: Path, relayed: str, env: dict[str, str]) -> None:
-    """Until the target holds its reservation: a relayed call succeeds (bounded in time)."""
+def wait_until_callable(setup: Setup, env: dict[str, str]) -> None:
+    """Until both ways answer (the target holds its reservation), bounded in time."""
     deadline = time.monotonic() + READY_TIMEOUT
-    while True:
-        try:
-            call(home, relayed, None, env)
-            return
-        except BenchError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    for server in setup.ways.values():
+        while True:
+            try:
+                call(setup, server, None, env)
+                break
+            except BenchError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def on_loopback(env: dict[str, str]) -> Iterator[Setup]:
+    listen = 'listen = "127.0.0.1:0"\n'
+    with hubnode_server(listen + RELAY, env) as relay:
+        private = f'{listen}reachability = "private"\nrelays = ["{relay.target}"]\n\n{CAT}'
+        with hubnode_server(private, env) as target:
+            peer = target.target.partition("@")[0]
+            ways = {"direct": target.target, "relayed": f"{relay.target}/circuit/{peer}"}
+            yield Setup(
+                "loopback (127.0.0.1, no namespaces; both ways reach the same node)",
+                (),
+                target.client_home,
+                ways,
+                relay.pid,
+            )
+
+
+def _peer_id(home: Path, env: dict[str, str]) -> str:
+    result = subprocess.run([HUBNODE, "--home", str(home), "id"], capture_output=True, env=env, check=True)
+    return result.stdout.decode().strip()
+
+
+@contextlib.contextmanager
+def in_namespaces(env: dict[str, str], work: Path) -> Iterator[Setup]:
+    from tests import netns
+
+    netns.remove_stale()
+    net = netns.build()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        listen = f'listen = "0.0.0.0:{PORT}"\n'
+        homes = {role: work / role for role in ("relay1", "relay2", "desktop", "pi")}
+        ids = {}
+        for role, home in homes.items():
+            home.mkdir()
+            ids[role] = _peer_id(home, env)
+        relay = f"{ids['relay1']}@{net.relay1.address}:{PORT}"
+        tomls = {
+            "relay1": f'{listen}advertise = ["{net.relay1.address}:{PORT}"]\n{RELAY}',
+            "relay2": f'{listen}advertise = ["{net.relay2.address}:{PORT}"]\n{CAT}',
+            "desktop": f'{listen}reachability = "private"\nrelays = ["{relay}"]\n\n{CAT}',
+        }
+        for role, toml in tomls.items():
+            (homes[role] / "services.toml").write_text(toml, encoding="utf-8")
+            argv = [HUBNODE, "--home", str(homes[role]), "serve", "--no-lan"]
+            procs.append(
+                subprocess.Popen(
+                    net[role].argv(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env=env,
+                )
+            )
+        ways = {
+            "direct": f"{ids['relay2']}@{net.relay2.address}:{PORT}",
+            "relayed": f"{relay}/circuit/{ids['desktop']}",
+        }
+        where = "namespaces: Pi (NAT) -> relay1 -> desktop (NAT), against Pi (NAT) -> relay2"
+        yield Setup(where, net.pi.argv([]), homes["pi"], ways, procs[0].pid)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+        net.close()
 
 
 def main() -> None:
@@ -94,18 +176,16 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=256, help="MiB through cat per throughput run")
     parser.add_argument("--runs", type=int, default=2, help="throughput runs of each way")
     parser.add_argument("--calls", type=int, default=10, help="latency calls of each way")
+    parser.add_argument("--loopback", action="store_true", help="on 127.0.0.1 even as root")
     options = parser.parse_args()
     size = options.mib * MiB
+    namespaces = os.geteuid() == 0 and not options.loopback
     with (
         bytecode_cache() as env,
         tempfile.TemporaryDirectory(prefix="hubnet-bench-relay-") as work,
-        hubnode_server(RELAY, env) as relay,
-        hubnode_server(target_toml(relay), env) as target,
+        in_namespaces(env, Path(work)) if namespaces else on_loopback(env) as setup,
     ):
-        peer = target.target.partition("@")[0]
-        ways = {"direct": target.target, "relayed": f"{relay.target}/circuit/{peer}"}
-        home = target.client_home
-        wait_relayed(home, ways["relayed"], env)
+        wait_until_callable(setup, env)
         source = Path(work) / "input"
         crc = 0
         with source.open("wb") as out:
@@ -114,26 +194,26 @@ def main() -> None:
                 crc = zlib.crc32(block, crc)
                 out.write(block)
 
-        print(f"bench/relay.py: loopback (127.0.0.1, no namespaces), {options.mib} MiB through cat")
-        seconds: dict[str, list[float]] = {way: [] for way in ways}
+        print(f"bench/relay.py: {setup.where}; {options.mib} MiB through cat")
+        seconds: dict[str, list[float]] = {way: [] for way in setup.ways}
         relay_cpu = 0.0
         for _ in range(options.runs):
-            for way, server in ways.items():
-                cpu_before = process_cpu(relay.pid)
-                elapsed, got, got_crc = call(home, server, source, env)
+            for way, server in setup.ways.items():
+                cpu_before = process_cpu(setup.relay_pid)
+                elapsed, got, got_crc = call(setup, server, source, env)
                 if way == "relayed":
-                    relay_cpu += process_cpu(relay.pid) - cpu_before
+                    relay_cpu += process_cpu(setup.relay_pid) - cpu_before
                 if (got, got_crc) != (size, crc):
                     raise BenchError(f"{way}: {got} bytes with CRC {got_crc:08x}, sent {size} with {crc:08x}")
                 seconds[way].append(elapsed)
-        latency: dict[str, list[float]] = {way: [] for way in ways}
+        latency: dict[str, list[float]] = {way: [] for way in setup.ways}
         for _ in range(options.calls):
-            for way, server in ways.items():
-                latency[way].append(call(home, server, None, env)[0])
+            for way, server in setup.ways.items():
+                latency[way].append(call(setup, server, None, env)[0])
 
     rate = {way: options.mib / median(times) for way, times in seconds.items()}
     print(f"{'way':<10} {'MiB/s (median)':>15} {'call latency ms (median)':>26}")
-    for way in ways:
+    for way in setup.ways:
         print(f"{way:<10} {rate[way]:>15.1f} {median(latency[way]) * 1000:>26.1f}")
     ratio = rate["relayed"] / rate["direct"]
     print(f"throughput relayed/direct: {ratio:.2f} (target >= 0.70)")
