@@ -18,7 +18,9 @@ either: callers are counted by their source address instead.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import secrets
 from collections import Counter
 from dataclasses import dataclass, field
@@ -130,7 +132,7 @@ class RawStream(trio.abc.HalfCloseableStream):
 
     def __init__(self, transport: trio.abc.Stream, first: bytes) -> None:
         self.transport = transport
-        self._first = first
+        self.first = first  # read before the transport (the relay splices it out at once)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.transport.send_all(data)
@@ -143,9 +145,9 @@ class RawStream(trio.abc.HalfCloseableStream):
             await self.transport.send_eof()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._first:
-            size = len(self._first) if max_bytes is None else max_bytes
-            chunk, self._first = self._first[:size], self._first[size:]
+        if self.first:
+            size = len(self.first) if max_bytes is None else max_bytes
+            chunk, self.first = self.first[:size], self.first[size:]
             await trio.lowlevel.checkpoint()
             return chunk
         return bytes(await self.transport.receive_some(max_bytes))
@@ -298,16 +300,70 @@ class Relay:
         self, source: RawStream, sink: RawStream, budget: list[int], both: trio.CancelScope
     ) -> None:
         try:
-            while data := await source.receive_some(SPLICE_CHUNK):
-                budget[0] -= len(data)
-                if budget[0] < 0:
-                    both.cancel()
+            if source.first:  # what the relay's own session had read past its last message
+                data, source.first = source.first, b""
+                if not self._carried(len(data), budget, both):
                     return
                 await sink.send_all(data)
-                self.bytes_relayed += len(data)
+            from_socket, to_socket = _socket_of(source), _socket_of(sink)
+            if from_socket is not None and to_socket is not None and hasattr(os, "splice"):
+                if not await self._splice_sockets(from_socket, to_socket, budget, both):
+                    return
+            else:
+                while data := await source.receive_some(SPLICE_CHUNK):
+                    if not self._carried(len(data), budget, both):
+                        return
+                    await sink.send_all(data)
             await sink.send_eof()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             both.cancel()  # one end is gone: the other has nothing more to hear
+
+    def _carried(self, size: int, budget: list[int], both: trio.CancelScope) -> bool:
+        """Count `size` more bytes against the circuit's budget; False (and both ends cut) past it."""
+        budget[0] -= size
+        if budget[0] < 0:
+            both.cancel()
+            return False
+        self.bytes_relayed += size
+        return True
+
+    async def _splice_sockets(
+        self,
+        source: trio.socket.SocketType,
+        sink: trio.socket.SocketType,
+        budget: list[int],
+        both: trio.CancelScope,
+    ) -> bool:
+        """Move bytes from socket to socket through a pipe with splice(2), until the end of
+        `source`'s stream (True) or the budget (False): the bytes never enter this process,
+        which then costs a relay a fraction of the CPU of reading and writing them."""
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+        try:
+            with contextlib.suppress(OSError):  # a bigger pipe, fewer trips; the default 64 KiB works too
+                fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, SPLICE_CHUNK)
+            while True:
+                await trio.lowlevel.wait_readable(source)
+                try:
+                    size = os.splice(source.fileno(), write_end, SPLICE_CHUNK, flags=flags)
+                except BlockingIOError:
+                    continue
+                if size == 0:
+                    return True
+                if not self._carried(size, budget, both):
+                    return False
+                while size:
+                    await trio.lowlevel.wait_writable(sink)
+                    with contextlib.suppress(BlockingIOError):
+                        size -= os.splice(read_end, sink.fileno(), size, flags=flags)
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+
+
+def _socket_of(stream: RawStream) -> trio.socket.SocketType | None:
+    transport = stream.transport
+    return transport.socket if isinstance(transport, trio.SocketStream) else None
 
 
 def _activate(tracked: Connection | None) -> None:
