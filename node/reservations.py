@@ -49,6 +49,7 @@ ANSWER_TIMEOUT = 10.0  # for a relay to answer a renewal
 CHECK_INTERVAL = 1.0  # how often the node looks for a relay when it holds fewer than it wants
 REST = 30.0  # a relay that failed is not tried again for this long
 MAX_WAITING_CIRCUITS = 64  # claimed circuits the server has not accepted yet
+MAX_CLAIMS = 32  # claims in flight at one relay (a relay's own limit is 16 circuits per target)
 
 LOOKUP_INTERVAL = 30.0  # how often the DHT is asked for relays, at most
 LOOKUP_RETRY = 5.0  # ... or, while it has found none, this often
@@ -190,7 +191,13 @@ class RelayListener(trio.abc.Listener[trio.abc.Stream]):
             with trio.move_on_at(min(renew_at, answer_due)):
                 event = await next_relay_event(stream, conn)
                 if isinstance(event, Incoming):
-                    claims.start_soon(self._claim, relay, event.circuit)
+                    # A relay that floods notices must not make us open connections without
+                    # bound: past MAX_CLAIMS claims in flight at one relay, a notice is dropped
+                    # (its caller is refused target-unavailable).
+                    if len(claims.child_tasks) < MAX_CLAIMS:
+                        claims.start_soon(self._claim, relay, event.circuit)
+                    else:
+                        log.warning("relay %s: too many circuits waiting to be claimed", relay.direct)
                 elif isinstance(event, Reserved):
                     answer_due = math.inf
                 elif isinstance(event, Refused):

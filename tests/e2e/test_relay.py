@@ -61,7 +61,9 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         pins = ", ".join(f'"{relay.target}"' for relay in relays)
         private_toml = (
             f'{PUBLIC}reachability = "private"\nrelays = [{pins}]\n\n'
-            '[services.cat]\ncommand = ["cat"]\nmax_concurrent = 8\n'
+            '[services.cat]\ncommand = ["cat"]\nmax_concurrent = 8\n\n'
+            '[services.fail]\ncommand = ["sh", "-c", "echo \\"$0\\" >&2; exit 3"]\n'
+            "arguments = { positional = 1 }\n"
         )
         private = Server(root / "private", private_toml, serve_args=joined).start()
         servers.append(private)
@@ -84,6 +86,12 @@ def test_a_call_through_each_relay_reaches_the_private_node(network: Network) ->
         result = network.client.call(network.circuit(relay), "cat", input=data)
         assert result.returncode == 0, result.stderr.decode()
         assert result.stdout == data
+
+
+def test_arguments_stderr_and_the_exit_code_come_through_a_relay(network: Network) -> None:
+    result = network.client.call(network.circuit(network.relays[0]), "fail", "an argument", input=None)
+    assert result.returncode == 3, result.stderr.decode()
+    assert result.stderr == b"an argument\n"
 
 
 def test_the_private_node_is_found_by_name_and_10_mib_pass_bit_exact(network: Network) -> None:

@@ -11,6 +11,7 @@ desktop holds is stopped, the desktop moves to the third and the next call succe
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -101,6 +102,15 @@ def _call_until_it_works(world: World, data: bytes, timeout: float) -> subproces
         time.sleep(1.0)
         result = world.call_from_pi(data)
     return result
+
+
+def test_the_desktop_says_it_is_private_and_which_relays_it_holds(world: World) -> None:
+    result = world.internet.desktop.hubnode(world.root / "desktop", "status", "--json", input=None)
+    assert result.returncode == 0, result.stderr.decode()
+    status = json.loads(result.stdout)
+    assert status["reachability"] == "private"
+    held = {world.servers[role].peer_id for role in world.held()}
+    assert {relay.partition("@")[0] for relay in status["relays"]} == held
 
 
 def test_the_pi_reaches_the_desktop_by_name_through_a_relay_10_mib_bit_exact(world: World) -> None:
