@@ -47,6 +47,7 @@ lint: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(PY) bench/throughput.py
 	$(PY) bench/latency.py
+	$(PY) bench/concurrency.py
 	$(PY) bench/dht_sim.py --sizes 1000
 	$(PY) bench/robot_services.py
 	$(PY) bench/robot_speech.py
