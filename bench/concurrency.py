@@ -10,8 +10,8 @@ API (`hubnet.trio_client.Client`, one task per call, all started at once):
          time from the first call to the last exit (a job alone takes 1 s), and the node's
          resident memory at rest, at its peak (VmHWM) and after
   idle   M connections (default 1000) that finish the Noise handshake and then say nothing,
-         all held at once: the node's resident memory before and while they are held,
-         and the difference per connection
+         all held at once: how many the node really holds (its open descriptors), its
+         resident memory before and while they are held, and the difference per connection
 
 The node's memory comes from /proc/PID/status, its CPU (with the jobs it reaped) from
 /proc/PID/stat: on a machine shared with other work, the wall time says less than the CPU
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import resource
 import sys
 import time
@@ -58,6 +59,11 @@ description = "sleeps for a second"
 timeout = 60
 max_concurrent = {jobs}
 """
+
+
+def open_files(pid: int) -> int:
+    """How many file descriptors process `pid` holds (each connection one socket)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -95,9 +101,11 @@ async def run_jobs(server: Server, client: Client, count: int) -> tuple[float, l
     return trio.current_time() - start, errors, seconds
 
 
-async def hold_idle(server: Server, identity: Identity, count: int) -> tuple[int, int, list[str]]:
+async def hold_idle(server: Server, identity: Identity, count: int) -> tuple[int, int, int, list[str]]:
     """Open `count` connections that finish the handshake and say nothing; with all of them
-    open: (the node's VmRSS in KiB, how many are open, the failures)."""
+    open: (the node's VmRSS in KiB, how many are open here, how many the node holds (its
+    descriptors beyond those it held before), the failures)."""
+    files_before = open_files(server.pid)
     target = Target.parse(server.target)
     assert target.peer is not None
     address = target.direct
@@ -119,10 +127,10 @@ async def hold_idle(server: Server, identity: Identity, count: int) -> tuple[int
                 nursery.start_soon(one)
     await trio.sleep(0.5)  # the node has read what it will: every connection now waits for a request
     rss = memory_kib(server.pid)["VmRSS"]
-    held = len(streams)
+    held, node_held = len(streams), open_files(server.pid) - files_before
     for stream in streams:
         await stream.aclose()
-    return rss, held, errors
+    return rss, held, node_held, errors
 
 
 def _raise_open_files(needed: int) -> None:
@@ -155,7 +163,7 @@ def main() -> int:
             time.sleep(_SETTLE)
             node_cpu, own_cpu = process_cpu(server.pid) - node_cpu, time.process_time() - own_cpu
             after_jobs = memory_kib(server.pid)
-            held_rss, held, idle_errors = trio.run(hold_idle, server, identity, args.idle)
+            held_rss, held, node_held, idle_errors = trio.run(hold_idle, server, identity, args.idle)
             time.sleep(_SETTLE)
             after_idle = memory_kib(server.pid)
     except BenchError as exc:
@@ -183,14 +191,15 @@ def main() -> int:
     print()
     print(f"{args.idle} idle connections (handshake done, then silence), held at once:")
     print(f"  opened                {held} of {args.idle}; failures {len(idle_errors)}")
+    print(f"  held by the node      {node_held} (its open descriptors beyond those before)")
     for line in sorted(set(idle_errors))[:5]:
         print(f"    {idle_errors.count(line)} x {line}")
     print(f"  node RSS before       {after_jobs['VmRSS'] / mib:.1f} MiB")
     print(f"  node RSS while held   {held_rss / mib:.1f} MiB")
-    per = (held_rss - after_jobs["VmRSS"]) / max(held, 1)
+    per = (held_rss - after_jobs["VmRSS"]) / max(node_held, 1)
     print(f"  RSS per idle connection  {per:.1f} KiB")
     print(f"  node RSS after close  {after_idle['VmRSS'] / mib:.1f} MiB")
-    ok = not errors and held == args.idle and math.isfinite(per)
+    ok = not errors and held == node_held == args.idle and math.isfinite(per)
     return 0 if ok else 1
 
 

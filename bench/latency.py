@@ -73,6 +73,7 @@ from _common import (
     BenchError,
     Server,
     bytecode_cache,
+    children_cpu,
     hubnode_server,
     median,
     percentile,
@@ -129,8 +130,11 @@ class Case:
     env: dict[str, str] | None = None
 
 
-def time_process(case: Case) -> float:
-    """Wall seconds of one whole process; BenchError if it fails."""
+def time_process(case: Case, cpu: dict[str, list[float]] | None = None) -> float:
+    """Wall seconds of one whole process; BenchError if it fails. With `cpu`, its CPU
+    seconds (user + system, its own children included) go into `cpu[case.name]`: what the
+    caller's machine pays, which a loaded machine's wall times blur."""
+    cpu_before = children_cpu()
     start = time.perf_counter()
     try:
         done = subprocess.run(
@@ -147,6 +151,8 @@ def time_process(case: Case) -> float:
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise BenchError(f"{case.name}: exit {done.returncode}: {done.stderr.decode(errors='replace')}")
+    if cpu is not None:
+        cpu.setdefault(case.name, []).append(children_cpu() - cpu_before)
     return elapsed
 
 
@@ -434,9 +440,10 @@ def main() -> int:
                 for _ in range(args.warmup):
                     time_process(case)
             times = {case.name: [] for case in cases}
+            cpus: dict[str, list[float]] = {}
             for _ in range(args.runs):  # interleaved, so drift hits every command alike
                 for case in cases:
-                    times[case.name].append(time_process(case))
+                    times[case.name].append(time_process(case, cpus))
             call_modules = importtime(["-m", "hubnet", *call_argv], env)
             members_modules = importtime(["-m", "hubnet", *members_argv], env)
             cli_modules = importtime(["-c", "import hubnet.cli"], env)
@@ -480,7 +487,13 @@ def main() -> int:
     if SSH in times:
         factor = median(times[SSH]) / median(call)
         verdict = f"{factor:.2f}x faster" if factor >= 1 else f"{1 / factor:.2f}x slower"
-        print(f"  hubnode call is {verdict} than ssh 127.0.0.1 true (medians)")
+        print(f"  hubnode call is {verdict} than ssh 127.0.0.1 true (medians); target <= 0.2x")
+    print("  CPU of the calling process (median ms, user + system; not the server's):")
+    for name in (CALL, 'python -c "import hubnet.cli"', 'python -c "pass"', SSH):
+        if name in cpus:
+            print(f"    {name:<{width}} {median(cpus[name]) * 1000:>8.1f}")
+    if SSH in cpus:
+        print(f"    hubnode call / ssh: {median(cpus[CALL]) / median(cpus[SSH]):.2f}x")
     floor = median(times['python -c "import hubnet.cli"'])
     print(f"  hubnode call median minus import floor median: {(median(call) - floor) * 1000:.1f} ms")
     print()
