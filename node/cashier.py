@@ -33,11 +33,13 @@ from hubnet.node.deposit_receipts import DepositReceipt, token_hash
 from hubnet.node.ecash import MSAT_PER_SAT, EcashWallet, sat_to_msat
 from hubnet.node.ecash_wire import EcashError, EcashErrorCode
 from hubnet.node.ledger import InsufficientFunds, Ledger, LedgerError, Settlement
-from hubnet.node.protocol import Call, Reject, RejectCode
+from hubnet.node.protocol import MAX_RECEIPT, Call, Reject, RejectCode
 
 log = logging.getLogger("hubnet.node.ecash")
 
 PENDING_FILE = "deposits.sqlite"
+# A receipt is at most MAX_RECEIPT bytes; its other fields take a few hundred.
+MAX_CHANGE_TOKEN = MAX_RECEIPT - 1024
 RECONCILE_INTERVAL = 300.0  # seconds; nothing is asked of anyone while nothing is pending
 
 
@@ -238,6 +240,12 @@ class EcashFunding:
         try:
             with trio.CancelScope(shield=True):
                 token = await self.cashier.wallet.send(change // MSAT_PER_SAT, prefer=mint)
+                if len(token.token) > MAX_CHANGE_TOKEN:
+                    # Too many proofs to fit a receipt: swapped back into the node's wallet.
+                    await self.cashier.wallet.redeem(token.token)
+                    raise EcashError(
+                        EcashErrorCode.FAILED, f"a change token of {len(token.token)} characters"
+                    )
         except EcashError as exc:
             ledger.credit(payer, change, kind="credit", note=f"change not paid out ({exc}): kept here")
             log.warning("kept the change of a call from %s in its account: %s", fingerprint(payer), exc)
