@@ -17,7 +17,7 @@ error the driver raises: a call cancelled at a deadline never looks like a succe
 
 A paid job (its Accept held money) is followed by the node's signed receipt: a driver
 reads on after Exit until `complete` (the receipt came, the node closed, or RECEIPT_WAIT
-passed); whether the receipt is right is for `hubnet.receipt_store` to check.
+passed); whether the receipt is right is for `hubnet.receipt_spool` to check.
 
 It wraps the job protocol's `JobConnection`, which refuses anything illegal; this layer
 adds what a caller needs on top: how much stdin it may send now, whether the job is

@@ -257,12 +257,12 @@ def _run_call(
 
 
 def keep_call_receipt(ctx: Context, result: CallResult) -> JobReceipt | None:
-    """Check a paid job's receipt and keep it in the home (`hubnet.receipt_store`, which says
+    """Check a paid job's receipt and keep it in the home (`hubnet.receipt_spool`, which says
     on stderr what is wrong with a bad or missing one): the receipt if it is good. A free job
     has none."""
     if result.receipt is None and not result.terms.held:
         return None
-    from hubnet.receipt_store import keep_receipt  # only for paid calls: free ones never load it
+    from hubnet.receipt_spool import keep_receipt  # only for paid calls: free ones never load it
 
     return keep_receipt(ctx.home.data_dir, result, ctx.identity().public_key)
 

@@ -1,35 +1,26 @@
-"""The caller's receipts: every paid job's signed receipt, checked and kept in the home.
+"""The caller's receipts: every paid job's signed receipt, kept in the home.
 
-A receipt is checked as it arrives (`keep_receipt`): signed by the node that was called,
-for this caller, for this job, at the Exit's cost. A receipt that fails, or a paid job
-without one, is said on stderr at once and kept as a problem, never dropped.
-
-The call path only appends one record to a spool file (`receipts.spool`, one write with
-O_APPEND, so concurrent calls do not interleave): `hubnode call` stays free of SQLite.
-`ReceiptStore` (SQLite, `receipts.sqlite`) takes the spool in whenever it is opened, so
-`hubnode receipts` always shows everything.
+A call checks its receipt and appends it to a spool (`hubnet.receipt_spool`, no SQLite on
+the call path); `ReceiptStore` (SQLite, `receipts.sqlite`) takes the spool in whenever it
+is opened, so `hubnode receipts` always shows everything, problems included.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgpack
 
-from hubnet.call_machine import CallResult
-from hubnet.identity.keys import fingerprint
-from hubnet.node.receipts import InvalidReceipt, JobReceipt, verify
+from hubnet.node.receipts import InvalidReceipt, JobReceipt
+from hubnet.receipt_spool import SPOOL_FILE
 
 if TYPE_CHECKING:
     import sqlite3
 
-SPOOL_FILE = "receipts.spool"
 STORE_FILE = "receipts.sqlite"
 _MAX_SPOOL_ENTRY = 16 * 1024
 
@@ -53,45 +44,6 @@ CREATE TABLE IF NOT EXISTS problems (
     record BLOB NOT NULL
 );
 """
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr)
-
-
-def keep_receipt(
-    data_dir: Path | None, result: CallResult, caller: bytes, warn: Callable[[str], None] = _stderr
-) -> JobReceipt | None:
-    """Check a finished call's receipt and spool it in `data_dir` (None: check only); None
-    (and a warning, and a problem kept) when it is missing or wrong, or for a free job,
-    which has none."""
-    if result.receipt is None and result.terms.held == 0:
-        return None
-    receipt: JobReceipt | None = None
-    problem = ""
-    if result.receipt is None:
-        problem = f"the node sent no receipt for paid job {result.job_id} (cost {result.exit.cost} msat)"
-    else:
-        try:
-            receipt = verify(
-                result.receipt, node=result.node, caller=caller, job_id=result.job_id, cost=result.exit.cost
-            )
-        except InvalidReceipt as exc:
-            problem = f"bad receipt for job {result.job_id}: {exc}"
-    if data_dir is not None:
-        _spool(data_dir, [time.time(), result.node, result.job_id, result.receipt or b"", problem])
-    if problem:
-        warn(f"hubnode: WARNING: node {fingerprint(result.node)}: {problem}; kept (see `hubnode receipts`)")
-    return receipt
-
-
-def _spool(data_dir: Path, entry: list[object]) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / SPOOL_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, msgpack.packb(entry))
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ from hubnet.node.protocol import (
 )
 from hubnet.node.relay_protocol import Connect, RelayConnection
 from hubnet.node.relay_protocol import Role as RelayRole
-from hubnet.receipt_store import keep_receipt
+from hubnet.receipt_spool import keep_receipt
 from hubnet.trust import KnownHostsStore, PinnedKeys, expected_key, explain_failure, remember
 
 ReplyT = TypeVar("ReplyT", bound=Message)
@@ -126,7 +126,7 @@ class Client:
         """`timeouts`: how long a node may take to accept a call and stay silent during a
         job (the defaults, or client.toml's: `load_client_config(path).timeouts`).
         Every paid job's receipt is checked (a bad or missing one is said on stderr) and,
-        with `receipts_dir` (a home's data folder), kept there (`hubnet.receipt_store`)."""
+        with `receipts_dir` (a home's data folder), kept there (`hubnet.receipt_spool`)."""
         self.identity = identity
         self.known_hosts = known_hosts or PinnedKeys()
         self.dialer = dialer or TcpStreamDialer()

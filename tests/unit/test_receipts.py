@@ -1,4 +1,4 @@
-"""Signed receipts (node.receipts) and the caller's checks and store (hubnet.receipt_store)."""
+"""Signed receipts (node.receipts), the caller's checks (hubnet.receipt_spool), its store."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from hubnet.identity.keys import Identity
 from hubnet.identity.records import SignedRecord
 from hubnet.node.protocol import MAX_RECEIPT, Exit, Terms, Usage
 from hubnet.node.receipts import RECEIPT_DOMAIN, InvalidReceipt, JobReceipt, verify
-from hubnet.receipt_store import SPOOL_FILE, ReceiptStore, keep_receipt
+from hubnet.receipt_spool import SPOOL_FILE, keep_receipt
+from hubnet.receipt_store import ReceiptStore
 
 NODE = Identity.from_seed(b"n" * 32)
 OTHER_NODE = Identity.from_seed(b"m" * 32)
