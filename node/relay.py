@@ -172,6 +172,7 @@ class _Pending:
     claimed: trio.Event = field(default_factory=trio.Event)
     done: trio.Event = field(default_factory=trio.Event)
     target_stream: RawStream | None = None
+    taken: bool = False  # a claim for it has been accepted
 
 
 class Relay:
@@ -190,6 +191,8 @@ class Relay:
         conn = RelayConnection(Role.RELAY)
         conn.receive_data(first)
         request = await next_relay_event(stream, conn)
+        if isinstance(request, ConnectionClosed):
+            return
         if self.book is None:
             await _send(stream, conn, Refused(RefusalCode.NOT_A_RELAY, "this node does not relay"))
             return
@@ -273,9 +276,10 @@ class Relay:
         self, stream: SecureStream, conn: RelayConnection, circuit: bytes, tracked: Connection | None
     ) -> None:
         pending = self._pending.get(circuit)
-        if pending is None or pending.target != stream.remote_identity or pending.claimed.is_set():
+        if pending is None or pending.target != stream.remote_identity or pending.taken:
             await _send(stream, conn, Refused(RefusalCode.NO_SUCH_CIRCUIT, "no circuit waits for you there"))
             return
+        pending.taken = True  # before any wait: a second claim of the same circuit is refused
         assert self.book is not None
         await _send(stream, conn, Linked(self.book.limits))
         _activate(tracked)
