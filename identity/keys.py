@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,7 +139,8 @@ def load_or_create_identity(path: Path) -> Identity:
 def _create_identity(path: Path) -> Identity:
     identity = Identity.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Unique per thread too: the Python API may create a home's key from many threads at once.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgpack
@@ -139,6 +141,23 @@ def test_key_file_is_created_private_and_reloaded(tmp_path: Path) -> None:
     assert again.noise_private_key == first.noise_private_key
     assert [p.name for p in path.parent.iterdir()] == ["identity.key"]  # no temporary left behind
     assert load_or_create_identity(tmp_path / "other.key").public_key != first.public_key
+
+
+def test_threads_creating_one_key_file_at_once_share_one_identity(tmp_path: Path) -> None:
+    """hubnet.call from many threads of one process may be the first use of a home: every thread
+    must end with the one key that won, none with an error (they once shared a temporary name)."""
+    path = tmp_path / "identity.key"
+    threads = 16
+    start = threading.Barrier(threads)
+
+    def create() -> bytes:
+        start.wait(timeout=10)
+        return load_or_create_identity(path).public_key
+
+    with ThreadPoolExecutor(threads) as pool:
+        keys = {f.result(timeout=30) for f in [pool.submit(create) for _ in range(threads)]}
+    assert keys == {load_or_create_identity(path).public_key}
+    assert [p.name for p in tmp_path.iterdir()] == ["identity.key"]  # no temporary left behind
 
 
 def test_key_file_private_even_with_a_permissive_umask(tmp_path: Path) -> None:
