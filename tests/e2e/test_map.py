@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import pty
@@ -29,7 +30,7 @@ import trio
 
 import hubnet
 from tests.e2e.harness import Client, Server, base_env, wait_until
-from tests.helpers import require_program
+from tests.helpers import lacking, require_program
 
 PROVIDERS = 4
 OFFERS_TIMEOUT = 30.0
@@ -232,7 +233,8 @@ def test_map_says_what_is_wrong_in_one_line(network: Network, tmp_path: Path) ->
 
 
 def test_a_terminal_gets_a_progress_bar(network: Network, tmp_path: Path) -> None:
-    pytest.importorskip("tqdm", reason="the map extra (tqdm) is not installed")
+    if importlib.util.find_spec("tqdm") is None:
+        lacking("tqdm is not installed: pip install 'hubnet[map]' (the bar needs it)")
     inputs = _inputs(tmp_path / "in", 8)
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a terminal's size
