@@ -134,7 +134,7 @@ def places_for(
                 capacity = DEFAULT_CAPACITY
         if key in {p.provider.key for p in places}:
             continue  # one provider named twice
-        places.append(Place(Provider(key, max(capacity, 1), estimate=reach.per_call), reach.target))
+        places.append(Place(Provider(key, max(capacity, 1), reach.org, reach.per_call), reach.target))
     return places
 
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import AsyncIterator, Iterable
+import time
+from collections.abc import AsyncIterator, Collection, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -35,6 +37,9 @@ from hubnet.identity.errors import (
 from hubnet.node.naming import Target
 from hubnet.node.protocol import Accept
 from hubnet.trio_client import CallOutput, Client, Stdin
+
+if TYPE_CHECKING:
+    from hubnet.discover import Found
 from hubnet.trust import PinnedKeys
 
 MAX_ATTEMPTS = 5  # providers a discovered call is tried on (as hubnet.discover's)
@@ -45,11 +50,13 @@ CALL_FAILURES = (TransportError, RemoteProtocolError, HandshakeError, HostKeyMis
 @dataclass(frozen=True)
 class Reachable:
     """A node that runs the service: where to dial it, and what its offer said (none for a
-    server given by the caller): its job slots, its price per call, its publisher."""
+    server given by the caller): its job slots, its price per call, and an organisation
+    it proved membership of (one that the client's rules name; None if none)."""
 
     target: Target
     capacity: int | None = None
     per_call: int = 0
+    org: bytes | None = None
 
 
 def where_to_call(
@@ -86,7 +93,25 @@ def where_to_call(
         backoff.save()
     if not offers:
         raise none_acceptable(planned.label, len(found.offers), ctx.client_config.source)
-    return [Reachable(target_of(o), o.load.capacity, o.price.per_call) for o in offers]
+    orgs = _proven_orgs(found, rules.orgs)
+    return [Reachable(target_of(o), o.load.capacity, o.price.per_call, orgs.get(o.publisher)) for o in offers]
+
+
+def _proven_orgs(found: Found, named: Collection[bytes]) -> dict[bytes, bytes]:
+    """For each publisher, one organisation named in the client's rules that its offer's
+    attestations prove (checked against that organisation's revocation list), so that a
+    fan-out's redundant runs can go to distinct organisations. Organisations the rules do
+    not name prove nothing here: anyone can make one."""
+    from hubnet.select import proven_memberships
+
+    if not named:
+        return {}
+    proven, _ = proven_memberships(found.offers, int(time.time()), found.revocations)
+    return {
+        publisher: min(org for org, _ in memberships if org in named)
+        for publisher, memberships in proven.items()
+        if any(org in named for org, _ in memberships)
+    }
 
 
 def client_for(ctx: Context, *, named: bool) -> Client:

@@ -303,3 +303,11 @@ def test_a_providers_first_accept_tells_its_price_before_a_second_job_starts() -
     assert scheduler.next_starts() == []
     scheduler.finished(first.attempt, Outcome(True, 0, None, b"x", cost=10))
     assert len(scheduler.next_starts()) == 2  # 10 spent + 2 x 10 held fits in 35, a third would not
+
+
+def test_redundant_runs_go_to_distinct_organisations_first() -> None:
+    providers = [Provider("a1", 1, "lab-a"), Provider("a2", 1, "lab-a"), Provider("b1", 1, "lab-b")]
+    scheduler = Scheduler(providers, redundancy=2)
+    scheduler.add_input(0)
+    starts = scheduler.next_starts()
+    assert sorted(str(s.provider) for s in starts) == ["a1", "b1"]  # not a1 and a2, one lab twice
