@@ -64,6 +64,30 @@ class StoredToken:
         }
 
 
+@dataclass(frozen=True)
+class KeptDeposit:
+    """A node's signed word that it credited a deposit (checked when it came)."""
+
+    node: bytes
+    token_hash: bytes
+    amount: int  # msat
+    balance: int  # msat, at that node, after it
+    mint: str
+    time: int
+
+    def as_json(self) -> dict[str, object]:
+        from hubnet.identity.keys import encode_peer_id
+
+        return {
+            "node": encode_peer_id(self.node),
+            "token": self.token_hash.hex(),
+            "amount_msat": self.amount,
+            "balance_msat": self.balance,
+            "mint": self.mint,
+            "time": self.time,
+        }
+
+
 class Wallet:
     """The tokens in one home's wallet; open with `Wallet.open(data_dir)`."""
 
@@ -140,3 +164,10 @@ class Wallet:
             "INSERT OR REPLACE INTO deposits VALUES (?, ?, ?, ?, ?, ?, ?)",
             (node, token_hash, amount, balance, mint, at, record),
         )
+
+    def deposits(self) -> list[KeptDeposit]:
+        """The deposit receipts kept, oldest first."""
+        rows = self._db.execute(
+            "SELECT node, token_hash, amount, balance, mint, time FROM deposits ORDER BY time, rowid"
+        )
+        return [KeptDeposit(bytes(n), bytes(h), a, b, m, t) for n, h, a, b, m, t in rows]

@@ -81,6 +81,7 @@ def wallet(ctx: click.Context, as_json: bool) -> None:
     \b
     hubnode wallet add TOKEN     keep a token (cashuA.../cashuB..., or - for stdin)
     hubnode wallet [--json]      list them: mint, amount, when added
+    hubnode wallet deposits      the nodes' signed receipts for your deposits
 
     A node's change comes back into this wallet by itself.
     """
@@ -118,3 +119,24 @@ def wallet_add(obj: Context, token: str) -> None:
     with Wallet.open(obj.home.data_dir) as store:
         kept = store.add(_token_text(token))
     click.echo(f"kept {kept.amount} {printable(kept.unit)} from {printable(kept.mint)} (id {kept.id})")
+
+
+@wallet.command("deposits")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def wallet_deposits(obj: Context, as_json: bool) -> None:
+    """The deposits nodes have credited you (`hubnode deposit`), from their signed receipts."""
+    from hubnet.wallet import Wallet
+
+    with Wallet.open(obj.home.data_dir) as store:
+        kept = store.deposits()
+    if as_json:
+        import json
+
+        click.echo(json.dumps([d.as_json() for d in kept], indent=2))
+        return
+    from hubnet.identity.keys import encode_peer_id
+
+    for d in kept:
+        node, mint = encode_peer_id(d.node), printable(d.mint)
+        click.echo(f"{d.amount:>10} msat  balance {d.balance:>10} msat  {node}  {mint}")

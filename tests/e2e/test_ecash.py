@@ -74,6 +74,9 @@ def test_a_deposit_credits_once_and_untrusted_ecash_is_never_redeemed(
     )  # the second 40 credited nothing
     assert receipt["caller"] == client.peer_id and receipt["mint"] == cashu_mint.url
 
+    kept = _json(client.run("wallet", "deposits", "--json"))  # the two signed receipts, kept
+    assert [(d["amount_msat"], d["balance_msat"]) for d in kept] == [(40000, 40000), (9000, 49000)]
+
     typo = client.run("deposit", "--server", bank.target, "cashuBnot-a-token")
     assert typo.returncode == EXIT_USAGE
     assert "Cashu token" in one_line(typo)
