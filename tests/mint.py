@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
+import ctypes
 import json
 import os
 import select
@@ -47,6 +48,13 @@ def ecash_program(name: str) -> Path:
             f"{name} of the ecash extra is not installed beside {sys.executable} (pip install -e '.[ecash]')"
         )
     return path
+
+
+def _die_with_parent() -> None:
+    """In the mint's process before it starts: SIGTERM when the test process dies, however it
+    dies (a SIGKILLed or timed-out pytest never reaches the fixture's stop)."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:
@@ -88,6 +96,7 @@ class TestMint:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: uvicorn's workers go with it
+                preexec_fn=_die_with_parent,
             )
         try:
             self._wait_ready()
