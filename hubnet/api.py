@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import IO
 
-from hubnet.call_machine import CallResult
+from hubnet.call_machine import DEFAULT_MAX_OUTPUT, CallResult, CollectedOutput
 from hubnet.client import OpenCall, finish_call
 from hubnet.commands import (
     Context,
@@ -85,6 +85,7 @@ def call(
     max_cost: int | None = None,
     home: str | os.PathLike[str] | None = None,
     bootstrap: Iterable[str] = (),
+    max_output: int | None = DEFAULT_MAX_OUTPUT,
 ) -> Result:
     """Run `service` with `args` on a node, feed it `stdin` (bytes or a binary file), wait
     for it to exit, and return its output and status.
@@ -94,23 +95,25 @@ def call(
     the DHT (through `bootstrap` or client.toml's). `timeout` bounds the job in seconds
     (it is cancelled when it passes, and TransportError raised); `max_cost` in
     millisatoshi refuses a node whose terms could charge more. `home` is the client's home
-    (default: $HUBNET_HOME, else the platform's folders).
+    (default: $HUBNET_HOME, else the platform's folders). `max_output` bounds the stdout and
+    stderr kept in memory (256 MiB unless said; None: no bound): a node that sends more ends
+    the call with OutputTooLarge (a TransportError); `stream` reads output of any size.
 
     Raises the project's errors (`hubnet.errors`): NotOffered, Rejected, TransportError,
     RemoteProtocolError, HostKeyMismatch, ConfigError.
     """
     ctx, planned = plan_call(service, args, server, home, max_cost)
     deadline = None if timeout is None else time.monotonic() + timeout
-    stdout, stderr = bytearray(), bytearray()
+    kept = CollectedOutput(max_output)
     with naming_missing_services(ctx, planned):
         opened = open_service_call(ctx, planned, tuple(bootstrap), wait_for_accept=True)
         _within_budget(opened, max_cost)
         with _stdin_fd(stdin) as fd:
             finished = finish_call(
-                opened, stdin_fd=fd, stdout=stdout.extend, stderr=stderr.extend, deadline=deadline
+                opened, stdin_fd=fd, stdout=kept.add_stdout, stderr=kept.add_stderr, deadline=deadline
             )
     keep_call_receipt(ctx, finished)  # checked and kept in the home, as `hubnode call` does
-    return Result.of(finished, bytes(stdout), bytes(stderr))
+    return Result.of(finished, bytes(kept.stdout), bytes(kept.stderr))
 
 
 def stream(

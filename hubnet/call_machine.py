@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from hubnet.identity.errors import TransportError
+from hubnet.identity.errors import OutputTooLarge, TransportError
 from hubnet.node.protocol import (
     KEEPALIVE,
     MAX_DATA,
@@ -52,6 +52,9 @@ from hubnet.node.protocol import (
 
 # How long a driver waits for the node's Exit after sending Cancel (at a deadline or on
 # an interrupt) before it gives up on the connection.
+# What the API and `hubnode map` keep of one job's output in memory unless told otherwise: above a
+# node's own default cap (services.toml's max_output, 100 MiB), far below a robot's memory.
+DEFAULT_MAX_OUTPUT = 256 << 20
 CANCEL_GRACE = 2.0
 # How long a caller waits, by default, from the handshake to the node's Accept (a call
 # that waits in a busy node's queue counts), and how long a running job's node may send
@@ -66,10 +69,33 @@ _NODE_FINISHED = (State.EXITED, State.DONE, State.CLOSED)
 
 
 def located(error: TransportError, address: object) -> TransportError:
-    """`error`, saying which node it concerns: a caller with many calls needs to know."""
+    """`error` (of the same class), saying which node it concerns: a caller with many calls
+    needs to know."""
     if str(address) in str(error):
         return error
-    return TransportError(f"{address}: {error}")
+    return type(error)(f"{address}: {error}")
+
+
+class CollectedOutput:
+    """A job's stdout and stderr kept in memory, at most `limit` bytes together (None: no
+    limit). Every byte from a node is hostile until checked, and a node need not keep its
+    own output limit: one that sends more ends the call with OutputTooLarge."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+
+    def add_stdout(self, data: bytes) -> None:
+        self._add(self.stdout, data)
+
+    def add_stderr(self, data: bytes) -> None:
+        self._add(self.stderr, data)
+
+    def _add(self, buffer: bytearray, data: bytes) -> None:
+        if self.limit is not None and len(self.stdout) + len(self.stderr) + len(data) > self.limit:
+            raise OutputTooLarge(f"the node sent more than {self.limit} bytes of output (max_output)")
+        buffer.extend(data)
 
 
 @dataclass(frozen=True)

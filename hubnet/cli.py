@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from hubnet.call_machine import DEFAULT_MAX_OUTPUT
 from hubnet.commands import DEFAULT_TARGET_HELP, Context, run_call
 from hubnet.exits import EXIT_TRANSPORT, EXIT_USAGE
 from hubnet.identity.errors import ConfigError, HubnetError, NotOffered
@@ -245,6 +246,14 @@ def call(
 )
 @click.option("--max-cost", type=click.IntRange(min=0), metavar="MSAT", help="Spend at most MSAT on the run.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Cancel a job after SECONDS.")
+@click.option(
+    "--max-output",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_OUTPUT,
+    show_default=True,
+    metavar="BYTES",
+    help="Keep at most BYTES of one job's output; a provider that sends more fails that attempt.",
+)
 @click.argument("service")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj

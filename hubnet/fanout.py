@@ -24,7 +24,7 @@ from typing import Any, cast
 import trio
 
 from hubnet.api import Result, plan_call
-from hubnet.call_machine import CallResult
+from hubnet.call_machine import DEFAULT_MAX_OUTPUT, CallResult
 from hubnet.commands import Context, ServiceCall, keep_call_receipt
 from hubnet.identity.errors import ConfigError, HubnetError, Rejected, TransportError
 from hubnet.identity.keys import encode_peer_id
@@ -155,10 +155,13 @@ class FanOut:
         settled: Callable[[Settled], None],
         *,
         timeout: float | None = None,
+        max_output: int | None = DEFAULT_MAX_OUTPUT,
         avoided: Callable[[ProviderAvoided], None] = lambda event: None,
         keep: Callable[[CallResult], object] = lambda result: None,
     ) -> None:
-        """`keep` is given each finished call (to check and keep a paid job's receipt)."""
+        """`keep` is given each finished call (to check and keep a paid job's receipt).
+        `max_output` bounds what one attempt's output may take in memory: an attempt whose node
+        sends more fails (OutputTooLarge) and its input goes to another provider."""
         self.client = client
         self.request = request
         self.places = {place.provider.key: place for place in places}
@@ -166,6 +169,7 @@ class FanOut:
         for place in places:
             scheduler.add_provider(place.provider)
         self.timeout = timeout
+        self.max_output = max_output
         self._settled = settled
         self._avoided = avoided
         self._keep = keep
@@ -228,7 +232,12 @@ class FanOut:
                 args = self.request.args + job.args
                 request = Call(self.request.service_id, args, self.request.attestations, ceiling)
                 output = await self.client.call(
-                    target, request, stdin=stdin, timeout=self.timeout, accepted=accepted
+                    target,
+                    request,
+                    stdin=stdin,
+                    timeout=self.timeout,
+                    accepted=accepted,
+                    max_output=self.max_output,
                 )
             if scope.cancelled_caught:
                 raise Rejected("too-expensive", "its hold would take the run above --max-cost")
@@ -306,9 +315,10 @@ class Executor(concurrent.futures.Executor):
         redundancy: int = 1,
         max_cost: int | None = None,
         timeout: float | None = None,
+        max_output: int | None = DEFAULT_MAX_OUTPUT,
     ) -> None:
         self._options = _RunOptions(
-            tuple(servers), home, tuple(bootstrap), jobs, retries, redundancy, max_cost, timeout
+            tuple(servers), home, tuple(bootstrap), jobs, retries, redundancy, max_cost, timeout, max_output
         )
         self._lock = threading.Lock()
         self._token: trio.lowlevel.TrioToken | None = None
@@ -404,6 +414,7 @@ class _RunOptions:
     redundancy: int
     max_cost: int | None
     timeout: float | None
+    max_output: int | None
 
 
 class _ServiceRun:
@@ -432,7 +443,14 @@ class _ServiceRun:
         client = client_for(ctx, named=bool(servers) or bool(planned.server))
         keep = functools.partial(keep_call_receipt, ctx)
         run.fanout = FanOut(
-            client, planned.request, places, scheduler, run._settled, timeout=options.timeout, keep=keep
+            client,
+            planned.request,
+            places,
+            scheduler,
+            run._settled,
+            timeout=options.timeout,
+            max_output=options.max_output,
+            keep=keep,
         )
         nursery.start_soon(run.fanout.run)
         return run

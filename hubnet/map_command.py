@@ -24,6 +24,7 @@ from typing import IO, Any
 
 import trio
 
+from hubnet.call_machine import DEFAULT_MAX_OUTPUT
 from hubnet.commands import Context, keep_call_receipt, service_call
 from hubnet.fanout import FanOut, Job, Settled, places_for, provider_text
 from hubnet.identity.errors import ConfigError
@@ -63,6 +64,7 @@ class MapOptions:
     joblog: Path | None = None
     resume: bool = False
     timeout: float | None = None
+    max_output: int | None = DEFAULT_MAX_OUTPUT
 
 
 def split_inputs(words: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
@@ -325,6 +327,7 @@ def run_map(
             scheduler,
             settled,
             timeout=options.timeout,
+            max_output=options.max_output,
             avoided=avoided.append,
             keep=functools.partial(keep_call_receipt, ctx),
         )

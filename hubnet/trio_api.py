@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from hubnet.api import Result, plan_call, too_expensive
-from hubnet.call_machine import CallResult
+from hubnet.call_machine import DEFAULT_MAX_OUTPUT, CallResult
 from hubnet.commands import Context, ServiceCall, keep_call_receipt, naming_missing_services
 from hubnet.identity.errors import (
     HandshakeError,
@@ -146,10 +146,23 @@ class _Budget:
 
 
 async def _call_once(
-    client: Client, planned: ServiceCall, target: Target, stdin: Stdin, timeout: float | None, budget: _Budget
+    client: Client,
+    planned: ServiceCall,
+    target: Target,
+    stdin: Stdin,
+    timeout: float | None,
+    budget: _Budget,
+    max_output: int | None,
 ) -> CallOutput:
     with budget.scope:
-        return await client.call(target, planned.request, stdin=stdin, timeout=timeout, accepted=budget.check)
+        return await client.call(
+            target,
+            planned.request,
+            stdin=stdin,
+            timeout=timeout,
+            accepted=budget.check,
+            max_output=max_output,
+        )
     assert budget.too_expensive is not None  # only the budget cancels this scope
     raise budget.too_expensive
 
@@ -164,8 +177,10 @@ async def call(
     max_cost: int | None = None,
     home: str | os.PathLike[str] | None = None,
     bootstrap: Iterable[str] = (),
+    max_output: int | None = DEFAULT_MAX_OUTPUT,
 ) -> Result:
-    """`hubnet.call` for Trio: run `service`, feed it `stdin`, return its `Result`.
+    """`hubnet.call` for Trio: run `service`, feed it `stdin`, return its `Result` (at most
+    `max_output` bytes of output kept, as in `hubnet.call`).
 
     Without a server, the discovered providers are tried in turn until one accepts (a
     provider that fails before its Accept ran nothing); after the Accept a failure is raised.
@@ -178,7 +193,7 @@ async def call(
         budget = _Budget(max_cost, place.target)
         try:
             with naming_missing_services(ctx, planned):
-                output = await _call_once(client, planned, place.target, stdin, timeout, budget)
+                output = await _call_once(client, planned, place.target, stdin, timeout, budget, max_output)
         except CALL_FAILURES as exc:
             if budget.accepted or len(reachable) == 1:
                 raise

@@ -26,7 +26,7 @@ from typing import Protocol, TypeVar
 
 import trio
 
-from hubnet.call_machine import CANCEL_GRACE, CallMachine, CallResult, Timeouts, located
+from hubnet.call_machine import CANCEL_GRACE, CallMachine, CallResult, CollectedOutput, Timeouts, located
 from hubnet.dht.addresses import Address, RelayAddress
 from hubnet.dialer import linked
 from hubnet.identity.errors import (
@@ -202,10 +202,12 @@ class Client:
         stderr: OutputSink | None = None,
         timeout: float | None = None,
         accepted: Callable[[Accept], object] | None = None,
+        max_output: int | None = None,
     ) -> CallOutput:
         """Run one job on `target`: stream `stdin` up and the output down until it exits.
 
-        Output goes to the sinks if given, else it is collected into the CallOutput.
+        Output goes to the sinks if given, else it is collected into the CallOutput, at most
+        `max_output` bytes of it (OutputTooLarge past that; None: no limit).
         `timeout` bounds the whole call, and the client's `timeouts` the node's time to
         accept and its silences: when one passes, the job is cancelled and TransportError
         raised. Raises `Rejected` if the node refuses the call. `accepted` is told the
@@ -216,7 +218,7 @@ class Client:
         while True:
             machine = CallMachine(call, self.timeouts)
             try:
-                collected = _Collected(stdout, stderr, accepted)
+                collected = _Collected(stdout, stderr, accepted, max_output)
                 output = await self._call(target, machine, stdin, collected, deadline)
                 keep_receipt(self.receipts_dir, output.result, self.identity.public_key)
                 return output
@@ -280,7 +282,8 @@ class Client:
             raise failure
         if machine.reject is not None:
             raise Rejected(machine.reject.code, machine.reject.reason, machine.reject.needed)
-        return CallOutput(machine.result(), bytes(collected.stdout), bytes(collected.stderr))
+        kept = collected.kept
+        return CallOutput(machine.result(), bytes(kept.stdout), bytes(kept.stderr))
 
 
 class _Collected:
@@ -291,9 +294,9 @@ class _Collected:
         stdout: OutputSink | None,
         stderr: OutputSink | None,
         accepted: Callable[[Accept], object] | None = None,
+        max_output: int | None = None,
     ) -> None:
-        self.stdout = bytearray()
-        self.stderr = bytearray()
+        self.kept = CollectedOutput(max_output)
         self.accepted = accepted
         self._sinks = {Stdout: stdout, Stderr: stderr}
 
@@ -302,7 +305,7 @@ class _Collected:
         if sink is not None:
             await sink(event.data)
         else:
-            (self.stdout if isinstance(event, Stdout) else self.stderr).extend(event.data)
+            (self.kept.add_stdout if isinstance(event, Stdout) else self.kept.add_stderr)(event.data)
 
 
 async def _next_event(stream: SecureStream, conn: JobConnection | CallMachine) -> Event:

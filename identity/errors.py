@@ -36,6 +36,11 @@ class ClosedEarly(TransportError):
     was killed, or that shed the connection while it was full."""
 
 
+class OutputTooLarge(TransportError):
+    """A node sent more output than the caller keeps in memory (`max_output`): a broken or
+    hostile node cannot take the caller's memory; the call ends and the job with it."""
+
+
 class HandshakeClosed(HandshakeError):
     """The peer closed the connection in the middle of the handshake."""
 

@@ -232,6 +232,22 @@ def test_map_says_what_is_wrong_in_one_line(network: Network, tmp_path: Path) ->
     assert b"refused: no-such-service" in bad.stderr and time.monotonic() - started < RUN_TIMEOUT
 
 
+def test_max_output_fails_an_attempt_whose_node_sends_more(network: Network, tmp_path: Path) -> None:
+    """What a job's output may take of the client's memory is bounded: past --max-output the
+    attempt fails (and counts), within it the run is as usual. A digest line ("HEX  -\\n") is 68 bytes."""
+    inputs = [str(path) for path in _inputs(tmp_path / "in", 3)]
+    over = network.client.run(
+        "map", "-s", network.seed, "--max-output", "10", "checksum", ":::", *inputs, input=None
+    )
+    assert over.returncode == 3, over.stderr.decode()  # GNU parallel's status: three inputs failed
+    assert b"more than 10 bytes of output" in over.stderr and over.stdout == b""
+    within = network.client.run(
+        "map", "-s", network.seed, "--max-output", "68", "checksum", ":::", *inputs, input=None
+    )
+    assert within.returncode == 0, within.stderr.decode()
+    assert sorted(within.stdout.decode().split()[::2]) == sorted(_sha(Path(path)) for path in inputs)
+
+
 def test_a_terminal_gets_a_progress_bar(network: Network, tmp_path: Path) -> None:
     if importlib.util.find_spec("tqdm") is None:
         lacking("tqdm is not installed: pip install 'hubnet[map]' (the bar needs it)")

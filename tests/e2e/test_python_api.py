@@ -55,6 +55,27 @@ def test_errors_are_the_projects_typed_exceptions(node: Node, client: Client) ->
     assert issubclass(hubnet.Rejected, hubnet.HubnetError)
 
 
+def test_output_past_max_output_ends_the_call(node: Node, client: Client) -> None:
+    """A node's output is kept in memory up to `max_output` and no further, in both forms."""
+    data = os.urandom(3 << 20)
+    said = r"127\.0\.0\.1:\d+: the node sent more than 1048576 bytes of output"
+    with pytest.raises(hubnet.OutputTooLarge, match=said):
+        hubnet.call("cat", stdin=data, server=node.target, home=client.home, max_output=1 << 20)
+    assert issubclass(hubnet.OutputTooLarge, hubnet.TransportError)  # another provider may be tried
+
+    async def trio_form(limit: int | None) -> hubnet.Result:
+        return await hubnet.trio_api.call(
+            "cat", stdin=data, server=node.target, home=client.home, max_output=limit
+        )
+
+    with pytest.raises(hubnet.OutputTooLarge):
+        trio.run(trio_form, 1 << 20)
+    assert trio.run(trio_form, None).stdout == data  # None: no bound
+    assert (
+        hubnet.call("cat", stdin=data, server=node.target, home=client.home).stdout == data
+    )  # under the default
+
+
 def test_the_clis_alias_works_from_python(node: Node, client: Client) -> None:
     made = client.run("alias", "--server", node.target, "shout", "argv", "--flag")
     assert made.returncode == 0, made.stderr
