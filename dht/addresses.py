@@ -26,9 +26,9 @@ address starts with an integer kind, a legacy pair with a string host.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from hubnet.identity.errors import ConfigError
+from hubnet.identity.frozen import frozen
 from hubnet.identity.keys import PUBLIC_KEY_LEN, decode_peer_id, encode_peer_id
 
 DEFAULT_PORT = 7070
@@ -45,7 +45,7 @@ class InvalidAddress(ValueError):
     """An address from the wire that is not one of the two shapes, or out of limits."""
 
 
-@dataclass(frozen=True)
+@frozen
 class DirectAddress:
     """A TCP port that accepts connections."""
 
@@ -56,7 +56,7 @@ class DirectAddress:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-@dataclass(frozen=True)
+@frozen
 class RelayAddress:
     """`target` reached through the relay `relay_peer` at `relay`: the relay splices the stream,
     and Noise runs end to end inside it, so the relay sees only ciphertext."""

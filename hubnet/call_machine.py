@@ -27,9 +27,9 @@ over, and its result.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from hubnet.identity.errors import OutputTooLarge, TransportError
+from hubnet.identity.frozen import frozen
 from hubnet.node.protocol import (
     KEEPALIVE,
     MAX_DATA,
@@ -98,7 +98,7 @@ class CollectedOutput:
         buffer.extend(data)
 
 
-@dataclass(frozen=True)
+@frozen
 class CallResult:
     """How a job ended: the node's Exit, its job id, the terms it ran on, the node's signed
     receipt (a paid job's) and the node's key (b"" when the driver did not say)."""
@@ -110,7 +110,7 @@ class CallResult:
     node: bytes = b""
 
 
-@dataclass(frozen=True)
+@frozen
 class Timeouts:
     """How long a caller waits for a node to make progress, in seconds.
 

@@ -18,13 +18,13 @@ import select
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from hubnet.call_machine import CallMachine, CallResult, Timeouts, located
 from hubnet.dialer import Dialer, TcpDialer, dial_first
 from hubnet.identity.blocking import SecureSocket, connect_secure_socket
 from hubnet.identity.errors import HandshakeError, Rejected, RemoteProtocolError, TransportError
+from hubnet.identity.frozen import frozen
 from hubnet.identity.keys import Identity
 from hubnet.node.naming import Target
 from hubnet.node.protocol import (
@@ -156,7 +156,7 @@ def exchange(
     return reply, secure.remote_identity
 
 
-@dataclass
+@frozen
 class OpenCall:
     """A call whose request has been sent (and, if the machine has started, accepted)."""
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 from hubnet.identity.errors import ConfigError, HubnetError, NotOffered, Rejected
+from hubnet.identity.frozen import frozen
 
 if TYPE_CHECKING:
     from hubnet.call_machine import CallResult
@@ -129,7 +129,7 @@ def run_call(
         raise
 
 
-@dataclass(frozen=True)
+@frozen
 class ServiceCall:
     """A call as the user named it, resolved: the request, how to name it in messages, and
     the server it goes to (--server, the alias's or client.toml's; None: the DHT decides)."""

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from hubnet.call_machine import DEFAULT_ACCEPT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Timeouts
 from hubnet.identity.errors import ConfigError
+from hubnet.identity.frozen import frozen
 from hubnet.identity.hints import did_you_mean
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
-@dataclass(frozen=True)
+@frozen
 class ClientConfig:
     """`client.toml`: `server = "PEER_ID@HOST:PORT"` (used when --server is not given),
     `connect_timeout = 10` (seconds for connecting and the handshake), `accept_timeout =
@@ -30,7 +31,7 @@ class ClientConfig:
     accept_timeout: float = DEFAULT_ACCEPT_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     bootstrap: tuple[str, ...] = ()
-    select: Mapping[str, object] = field(default_factory=dict)
+    select: Mapping[str, object] = MappingProxyType({})
     source: str = "client.toml"
     max_cost: int | None = None
     pay: str = "never"
@@ -41,7 +42,7 @@ class ClientConfig:
         return Timeouts(self.accept_timeout, self.idle_timeout)
 
 
-@dataclass(frozen=True)
+@frozen
 class Alias:
     """A local name for a service with fixed leading arguments and, optionally, a server."""
 

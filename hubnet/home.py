@@ -8,11 +8,12 @@ folder and the key and known hosts to its data folder (platformdirs).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
+from hubnet.identity.frozen import frozen
 
-@dataclass(frozen=True)
+
+@frozen
 class Home:
     config_dir: Path
     data_dir: Path

@@ -11,7 +11,6 @@ import base64
 import binascii
 import os
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
 # libsodium through `identity.sodium` rather than nacl.signing or nacl.bindings: their
@@ -75,20 +74,37 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> boo
     return sodium.verify(public_key, message, signature)
 
 
-@dataclass(frozen=True)
 class Identity:
-    """A node's or client's long-term key pair, made from a 32-byte seed."""
+    """A node's or client's long-term key pair, made from a 32-byte seed.
 
-    seed: bytes = field(repr=False)
-    public_key: bytes = field(init=False)
-    _secret_key: bytes = field(init=False, repr=False)
+    A plain class rather than a `hubnet.identity.frozen` one: its keys derive from the seed
+    rather than being given, and the seed stays out of repr() so it never reaches a log.
+    Immutable, and equal to another identity made from the same seed."""
 
-    def __post_init__(self) -> None:
-        if len(self.seed) != SEED_LEN:
+    __slots__ = ("_secret_key", "public_key", "seed")
+    seed: bytes
+    public_key: bytes
+    _secret_key: bytes
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != SEED_LEN:
             raise ValueError("an identity seed is 32 bytes")
-        public, secret = sodium.sign_seed_keypair(self.seed)
+        public, secret = sodium.sign_seed_keypair(seed)
+        object.__setattr__(self, "seed", seed)
         object.__setattr__(self, "public_key", public)
         object.__setattr__(self, "_secret_key", secret)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"an Identity is immutable: cannot assign {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        return other.__class__ is Identity and other.seed == self.seed
+
+    def __hash__(self) -> int:
+        return hash(self.seed)
+
+    def __repr__(self) -> str:
+        return f"Identity(public_key={self.public_key!r})"
 
     @classmethod
     def generate(cls) -> Identity:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
 from hubnet.identity import sodium
 from hubnet.identity.errors import DecryptError, HandshakeError, LocalProtocolError
+from hubnet.identity.frozen import frozen
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -91,12 +91,15 @@ def _check_key_length(key: bytes, what: str) -> None:
         raise LocalProtocolError(f"{what} must be {DHLEN} bytes, not {len(key)}")
 
 
-@dataclass(frozen=True)
+@frozen
 class _KeyPair:
     """A local X25519 key pair; the private half is kept out of repr() so it never reaches a log."""
 
-    private: bytes = field(repr=False)
+    private: bytes
     public: bytes
+
+    def __repr__(self) -> str:
+        return f"_KeyPair(public={self.public!r})"
 
     @classmethod
     def from_private(cls, private: bytes) -> _KeyPair:
@@ -106,7 +109,7 @@ class _KeyPair:
 # --- Hash functions -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class _Hash:
     """A Noise hash function: its hashlib name and HASHLEN.
 
@@ -154,7 +157,7 @@ class _Token(Enum):
 E, S, EE, ES, SE, SS = _Token.E, _Token.S, _Token.EE, _Token.ES, _Token.SE, _Token.SS
 
 
-@dataclass(frozen=True)
+@frozen
 class _Pattern:
     """A handshake pattern: pre-messages and message token lists.
 
@@ -187,7 +190,7 @@ _PATTERNS = {
 }
 
 
-@dataclass(frozen=True)
+@frozen
 class _Protocol:
     """A parsed protocol name such as ``Noise_XX_25519_ChaChaPoly_BLAKE2b``."""
 

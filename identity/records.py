@@ -7,11 +7,10 @@ replayed as another kind.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import msgpack
 
 from hubnet.identity.errors import RemoteProtocolError
+from hubnet.identity.frozen import frozen
 from hubnet.identity.keys import PUBLIC_KEY_LEN, Identity, verify_signature
 
 MAX_RECORD_LEN = 8192
@@ -26,7 +25,7 @@ def _signed_message(domain: str, body: bytes) -> bytes:
     return domain.encode("utf-8") + b"\x00" + body
 
 
-@dataclass(frozen=True)
+@frozen
 class SignedRecord:
     """A body signed by `public_key` under a domain such as `hubnet/offer/1`."""
 

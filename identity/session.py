@@ -20,7 +20,6 @@ key Noise just authenticated.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
 from hubnet.identity.errors import (
     ConfigError,
@@ -29,6 +28,7 @@ from hubnet.identity.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
+from hubnet.identity.frozen import frozen
 from hubnet.identity.keys import PUBLIC_KEY_LEN, noise_public_key
 from hubnet.identity.noise import MAX_MESSAGE_LEN, TAG_LEN, CipherState, HandshakeState
 
@@ -50,7 +50,7 @@ MAX_BUFFER = 2 * (MAX_MESSAGE_LEN + 2) + MAX_RECEIVE
 _MAX_HANDSHAKE_PAYLOAD = MAX_MESSAGE_LEN - 2 * _DH_LEN - 3 * TAG_LEN - PUBLIC_KEY_LEN
 
 
-@dataclass(frozen=True)
+@frozen
 class HandshakeComplete:
     """The peer is authenticated as `remote_identity` (its Ed25519 key, the peer id);
     `first_data` rode in the handshake."""
@@ -59,7 +59,7 @@ class HandshakeComplete:
     first_data: bytes
 
 
-@dataclass(frozen=True)
+@frozen
 class Data:
     """Decrypted application bytes."""
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 
 from hubnet.dht.addresses import Address, DirectAddress, RelayAddress, parse_address
 from hubnet.identity.errors import ConfigError
+from hubnet.identity.frozen import frozen
 from hubnet.identity.keys import decode_peer_id
 
 SERVICE_ID_LEN = 16
@@ -52,7 +52,7 @@ def resolve_service_ref(text: str) -> bytes:
     return service_id_for_name(text)
 
 
-@dataclass(frozen=True)
+@frozen
 class Target:
     """Where to call: a typed address and, when known, the node's key.
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -28,6 +27,7 @@ from hubnet.identity.errors import (
     RemoteProtocolError,
     TransportError,
 )
+from hubnet.identity.frozen import frozen
 
 SERVICE_ID_LEN = 16
 MAX_MESSAGE = 1 << 20
@@ -108,7 +108,7 @@ class RejectCode(enum.StrEnum):
     TOO_EXPENSIVE = "too-expensive"  # the job's worst case is above the caller's ceiling
 
 
-@dataclass(frozen=True)
+@frozen
 class Call:
     """Run `service_id` with the client's `args`; `attestations` are the caller's organisation
     attestations (encoded `hubnet.identity.orgs.Attestation`s), for services that serve
@@ -124,22 +124,22 @@ class Call:
     token: str | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class ListServices:
     """Ask which services the node offers."""
 
 
-@dataclass(frozen=True)
+@frozen
 class GetStatus:
     """Ask how busy the node is."""
 
 
-@dataclass(frozen=True)
+@frozen
 class GetPeers:
     """Ask which DHT nodes the node knows (its routing table)."""
 
 
-@dataclass(frozen=True)
+@frozen
 class Deposit:
     """Redeem `token` (a Cashu token, `cashuA...` or `cashuB...`) into the caller's account;
     the node answers with a signed deposit receipt (`Receipt`) or a `Reject`."""
@@ -147,12 +147,12 @@ class Deposit:
     token: str
 
 
-@dataclass(frozen=True)
+@frozen
 class GetBalance:
     """Ask for the caller's own balance at the node (its prepaid account)."""
 
 
-@dataclass(frozen=True)
+@frozen
 class Start:
     """The caller is live: the first transport message, after which a job may start.
 
@@ -161,22 +161,22 @@ class Start:
     """
 
 
-@dataclass(frozen=True)
+@frozen
 class Stdin:
     data: bytes
 
 
-@dataclass(frozen=True)
+@frozen
 class StdinEnd:
     pass
 
 
-@dataclass(frozen=True)
+@frozen
 class Cancel:
     pass
 
 
-@dataclass(frozen=True)
+@frozen
 class Terms:
     """What this job costs this caller, in millisatoshi: per call, per second of wall time,
     per MiB moved (stdin plus output), and how much is held against it (the most it can
@@ -188,15 +188,15 @@ class Terms:
     held: int = 0
 
 
-@dataclass(frozen=True)
+@frozen
 class Accept:
     """The job will run on these terms."""
 
     job_id: str
-    terms: Terms = field(default_factory=Terms)
+    terms: Terms = Terms()
 
 
-@dataclass(frozen=True)
+@frozen
 class Reject:
     """The node refused the request: `code` is a `RejectCode` (or one this reader does not
     know yet), `reason` a sentence for people; `needed` the millisatoshi the call needs
@@ -207,31 +207,31 @@ class Reject:
     needed: int | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class Credit:
     """The node fed `size` more bytes of stdin to the job: the client may send that much more."""
 
     size: int
 
 
-@dataclass(frozen=True)
+@frozen
 class Receipt:
     """After `Exit`: a signed record of what the job used and cost (opaque to this layer)."""
 
     record: bytes
 
 
-@dataclass(frozen=True)
+@frozen
 class Stdout:
     data: bytes
 
 
-@dataclass(frozen=True)
+@frozen
 class Stderr:
     data: bytes
 
 
-@dataclass(frozen=True)
+@frozen
 class Usage:
     wall_ms: int = 0
     cpu_ms: int = 0
@@ -240,7 +240,7 @@ class Usage:
     stderr_bytes: int = 0
 
 
-@dataclass(frozen=True)
+@frozen
 class Exit:
     """The job ended: `exit_code` when it exited, `signal` when it was killed;
     `error` says why hubnet ended it (timeout, output-limit, cancelled)."""
@@ -248,11 +248,11 @@ class Exit:
     exit_code: int | None
     signal: int | None
     error: str | None = None
-    usage: Usage = field(default_factory=Usage)
+    usage: Usage = Usage()
     cost: int = 0
 
 
-@dataclass(frozen=True)
+@frozen
 class ServiceInfo:
     name: str
     service_id: bytes
@@ -265,12 +265,12 @@ class ServiceInfo:
     multiplier: float = 1.0
 
 
-@dataclass(frozen=True)
+@frozen
 class Services:
     services: tuple[ServiceInfo, ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class ReachStatus:
     """What a node knows of its place in the network (`node.reach`), for `hubnode status`."""
 
@@ -281,7 +281,7 @@ class ReachStatus:
     relays: tuple[str, ...] = ()  # PEER_ID@HOST:PORT of the relays it holds reservations with
 
 
-@dataclass(frozen=True)
+@frozen
 class StatusReply:
     running: int
     queued: int
@@ -290,7 +290,7 @@ class StatusReply:
     reach: ReachStatus | None = None  # optional: older nodes and nodes without a DHT leave it out
 
 
-@dataclass(frozen=True)
+@frozen
 class BalanceReply:
     """The caller's account at the node, in millisatoshi: what it may spend now, and what
     its running jobs hold."""
@@ -299,7 +299,7 @@ class BalanceReply:
     held: int
 
 
-@dataclass(frozen=True)
+@frozen
 class PeerInfo:
     """One DHT contact: its Ed25519 key and UDP address."""
 
@@ -308,12 +308,12 @@ class PeerInfo:
     port: int
 
 
-@dataclass(frozen=True)
+@frozen
 class Peers:
     peers: tuple[PeerInfo, ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class ConnectionClosed:
     """The peer's end of the stream: an event, never sent as a message."""
 

@@ -9,12 +9,12 @@ add keys without breaking older readers, which keep what they do not know in `ex
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 import msgpack
 
+from hubnet.identity.frozen import frozen
 from hubnet.identity.keys import Identity, fingerprint
 from hubnet.identity.records import InvalidRecord, SignedRecord
 from hubnet.node.protocol import MAX_RECEIPT, SERVICE_ID_LEN, Terms, Usage
@@ -28,7 +28,7 @@ class InvalidReceipt(InvalidRecord):
     """A receipt that is damaged, badly signed, or not about the call it came with."""
 
 
-@dataclass(frozen=True)
+@frozen
 class JobReceipt:
     """One job's account, as its node signed it. `payer` is the account charged (the caller's
     own, or an organisation's that pays for it); `balance` that account's balance after;
@@ -45,7 +45,7 @@ class JobReceipt:
     cost: int
     balance: int
     time: int
-    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    extra: Mapping[str, Any] = MappingProxyType({})
 
     def body(self) -> bytes:
         fields: dict[str, Any] = dict(self.extra)

@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
 from hubnet.identity.errors import ClosedEarly, LocalProtocolError, RemoteProtocolError, TransportError
+from hubnet.identity.frozen import frozen
 
 PEER_ID_LEN = 32
 CIRCUIT_ID_LEN = 16
@@ -73,7 +73,7 @@ class RefusalCode(enum.StrEnum):
     NO_SUCH_CIRCUIT = "no-such-circuit"  # a claim for a circuit that is not waiting for this peer
 
 
-@dataclass(frozen=True)
+@frozen
 class CircuitLimits:
     """What one circuit may carry (both directions together) and for how long."""
 
@@ -81,26 +81,26 @@ class CircuitLimits:
     max_seconds: int
 
 
-@dataclass(frozen=True)
+@frozen
 class Reserve:
     """Holder -> relay: reserve (or renew) a slot through which callers reach me."""
 
 
-@dataclass(frozen=True)
+@frozen
 class Connect:
     """Caller -> relay: link me to `target` (a peer id holding a reservation here)."""
 
     target: bytes
 
 
-@dataclass(frozen=True)
+@frozen
 class Claim:
     """Target -> relay, on a fresh connection: this is my end of `circuit`."""
 
     circuit: bytes
 
 
-@dataclass(frozen=True)
+@frozen
 class Reserved:
     """Relay -> holder: the reservation holds for `expires_in` seconds unless renewed."""
 
@@ -108,21 +108,21 @@ class Reserved:
     limits: CircuitLimits
 
 
-@dataclass(frozen=True)
+@frozen
 class Incoming:
     """Relay -> holder: a caller waits on `circuit`; claim it on a fresh connection."""
 
     circuit: bytes
 
 
-@dataclass(frozen=True)
+@frozen
 class Linked:
     """Relay -> caller and target: from the next byte on, this connection is the circuit."""
 
     limits: CircuitLimits
 
 
-@dataclass(frozen=True)
+@frozen
 class Refused:
     """Relay -> requester: `code` is a `RefusalCode` (or one this reader does not know)."""
 
@@ -130,7 +130,7 @@ class Refused:
     reason: str
 
 
-@dataclass(frozen=True)
+@frozen
 class ConnectionClosed:
     """The peer's end of stream: an event, never sent."""
 

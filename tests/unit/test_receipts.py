@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import msgpack
 import pytest
 
 from hubnet.call_machine import CallResult
+from hubnet.identity.frozen import replace
 from hubnet.identity.keys import Identity
 from hubnet.identity.records import SignedRecord
 from hubnet.node.protocol import MAX_RECEIPT, Exit, Terms, Usage
@@ -42,11 +42,11 @@ def _check(record: bytes, **changes: object) -> JobReceipt:
 
 
 def test_a_receipt_round_trips_and_keeps_fields_a_newer_node_adds() -> None:
-    extended = dataclasses.replace(RECEIPT, extra={"change": "cashuBxyz"})
+    extended = replace(RECEIPT, extra={"change": "cashuBxyz"})
     record = extended.sign(NODE)
     assert len(record) <= MAX_RECEIPT
     got = _check(record)
-    assert got == dataclasses.replace(got, extra={"change": "cashuBxyz"})
+    assert got == replace(got, extra={"change": "cashuBxyz"})
     assert dict(got.extra) == {"change": "cashuBxyz"}
     assert (got.usage, got.terms, got.balance) == (RECEIPT.usage, TERMS, 99_877)
 
@@ -79,7 +79,7 @@ def test_forged_tampered_and_misdomained_receipts_are_refused() -> None:
     offer = SignedRecord.sign(NODE, "hubnet/offer/1", RECEIPT.body()).encode()
     with pytest.raises(InvalidReceipt, match="domain"):
         _check(offer)
-    overcharged = dataclasses.replace(RECEIPT, cost=TERMS.held + 1)
+    overcharged = replace(RECEIPT, cost=TERMS.held + 1)
     with pytest.raises(InvalidReceipt, match="more than the 2200 held"):
         _check(overcharged.sign(NODE), cost=TERMS.held + 1)
     junk = SignedRecord.sign(NODE, RECEIPT_DOMAIN, msgpack.packb({"job": 1})).encode()
@@ -94,7 +94,7 @@ def _result(receipt: bytes | None, terms: Terms = TERMS, cost: int = 123) -> Cal
 def test_good_receipts_are_kept_and_bad_ones_said_and_counted(tmp_path: Path) -> None:
     said: list[str] = []
     assert keep_receipt(tmp_path, _result(RECEIPT.sign(NODE)), CALLER, said.append) == RECEIPT
-    foreign = dataclasses.replace(RECEIPT, node=OTHER_NODE.public_key, job_id="j1").sign(OTHER_NODE)
+    foreign = replace(RECEIPT, node=OTHER_NODE.public_key, job_id="j1").sign(OTHER_NODE)
     assert keep_receipt(tmp_path, _result(foreign), CALLER, said.append) is None
     assert keep_receipt(tmp_path, _result(None), CALLER, said.append) is None  # paid, no receipt
     assert keep_receipt(tmp_path, _result(None, Terms(), 0), CALLER, said.append) is None  # free: nothing

@@ -1,0 +1,93 @@
+"""Frozen value classes for the cold call path, without `dataclasses`.
+
+`@frozen` does what `@dataclass(frozen=True)` does for the classes a `hubnode call`
+imports (protocol messages, addresses, config): an `__init__` taking the annotated fields
+in order (class-level values are their defaults; `__post_init__` runs after it if the class
+has one), `__repr__` (unless the class writes its own), `__eq__` and `__hash__` over the
+fields, `__match_args__`, and attributes that cannot be set or deleted afterwards.
+
+Why not `dataclasses`: a cold call pays for every class its imports define, and
+`dataclass` compiles five methods per class with a separate `exec` each and imports
+`inspect` to write signatures into docstrings; measured on the call path, about 50 such
+classes and that import were a fifth of a tiny call's import time. Here one `exec` per
+class compiles its three methods. Type checkers see the same semantics through
+`dataclass_transform`. Only own annotations are fields: a frozen class does not inherit fields,
+and mutable defaults are the caller's to avoid (every field here is immutable).
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar, dataclass_transform
+
+_Class = TypeVar("_Class", bound=type)
+_Instance = TypeVar("_Instance")
+
+
+class FrozenFieldError(AttributeError):
+    """A field of a frozen class was assigned or deleted after `__init__`."""
+
+
+def _refuse_setattr(self: object, name: str, value: object) -> None:
+    raise FrozenFieldError(f"{type(self).__name__} is frozen: cannot assign {name!r}")
+
+
+def _refuse_delattr(self: object, name: str) -> None:
+    raise FrozenFieldError(f"{type(self).__name__} is frozen: cannot delete {name!r}")
+
+
+@dataclass_transform(frozen_default=True)
+def frozen(cls: _Class) -> _Class:
+    """Make `cls` a frozen value class over its annotated fields (see the module doc)."""
+    # Not inspect.get_annotations: importing inspect is a cost this module exists to avoid.
+    annotations: dict[str, str] = cls.__dict__.get("__annotations__", {})  # noqa: RUF063
+    names = tuple(name for name, kind in annotations.items() if not str(kind).startswith("ClassVar"))
+    defaults = {name: cls.__dict__[name] for name in names if name in cls.__dict__}
+    params = []
+    for name in names:
+        if name in defaults:
+            params.append(f"{name}=_default_{name}")
+        elif params and "=" in params[-1]:
+            raise TypeError(f"{cls.__name__}: field {name!r} without a default follows one with a default")
+        else:
+            params.append(name)
+    body = [f"    _set(self, {name!r}, {name})" for name in names]
+    if hasattr(cls, "__post_init__"):
+        body.append("    self.__post_init__()")
+    values = "".join(f"self.{name}, " for name in names)
+    other_values = "".join(f"other.{name}, " for name in names)
+    shown = ", ".join(f"{name}={{self.{name}!r}}" for name in names)
+    source = "\n".join(
+        [
+            f"def __init__(self, {', '.join(params)}):",
+            *(body or ["    pass"]),
+            "def __eq__(self, other):",
+            "    if other.__class__ is not self.__class__:",
+            "        return NotImplemented",
+            f"    return ({values}) == ({other_values})",
+            "def __hash__(self):",
+            f"    return hash(({values}))",
+            "def __repr__(self):",
+            f"    return f'{{type(self).__qualname__}}({shown})'",
+        ]
+    )
+    namespace: dict[str, Any] = {"_set": object.__setattr__}
+    namespace.update((f"_default_{name}", value) for name, value in defaults.items())
+    exec(source, namespace)
+    namespace["__init__"].__qualname__ = f"{cls.__qualname__}.__init__"
+    for method in ("__init__", "__eq__", "__hash__", "__repr__"):
+        if method == "__repr__" and "__repr__" in cls.__dict__:
+            continue
+        setattr(cls, method, namespace[method])
+    cls.__setattr__ = _refuse_setattr  # type: ignore[assignment]
+    cls.__delattr__ = _refuse_delattr  # type: ignore[assignment]
+    setattr(cls, "__match_args__", names)  # noqa: B010 - mypy refuses the plain assignment
+    return cls
+
+
+def replace(instance: _Instance, /, **changes: Any) -> _Instance:
+    """A copy of the frozen `instance` with `changes` to some of its fields."""
+    fields: tuple[str, ...] = type(instance).__match_args__  # type: ignore[attr-defined]
+    unknown = changes.keys() - set(fields)
+    if unknown:
+        raise TypeError(f"{type(instance).__name__} has no field {sorted(unknown)[0]!r}")
+    return type(instance)(**{name: changes.get(name, getattr(instance, name)) for name in fields})
