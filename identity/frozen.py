@@ -10,7 +10,7 @@ Why not `dataclasses`: a cold call pays for every class its imports define, and
 `dataclass` compiles five methods per class with a separate `exec` each and imports
 `inspect` to write signatures into docstrings; measured on the call path, about 50 such
 classes and that import were a fifth of a tiny call's import time. Here one `exec` per
-class compiles its three methods. Type checkers see the same semantics through
+class compiles its `__init__`. Type checkers see the same semantics through
 `dataclass_transform`. Only own annotations are fields: a frozen class does not inherit fields,
 and mutable defaults are the caller's to avoid (every field here is immutable).
 """
@@ -35,6 +35,28 @@ def _refuse_delattr(self: object, name: str) -> None:
     raise FrozenFieldError(f"{type(self).__name__} is frozen: cannot delete {name!r}")
 
 
+# Shared by every frozen class, over its `__match_args__` (the field names in order): compiling
+# these per class, as `__init__` is, cost six times as much import time, and none of them is
+# on a hot path (`__init__` is: one per message).
+def _values(instance: object) -> tuple[object, ...]:
+    return tuple(getattr(instance, name) for name in instance.__match_args__)  # type: ignore[attr-defined]
+
+
+def _eq(self: object, other: object) -> object:  # bool, or NotImplemented for another class
+    if other.__class__ is not self.__class__:
+        return NotImplemented
+    return _values(self) == _values(other)
+
+
+def _hash(self: object) -> int:
+    return hash(_values(self))
+
+
+def _repr(self: object) -> str:
+    shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__match_args__)  # type: ignore[attr-defined]
+    return f"{type(self).__qualname__}({shown})"
+
+
 @dataclass_transform(frozen_default=True)
 def frozen(cls: _Class) -> _Class:
     """Make `cls` a frozen value class over its annotated fields (see the module doc)."""
@@ -53,31 +75,17 @@ def frozen(cls: _Class) -> _Class:
     body = [f"    _set(self, {name!r}, {name})" for name in names]
     if hasattr(cls, "__post_init__"):
         body.append("    self.__post_init__()")
-    values = "".join(f"self.{name}, " for name in names)
-    other_values = "".join(f"other.{name}, " for name in names)
-    shown = ", ".join(f"{name}={{self.{name}!r}}" for name in names)
-    source = "\n".join(
-        [
-            f"def __init__(self, {', '.join(params)}):",
-            *(body or ["    pass"]),
-            "def __eq__(self, other):",
-            "    if other.__class__ is not self.__class__:",
-            "        return NotImplemented",
-            f"    return ({values}) == ({other_values})",
-            "def __hash__(self):",
-            f"    return hash(({values}))",
-            "def __repr__(self):",
-            f"    return f'{{type(self).__qualname__}}({shown})'",
-        ]
-    )
+    source = "\n".join([f"def __init__(self, {', '.join(params)}):", *(body or ["    pass"])])
     namespace: dict[str, Any] = {"_set": object.__setattr__}
     namespace.update((f"_default_{name}", value) for name, value in defaults.items())
     exec(source, namespace)
-    namespace["__init__"].__qualname__ = f"{cls.__qualname__}.__init__"
-    for method in ("__init__", "__eq__", "__hash__", "__repr__"):
-        if method == "__repr__" and "__repr__" in cls.__dict__:
-            continue
-        setattr(cls, method, namespace[method])
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init  # type: ignore[misc]
+    cls.__eq__ = _eq  # type: ignore[method-assign,assignment]
+    cls.__hash__ = _hash  # type: ignore[method-assign,assignment]
+    if "__repr__" not in cls.__dict__:
+        cls.__repr__ = _repr  # type: ignore[method-assign,assignment]
     cls.__setattr__ = _refuse_setattr  # type: ignore[assignment]
     cls.__delattr__ = _refuse_delattr  # type: ignore[assignment]
     setattr(cls, "__match_args__", names)  # noqa: B010 - mypy refuses the plain assignment
