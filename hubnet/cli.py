@@ -535,6 +535,7 @@ def status(obj: Context, server: str | None, as_json: bool) -> None:
                 dht_mode=reach.dht_mode,
                 peers=reach.peers,
                 relays=list(reach.relays),
+                relay_prices=None if reach.relay_prices is None else list(reach.relay_prices),
             )
         click.echo(json.dumps(shown))
         return
@@ -547,8 +548,18 @@ def status(obj: Context, server: str | None, as_json: bool) -> None:
             f"DHT {printable(reach.dht_mode)} mode, {reach.peers} peer(s)"
         )
         if reach.relays:
-            line += ", relays " + ", ".join(printable(r) for r in reach.relays)
+            prices = reach.relay_prices or (None,) * len(reach.relays)
+            line += ", relays " + ", ".join(
+                printable(r) + _relay_price(p) for r, p in zip(reach.relays, prices, strict=True)
+            )
         click.echo(line)
+
+
+def _relay_price(price: int | None) -> str:
+    """What a relay charges the node for the bytes it carries, as `hubnode status` says it."""
+    if price is None:
+        return ""  # an older node does not say
+    return " (free)" if price == 0 else f" ({price} msat/MiB)"
 
 
 @cli.command(

@@ -12,7 +12,7 @@ import functools
 import logging
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -86,6 +86,8 @@ class Discovery:
         self.lan = lan
         self.dht: DhtNode | None = None
         self.reach = Reach(config.reachability)
+        # What each relay held charges per MiB, by its peer id: set by whoever keeps the reservations.
+        self.relay_prices: Mapping[bytes, int] = {}
         # The demand multiplier on a service's prices: set by whoever runs the job server.
         self.multiplier: Callable[[Service], float] = lambda service: 1.0
 
@@ -102,10 +104,12 @@ class Discovery:
         state = self.reach.state
         observed = str(DirectAddress(*state.observed)) if state.observed is not None else ""
         mode = "client" if state.client_mode else "server"
-        relays = tuple(
-            f"{encode_peer_id(a.relay_peer)}@{a.relay}" for a in self.relayed if isinstance(a, RelayAddress)
+        held = [a for a in self.relayed if isinstance(a, RelayAddress)]
+        relays = tuple(f"{encode_peer_id(a.relay_peer)}@{a.relay}" for a in held)
+        prices = tuple(self.relay_prices.get(a.relay_peer, 0) for a in held)
+        return ReachStatus(
+            str(state.reachability), observed, mode, len(self.dht.protocol.table), relays, prices
         )
-        return ReachStatus(str(state.reachability), observed, mode, len(self.dht.protocol.table), relays)
 
     async def run(self, transport: DatagramTransport, *, task_status: trio.TaskStatus[DhtNode]) -> None:
         """Join and publish over `transport` (bound to the job port's number) until cancelled;

@@ -279,6 +279,8 @@ class ReachStatus:
     dht_mode: str  # server, or client (a private node: in nobody's routing table)
     peers: int  # contacts in its DHT routing table
     relays: tuple[str, ...] = ()  # PEER_ID@HOST:PORT of the relays it holds reservations with
+    # msat per MiB each of `relays` charges it (optional, 6th; an older node's are unknown: None)
+    relay_prices: tuple[int, ...] | None = None
 
 
 @frozen
@@ -482,16 +484,20 @@ def _decode_status(f: list[Any]) -> StatusReply:
 def _decode_reach(f: object) -> ReachStatus:
     if not isinstance(f, list):
         raise RemoteProtocolError("a reach entry must be an array")
-    reachability, observed, dht_mode, peers, *optional = _known(f, 5, "a reach entry", required=4)
+    reachability, observed, dht_mode, peers, *optional = _known(f, 6, "a reach entry", required=4)
     relays = optional[0] if optional else []
     if not isinstance(relays, list) or len(relays) > MAX_RELAYS:
         raise RemoteProtocolError(f"relays must be an array of at most {MAX_RELAYS}")
+    prices = optional[1] if len(optional) > 1 else None
+    if prices is not None and not (isinstance(prices, list) and len(prices) == len(relays)):
+        raise RemoteProtocolError("relay prices must be an array as long as the relays")
     return ReachStatus(
         _text(reachability, MAX_HOST),
         _text(observed, MAX_HOST),
         _text(dht_mode, MAX_HOST),
         _count(peers),
         tuple(_text(r) for r in relays),
+        None if prices is None else tuple(_count(p) for p in prices),
     )
 
 
@@ -589,6 +595,7 @@ _CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[
                         m.reach.dht_mode,
                         m.reach.peers,
                         list(m.reach.relays),
+                        *([] if m.reach.relay_prices is None else [list(m.reach.relay_prices)]),
                     ]
                 ]
                 if m.reach is not None

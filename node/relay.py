@@ -13,6 +13,9 @@ them, when and how many bytes pass; it never sees a circuit's plaintext, and can
 as a target, whose key the caller checks in the end-to-end handshake. The caller's hop to
 the relay uses a fresh key per circuit, so the relay does not learn the caller's identity
 either: callers are counted by their source address instead.
+
+A relay with a price (`price_per_mib`) and a ledger charges each circuit's bytes to the
+target's account there (node.relay_charges decides; this module holds, settles, releases).
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ import trio
 from hubnet.identity.keys import fingerprint
 from hubnet.identity.secure import SecureStream
 from hubnet.node.connections import Connection, Phase
+from hubnet.node.ledger import Ledger
 from hubnet.node.naming import service_id_for_name
 from hubnet.node.offers import Price
+from hubnet.node.relay_charges import circuit_cost, circuit_hold
 from hubnet.node.relay_protocol import (
     CIRCUIT_ID_LEN,
     CircuitLimits,
@@ -178,8 +183,16 @@ class _Pending:
 class Relay:
     """Serves relay requests; with `config` None, refuses them all (this node is no relay)."""
 
-    def __init__(self, config: RelayConfig | None, *, claim_timeout: float = CLAIM_TIMEOUT) -> None:
+    def __init__(
+        self,
+        config: RelayConfig | None,
+        *,
+        ledger: Ledger | None = None,
+        claim_timeout: float = CLAIM_TIMEOUT,
+    ) -> None:
         self.config = config
+        # Where circuits are charged to their targets (a priced relay); without one, relaying is free.
+        self.ledger = ledger if config is not None and config.price_per_mib else None
         self.book = RelayBook(config) if config is not None else None
         self.claim_timeout = claim_timeout
         self.bytes_relayed = 0
@@ -204,9 +217,22 @@ class Relay:
         elif isinstance(request, Claim):
             await self._claim(stream, conn, request.circuit, tracked)
 
+    def _charge(self, peer: bytes, circuit: bytes | None = None) -> int | Refused:
+        """Hold one circuit's price of `peer`'s account (as the hold of `circuit`; with None,
+        only see that it could be): the amount, 0 at a free relay, or the refusal."""
+        if self.ledger is None:
+            return 0
+        assert self.config is not None
+        amount = circuit_hold(self.config, self.ledger.balance(peer).available)
+        if circuit is not None and not isinstance(amount, Refused):
+            # No await since the balance was read: no other hold can have come between.
+            self.ledger.hold(peer, _hold_id(circuit), amount)
+        return amount
+
     async def _hold(self, stream: SecureStream, conn: RelayConnection, book: RelayBook) -> None:
         peer = stream.remote_identity
-        refusal = book.reserve(peer)
+        charge = self._charge(peer)
+        refusal = charge if isinstance(charge, Refused) else book.reserve(peer)
         if refusal is not None:
             log.info("refused a reservation for %s: %s", fingerprint(peer), refusal.code)
             await _send(stream, conn, refusal)
@@ -216,15 +242,16 @@ class Relay:
         holder = _Holder(peer, notices)
         self._holders.setdefault(peer, []).append(holder)
         lock = trio.Lock()  # renewals and notices both write: one message at a time
+        price = book.config.price_per_mib if self.ledger is not None else 0
         try:
-            await _send(stream, conn, Reserved(seconds, book.limits))
+            await _send(stream, conn, Reserved(seconds, book.limits, price))
             log.info("reservation for %s (%d held)", fingerprint(peer), book.reservations.total())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_send_notices, stream, conn, incoming, lock)
                 with trio.move_on_after(seconds) as expiry:
                     while not isinstance(await next_relay_event(stream, conn), ConnectionClosed):
                         async with lock:
-                            await _send(stream, conn, Reserved(seconds, book.limits))
+                            await _send(stream, conn, Reserved(seconds, book.limits, price))
                         expiry.deadline = trio.current_time() + seconds
                 nursery.cancel_scope.cancel()
         finally:
@@ -249,8 +276,15 @@ class Relay:
             await _send(stream, conn, refusal)
             return
         circuit = secrets.token_bytes(CIRCUIT_ID_LEN)
+        held = self._charge(target, circuit)
+        if isinstance(held, Refused):
+            book.close_circuit(target, source)
+            log.info("refused a circuit to %s: its account cannot pay for it", fingerprint(target))
+            await _send(stream, conn, held)
+            return
         pending = _Pending(target)
         self._pending[circuit] = pending
+        budget = _Budget(book.limits.max_bytes)
         try:
             # The newest reservation first: an older one of the same peer may be a dead connection.
             holder = self._holders[target][-1]
@@ -266,11 +300,14 @@ class Relay:
             await _send(stream, conn, Linked(book.limits))
             _activate(tracked)  # a circuit carries a live call: never shed for a newcomer
             caller = RawStream(stream.transport, stream.detach())
-            await self._splice(caller, pending.target_stream, book.limits)
+            await self._splice(caller, pending.target_stream, book.limits, budget)
         finally:
             del self._pending[circuit]
             pending.done.set()
             book.close_circuit(target, source)
+            if self.ledger is not None:
+                cost = circuit_cost(book.config, budget.carried, held)
+                self.ledger.settle(_hold_id(circuit), cost, note=f"relayed {budget.carried} bytes")
 
     async def _claim(
         self, stream: SecureStream, conn: RelayConnection, circuit: bytes, tracked: Connection | None
@@ -287,21 +324,23 @@ class Relay:
         pending.claimed.set()
         await pending.done.wait()  # the caller's task splices; this connection lives as long
 
-    async def _splice(self, caller: RawStream, target: RawStream, limits: CircuitLimits) -> None:
+    async def _splice(
+        self, caller: RawStream, target: RawStream, limits: CircuitLimits, budget: _Budget
+    ) -> None:
         """Copy bytes both ways until both ends have closed, or a limit is reached (then both
-        are cut). An end of stream is passed on as one, so each end can finish its last word."""
-        budget = [limits.max_bytes]
+        are cut), counting them in `budget`. An end of stream is passed on as one, so each end
+        can finish its last word."""
         with trio.move_on_after(limits.max_seconds) as timer:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump, caller, target, budget, nursery.cancel_scope)
                 nursery.start_soon(self._pump, target, caller, budget, nursery.cancel_scope)
         if timer.cancelled_caught:
             log.info("a circuit reached its %d s limit and was cut", limits.max_seconds)
-        elif budget[0] < 0:
+        elif budget.cut:
             log.info("a circuit reached its %d byte limit and was cut", limits.max_bytes)
 
     async def _pump(
-        self, source: RawStream, sink: RawStream, budget: list[int], both: trio.CancelScope
+        self, source: RawStream, sink: RawStream, budget: _Budget, both: trio.CancelScope
     ) -> None:
         try:
             if source.first:  # what the relay's own session had read past its last message
@@ -322,12 +361,14 @@ class Relay:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             both.cancel()  # one end is gone: the other has nothing more to hear
 
-    def _carried(self, size: int, budget: list[int], both: trio.CancelScope) -> bool:
+    def _carried(self, size: int, budget: _Budget, both: trio.CancelScope) -> bool:
         """Count `size` more bytes against the circuit's budget; False (and both ends cut) past it."""
-        budget[0] -= size
-        if budget[0] < 0:
+        if size > budget.left:
+            budget.cut = True
             both.cancel()
             return False
+        budget.left -= size
+        budget.carried += size
         self.bytes_relayed += size
         return True
 
@@ -335,7 +376,7 @@ class Relay:
         self,
         source: trio.socket.SocketType,
         sink: trio.socket.SocketType,
-        budget: list[int],
+        budget: _Budget,
         both: trio.CancelScope,
     ) -> bool:
         """Move bytes from socket to socket through a pipe with splice(2), until the end of
@@ -363,6 +404,21 @@ class Relay:
         finally:
             os.close(read_end)
             os.close(write_end)
+
+
+@dataclass
+class _Budget:
+    """What a circuit may still carry (both directions), what it has carried, and whether it
+    was cut for wanting more."""
+
+    left: int
+    carried: int = 0
+    cut: bool = False
+
+
+def _hold_id(circuit: bytes) -> str:
+    """A circuit's hold in the ledger (beside jobs' ids)."""
+    return f"relay-{circuit.hex()}"
 
 
 def _socket_of(stream: RawStream) -> trio.socket.SocketType | None:

@@ -71,6 +71,7 @@ class RefusalCode(enum.StrEnum):
     CIRCUITS_FULL = "circuits-full"  # the target, or the caller, has as many circuits as allowed
     TARGET_UNAVAILABLE = "target-unavailable"  # the target did not claim the circuit in time
     NO_SUCH_CIRCUIT = "no-such-circuit"  # a claim for a circuit that is not waiting for this peer
+    PAYMENT_REQUIRED = "payment-required"  # a priced relay: the holder's account cannot cover a circuit
 
 
 @frozen
@@ -106,6 +107,7 @@ class Reserved:
 
     expires_in: int
     limits: CircuitLimits
+    price_per_mib: int = 0  # msat per MiB a circuit carries, charged to the holder (optional, 4th)
 
 
 @frozen
@@ -128,6 +130,7 @@ class Refused:
 
     code: str
     reason: str
+    needed: int | None = None  # msat the refused request needs (payment-required; optional, 3rd)
 
 
 @frozen
@@ -166,6 +169,14 @@ def _limits(bytes_: object, seconds: object) -> CircuitLimits:
     return CircuitLimits(_count(bytes_), _count(seconds))
 
 
+def _unless_free(price_per_mib: int) -> list[int]:
+    """A free relay's Reserved leaves the price out, as a relay before prices sent it."""
+    return [price_per_mib] if price_per_mib else []
+
+
+# Each kind: its number, how many fields it must have, and its encoder and decoder. A
+# decoder reads its optional trailing fields when they are there (the fields after them,
+# a newer peer's, are cut off before it sees them: `_OPTIONAL`).
 _CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[list[Any]], Message]]] = {
     Reserve: (Kind.RESERVE, 0, lambda m: [], lambda f: Reserve()),
     Connect: (Kind.CONNECT, 1, lambda m: [m.target], lambda f: Connect(_key(f[0], PEER_ID_LEN, "a peer id"))),
@@ -178,8 +189,8 @@ _CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[
     Reserved: (
         Kind.RESERVED,
         3,
-        lambda m: [m.expires_in, m.limits.max_bytes, m.limits.max_seconds],
-        lambda f: Reserved(_count(f[0]), _limits(f[1], f[2])),
+        lambda m: [m.expires_in, m.limits.max_bytes, m.limits.max_seconds, *_unless_free(m.price_per_mib)],
+        lambda f: Reserved(_count(f[0]), _limits(f[1], f[2]), _count(f[3]) if len(f) > 3 else 0),
     ),
     Incoming: (
         Kind.INCOMING,
@@ -193,9 +204,15 @@ _CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[
         lambda m: [m.limits.max_bytes, m.limits.max_seconds],
         lambda f: Linked(_limits(f[0], f[1])),
     ),
-    Refused: (Kind.REFUSED, 2, lambda m: [m.code, m.reason], lambda f: Refused(_text(f[0]), _text(f[1]))),
+    Refused: (
+        Kind.REFUSED,
+        2,
+        lambda m: [m.code, m.reason, *([] if m.needed is None else [m.needed])],
+        lambda f: Refused(_text(f[0]), _text(f[1]), _count(f[2]) if len(f) > 2 else None),
+    ),
 }
 _BY_KIND = {spec[0]: (spec[1], spec[3]) for spec in _CODECS.values()}
+_OPTIONAL = {Kind.RESERVED: 1, Kind.REFUSED: 1}  # optional trailing fields this version reads
 
 
 def encode(message: Message) -> bytes:
@@ -218,7 +235,7 @@ def decode_object(obj: object) -> Message:
         raise RemoteProtocolError(f"unknown relay message kind {kind}") from None
     if len(fields) < arity:
         raise RemoteProtocolError(f"relay message kind {kind} needs {arity} fields")
-    return decoder(fields[:arity])
+    return decoder(fields[: arity + _OPTIONAL.get(Kind(kind), 0)])
 
 
 def _unpacker() -> msgpack.Unpacker:

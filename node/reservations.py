@@ -59,8 +59,9 @@ Candidates = Callable[[], Awaitable[Sequence[Target]]]
 
 class RelayFinder:
     """The relays to try, best first: the pinned ones (`relays` in services.toml), then
-    those whose offers the DHT holds (looked up at most every LOOKUP_INTERVAL), in random
-    order so that private nodes spread over them."""
+    those whose offers the DHT holds (looked up at most every LOOKUP_INTERVAL), the cheapest
+    first (their offers' price per MiB relayed), in random order among equals so that
+    private nodes spread over them."""
 
     def __init__(self, pinned: Sequence[Target], dht: DhtNode | None, me: bytes) -> None:
         self.pinned = list(pinned)
@@ -73,7 +74,7 @@ class RelayFinder:
         interval = LOOKUP_INTERVAL if self._found else LOOKUP_RETRY
         if self.dht is not None and trio.current_time() - self._looked >= interval:
             self._looked = trio.current_time()
-            found = []
+            found: list[tuple[int, Target]] = []
             for record in await self.dht.find_providers(service_key(RELAY_SERVICE_ID)):
                 try:
                     offer = offer_from_record(record)
@@ -81,9 +82,9 @@ class RelayFinder:
                     continue
                 direct = [a for a in offer.addresses if isinstance(a, DirectAddress)]
                 if offer.publisher != self.me and direct:
-                    found.append(Target(direct[0], offer.publisher))
+                    found.append((offer.price.per_mib, Target(direct[0], offer.publisher)))
             random.shuffle(found)
-            self._found = found
+            self._found = [target for _, target in sorted(found, key=lambda priced: priced[0])]
         pinned = {t.peer for t in self.pinned}
         return [*self.pinned, *(t for t in self._found if t.peer not in pinned)]
 
@@ -102,6 +103,7 @@ class RelayListener(trio.abc.Listener[trio.abc.Stream]):
         self.on_change = on_change
         self.want = want
         self.holding: dict[bytes, RelayAddress] = {}  # by relay peer id
+        self.prices: dict[bytes, int] = {}  # msat per MiB each relay held charges us, by its peer id
         self._trying: set[bytes] = set()
         self._resting: dict[bytes, float] = {}  # relay peer id -> trio time its rest ends
         self._scopes: dict[bytes, trio.CancelScope] = {}  # by relay peer id: ends its reservation
@@ -153,6 +155,7 @@ class RelayListener(trio.abc.Listener[trio.abc.Stream]):
                 log.info("reservation at relay %s dropped: this node is no longer private", where)
         finally:
             del self._scopes[peer]
+            self.prices.pop(peer, None)
             self._trying.discard(peer)
             if self.holding.pop(peer, None) is not None:
                 self.on_change(tuple(self.holding.values()))
@@ -166,8 +169,14 @@ class RelayListener(trio.abc.Listener[trio.abc.Stream]):
                     with trio.fail_after(ANSWER_TIMEOUT):
                         reserved = await _answer(stream, conn, Reserved)
                     self.holding[peer] = RelayAddress(peer, relay.direct, self.identity.public_key)
+                    self.prices[peer] = reserved.price_per_mib
                     self._trying.discard(peer)
-                    log.info("reserved at relay %s for %d s", where, reserved.expires_in)
+                    log.info(
+                        "reserved at relay %s for %d s at %d msat per MiB relayed",
+                        where,
+                        reserved.expires_in,
+                        reserved.price_per_mib,
+                    )
                     self.on_change(tuple(self.holding.values()))
                     await self._keep(stream, conn, relay, reserved, claims)
         except* (HubnetError, OSError, trio.TooSlowError, trio.BrokenResourceError) as group:
@@ -200,6 +209,7 @@ class RelayListener(trio.abc.Listener[trio.abc.Stream]):
                         log.warning("relay %s: too many circuits waiting to be claimed", relay.direct)
                 elif isinstance(event, Reserved):
                     answer_due = math.inf
+                    self.prices[self._peer_of(relay)] = event.price_per_mib  # a relay may change it
                 elif isinstance(event, Refused):
                     raise TransportError(f"the relay ended the reservation: {event.code}: {event.reason}")
                 elif isinstance(event, ConnectionClosed):
@@ -210,6 +220,11 @@ class RelayListener(trio.abc.Listener[trio.abc.Stream]):
             await stream.send_all(conn.send(Reserve()))
             renew_at = trio.current_time() + renew_every
             answer_due = trio.current_time() + ANSWER_TIMEOUT
+
+    @staticmethod
+    def _peer_of(relay: Target) -> bytes:
+        assert relay.peer is not None, "relays are pinned by their peer id"
+        return relay.peer
 
     async def _claim(self, relay: Target, circuit: bytes) -> None:
         """Take one circuit on a fresh connection and hand it to the server."""

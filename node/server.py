@@ -161,7 +161,7 @@ class Node:
             pressed_wait=pressed_wait,
         )
         # Relay requests come to the same port (node.relay); without [relay] they are refused.
-        self.relay = Relay(config.relay)
+        self.relay = Relay(config.relay, ledger=ledger)
         self._slots = trio.CapacityLimiter(config.max_jobs)
         self._service_slots = {
             sid: trio.CapacityLimiter(svc.max_concurrent) for sid, svc in config.services.items()

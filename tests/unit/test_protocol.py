@@ -394,12 +394,21 @@ def test_malformed_fields_are_refused(raw: bytes) -> None:
         pytest.param(
             _raw(
                 Kind.STATUS_REPLY,
-                [1, 0, 4, LOAD, ["private", "198.51.100.7:7070", "client", 3, ["r"], "new"], 9],
+                [1, 0, 4, LOAD, ["private", "198.51.100.7:7070", "client", 3, ["r"], [10], "new"], 9],
             ),
             StatusReply(
-                1, 0, 4, (0.5, 0.25, 0.125), ReachStatus("private", "198.51.100.7:7070", "client", 3, ("r",))
+                1,
+                0,
+                4,
+                (0.5, 0.25, 0.125),
+                ReachStatus("private", "198.51.100.7:7070", "client", 3, ("r",), (10,)),
             ),
             id="status-reach",
+        ),
+        pytest.param(  # from a node older than relay prices
+            _raw(Kind.STATUS_REPLY, [1, 0, 4, LOAD, ["private", "", "client", 3, ["r"]]]),
+            StatusReply(1, 0, 4, (0.5, 0.25, 0.125), ReachStatus("private", "", "client", 3, ("r",))),
+            id="status-reach-without-relay-prices",
         ),
         pytest.param(  # from a node that knows no relays yet
             _raw(Kind.STATUS_REPLY, [1, 0, 4, LOAD, ["public", "", "server", 0]]),
@@ -427,6 +436,8 @@ def test_fields_a_newer_peer_appends_are_ignored(raw: bytes, message: Message) -
         pytest.param(["private", b"", "client", 1], id="observed-not-text"),
         pytest.param(["private", "", "client", 1, ["r"] * (MAX_RELAYS + 1)], id="too-many-relays"),
         pytest.param(["private", "", "client", 1, [1]], id="relay-not-text"),
+        pytest.param(["private", "", "client", 1, ["r"], [1, 2]], id="prices-not-one-per-relay"),
+        pytest.param(["private", "", "client", 1, ["r"], [-1]], id="negative-price"),
     ],
 )
 def test_a_malformed_reach_entry_is_a_protocol_error(reach: object) -> None:

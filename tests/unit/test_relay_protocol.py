@@ -37,6 +37,7 @@ from hubnet.node.relay_protocol import (
 )
 
 LIMITS = CircuitLimits(1 << 30, 3600)
+LIMITS_FIELDS = [LIMITS.max_bytes, LIMITS.max_seconds]
 CIRCUIT = bytes(range(CIRCUIT_ID_LEN))
 TARGET = bytes(range(PEER_ID_LEN))
 EVERY_MESSAGE: list[Message] = [
@@ -44,9 +45,11 @@ EVERY_MESSAGE: list[Message] = [
     Connect(TARGET),
     Claim(CIRCUIT),
     Reserved(120, LIMITS),
+    Reserved(120, LIMITS, 7),
     Incoming(CIRCUIT),
     Linked(LIMITS),
     Refused(RefusalCode.CIRCUITS_FULL, "the target has 16 circuits"),
+    Refused(RefusalCode.PAYMENT_REQUIRED, "this relay charges", 1024),
 ]
 REQUESTS = [m for m in EVERY_MESSAGE if isinstance(m, Reserve | Connect | Claim)]
 ANSWERS = [m for m in EVERY_MESSAGE if m not in REQUESTS]
@@ -69,13 +72,16 @@ messages = st.one_of(
     st.binary(min_size=PEER_ID_LEN, max_size=PEER_ID_LEN).map(Connect),
     st.binary(min_size=CIRCUIT_ID_LEN, max_size=CIRCUIT_ID_LEN).map(Claim),
     st.binary(min_size=CIRCUIT_ID_LEN, max_size=CIRCUIT_ID_LEN).map(Incoming),
+    # The optional trailing fields (a price, the amount needed) are there, so that what the
+    # tests append comes after every field this version reads.
     st.builds(
         Reserved,
         st.integers(0, (1 << 63) - 1),
         st.builds(CircuitLimits, st.integers(0, (1 << 63) - 1), st.integers(0, (1 << 63) - 1)),
+        st.integers(1, (1 << 63) - 1),
     ),
     st.builds(Linked, st.builds(CircuitLimits, st.integers(0, 1 << 40), st.integers(0, 1 << 20))),
-    st.builds(Refused, st.text(max_size=64), st.text(max_size=1024)),
+    st.builds(Refused, st.text(max_size=64), st.text(max_size=1024), st.integers(0, (1 << 63) - 1)),
 )
 
 
@@ -103,9 +109,20 @@ def test_appended_fields_are_ignored(message: Message, extra: list[object]) -> N
     assert decode_object([kind, [*fields, *extra]]) == message
 
 
+def test_a_free_relays_reserved_and_a_plain_refusal_leave_the_optional_fields_out() -> None:
+    """As a relay before prices sent them: an older holder reads them as before."""
+    assert msgpack.unpackb(encode(Reserved(120, LIMITS))) == [Kind.RESERVED, [120, *LIMITS_FIELDS]]
+    assert msgpack.unpackb(encode(Refused("x", "y"))) == [Kind.REFUSED, ["x", "y"]]
+    assert decode_object([Kind.RESERVED, [120, *LIMITS_FIELDS]]) == Reserved(120, LIMITS, 0)
+    assert decode_object([Kind.RESERVED, [120, *LIMITS_FIELDS, 5]]) == Reserved(120, LIMITS, 5)
+    assert decode_object([Kind.REFUSED, ["x", "y", 9]]) == Refused("x", "y", 9)
+
+
 @pytest.mark.parametrize(
     "obj",
     [
+        [Kind.RESERVED, [120, 1, 1, -5]],
+        [Kind.REFUSED, ["payment-required", "", "lots"]],
         [Kind.CONNECT, [b"short"]],
         [Kind.CLAIM, [bytes(PEER_ID_LEN)]],
         [Kind.RESERVED, [-1, 0, 0]],
