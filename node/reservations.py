@@ -12,6 +12,7 @@ takes its place within a second or two.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -27,7 +28,7 @@ from hubnet.identity.errors import ClosedEarly, HubnetError, TransportError
 from hubnet.identity.keys import Identity, fingerprint
 from hubnet.identity.secure import SecureStream, connect_secure
 from hubnet.node.naming import Target
-from hubnet.node.offers import InvalidOffer, offer_from_record
+from hubnet.node.offers import InvalidOffer, Offer, offer_from_record
 from hubnet.node.relay import RELAY_SERVICE_ID, RawStream, next_relay_event
 from hubnet.node.relay_protocol import (
     Claim,
@@ -57,6 +58,19 @@ LOOKUP_RETRY = 5.0  # ... or, while it has found none, this often
 Candidates = Callable[[], Awaitable[Sequence[Target]]]
 
 
+def cheapest_relays(offers: Sequence[Offer], me: bytes) -> list[Target]:
+    """The relays `offers` (of the relay service) name, at their first direct address, the
+    cheapest per MiB relayed first and in random order among equals; never `me`, nor a relay
+    that gives no direct address (a relay must be dialled directly)."""
+    found = []
+    for offer in offers:
+        direct = [a for a in offer.addresses if isinstance(a, DirectAddress)]
+        if offer.publisher != me and direct:
+            found.append((offer.price.per_mib, Target(direct[0], offer.publisher)))
+    random.shuffle(found)
+    return [target for _, target in sorted(found, key=lambda priced: priced[0])]
+
+
 class RelayFinder:
     """The relays to try, best first: the pinned ones (`relays` in services.toml), then
     those whose offers the DHT holds (looked up at most every LOOKUP_INTERVAL), the cheapest
@@ -74,17 +88,11 @@ class RelayFinder:
         interval = LOOKUP_INTERVAL if self._found else LOOKUP_RETRY
         if self.dht is not None and trio.current_time() - self._looked >= interval:
             self._looked = trio.current_time()
-            found: list[tuple[int, Target]] = []
+            offers = []
             for record in await self.dht.find_providers(service_key(RELAY_SERVICE_ID)):
-                try:
-                    offer = offer_from_record(record)
-                except InvalidOffer:
-                    continue
-                direct = [a for a in offer.addresses if isinstance(a, DirectAddress)]
-                if offer.publisher != self.me and direct:
-                    found.append((offer.price.per_mib, Target(direct[0], offer.publisher)))
-            random.shuffle(found)
-            self._found = [target for _, target in sorted(found, key=lambda priced: priced[0])]
+                with contextlib.suppress(InvalidOffer):
+                    offers.append(offer_from_record(record))
+            self._found = cheapest_relays(offers, self.me)
         pinned = {t.peer for t in self.pinned}
         return [*self.pinned, *(t for t in self._found if t.peer not in pinned)]
 
