@@ -9,7 +9,7 @@ from hubnet.dht.addresses import DirectAddress, RelayAddress, parse_address
 from hubnet.dht.ids import service_key
 from hubnet.dht.records import NodeRecord, ProviderRecord
 from hubnet.dht.store import RecordRefused
-from hubnet.identity.keys import Identity
+from hubnet.identity.keys import Identity, encode_peer_id
 from hubnet.node.offer_check import accept_record, address_allowed
 from hubnet.node.offers import Load, Offer, Price
 
@@ -64,12 +64,63 @@ def offer_record(*addresses: str) -> ProviderRecord:
     ],
 )
 def test_direct_addresses(address: str, source: str, allowed: bool) -> None:
-    assert address_allowed(parse_address(address), source) is allowed
+    assert address_allowed(parse_address(address), source, PUBLISHER.public_key) is allowed
 
 
-def test_relay_addresses_pass_for_now() -> None:
-    relay = RelayAddress(b"r" * 32, DirectAddress("198.51.100.7", 7070), PUBLISHER.public_key)
-    assert address_allowed(relay, "203.0.113.5")
+RELAY = Identity.from_seed(b"r" * 32).public_key
+
+
+@pytest.mark.parametrize(
+    ("relay_host", "source", "allowed"),
+    [
+        # From a public source: a relay at any IP in public space (it is somewhere else).
+        ("198.51.100.7", "203.0.113.5", True),
+        ("198.18.2.11", "198.18.11.1", True),  # the namespaces' public link (tests/netns.py)
+        ("2001:db8::7", "203.0.113.5", True),
+        ("192.168.1.5", "203.0.113.5", False),  # someone's LAN
+        ("127.0.0.1", "203.0.113.5", False),  # the client's own machine
+        ("0.0.0.0", "203.0.113.5", False),
+        ("224.0.0.1", "203.0.113.5", False),
+        ("relay.example.org", "203.0.113.5", False),  # a name: anyone's
+        # From loopback: anything, as for a direct address.
+        ("127.0.0.1", "127.0.0.1", True),
+        ("relay.example.org", "::1", True),
+        # From inside a LAN: what is inside it, or public space; never loopback.
+        ("192.168.1.9", "192.168.1.5", True),
+        ("198.51.100.7", "192.168.1.5", True),
+        ("127.0.0.1", "192.168.1.5", False),
+    ],
+)
+def test_relayed_addresses_name_a_relay_in_public_space(relay_host: str, source: str, allowed: bool) -> None:
+    relayed = RelayAddress(RELAY, DirectAddress(relay_host, 7070), PUBLISHER.public_key)
+    assert address_allowed(relayed, source, PUBLISHER.public_key) is allowed
+
+
+def test_a_relayed_address_leads_to_its_publisher_through_another_peer() -> None:
+    other = Identity.from_seed(b"o" * 32).public_key
+    relay = DirectAddress("198.51.100.7", 7070)
+    assert address_allowed(
+        RelayAddress(RELAY, relay, PUBLISHER.public_key), "203.0.113.5", PUBLISHER.public_key
+    )
+    # A circuit to someone else: the publisher would send clients at a third party.
+    assert not address_allowed(RelayAddress(RELAY, relay, other), "203.0.113.5", PUBLISHER.public_key)
+    # The publisher as its own relay: no relay at all (and then a direct address, held to that rule).
+    assert not address_allowed(
+        RelayAddress(PUBLISHER.public_key, relay, PUBLISHER.public_key), "203.0.113.5", PUBLISHER.public_key
+    )
+    relayed = f"{encode_peer_id(RELAY)}@10.0.0.7:7070/circuit/{encode_peer_id(PUBLISHER.public_key)}"
+    with pytest.raises(RecordRefused, match="does not lead to its publisher"):
+        accept_record(offer_record(relayed), ("203.0.113.5", 7070))
+    elsewhere = f"{encode_peer_id(RELAY)}@198.51.100.7:7070/circuit/{encode_peer_id(other)}"
+    with pytest.raises(RecordRefused, match="does not lead to its publisher"):
+        accept_record(offer_record(elsewhere), ("203.0.113.5", 7070))
+    good = f"{encode_peer_id(RELAY)}@198.51.100.7:7070/circuit/{encode_peer_id(PUBLISHER.public_key)}"
+    assert accept_record(offer_record(good), ("203.0.113.5", 7070))
+    node = NodeRecord.create(
+        PUBLISHER, (RelayAddress(RELAY, relay, other),), sequence=1, issued_at=NOW, ttl=60
+    )
+    with pytest.raises(RecordRefused, match="node record names"):
+        accept_record(node, ("203.0.113.5", 7070))
 
 
 def test_an_offer_passes_only_if_every_address_does() -> None:
