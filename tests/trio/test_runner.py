@@ -321,7 +321,10 @@ async def test_cpu_limit() -> None:
     outcome, _ = await run_limited("while True: pass", JobLimits(timeout=60, max_output=1000, cpu_seconds=1))
     assert outcome.signal in (signal.SIGXCPU, signal.SIGKILL)
     assert outcome.error is None  # the kernel ended it, not hubnet
-    assert outcome.cpu_seconds >= 0.9  # the limit is CPU time, so this holds at any machine speed
+    # It ran on the CPU until the kernel's limit (CPU time: it holds at any machine speed). The kernel
+    # counts the scheduler's exact runtime; /proc's utime+stime, which the runner reads, are sampled
+    # at clock ticks and read 0.76-0.89 s on a loaded 2-core machine: so half the limit, not 0.9 of it.
+    assert outcome.cpu_seconds >= 0.5
 
 
 async def test_a_stray_holding_the_pipes_cannot_turn_an_exit_into_a_timeout() -> None:
