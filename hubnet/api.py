@@ -33,10 +33,11 @@ from hubnet.commands import (
     ServiceCall,
     keep_call_receipt,
     naming_missing_services,
-    open_service_call,
+    open_paid_service_call,
     service_call,
 )
-from hubnet.identity.errors import HubnetError, Rejected, TransportError
+from hubnet.config import PAY_CHOICES
+from hubnet.identity.errors import ConfigError, HubnetError, Rejected, TransportError
 from hubnet.identity.keys import encode_peer_id
 
 Stdin = bytes | IO[bytes] | None
@@ -86,6 +87,7 @@ def call(
     home: str | os.PathLike[str] | None = None,
     bootstrap: Iterable[str] = (),
     max_output: int | None = DEFAULT_MAX_OUTPUT,
+    pay: str | None = None,
 ) -> Result:
     """Run `service` with `args` on a node, feed it `stdin` (bytes or a binary file), wait
     for it to exit, and return its output and status.
@@ -98,6 +100,9 @@ def call(
     (default: $HUBNET_HOME, else the platform's folders). `max_output` bounds the stdout and
     stderr kept in memory (256 MiB unless said; None: no bound): a node that sends more ends
     the call with OutputTooLarge (a TransportError); `stream` reads output of any size.
+    `pay="auto"` pays a node that refuses the call for want of money with a Cashu token from
+    the home's wallet (`hubnode wallet`) and keeps the change, as `hubnode call --pay auto`
+    does; "never" does not; None: client.toml's `pay`.
 
     Raises the project's errors (`hubnet.errors`): NotOffered, Rejected, TransportError,
     RemoteProtocolError, HostKeyMismatch, ConfigError.
@@ -106,13 +111,14 @@ def call(
     deadline = None if timeout is None else time.monotonic() + timeout
     kept = CollectedOutput(max_output)
     with naming_missing_services(ctx, planned):
-        opened = open_service_call(ctx, planned, tuple(bootstrap), wait_for_accept=True)
+        opened = _open(ctx, planned, bootstrap, pay)
         _within_budget(opened, max_cost)
         with _stdin_fd(stdin) as fd:
             finished = finish_call(
                 opened, stdin_fd=fd, stdout=kept.add_stdout, stderr=kept.add_stderr, deadline=deadline
             )
-    keep_call_receipt(ctx, finished)  # checked and kept in the home, as `hubnode call` does
+    # Checked and kept in the home, with any change, as `hubnode call` does.
+    keep_call_receipt(ctx, finished, token_sent=opened.machine.call.token is not None)
     return Result.of(finished, bytes(kept.stdout), bytes(kept.stderr))
 
 
@@ -125,6 +131,7 @@ def stream(
     max_cost: int | None = None,
     home: str | os.PathLike[str] | None = None,
     bootstrap: Iterable[str] = (),
+    pay: str | None = None,
 ) -> CallStream:
     """Start `service` and return a `CallStream`: write stdin in pieces, read stdout as the
     job writes it (a robot streaming audio). The call is open (accepted) when this returns;
@@ -132,9 +139,17 @@ def stream(
     ctx, planned = plan_call(service, args, server, home, max_cost)
     deadline = None if timeout is None else time.monotonic() + timeout
     with naming_missing_services(ctx, planned):
-        opened = open_service_call(ctx, planned, tuple(bootstrap), wait_for_accept=True)
+        opened = _open(ctx, planned, bootstrap, pay)
         _within_budget(opened, max_cost)
     return CallStream(opened, deadline, ctx)
+
+
+def _open(ctx: Context, planned: ServiceCall, bootstrap: Iterable[str], pay: str | None) -> OpenCall:
+    """`planned` opened and accepted, paid for as `pay` (else client.toml's) says."""
+    if pay is not None and pay not in PAY_CHOICES:
+        raise ConfigError(f'pay={pay!r}: use "auto" (pay with tokens from `hubnode wallet`) or "never"')
+    chosen = pay or ctx.client_config.pay
+    return open_paid_service_call(ctx, planned, tuple(bootstrap), chosen, wait_for_accept=True)
 
 
 _END = object()  # after the last stdout chunk in a CallStream's queue
@@ -219,7 +234,7 @@ class CallStream:
         if self._failure is not None:
             raise self._failure
         assert self._finished is not None
-        keep_call_receipt(self._ctx, self._finished)
+        keep_call_receipt(self._ctx, self._finished, token_sent=self._opened.machine.call.token is not None)
         return Result.of(self._finished, rest, bytes(self._stderr))
 
     def __enter__(self) -> CallStream:

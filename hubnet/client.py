@@ -21,11 +21,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from hubnet.call_machine import CallMachine, CallResult, Timeouts, located
+from hubnet.dht.addresses import DirectAddress
 from hubnet.dialer import Dialer, TcpDialer, dial_first
 from hubnet.identity.blocking import SecureSocket, connect_secure_socket
 from hubnet.identity.errors import HandshakeError, Rejected, RemoteProtocolError, TransportError
 from hubnet.identity.frozen import frozen
-from hubnet.identity.keys import Identity
+from hubnet.identity.keys import Identity, encode_peer_id
 from hubnet.node.naming import Target
 from hubnet.node.protocol import (
     DATA_CHUNK,
@@ -35,6 +36,7 @@ from hubnet.node.protocol import (
     JobConnection,
     Message,
     Reject,
+    RejectCode,
     Role,
     Stderr,
     Stdout,
@@ -156,6 +158,25 @@ def exchange(
     return reply, secure.remote_identity
 
 
+class PaymentRequired(Rejected):
+    """The node `target` (pinned to the key its handshake proved) refused the call for want
+    of money: it needs `needed` msat held (no account there, or too little in it)."""
+
+    needed: int
+
+    def __init__(self, reason: str, needed: int, target: Target) -> None:
+        super().__init__(RejectCode.PAYMENT_REQUIRED, reason, needed)
+        self.target = target
+
+    @property
+    def provider(self) -> str:
+        """The node that asked, as --server takes it (PEER_ID@HOST:PORT, or its relayed address)."""
+        address = self.target.address
+        if isinstance(address, DirectAddress) and self.target.peer is not None:
+            return f"{encode_peer_id(self.target.peer)}@{address}"
+        return str(address)
+
+
 @frozen
 class OpenCall:
     """A call whose request has been sent (and, if the machine has started, accepted)."""
@@ -181,12 +202,10 @@ def open_call(
     Waiting costs a round trip before stdin flows, but every failure up to then (refused
     connection, wrong key, busy, no such service, no Accept within `timeouts.accept`) has
     consumed no stdin, so a caller that chose this node from several can safely try the
-    next one. Such a caller waits for the Accept no longer than for a connection
-    (`timeout`), or `timeouts.accept` if that is shorter.
+    next one (`hubnet.discover` gives such a caller a shorter accept timeout), and a caller
+    that pays can pay: a `payment-required` refusal naming its amount is PaymentRequired,
+    with the node that asked.
     """
-    if wait_for_accept:
-        given = timeouts or Timeouts()
-        timeouts = Timeouts(min(given.accept, timeout), given.idle)
     machine = CallMachine(call, timeouts)
     secure = connect(target, identity, known_hosts, machine.request_data(), timeout=timeout, dialer=dialer)
     machine.connected(time.monotonic(), secure.remote_identity)
@@ -199,6 +218,13 @@ def open_call(
     except TransportError as exc:
         secure.close()
         raise located(exc, target.address) from exc
+    except Rejected as exc:
+        secure.close()
+        if exc.code != RejectCode.PAYMENT_REQUIRED or exc.needed is None:
+            raise
+        # Pinned to the key that asked: a token goes to that node and no other.
+        asked = Target(target.address, secure.remote_identity, target.fallbacks)
+        raise PaymentRequired(exc.reason, exc.needed, asked) from None
     except BaseException:
         secure.close()
         raise

@@ -205,6 +205,18 @@ def open_service_call(
     )
 
 
+def open_paid_service_call(
+    ctx: Context, planned: ServiceCall, bootstrap: tuple[str, ...], pay: str, *, wait_for_accept: bool = False
+) -> OpenCall:
+    """`open_service_call`, paying with a token from the wallet when `pay` is "auto" and the
+    node (named or discovered) wants money (`hubnet.pay`)."""
+    if pay == "auto":
+        from hubnet.pay import open_paying_call
+
+        return open_paying_call(ctx, planned, bootstrap)
+    return open_service_call(ctx, planned, bootstrap, wait_for_accept=wait_for_accept)
+
+
 @contextlib.contextmanager
 def naming_missing_services(ctx: Context, planned: ServiceCall) -> Iterator[None]:
     """A server's "no-such-service" refusal becomes NotOffered with the names it does offer."""
@@ -230,18 +242,9 @@ def _run_call(
     planned = service_call(ctx, server, typed, args, max_cost)
     stdin_fd = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.fileno()
     with naming_missing_services(ctx, planned):
-        if pay == "auto":
-            from hubnet.pay import open_paying_call
-
-            opened = open_paying_call(ctx, planned, bootstrap)
-        else:
-            opened = open_service_call(ctx, planned, bootstrap)
+        opened = open_paid_service_call(ctx, planned, bootstrap, pay)
         result = finish_call(opened, stdin_fd=stdin_fd)
-    receipt = keep_call_receipt(ctx, result)
-    if receipt is not None and opened.machine.call.token is not None:
-        from hubnet.pay import keep_change
-
-        keep_change(ctx, receipt)
+    keep_call_receipt(ctx, result, token_sent=opened.machine.call.token is not None)
     exit = result.exit
     if exit.error:
         from hubnet.safe_text import printable
@@ -256,15 +259,21 @@ def _run_call(
     return exit.exit_code if exit.exit_code is not None else 1
 
 
-def keep_call_receipt(ctx: Context, result: CallResult) -> JobReceipt | None:
+def keep_call_receipt(ctx: Context, result: CallResult, *, token_sent: bool = False) -> JobReceipt | None:
     """Check a paid job's receipt and keep it in the home (`hubnet.receipt_spool`, which says
     on stderr what is wrong with a bad or missing one): the receipt if it is good. A free job
-    has none."""
+    has none. A call that carried a token (`token_sent`) keeps the change the receipt returns
+    in the wallet."""
     if result.receipt is None and not result.terms.held:
         return None
     from hubnet.receipt_spool import keep_receipt  # only for paid calls: free ones never load it
 
-    return keep_receipt(ctx.home.data_dir, result, ctx.identity().public_key)
+    receipt = keep_receipt(ctx.home.data_dir, result, ctx.identity().public_key)
+    if receipt is not None and token_sent:
+        from hubnet.pay import keep_change
+
+        keep_change(ctx, receipt)
+    return receipt
 
 
 def why_hubnet_ended(error: str) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubnet.call_machine import Timeouts
-from hubnet.client import OpenCall, open_call
+from hubnet.client import OpenCall, PaymentRequired, open_call
 from hubnet.dht.addresses import Address, DirectAddress
 from hubnet.dht.client import DhtClient
 from hubnet.dht.ids import service_key
@@ -748,18 +748,24 @@ def open_discovered_call(
     backoff_file: Path | None = None,
     timeouts: Timeouts | None = None,
 ) -> OpenCall:
-    """Open the call on the first candidate that accepts it (within `timeout`, or
-    `timeouts.accept` if that is shorter: see `hubnet.client.open_call`).
+    """Open the call on the first candidate that accepts it within `timeout` (or
+    `timeouts.accept` if that is shorter: a node slow to accept is passed over for the next).
 
     At most MAX_ATTEMPTS providers are tried, never one whose probe failed, and every dial
     (probes included) stays within one `DialLedger`. Failures and answers go into the
     backoff file (`backoff_file`; None keeps them for this discovery only).
 
-    NotOffered if the rules accept none of `offers`; Rejected if every provider tried
-    refused the call for one reason (say, all busy); else TransportError if none took it.
+    NotOffered if the rules accept none of `offers`; PaymentRequired from the first
+    provider that asked for money, if none took the call (so that a caller with an
+    account elsewhere pays nothing, and one that pays as it calls knows whom to pay);
+    Rejected if every provider tried refused the call for one reason (say, all busy);
+    else TransportError if none took it.
     """
+    given = timeouts or Timeouts()
+    timeouts = Timeouts(min(given.accept, timeout), given.idle)
     ledger = DialLedger()
     backoff = Backoff(backoff_file)
+    asked_for_money: PaymentRequired | None = None
     prober = None
     try:
         ordered, prober = _plan(identity, found, rules, ledger, backoff, verbose=verbose)
@@ -792,6 +798,9 @@ def open_discovered_call(
             except (TransportError, RemoteProtocolError, HostKeyMismatch, Rejected, OSError) as exc:
                 failures.append(f"{target.address}: {exc}")
                 refusals.add(exc.code if isinstance(exc, Rejected) else "")
+                if isinstance(exc, PaymentRequired) and asked_for_money is None:
+                    where = f"{name} at {exc.provider}: {exc.reason}"  # the caller may pay or deposit there
+                    asked_for_money = PaymentRequired(where, exc.needed, exc.target)
                 if not isinstance(exc, Rejected):
                     address_key, key_at_address = Backoff.keys(offer)
                     backoff.failed(address_key if ledger.dead(target.address) else key_at_address)
@@ -809,6 +818,8 @@ def open_discovered_call(
             f"no provider of {name} answered: {len(ordered)} offer(s), no answer from the "
             f"{ledger.addresses} address(es) probed"
         )
+    if asked_for_money is not None:
+        raise asked_for_money
     if len(refusals) == 1 and "" not in refusals:
         # Every node answered and refused for the same reason: that reason, and its exit status.
         raise Rejected(refusals.pop(), f"every provider of {name} refused the call: {'; '.join(failures)}")

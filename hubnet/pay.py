@@ -1,59 +1,72 @@
 """Pay as you call: when a node wants money, pay it with a Cashu token from the caller's wallet.
 
-`hubnode call --pay auto` (or `pay = "auto"` in client.toml) opens the call waiting for the
-node's answer before any stdin flows. If the node refuses it as `payment-required`, naming
-the msat it needs held, the smallest token in `hubnode wallet` that covers it goes into the
-call again (inside the encrypted request), the node redeems it into the caller's account,
-runs the job, and returns the change as a fresh token in the signed receipt, which goes back
-into the wallet. A token the node refused before redeeming anything goes back as well.
-Only a call with a server named pays this way: a refusal from a discovered provider does not
-say how much is needed.
+`hubnode call --pay auto` (or `pay = "auto"` in client.toml, or `hubnet.call(..., pay="auto")`)
+opens the call waiting for the node's answer before any stdin flows. If the node refuses it as
+`payment-required`, naming the msat it needs held, the smallest token in `hubnode wallet` that
+covers it goes into the call again (inside the encrypted request) to that same node, pinned to
+the key that asked; the node redeems it into the caller's account, runs the job, and returns the
+change as a fresh token in the signed receipt, which goes back into the wallet. A token the node
+refused before redeeming anything goes back as well.
+
+A named server and a provider found in the DHT pay alike: discovery tries its candidates, and
+when none takes the call unpaid, the first one that asked for money is the one paid.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from typing import TYPE_CHECKING
 
+from hubnet.client import PaymentRequired, open_call
 from hubnet.commands import Context, ServiceCall, open_service_call
 from hubnet.identity.errors import Rejected, TransportError
+from hubnet.identity.frozen import replace
+from hubnet.trust import PinnedKeys
 
 if TYPE_CHECKING:
     from hubnet.client import OpenCall
     from hubnet.node.receipts import JobReceipt
     from hubnet.wallet import StoredToken
 
-PAYMENT_REQUIRED = "payment-required"
 # Refusals after which the token was certainly not redeemed: it is still the caller's.
 _UNSPENT = ("untrusted-mint", "bad-token", "mint-unavailable")
 
 
 def open_paying_call(ctx: Context, planned: ServiceCall, bootstrap: tuple[str, ...]) -> OpenCall:
     """`planned`, accepted by its node: as it is, or with a token from the wallet when the node
-    wants money. Rejected (payment-required, naming the amount) when no token covers it."""
+    wants money. Rejected (payment-required, naming the amount and the node) when no token
+    covers it."""
     try:
         return open_service_call(ctx, planned, bootstrap, wait_for_accept=True)
-    except Rejected as exc:
-        if exc.code != PAYMENT_REQUIRED or exc.needed is None:
-            raise
-        needed = exc.needed
+    except PaymentRequired as exc:
+        asked = exc
     # Only now: a caller that pays nothing (or has an account) never loads the wallet (SQLite).
     from hubnet.wallet import Wallet
 
-    sat = -(-needed // 1000)
+    sat = -(-asked.needed // 1000)
     with Wallet.open(ctx.home.data_dir) as wallet:
         token = wallet.take(sat)
     if token is None:
         raise Rejected(
-            PAYMENT_REQUIRED,
-            f"the call needs {needed} msat and your wallet holds no token of {sat} sat or more: "
-            "add one with `hubnode wallet add TOKEN` (or deposit with `hubnode deposit`)",
-            needed,
+            asked.code,
+            f"{planned.label} needs {asked.needed} msat at {asked.provider} and your wallet holds no "
+            f"token of {sat} sat or more: add one with `hubnode wallet add TOKEN`, or deposit with "
+            f"`hubnode deposit --server {asked.provider} TOKEN`",
+            asked.needed,
         )
-    paid = dataclasses.replace(planned, request=dataclasses.replace(planned.request, token=token.token))
+    paid = replace(planned.request, token=token.token)
+    config = ctx.client_config
     try:
-        return open_service_call(ctx, paid, bootstrap, wait_for_accept=True)
+        # This node and no other: it is waited for as long as any node (it may queue the call).
+        return open_call(
+            asked.target,
+            ctx.identity(),
+            PinnedKeys(),
+            paid,
+            timeout=config.connect_timeout,
+            timeouts=config.timeouts,
+            wait_for_accept=True,
+        )
     except Rejected as exc:
         if exc.code in _UNSPENT:
             _put_back(ctx, token)

@@ -10,17 +10,19 @@ from typing import Any
 
 import pytest
 
+import hubnet
 from hubnet.identity.keys import Identity, decode_peer_id
 from hubnet.node.deposit_receipts import DepositReceipt, token_hash
 from hubnet.node.ledger import Ledger
 from hubnet.node.protocol import Receipt
 from tests.e2e.conftest import Node
-from tests.e2e.harness import Client, Server, one_line, toml_string
+from tests.e2e.harness import Client, Server, one_line, toml_string, wait_until
 from tests.e2e.test_hostile_server import FakeNode, answers
 from tests.mint import FAKE_MINT, TestMint, mint_tokens, receive_token, v4_token
 
 EXIT_REFUSED, EXIT_TEMPFAIL, EXIT_USAGE = 126, 75, 2
 PRICE = 3000  # msat a call of `priced`: per call only, so its hold is its cost
+HOLD_SECONDS = 2  # a job that keeps the one slot of a node busy, longer than connect_timeout
 
 
 def node_toml(*mints: str) -> str:
@@ -176,3 +178,65 @@ def test_a_token_the_node_refuses_before_redeeming_stays_in_the_wallet(bank: Ser
     assert refused.returncode == EXIT_REFUSED
     assert "untrusted-mint" in one_line(refused)
     assert [t["token"] for t in _json(client.run("wallet", "--json"))] == [foreign]
+
+
+ONE_SLOT = "max_jobs = 1\n"  # top-level keys of services.toml, before node_toml's
+HOLD_SLOT = f"""
+[services.hold]
+command = ["sleep", "{HOLD_SECONDS}"]
+"""
+
+
+def test_pay_per_call_to_a_provider_found_in_the_dht(
+    client: Client, tmp_path: Path, cashu_mint: TestMint
+) -> None:
+    """The Pi's way: `hubnode call SERVICE --pay auto` by name, no server, no account anywhere."""
+    with (
+        Server(tmp_path / "seed", 'listen = "127.0.0.1:0"\n') as seed,
+        Server(
+            tmp_path / "provider",
+            ONE_SLOT + node_toml(cashu_mint.url) + HOLD_SLOT,
+            serve_args=["--no-lan", "--bootstrap", seed.target],
+        ) as provider,
+    ):
+
+        def offered() -> bool:
+            found = client.run("services", "--json", "-b", seed.target, "priced", input=None)
+            return found.returncode == 0 and len(json.loads(found.stdout)) == 1
+
+        assert wait_until(offered, 30.0, interval=0.3), "the provider's offer never reached the DHT"
+
+        empty = client.run("call", "--pay", "auto", "-b", seed.target, "priced", input=None)
+        assert empty.returncode == EXIT_REFUSED
+        line = one_line(empty)
+        for said in (f"needs {PRICE} msat", provider.peer_id, "hubnode wallet add", "hubnode deposit"):
+            assert said in line, line
+
+        (ten,) = mint_tokens(cashu_mint, tmp_path / "payer", 10)
+        assert client.run("wallet", "add", ten).returncode == 0
+        paid = client.run("call", "--pay", "auto", "-b", seed.target, "priced", input=b"found and paid")
+        assert (paid.returncode, paid.stdout) == (0, b"found and paid"), paid.stderr
+        kept = _json(client.run("receipts", "--json"))
+        (receipt,) = kept["receipts"]  # checked by the client: the provider's signature, this caller
+        assert (receipt["cost"], receipt["node"], kept["problems"]) == (PRICE, provider.peer_id, [])
+        (change,) = _json(client.run("wallet", "--json"))
+        assert (change["amount"], change["mint"]) == (10 - PRICE // 1000, cashu_mint.url)
+
+        # The Python API pays alike, here with the change the CLI kept.
+        result = hubnet.call("priced", stdin=b"again", home=client.home, bootstrap=[seed.target], pay="auto")
+        assert (result.stdout, result.cost, result.provider) == (b"again", PRICE, provider.peer_id)
+        (left,) = _json(client.run("wallet", "--json"))
+        assert left["amount"] == change["amount"] - PRICE // 1000 and left["token"] != change["token"]
+
+        # A paid call queued behind a running job waits for its Accept as long as accept_timeout
+        # says, not only connect_timeout: the node has the token, and the job is coming.
+        (client.home / "client.toml").write_text("connect_timeout = 0.5\n", encoding="utf-8")
+        with subprocess.Popen(client.command("call", "--server", provider.target, "hold")) as holding:
+            assert wait_until(lambda: _status(client, provider)["running"] == 1, 10.0, 0.05)
+            queued = client.run("call", "--pay", "auto", "-b", seed.target, "priced", input=b"queued")
+            assert holding.wait(10) == 0
+        assert (queued.returncode, queued.stdout) == (0, b"queued"), queued.stderr
+
+
+def _status(client: Client, server: Server) -> Any:
+    return _json(client.run("status", "--server", server.target, "--json"))
