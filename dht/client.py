@@ -12,7 +12,6 @@ import select
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 from hubnet.dht.ids import node_id
@@ -21,10 +20,11 @@ from hubnet.dht.messages import MAX_DATAGRAM, AddProvider, Contact, FindNode, St
 from hubnet.dht.protocol import DhtProtocol, ReplyReceived
 from hubnet.dht.records import NodeRecord, ProviderRecord
 from hubnet.identity.errors import TransportError
+from hubnet.identity.frozen import frozen
 from hubnet.identity.keys import Identity
 
 
-@dataclass(frozen=True)
+@frozen
 class _InFlight:
     query: Query
     deadline: float  # time.monotonic()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from kademlia.node import Node, NodeHeap
 
@@ -30,6 +29,7 @@ from hubnet.dht.messages import (
     Request,
 )
 from hubnet.dht.records import Address, NodeRecord, ProviderRecord
+from hubnet.identity.frozen import frozen
 from hubnet.identity.records import InvalidRecord
 
 ALPHA = 3
@@ -39,7 +39,7 @@ RPC_TIMEOUT = 1.0  # seconds a node has to answer one request
 MAX_PAGES = 12  # pages of provider records read from one node (64 per key / 6 per page)
 
 
-@dataclass(frozen=True)
+@frozen
 class Seed:
     """A node to join through: its address and, if known, its key (then it is pinned)."""
 
@@ -47,7 +47,7 @@ class Seed:
     public_key: bytes | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class Query:
     """Send `request` to `contact`; report the outcome with this same object."""
 

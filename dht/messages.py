@@ -21,7 +21,6 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import msgpack
 from kademlia.node import Node
@@ -29,6 +28,7 @@ from kademlia.node import Node
 from hubnet.dht.ids import ID_LEN, node_id
 from hubnet.dht.records import Address, check_address
 from hubnet.identity.errors import RemoteProtocolError
+from hubnet.identity.frozen import frozen
 from hubnet.identity.keys import PUBLIC_KEY_LEN, Identity
 from hubnet.identity.records import InvalidRecord, SignedRecord
 
@@ -90,17 +90,17 @@ class Contact(Node):  # type: ignore[misc]  # kademlia is untyped
 # --- messages: requests ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class Ping:
     pass
 
 
-@dataclass(frozen=True)
+@frozen
 class FindNode:
     target: bytes
 
 
-@dataclass(frozen=True)
+@frozen
 class GetProviders:
     """Ask for the provider records under `key`, starting at the `skip`-th (paging)."""
 
@@ -108,22 +108,22 @@ class GetProviders:
     skip: int = 0
 
 
-@dataclass(frozen=True)
+@frozen
 class AddProvider:
     record: bytes
 
 
-@dataclass(frozen=True)
+@frozen
 class PutNode:
     record: bytes
 
 
-@dataclass(frozen=True)
+@frozen
 class GetNode:
     public_key: bytes
 
 
-@dataclass(frozen=True)
+@frozen
 class DialMe:
     """Ask the receiver to dial us back (`dht.reachability`): over TCP at `tcp_port`, and with a
     `DialBack` datagram carrying `nonce` to the UDP port this request came from, both at the
@@ -133,7 +133,7 @@ class DialMe:
     tcp_port: int
 
 
-@dataclass(frozen=True)
+@frozen
 class DialBack:
     """The UDP dial-back: sent from a fresh socket, never answered."""
 
@@ -143,17 +143,17 @@ class DialBack:
 # --- messages: replies -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class Pong:
     pass
 
 
-@dataclass(frozen=True)
+@frozen
 class Nodes:
     contacts: tuple[Contact, ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class Providers:
     """Some of the records under the key (`total` in all) and the closest contacts we know."""
 
@@ -162,13 +162,13 @@ class Providers:
     contacts: tuple[Contact, ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class Stored:
     ok: bool
     reason: str = ""
 
 
-@dataclass(frozen=True)
+@frozen
 class NodeFound:
     record: bytes | None
     contacts: tuple[Contact, ...]
@@ -182,7 +182,7 @@ class DialOutcome(enum.IntEnum):
     UNREACHED = 2  # no connection, or not the requester's key behind it
 
 
-@dataclass(frozen=True)
+@frozen
 class Dialed:
     """The reply to `DialMe`: the address the request came from (the requester's observed
     UDP address) and what the TCP dial-back found; sent once it is done."""
@@ -215,7 +215,7 @@ _KINDS: dict[type, int] = {
 REQUEST_TYPES = (Ping, FindNode, GetProviders, AddProvider, PutNode, GetNode, DialMe, DialBack)
 
 
-@dataclass(frozen=True)
+@frozen
 class Datagram:
     """A decoded, signature-checked datagram."""
 

@@ -39,7 +39,6 @@ import hashlib
 import hmac
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from hubnet.dht.ids import K, distance, node_id
@@ -77,6 +76,7 @@ from hubnet.dht.messages import (
 from hubnet.dht.records import Address, NodeRecord, ProviderRecord
 from hubnet.dht.sources import classify
 from hubnet.dht.store import RecordRefused, RecordStore
+from hubnet.identity.frozen import frozen, replace
 from hubnet.identity.keys import Identity
 from hubnet.identity.records import InvalidRecord
 
@@ -100,7 +100,7 @@ NOT_VERIFIED = "no valid token: ask this node anything first, and store with the
 AcceptRecord = Callable[[ProviderRecord | NodeRecord, Address], bool]
 
 
-@dataclass(frozen=True)
+@frozen
 class Send:
     """Send `data` to `address` (a reply to a request)."""
 
@@ -108,7 +108,7 @@ class Send:
     address: Address
 
 
-@dataclass(frozen=True)
+@frozen
 class ReplyReceived:
     """The reply to our request `txid`, from `sender`."""
 
@@ -117,14 +117,14 @@ class ReplyReceived:
     message: Reply
 
 
-@dataclass(frozen=True)
+@frozen
 class PingNeeded:
     """A bucket is full: ping its oldest contact, and `evict` it if it does not answer."""
 
     contact: Contact
 
 
-@dataclass(frozen=True)
+@frozen
 class VerifyNeeded:
     """A serving peer we would add asked us something without a token: ping it (expecting its
     key); its reply proves its address and adds it."""
@@ -132,7 +132,7 @@ class VerifyNeeded:
     contact: Contact
 
 
-@dataclass(frozen=True)
+@frozen
 class DialBackNeeded:
     """A proven requester asked to be dialled back (`DialMe`): dial `requester.ip` at
     `tcp_port` (its key must answer) and send `probe` there to its UDP port from another
@@ -144,7 +144,7 @@ class DialBackNeeded:
     probe: bytes
 
 
-@dataclass(frozen=True)
+@frozen
 class DialBackReceived:
     """A `DialBack` datagram arrived: the peer `sender` (a key) reached our UDP port with
     `nonce`, from `source` (not its DHT port)."""
@@ -157,7 +157,7 @@ class DialBackReceived:
 Event = Send | ReplyReceived | PingNeeded | VerifyNeeded | DialBackNeeded | DialBackReceived
 
 
-@dataclass
+@frozen
 class _Pending:
     address: Address
     expected_key: bytes | None

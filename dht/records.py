@@ -12,13 +12,12 @@ anything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import msgpack
 
 from hubnet.dht.addresses import MAX_HOST_CHARS, InvalidAddress, decode_address, encode_address
 from hubnet.dht.addresses import Address as NodeAddress
 from hubnet.dht.ids import ID_LEN
+from hubnet.identity.frozen import frozen
 from hubnet.identity.keys import Identity
 from hubnet.identity.records import InvalidRecord, SignedRecord
 
@@ -80,7 +79,7 @@ def _node_address(value: object) -> NodeAddress:
         raise InvalidRecord(f"node record address: {exc}") from None
 
 
-@dataclass(frozen=True)
+@frozen
 class ProviderRecord:
     """`publisher` provides `key` until `expires_at` (unix seconds); newest `sequence` wins."""
 
@@ -115,7 +114,7 @@ class ProviderRecord:
         return cls(key, signed.public_key, seq, issued, expires, payload, raw)
 
 
-@dataclass(frozen=True)
+@frozen
 class NodeRecord:
     """`publisher` can be reached at `addresses`: a direct one for the DHT (UDP) and jobs
     (TCP) on the same port, a relayed one for jobs."""

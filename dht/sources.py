@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from dataclasses import dataclass
 
 from hubnet.dht.records import Address
+from hubnet.identity.frozen import frozen
 
 _LOCAL_NETWORKS = tuple(
     ipaddress.ip_network(n)
@@ -40,7 +40,7 @@ _LOCAL_NETWORKS = tuple(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Source:
     """The quota keys of one sender: `host` (one machine) and `network` (its /24 or /48)."""
 

@@ -30,13 +30,13 @@ at about 58 MiB; adding a record takes 5 to 10 microseconds, at 1,000 records as
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TypeVar
 
 import msgpack
 
 from hubnet.dht.records import Address, NodeRecord, ProviderRecord
 from hubnet.dht.sources import Source, classify
+from hubnet.identity.frozen import frozen
 from hubnet.identity.records import InvalidRecord
 
 N = TypeVar("N", str, bytes)
@@ -46,7 +46,7 @@ class RecordRefused(InvalidRecord):
     """A valid record that the store will not keep (stale sequence, quota)."""
 
 
-@dataclass(frozen=True)
+@frozen
 class StoreLimits:
     max_per_key: int = 64
     max_per_key_per_host: int = 8

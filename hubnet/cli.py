@@ -19,6 +19,7 @@ from hubnet.call_machine import DEFAULT_MAX_OUTPUT
 from hubnet.commands import DEFAULT_TARGET_HELP, Context, run_call
 from hubnet.exits import EXIT_TRANSPORT, EXIT_USAGE
 from hubnet.identity.errors import ConfigError, HubnetError, NotOffered
+from hubnet.identity.frozen import as_dict
 from hubnet.ledger_cli import caller_balance, ledger, receipts
 from hubnet.org_cli import org
 from hubnet.safe_text import printable
@@ -403,9 +404,9 @@ def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_
                 "service": offer.name,
                 "id": format_service_id(offer.service_id),
                 "address": str(offer.addresses[0]),
-                "price": dataclasses.asdict(offer.price),
+                "price": as_dict(offer.price),
                 "multiplier": offer.multiplier,  # the demand multiplier already in the price
-                "load": dataclasses.asdict(answer.load if answer and answer.load else offer.load),
+                "load": as_dict(answer.load if answer and answer.load else offer.load),
                 "rtt_ms": round(answer.rtt * 1000, 2) if answer else None,
                 "expires_at": offer.expires_at,
                 "orgs": [m.as_json() for m in members],

@@ -24,9 +24,9 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from hubnet.call_machine import Timeouts
@@ -48,6 +48,7 @@ from hubnet.identity.errors import (
     RemoteProtocolError,
     TransportError,
 )
+from hubnet.identity.frozen import frozen, replace
 from hubnet.identity.keys import Identity, encode_peer_id
 from hubnet.identity.records import InvalidRecord
 from hubnet.node.naming import Target
@@ -105,15 +106,15 @@ NO_WHERE_TO_LOOK = (
 )
 
 
-@dataclass(frozen=True)
+@frozen
 class Found:
     """What the DHT holds for a call: the service's valid offers, and the newest revocation
     lists of the organisations the client's rules name. For `hubnode services`, also those
     of the organisations the offers name, and their profiles."""
 
     offers: list[Offer]
-    revocations: dict[bytes, RevocationList] = field(default_factory=dict)
-    profiles: dict[bytes, Profile] = field(default_factory=dict)
+    revocations: Mapping[bytes, RevocationList] = MappingProxyType({})
+    profiles: Mapping[bytes, Profile] = MappingProxyType({})
 
 
 def find_offers(
@@ -367,7 +368,7 @@ def spread_over_hosts(offers: Sequence[Offer]) -> list[Offer]:
 # --- remembering providers that failed ------------------------------------------------------------
 
 
-@dataclass
+@frozen
 class _Resting:
     until: float  # Unix time
     failures: int  # in a row
@@ -467,7 +468,7 @@ class Backoff:
 # --- probing -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class _Group:
     """One address to probe and the offers that name it (two keys cannot both be there)."""
 
@@ -517,7 +518,7 @@ def _ask_status(
     return secure.remote_identity, event
 
 
-@dataclass(frozen=True)
+@frozen
 class _Outcome:
     group: _Group
     answer: tuple[bytes, Probe] | None  # the key that answered, and how

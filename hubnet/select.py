@@ -22,15 +22,14 @@ hubnet's own offer, address, key and error types.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 from collections.abc import Callable, Collection, Mapping, Sequence, Set
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from hubnet.dht.addresses import DirectAddress, RelayAddress
 from hubnet.identity.errors import ConfigError
+from hubnet.identity.frozen import frozen, replace
 from hubnet.identity.hints import did_you_mean
 from hubnet.identity.keys import decode_peer_id
 from hubnet.node.offers import Load, Offer, Price
@@ -42,7 +41,7 @@ _T = TypeVar("_T")
 _TABLE = "select"  # the table of client.toml this module parses
 
 
-@dataclass(frozen=True)
+@frozen
 class PriceCap:
     """Upper limits on each part of a price, in millisatoshi; None means no limit."""
 
@@ -59,7 +58,7 @@ class PriceCap:
         return all(cap is None or value <= cap for cap, value in caps)
 
 
-@dataclass(frozen=True)
+@frozen
 class Weights:
     """How much each part counts in `choose`'s score (lower scores are better).
 
@@ -73,12 +72,12 @@ class Weights:
     latency: float = 1.0
 
 
-@dataclass(frozen=True)
+@frozen
 class SelectionRules:
     """The client's rules for choosing among offers; the defaults pick the cheapest offer,
     spreading calls over offers within 10 % of its price, and accept any peer at any price."""
 
-    max_price: PriceCap = field(default_factory=PriceCap)
+    max_price: PriceCap = PriceCap()
     max_cost: int | None = None  # millisatoshi for one expected job (see `cost`)
     expected_seconds: float = 1.0
     expected_mib: float = 1.0
@@ -92,7 +91,7 @@ class SelectionRules:
     only_orgs: tuple[OrgRule, ...] = ()
     exclude_orgs: tuple[OrgRule, ...] = ()
     price_tolerance: float = 0.1  # the price band: costs up to 10 % above the cheapest
-    weights: Weights = field(default_factory=Weights)
+    weights: Weights = Weights()
     probe_count: int = 3
 
     @property
@@ -105,7 +104,7 @@ class SelectionRules:
         return offer.price.estimate(self.expected_seconds, self.expected_mib)
 
 
-@dataclass(frozen=True)
+@frozen
 class Probe:
     """A live answer from a provider: the round trip in seconds and, if it said, its load now."""
 
@@ -203,7 +202,7 @@ def with_trusted_orgs(rules: SelectionRules, offers: Sequence[Offer], proven: Me
     """`rules` with `trusted_orgs` turned into the publishers they make trusted, so that the
     ranking and the choice treat a proven member as they treat a peer named in `trusted`."""
     members = {o.publisher for o in offers if _member(rules.trusted_orgs, o, proven)}
-    return dataclasses.replace(rules, trusted=rules.trusted | members) if members else rules
+    return replace(rules, trusted=rules.trusted | members) if members else rules
 
 
 def _tier(offer: Offer, rules: SelectionRules) -> int:

@@ -99,3 +99,9 @@ def replace(instance: _Instance, /, **changes: Any) -> _Instance:
     if unknown:
         raise TypeError(f"{type(instance).__name__} has no field {sorted(unknown)[0]!r}")
     return type(instance)(**{name: changes.get(name, getattr(instance, name)) for name in fields})
+
+
+def as_dict(instance: object) -> dict[str, Any]:
+    """The fields of the frozen `instance` by name (one level: fields that are frozen classes
+    themselves stay as they are)."""
+    return {name: getattr(instance, name) for name in type(instance).__match_args__}  # type: ignore[attr-defined]

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Set
-from dataclasses import dataclass
 
 import msgpack
 
 from hubnet.identity import attest_text
 from hubnet.identity.errors import ConfigError
+from hubnet.identity.frozen import frozen
 from hubnet.identity.keys import PUBLIC_KEY_LEN, Identity, decode_peer_id
 from hubnet.identity.records import InvalidRecord, SignedRecord
 
@@ -86,7 +86,7 @@ def _key(value: object, what: str) -> bytes:
     return value
 
 
-@dataclass(frozen=True)
+@frozen
 class Attestation:
     """The organisation `org` vouches for `member` as `role` from `issued_at` to `expires_at`."""
 
@@ -152,7 +152,7 @@ class Attestation:
             raise ConfigError(f"the attestation is not valid: {exc}") from None
 
 
-@dataclass(frozen=True)
+@frozen
 class RevocationList:
     """The member keys `org` no longer vouches for; a greater `sequence` replaces a smaller."""
 
@@ -193,7 +193,7 @@ class RevocationList:
         return older is None or (self.org == older.org and self.sequence > older.sequence)
 
 
-@dataclass(frozen=True)
+@frozen
 class Profile:
     """How `org` would like to be shown: a label and a URL (shown, never trusted)."""
 
@@ -247,7 +247,7 @@ def check(
     return None
 
 
-@dataclass(frozen=True)
+@frozen
 class OrgRule:
     """`ORG_ID` (any member) or `ORG_ID/ROLE` (members of that role), as config files write it."""
 

@@ -8,14 +8,13 @@ payload is parsed strictly because it arrives from anyone on the network.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import msgpack
 
 from hubnet.dht.addresses import Address, InvalidAddress, decode_address, encode_address
 from hubnet.dht.ids import service_key
 from hubnet.dht.records import ProviderRecord
 from hubnet.identity.errors import RemoteProtocolError
+from hubnet.identity.frozen import frozen
 from hubnet.identity.keys import PUBLIC_KEY_LEN
 from hubnet.identity.orgs import MAX_ATTESTATION_LEN
 from hubnet.node.naming import SERVICE_ID_LEN, is_service_name
@@ -33,7 +32,7 @@ class InvalidOffer(RemoteProtocolError):
     """An offer's payload is malformed, or does not match the record that carries it."""
 
 
-@dataclass(frozen=True)
+@frozen
 class Price:
     """Integers in millisatoshi: per call, per second of wall time, per MiB moved (in plus out)."""
 
@@ -50,7 +49,7 @@ class Price:
         return self.per_call == self.per_second == self.per_mib == 0
 
 
-@dataclass(frozen=True)
+@frozen
 class Load:
     """Jobs running and queued on the node when the offer was signed, and its job slots."""
 
@@ -64,7 +63,7 @@ class Load:
         return (self.running + self.queued) / max(self.capacity, 1)
 
 
-@dataclass(frozen=True)
+@frozen
 class Offer:
     """One provider of one service, as signed by `publisher` (an Ed25519 public key)."""
 

@@ -12,7 +12,6 @@ five times.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,6 +28,7 @@ from hubnet.dht.protocol import FIRST_CONTACT_SIZE, DhtProtocol
 from hubnet.dht.records import Address, ProviderRecord
 from hubnet.dht.store import StoreLimits
 from hubnet.dht.transport import MemoryTransport
+from hubnet.identity.frozen import replace
 from hubnet.identity.keys import Identity
 from tests.dht_sim import EPOCH, SimNode, Simulation, seed_scheduler, simulation
 
@@ -250,7 +250,7 @@ async def test_with_the_nodes_offer_check_fake_offers_cannot_aim_at_a_third_part
             for index in range(4):
                 publisher = throw_away(index)
                 for address, into in ((victim, aimed), (DirectAddress(*ATTACKER), own)):
-                    offer = dataclasses.replace(
+                    offer = replace(
                         offer_from_record(sim.offer_record(honest, sid)),
                         publisher=publisher.public_key,
                         addresses=(address,),

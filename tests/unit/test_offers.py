@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 
 import msgpack
 import pytest
@@ -14,6 +13,7 @@ from hubnet.dht.addresses import Address, DirectAddress, RelayAddress
 from hubnet.dht.ids import service_key
 from hubnet.dht.records import NodeRecord, ProviderRecord
 from hubnet.identity.errors import ConfigError
+from hubnet.identity.frozen import replace
 from hubnet.identity.keys import Identity
 from hubnet.identity.orgs import MAX_LABEL, Attestation, Role
 from hubnet.node.naming import service_id_for_name
@@ -137,7 +137,7 @@ def test_fields_a_newer_node_appends_to_an_offer_are_ignored() -> None:
 
 
 def test_the_demand_multiplier_rides_last_and_only_when_it_is_not_one() -> None:
-    surging = dataclasses.replace(_offer(), multiplier=2.5)
+    surging = replace(_offer(), multiplier=2.5)
     assert offer_from_record(_record(surging.payload())).multiplier == 2.5
     assert msgpack.unpackb(surging.payload())[5:] == [[], [], 2.5]
     for bad in (0.0, -1.0, 1001.0, 2):
@@ -145,7 +145,7 @@ def test_the_demand_multiplier_rides_last_and_only_when_it_is_not_one() -> None:
         with pytest.raises(InvalidOffer, match="multiplier"):
             offer_from_record(_record(payload))
     with pytest.raises(ValueError, match="multiplier"):
-        dataclasses.replace(_offer(), multiplier=0.0).payload()
+        replace(_offer(), multiplier=0.0).payload()
 
 
 def test_an_offer_filed_under_another_services_key_is_refused() -> None:

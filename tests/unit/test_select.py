@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import re
 import tomllib
@@ -16,6 +15,7 @@ from hypothesis import strategies as st
 
 from hubnet.dht.addresses import DirectAddress
 from hubnet.identity.errors import ConfigError
+from hubnet.identity.frozen import replace
 from hubnet.identity.keys import Identity, encode_peer_id, fingerprint
 from hubnet.identity.orgs import Attestation, RevocationList, Role
 from hubnet.node.offers import Load, Offer, Price
@@ -444,7 +444,7 @@ CLUB = Identity.from_seed(b"C" * 32)
 
 
 def member_offer(i: int, per_call: int, *attestations: Attestation) -> Offer:
-    return dataclasses.replace(offer(i, per_call), attestations=tuple(a.encode() for a in attestations))
+    return replace(offer(i, per_call), attestations=tuple(a.encode() for a in attestations))
 
 
 def attest(
