@@ -18,7 +18,6 @@ from hubnet.dht.addresses import Address, RelayAddress
 from hubnet.identity.blocking import connect_secure_socket
 from hubnet.identity.errors import RemoteProtocolError, TransportError
 from hubnet.identity.keys import Identity
-from hubnet.node.relay_protocol import Connect, Linked, Refused, RelayConnection, Role
 
 
 class Dialer(Protocol):
@@ -51,6 +50,9 @@ class TcpDialer:
 
 def _through_relay(address: RelayAddress, timeout: float) -> socket.socket:
     """A socket to the relay, linked to `address.target`: what follows is the target's."""
+    # Only here: a direct call (most calls) does not pay for the relay protocol's import.
+    from hubnet.node.relay_protocol import Connect, RelayConnection, Role
+
     sock = TcpDialer().dial(address.relay, timeout)
     try:
         # A fresh key for the relay hop: the relay needs no name for the caller, and gets none.
@@ -73,6 +75,8 @@ def _through_relay(address: RelayAddress, timeout: float) -> socket.socket:
 
 def linked(event: object, address: RelayAddress) -> None:
     """Check a relay's answer to Connect: Linked, else TransportError naming the refusal."""
+    from hubnet.node.relay_protocol import Linked, Refused  # see _through_relay
+
     if isinstance(event, Refused):
         raise TransportError(f"relay {address.relay} refused: {event.code}: {event.reason}")
     if not isinstance(event, Linked):
