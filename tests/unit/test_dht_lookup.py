@@ -303,6 +303,25 @@ def test_provider_results_refuse_invalid_records() -> None:
     assert results.refused == 6
 
 
+def test_provider_results_check_each_distinct_record_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every node near a popular key returns the same signed records: one signature check each.
+    checked: list[bytes] = []
+    parse = ProviderRecord.parse
+
+    def counting_parse(raw: bytes, *, now: int) -> ProviderRecord:
+        checked.append(raw)
+        return parse(raw, now=now)
+
+    monkeypatch.setattr(ProviderRecord, "parse", counting_parse)
+    results = ProviderResults(KEY, now=NOW)
+    good, tampered = record(ALICE), record(BOB).raw[:-1] + b"\x00"
+    for _ in range(5):
+        results.add([good.raw, tampered])
+    assert sorted(checked) == sorted([good.raw, tampered])
+    assert results.records() == [good]
+    assert results.refused == 5  # each copy of a bad record is still a refusal
+
+
 # -- ProviderLookup: paging ----------------------------------------------------------------
 
 
