@@ -21,13 +21,13 @@ from typing import Any
 import msgpack
 
 from hubnet.identity.errors import (
-    ClosedEarly,
     HubnetError,
     LocalProtocolError,
     RemoteProtocolError,
-    TransportError,
 )
 from hubnet.identity.frozen import frozen
+from hubnet.node.machine import ConnectionClosed as ConnectionClosed
+from hubnet.node.machine import PeerMachine
 
 SERVICE_ID_LEN = 16
 MAX_MESSAGE = 1 << 20
@@ -313,11 +313,6 @@ class PeerInfo:
 @frozen
 class Peers:
     peers: tuple[PeerInfo, ...]
-
-
-@frozen
-class ConnectionClosed:
-    """The peer's end of the stream: an event, never sent as a message."""
 
 
 ClientMessage = (
@@ -785,8 +780,8 @@ SERVER_OWES: dict[MessageType, State] = {
 INITIAL = {Role.CLIENT: State.IDLE, Role.SERVER: State.WAITING}
 
 
-class JobConnection:
-    """One connection's job protocol for one role (h11-style, no I/O).
+class JobConnection(PeerMachine[Role, State, Message]):
+    """One connection's job protocol for one role (h11-style, no I/O; `node.machine`).
 
     `send` checks that *we* follow the protocol (LocalProtocolError otherwise);
     `next_event` checks that the *peer* does (RemoteProtocolError; TransportError when
@@ -795,86 +790,39 @@ class JobConnection:
     """
 
     def __init__(self, role: Role, max_message: int = MAX_MESSAGE) -> None:
-        self.our_role = role
-        self.their_role = Role.SERVER if role is Role.CLIENT else Role.CLIENT
-        self.states = dict(INITIAL)
+        super().__init__(
+            role,
+            answerer=Role.SERVER,
+            asker=Role.CLIENT,
+            initial=INITIAL,
+            transitions=TRANSITIONS,
+            closed=State.CLOSED,
+            error=State.ERROR,
+        )
         self.request: Request | None = None
         # Stdin bytes the client may still send before the node grants more (`Credit`).
         self.stdin_window = STDIN_WINDOW
         self._decoder = MessageDecoder(max_message)
-        self._peer_closed = False
-
-    @property
-    def our_state(self) -> State:
-        return self.states[self.our_role]
-
-    @property
-    def their_state(self) -> State:
-        return self.states[self.their_role]
-
-    @property
-    def errored(self) -> bool:
-        return State.ERROR in self.states.values()
 
     @property
     def buffered(self) -> int:
         return self._decoder.buffered
 
-    def send(self, message: Message) -> bytes:
-        """The bytes of `message`, which must be legal for us now."""
-        if self.errored:
-            raise LocalProtocolError("the connection is in its error state")
-        try:
-            self._step(self.our_role, message, LocalProtocolError)
-            wire = encode(message)
-            _check_peer_accepts(message, wire)
-        except LocalProtocolError:
-            self._fail()
-            raise
+    def _encode(self, message: Message) -> bytes:
+        wire = encode(message)
+        _check_peer_accepts(message, wire)
         return wire
 
-    def receive_data(self, data: bytes | bytearray) -> None:
-        """Bytes from the peer; b"" when its stream ended."""
-        if self.errored:
-            raise RemoteProtocolError("the connection is in its error state")
-        if self._peer_closed:
-            raise LocalProtocolError("receive_data() after the peer's end of stream")
-        if not data:
-            self._peer_closed = True
-            return
-        try:
-            self._decoder.feed(data)
-        except RemoteProtocolError:
-            self._fail()
-            raise
+    def _feed(self, data: bytes | bytearray) -> None:
+        self._decoder.feed(data)
 
-    def next_event(self) -> Event | None:
-        """The peer's next message, ConnectionClosed once its stream ended, or None for more data."""
-        if self.errored:
-            raise RemoteProtocolError("the connection is in its error state")
-        if self.their_state is State.CLOSED:
-            return ConnectionClosed()
-        try:
-            event: Event | None = self._decoder.next_message()
-            if event is None and self._peer_closed:
-                if self._decoder.buffered:
-                    raise RemoteProtocolError("the peer closed in the middle of a message")
-                event = ConnectionClosed()
-            if event is not None:
-                self._step(self.their_role, event, RemoteProtocolError)
-        except (RemoteProtocolError, TransportError):
-            self._fail()
-            raise
-        return event
+    def _next_message(self) -> Message | None:
+        return self._decoder.next_message()
 
-    def _step(self, role: Role, event: Event, error: type[HubnetError]) -> None:
-        state = self.states[role]
-        following = TRANSITIONS[role][state].get(type(event))
-        if following is None:
-            if role is Role.SERVER and isinstance(event, ConnectionClosed):
-                # Not garbage but a node gone mid-request (killed, crashed): a transport failure.
-                raise ClosedEarly(f"the node closed the connection before its answer ({state.value})")
-            raise error(f"{type(event).__name__} is not allowed from the {role.value} in state {state.value}")
+    def _partial(self) -> bool:
+        return bool(self._decoder.buffered)
+
+    def _moved(self, role: Role, event: Event, error: type[HubnetError]) -> None:
         if isinstance(event, Stdin):
             if len(event.data) > self.stdin_window:
                 raise error(f"stdin beyond the window the node granted ({self.stdin_window} bytes left)")
@@ -886,10 +834,6 @@ class JobConnection:
         if isinstance(event, Request):
             self.request = event
             self.states[Role.SERVER] = SERVER_OWES[type(event)]
-        self.states[role] = following
-
-    def _fail(self) -> None:
-        self.states = dict.fromkeys(self.states, State.ERROR)
 
 
 def _check_peer_accepts(message: Message, wire: bytes) -> None:

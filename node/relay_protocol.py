@@ -38,8 +38,10 @@ from typing import Any
 
 import msgpack
 
-from hubnet.identity.errors import ClosedEarly, LocalProtocolError, RemoteProtocolError, TransportError
+from hubnet.identity.errors import HubnetError, LocalProtocolError, RemoteProtocolError
 from hubnet.identity.frozen import frozen
+from hubnet.node.machine import ConnectionClosed as ConnectionClosed
+from hubnet.node.machine import PeerMachine
 
 PEER_ID_LEN = 32
 CIRCUIT_ID_LEN = 16
@@ -131,11 +133,6 @@ class Refused:
     code: str
     reason: str
     needed: int | None = None  # msat the refused request needs (payment-required; optional, 3rd)
-
-
-@frozen
-class ConnectionClosed:
-    """The peer's end of stream: an event, never sent."""
 
 
 Request = Reserve | Connect | Claim
@@ -354,8 +351,8 @@ AWAITING_ANSWER = (State.RESERVING, State.CONNECTING, State.CLAIMING)
 INITIAL = {Role.REQUESTER: State.IDLE, Role.RELAY: State.WAITING}
 
 
-class RelayConnection:
-    """One end of one relay-protocol connection (h11-style, no I/O).
+class RelayConnection(PeerMachine[Role, State, Message]):
+    """One end of one relay-protocol connection (h11-style, no I/O; `node.machine`).
 
     `send` checks that *we* follow the protocol (LocalProtocolError), `next_event` that
     the peer does (RemoteProtocolError); after either both roles are in ERROR. Once
@@ -364,78 +361,40 @@ class RelayConnection:
     relay's session is a violation: the relay's session has ended).
     """
 
+    connection_name = "relay connection"
+    message_name = "relay message"
+    answerer_name = "relay"
+
     def __init__(self, role: Role) -> None:
-        self.our_role = role
-        self.their_role = Role.RELAY if role is Role.REQUESTER else Role.REQUESTER
-        self.states = dict(INITIAL)
+        super().__init__(
+            role,
+            answerer=Role.RELAY,
+            asker=Role.REQUESTER,
+            initial=INITIAL,
+            transitions=TRANSITIONS,
+            closed=State.CLOSED,
+            error=State.ERROR,
+        )
         self._unpacker = _unpacker()
         self._fed = 0
         self._consumed = 0
-        self._peer_closed = False
 
-    @property
-    def our_state(self) -> State:
-        return self.states[self.our_role]
-
-    @property
-    def their_state(self) -> State:
-        return self.states[self.their_role]
-
-    @property
-    def errored(self) -> bool:
-        return State.ERROR in self.states.values()
-
-    def send(self, message: Message) -> bytes:
-        """The bytes of `message`, which must be legal for us now."""
-        if self.errored:
-            raise LocalProtocolError("the relay connection is in its error state")
+    def _encode(self, message: Message) -> bytes:
+        wire = encode(message)
+        if len(wire) > MAX_RELAY_MESSAGE:
+            raise LocalProtocolError(f"{type(message).__name__} exceeds {MAX_RELAY_MESSAGE} bytes")
         try:
-            self._step(self.our_role, message, LocalProtocolError)
-            wire = encode(message)
-            if len(wire) > MAX_RELAY_MESSAGE:
-                raise LocalProtocolError(f"{type(message).__name__} exceeds {MAX_RELAY_MESSAGE} bytes")
             decode_object(msgpack.unpackb(wire))  # never send what the peer would refuse
-        except (LocalProtocolError, RemoteProtocolError) as exc:
-            self._fail()
+        except RemoteProtocolError as exc:
             raise LocalProtocolError(str(exc)) from None
         return wire
 
-    def receive_data(self, data: bytes | bytearray) -> None:
-        """Bytes from the peer (decrypted by the session); b"" when its stream ended."""
-        if self.errored:
-            raise RemoteProtocolError("the relay connection is in its error state")
-        if self._peer_closed:
-            raise LocalProtocolError("receive_data() after the peer's end of stream")
-        if not data:
-            self._peer_closed = True
-            return
+    def _feed(self, data: bytes | bytearray) -> None:
         try:
             self._unpacker.feed(data)
         except msgpack.BufferFull:
-            self._fail()
             raise RemoteProtocolError(f"a relay message exceeds {MAX_RELAY_MESSAGE} bytes") from None
         self._fed += len(data)
-
-    def next_event(self) -> Event | None:
-        """The peer's next message, ConnectionClosed once its stream ended, or None for more."""
-        if self.errored:
-            raise RemoteProtocolError("the relay connection is in its error state")
-        if self.their_state is State.CLOSED:
-            return ConnectionClosed()
-        try:
-            event: Event | None = self._next_message()
-            if event is None and self._peer_closed:
-                if self._fed > self._consumed:
-                    raise RemoteProtocolError("the peer closed in the middle of a relay message")
-                event = ConnectionClosed()
-            if event is not None:
-                self._step(self.their_role, event, RemoteProtocolError)
-                if isinstance(event, Linked) and self._fed > self._consumed:
-                    raise RemoteProtocolError("the relay's session went on after Linked")
-        except (RemoteProtocolError, TransportError):
-            self._fail()
-            raise
-        return event
 
     def _next_message(self) -> Message | None:
         try:
@@ -447,14 +406,10 @@ class RelayConnection:
         self._consumed = int(self._unpacker.tell())
         return decode_object(obj)
 
-    def _step(self, role: Role, event: Event, error: type[LocalProtocolError | RemoteProtocolError]) -> None:
-        state = self.states[role]
-        following = TRANSITIONS[role][state].get(type(event))
-        if following is None:
-            if role is Role.RELAY and isinstance(event, ConnectionClosed):
-                # Not garbage but a relay gone before its answer (killed, stopping): a transport failure.
-                raise ClosedEarly(f"the relay closed the connection before its answer ({state.value})")
-            raise error(f"{type(event).__name__} is not allowed from the {role.value} in state {state.value}")
+    def _partial(self) -> bool:
+        return self._fed > self._consumed
+
+    def _moved(self, role: Role, event: Event, error: type[HubnetError]) -> None:
         if role is Role.REQUESTER and not isinstance(event, ConnectionClosed):
             owed = RELAY_OWES.get((type(event), self.states[Role.RELAY]))
             if owed is None:
@@ -466,7 +421,7 @@ class RelayConnection:
             and self.states[Role.REQUESTER] in AWAITING_ANSWER
         ):
             self.states[Role.REQUESTER] = ANSWER_MOVES[type(event)]
-        self.states[role] = following
 
-    def _fail(self) -> None:
-        self.states = dict.fromkeys(self.states, State.ERROR)
+    def _received(self, event: Event) -> None:
+        if isinstance(event, Linked) and self._fed > self._consumed:
+            raise RemoteProtocolError("the relay's session went on after Linked")
