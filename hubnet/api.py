@@ -36,8 +36,7 @@ from hubnet.commands import (
     open_paid_service_call,
     service_call,
 )
-from hubnet.config import PAY_CHOICES
-from hubnet.identity.errors import ConfigError, HubnetError, Rejected, TransportError
+from hubnet.identity.errors import HubnetError, Rejected, TransportError
 from hubnet.identity.keys import encode_peer_id
 
 Stdin = bytes | IO[bytes] | None
@@ -146,10 +145,7 @@ def stream(
 
 def _open(ctx: Context, planned: ServiceCall, bootstrap: Iterable[str], pay: str | None) -> OpenCall:
     """`planned` opened and accepted, paid for as `pay` (else client.toml's) says."""
-    if pay is not None and pay not in PAY_CHOICES:
-        raise ConfigError(f'pay={pay!r}: use "auto" (pay with tokens from `hubnode wallet`) or "never"')
-    chosen = pay or ctx.client_config.pay
-    return open_paid_service_call(ctx, planned, tuple(bootstrap), chosen, wait_for_accept=True)
+    return open_paid_service_call(ctx, planned, tuple(bootstrap), ctx.pay(pay), wait_for_accept=True)
 
 
 _END = object()  # after the last stdout chunk in a CallStream's queue

@@ -68,6 +68,14 @@ class Context:
         """--bootstrap, else client.toml's `bootstrap`."""
         return given or self.client_config.bootstrap
 
+    def pay(self, given: str | None) -> str:
+        """How to pay a node that wants money: `given` (--pay, `pay=`), else client.toml's `pay`."""
+        from hubnet.config import PAY_CHOICES
+
+        if given is not None and given not in PAY_CHOICES:
+            raise ConfigError(f'pay={given!r}: use "auto" (pay with tokens from `hubnode wallet`) or "never"')
+        return given or self.client_config.pay
+
     def selection_rules(self) -> SelectionRules:
         from hubnet.select import parse_selection_rules
 
@@ -119,7 +127,7 @@ def run_call(
     if service.startswith("-"):
         raise misplaced_option(service, server, bootstrap, args)
     try:
-        return _run_call(ctx, server, service, args, bootstrap, max_cost, pay or ctx.client_config.pay)
+        return _run_call(ctx, server, service, args, bootstrap, max_cost, ctx.pay(pay))
     except HubnetError as exc:
         hint = options_after_service(service, args)
         if hint is not None:
