@@ -736,6 +736,11 @@ def candidates(
     return ordered
 
 
+def asked_by_provider(name: str, asked: PaymentRequired) -> PaymentRequired:
+    """`asked`, saying which provider of `name` asked: the caller may pay or deposit there."""
+    return PaymentRequired(f"{name} at {asked.provider}: {asked.reason}", asked.needed, asked.target)
+
+
 def open_discovered_call(
     identity: Identity,
     found: Found,
@@ -800,8 +805,7 @@ def open_discovered_call(
                 failures.append(f"{target.address}: {exc}")
                 refusals.add(exc.code if isinstance(exc, Rejected) else "")
                 if isinstance(exc, PaymentRequired) and asked_for_money is None:
-                    where = f"{name} at {exc.provider}: {exc.reason}"  # the caller may pay or deposit there
-                    asked_for_money = PaymentRequired(where, exc.needed, exc.target)
+                    asked_for_money = asked_by_provider(name, exc)
                 if not isinstance(exc, Rejected):
                     address_key, key_at_address = Backoff.keys(offer)
                     backoff.failed(address_key if ledger.dead(target.address) else key_at_address)

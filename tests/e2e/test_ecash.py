@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 import hubnet
 from hubnet.identity.keys import Identity, decode_peer_id
@@ -240,3 +242,46 @@ def test_pay_per_call_to_a_provider_found_in_the_dht(
 
 def _status(client: Client, server: Server) -> Any:
     return _json(client.run("status", "--server", server.target, "--json"))
+
+
+def test_the_trio_api_pays_per_call_and_keeps_the_change(
+    bank: Server, client: Client, tmp_path: Path, cashu_mint: TestMint
+) -> None:
+    home = client.home
+    call = functools.partial(hubnet.trio_api.call, "priced", server=bank.target, home=home)
+    with pytest.raises(hubnet.Rejected) as unpaid:  # pay="never" by default, as client.toml says
+        trio.run(functools.partial(call, stdin=b"x"))
+    assert unpaid.value.code == "payment-required" and unpaid.value.needed == PRICE
+    with pytest.raises(hubnet.Rejected) as empty:
+        trio.run(functools.partial(call, stdin=b"x", pay="auto"))
+    assert empty.value.code == "payment-required"
+    for said in (f"needs {PRICE} msat", bank.peer_id, "hubnode wallet add", "hubnode deposit"):
+        assert said in str(empty.value), empty.value
+
+    (ten,) = mint_tokens(cashu_mint, tmp_path / "payer", 10)
+    assert client.run("wallet", "add", ten).returncode == 0
+    result = trio.run(functools.partial(call, stdin=b"paid from trio", pay="auto"))
+    assert (result.stdout, result.cost, result.provider) == (b"paid from trio", PRICE, bank.peer_id)
+    (change,) = _json(client.run("wallet", "--json"))
+    assert (change["amount"], change["mint"]) == (10 - PRICE // 1000, cashu_mint.url)
+    assert change["token"] != ten
+
+    async def streamed() -> tuple[bytes, hubnet.Result | None]:
+        async with hubnet.trio_api.stream("priced", server=bank.target, home=home, pay="auto") as job:
+            await job.send(b"streamed, ")
+            await job.send(b"paid with the change")
+            await job.end_stdin()
+            out = b"".join([piece async for piece in job])
+        return out, job.result
+
+    out, done = trio.run(streamed)
+    assert out == b"streamed, paid with the change" and done is not None and done.cost == PRICE
+    (left,) = _json(client.run("wallet", "--json"))
+    assert left["amount"] == change["amount"] - PRICE // 1000 and left["token"] != change["token"]
+    kept = _json(client.run("receipts", "--json"))
+    assert [r["cost"] for r in kept["receipts"]] == [PRICE, PRICE] and kept["problems"] == []
+    assert _json(client.run("balance", "--server", bank.target, "--json"))["available"] == 0
+
+    # The change is money: the node takes it as a deposit.
+    again = _json(client.run("deposit", "--server", bank.target, "--json", left["token"]))
+    assert (again["amount_msat"], again["balance_msat"]) == (left["amount"] * 1000, left["amount"] * 1000)

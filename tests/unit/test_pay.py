@@ -14,6 +14,8 @@ from hubnet.identity.keys import Identity, encode_peer_id
 from hubnet.node.naming import Target
 from hubnet.node.protocol import RejectCode
 from hubnet.pay import UNSPENT, no_token, token_size, token_still_ours
+from hubnet.trio_api import asked_for_money
+from hubnet.trust import PinnedKeys
 
 NODE = Identity.generate().public_key
 WHERE = DirectAddress("127.0.0.1", 7070)
@@ -80,6 +82,29 @@ def test_no_answer_puts_the_token_back_unless_the_node_had_accepted(failure: Bas
 
 def test_a_refusal_after_the_accept_never_puts_it_back() -> None:
     assert not token_still_ours(Rejected(RejectCode.TOO_EXPENSIVE, "over budget"), accepted=True)
+
+
+class _Remembered:
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def lookup(self, address: str) -> bytes | None:
+        return self.key
+
+    def add(self, address: str, peer: bytes) -> None:
+        raise AssertionError("nothing is learned here")
+
+
+def test_a_trio_refusal_for_money_is_pinned_to_the_key_that_asked() -> None:
+    money = Rejected(RejectCode.PAYMENT_REQUIRED, "no account", 3000)
+    pinned = asked_for_money(money, Target(WHERE, NODE), PinnedKeys())
+    assert pinned is not None and (pinned.needed, pinned.target) == (3000, Target(WHERE, NODE))
+    # A server named by HOST:PORT: the key trust on first use remembered at that very call.
+    remembered = asked_for_money(money, Target(WHERE), _Remembered(NODE))
+    assert remembered is not None and remembered.target == Target(WHERE, NODE)
+    assert asked_for_money(Rejected(RejectCode.BUSY, "full"), Target(WHERE, NODE), PinnedKeys()) is None
+    no_amount = Rejected(RejectCode.PAYMENT_REQUIRED, "no account")
+    assert asked_for_money(no_amount, Target(WHERE, NODE), PinnedKeys()) is None
 
 
 def test_pay_is_the_one_given_else_client_toml_s(tmp_path: Path) -> None:
