@@ -26,6 +26,13 @@ from hubnet.safe_text import printable
 from hubnet.wallet_cli import deposit, wallet
 
 BOOTSTRAP_HELP = "A DHT node to join through, PEER_ID@HOST:PORT (or HOST:PORT); repeatable."
+# `call` and `map` pay alike (hubnet.pay), so they say it alike.
+PAY_OPTION = click.option(
+    "--pay",
+    type=click.Choice(["auto", "never"]),
+    help="auto: when the node wants money (payment-required), call again with a Cashu token "
+    "from `hubnode wallet` and keep the change it returns (default: client.toml's pay, else never).",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -190,12 +197,7 @@ def _serve(
     help="The most this job may cost, in millisatoshi (default: client.toml's max_cost, else "
     "no limit); a node whose worst case for it is higher refuses it (too-expensive).",
 )
-@click.option(
-    "--pay",
-    type=click.Choice(["auto", "never"]),
-    help="auto: when the node wants money (payment-required), call again with a Cashu token "
-    "from `hubnode wallet` and keep the change it returns (default: client.toml's pay, else never).",
-)
+@PAY_OPTION
 @click.argument("service")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
@@ -246,6 +248,7 @@ def call(
     "--redundancy", type=click.IntRange(min=1), default=1, help="Run each input on N providers; vote."
 )
 @click.option("--max-cost", type=click.IntRange(min=0), metavar="MSAT", help="Spend at most MSAT on the run.")
+@PAY_OPTION
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Cancel a job after SECONDS.")
 @click.option(
     "--max-output",
@@ -275,6 +278,8 @@ def map_command(
     none. Outputs are printed as jobs finish (-k: in input order). --retries runs a failed
     job again on another provider; --redundancy N runs each input on N distinct providers
     and accepts the output most of them agree on, reporting and avoiding the others.
+    --pay auto pays a provider that asks for money job by job from `hubnode wallet`;
+    --max-cost counts what the jobs are charged, the change of each token coming back.
 
     Exits 0 when every input succeeded, else the number that failed (at most 101), and 255
     if map itself could not run (no providers, bad options).

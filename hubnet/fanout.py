@@ -24,8 +24,8 @@ from typing import Any, cast
 import trio
 
 from hubnet.api import Result, plan_call
-from hubnet.call_machine import DEFAULT_MAX_OUTPUT, CallResult
-from hubnet.commands import Context, ServiceCall, keep_call_receipt
+from hubnet.call_machine import DEFAULT_MAX_OUTPUT
+from hubnet.commands import Context, ServiceCall
 from hubnet.identity.errors import ConfigError, HubnetError, Rejected, TransportError
 from hubnet.identity.keys import encode_peer_id
 from hubnet.node.naming import Target
@@ -39,7 +39,7 @@ from hubnet.schedule import (
     Scheduler,
     Start,
 )
-from hubnet.trio_api import CALL_FAILURES, Reachable, client_for, where_to_call
+from hubnet.trio_api import CALL_FAILURES, Payer, Reachable, client_for, where_to_call
 from hubnet.trio_client import Client
 
 # A server named by the caller says nothing of its job slots until asked; asked, a node's
@@ -157,11 +157,13 @@ class FanOut:
         timeout: float | None = None,
         max_output: int | None = DEFAULT_MAX_OUTPUT,
         avoided: Callable[[ProviderAvoided], None] = lambda event: None,
-        keep: Callable[[CallResult], object] = lambda result: None,
+        payer: Payer,
     ) -> None:
-        """`keep` is given each finished call (to check and keep a paid job's receipt).
-        `max_output` bounds what one attempt's output may take in memory: an attempt whose node
-        sends more fails (OutputTooLarge) and its input goes to another provider."""
+        """`payer` keeps each paid job's receipt, and pays a provider that asks for money
+        when the run may pay (`hubnet.trio_api.Payer`: one for the run, so that its jobs wait
+        for each other's change). `max_output` bounds what one attempt's output may take in
+        memory: an attempt whose node sends more fails (OutputTooLarge) and its input goes to
+        another provider."""
         self.client = client
         self.request = request
         self.places = {place.provider.key: place for place in places}
@@ -172,7 +174,7 @@ class FanOut:
         self.max_output = max_output
         self._settled = settled
         self._avoided = avoided
-        self._keep = keep
+        self.payer = payer
         self._jobs: dict[int, Job] = {}
         self._attempts: dict[int, Attempt] = {}  # by attempt id, until its input is settled
         self._of_input: dict[int, list[int]] = {}
@@ -231,18 +233,21 @@ class FanOut:
                     )
                 args = self.request.args + job.args
                 request = Call(self.request.service_id, args, self.request.attestations, ceiling)
-                output = await self.client.call(
-                    target,
-                    request,
+                run_on = functools.partial(
+                    self.client.call,
                     stdin=stdin,
                     timeout=self.timeout,
                     accepted=accepted,
                     max_output=self.max_output,
                 )
+                # Paid per job when the provider asks (and the run may pay): a paid job is held
+                # and charged within `ceiling` as any other, so the budget bounds what it costs.
+                output = await self.payer.call(
+                    target, request, self.client.known_hosts, run_on, lambda: bool(accept)
+                )
             if scope.cancelled_caught:
                 raise Rejected("too-expensive", "its hold would take the run above --max-cost")
             exit = output.result.exit
-            self._keep(output.result)
             attempt.result = Result.of(output.result, output.stdout, output.stderr)
             attempt.cost = exit.cost
             digest = hashlib.sha256(output.stdout).digest()
@@ -296,8 +301,10 @@ class Executor(concurrent.futures.Executor):
     spread over every provider of the service at once, within each one's job slots and
     `jobs`, retried elsewhere `retries` times, run on `redundancy` distinct providers with
     a majority vote, and kept within `max_cost` for everything submitted: the scheduling
-    of `hubnode map`. A call that failed for good raises its error from `Future.result()`;
-    one whose program exited non-zero after its retries gives that `Result` (as `call` does).
+    of `hubnode map`. `pay` as in `hubnet.call`: with "auto" (or client.toml's `pay`), a
+    provider that asks for money is paid per call from the home's wallet. A call that
+    failed for good raises its error from `Future.result()`; one whose program exited
+    non-zero after its retries gives that `Result` (as `call` does).
 
         with hubnet.Executor(home=home) as pool:
             for found in pool.map("face", photos, itertools.repeat(["identify"])):
@@ -316,9 +323,19 @@ class Executor(concurrent.futures.Executor):
         max_cost: int | None = None,
         timeout: float | None = None,
         max_output: int | None = DEFAULT_MAX_OUTPUT,
+        pay: str | None = None,
     ) -> None:
         self._options = _RunOptions(
-            tuple(servers), home, tuple(bootstrap), jobs, retries, redundancy, max_cost, timeout, max_output
+            tuple(servers),
+            home,
+            tuple(bootstrap),
+            jobs,
+            retries,
+            redundancy,
+            max_cost,
+            timeout,
+            max_output,
+            pay,
         )
         self._lock = threading.Lock()
         self._token: trio.lowlevel.TrioToken | None = None
@@ -415,6 +432,7 @@ class _RunOptions:
     max_cost: int | None
     timeout: float | None
     max_output: int | None
+    pay: str | None
 
 
 class _ServiceRun:
@@ -441,7 +459,6 @@ class _ServiceRun:
         )
         run = cls()
         client = client_for(ctx, named=bool(servers) or bool(planned.server))
-        keep = functools.partial(keep_call_receipt, ctx)
         run.fanout = FanOut(
             client,
             planned.request,
@@ -450,7 +467,7 @@ class _ServiceRun:
             run._settled,
             timeout=options.timeout,
             max_output=options.max_output,
-            keep=keep,
+            payer=Payer(ctx, planned.label, auto=ctx.pay(options.pay) == "auto"),
         )
         nursery.start_soon(run.fanout.run)
         return run

@@ -13,7 +13,6 @@ status (the number of failed inputs, at most 101).
 
 from __future__ import annotations
 
-import functools
 import re
 import sys
 import time
@@ -25,12 +24,12 @@ from typing import IO, Any
 import trio
 
 from hubnet.call_machine import DEFAULT_MAX_OUTPUT
-from hubnet.commands import Context, keep_call_receipt, service_call
+from hubnet.commands import Context, service_call
 from hubnet.fanout import FanOut, Job, Settled, places_for, provider_text
 from hubnet.identity.errors import ConfigError
 from hubnet.safe_text import printable
 from hubnet.schedule import ProviderAvoided, Scheduler
-from hubnet.trio_api import client_for
+from hubnet.trio_api import Payer, client_for
 
 MAX_FAILED_STATUS = 101  # GNU parallel's cap: 101 means "101 or more failed"
 SEPARATOR = ":::"
@@ -65,6 +64,7 @@ class MapOptions:
     resume: bool = False
     timeout: float | None = None
     max_output: int | None = DEFAULT_MAX_OUTPUT
+    pay: str | None = None
 
 
 def split_inputs(words: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
@@ -293,6 +293,7 @@ def run_map(
     jobs = jobs_for(args, every)
     server = options.servers[0] if len(options.servers) == 1 else None
     planned = service_call(ctx, server, service, ())
+    payer = Payer(ctx, planned.label, auto=ctx.pay(options.pay) == "auto")
     places = places_for(ctx, planned, options.bootstrap, options.servers)
     scheduler = Scheduler(
         (),
@@ -329,7 +330,7 @@ def run_map(
             timeout=options.timeout,
             max_output=options.max_output,
             avoided=avoided.append,
-            keep=functools.partial(keep_call_receipt, ctx),
+            payer=payer,
         )
         for seq, job in enumerate(jobs, start=1):
             if seq in done_before:

@@ -23,6 +23,11 @@ The rules, and why:
   estimate given for it) could take what is spent and held above it; a hold that turns out
   larger at the Accept cancels the attempt. A provider's first job runs alone (one slot),
   so its Accept says what it holds before a second starts there.
+- A job paid per call (a provider that asks for money, a run that may pay) is one attempt
+  here like any other: the driver pays it within the attempt (`hubnet.trio_api.Payer`), its
+  Accept holds and its Exit costs what the node charges, so the budget counts what paid
+  jobs are charged. The token is a deposit whose change comes back, not a cost; the Call's
+  ceiling (`ceiling`) bounds the hold it may pay for (`hubnet.pay.token_size`).
 
 Every input ends exactly once: `InputDone` with the accepted attempt, or `InputFailed` with
 its last attempt (if any) and why (tests/unit/test_schedule.py checks it over random

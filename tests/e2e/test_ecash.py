@@ -285,3 +285,74 @@ def test_the_trio_api_pays_per_call_and_keeps_the_change(
     # The change is money: the node takes it as a deposit.
     again = _json(client.run("deposit", "--server", bank.target, "--json", left["token"]))
     assert (again["amount_msat"], again["balance_msat"]) == (left["amount"] * 1000, left["amount"] * 1000)
+
+
+def _inputs(folder: Path, count: int) -> list[Path]:
+    folder.mkdir()
+    paths = [folder / f"{i}.txt" for i in range(1, count + 1)]
+    for i, path in enumerate(paths, start=1):
+        path.write_bytes(b"input %d\n" % i)
+    return paths
+
+
+def _joblog(path: Path) -> list[dict[str, str]]:
+    header, *rows = path.read_text(encoding="utf-8").splitlines()
+    return [dict(zip(header.split("\t"), row.split("\t"), strict=True)) for row in rows]
+
+
+def test_map_pays_each_job_from_one_token_within_its_budget(
+    bank: Server, client: Client, tmp_path: Path, cashu_mint: TestMint
+) -> None:
+    """Three jobs at 3 sat, one 10-sat token: each job is paid with the change of the one
+    before (a job that finds the wallet empty waits for it), and --max-cost 9000, below the
+    token's 10 sat, bounds what is charged, not the deposit whose change comes back."""
+    (ten,) = mint_tokens(cashu_mint, tmp_path / "payer", 10)
+    assert client.run("wallet", "add", ten).returncode == 0
+    inputs = _inputs(tmp_path / "in", 3)
+    joblog = tmp_path / "joblog"
+    budget = ("--max-cost", str(3 * PRICE))
+    ran = client.run(
+        "map", "--pay", "auto", "-s", bank.target, *budget, "-k", "--joblog", str(joblog),
+        "priced", ":::", *map(str, inputs),
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr.decode()
+    assert ran.stdout == b"".join(path.read_bytes() for path in inputs)
+    assert b"3 done, 0 failed" in ran.stderr and b"%d msat" % (3 * PRICE) in ran.stderr
+    rows = _joblog(joblog)
+    assert sorted(int(row["Seq"]) for row in rows) == [1, 2, 3]
+    assert all(row["Exitval"] == "0" and row["Provider"] == bank.peer_id for row in rows)
+    kept = _json(client.run("receipts", "--json"))
+    assert kept["problems"] == [] and all(r["node"] == bank.peer_id for r in kept["receipts"])
+    assert (
+        sorted(int(row["Cost"]) for row in rows) == sorted(r["cost"] for r in kept["receipts"]) == [PRICE] * 3
+    )
+    (left,) = _json(client.run("wallet", "--json"))
+    assert left["amount"] == 10 - 3 * PRICE // 1000  # 10 -> 7 -> 4 -> 1: every change came back
+    assert _json(client.run("balance", "--server", bank.target, "--json"))["available"] == 0
+
+
+def test_map_and_the_executor_pay_only_when_told_and_say_what_an_empty_wallet_lacks(
+    bank: Server, client: Client, tmp_path: Path, cashu_mint: TestMint
+) -> None:
+    inputs = _inputs(tmp_path / "in", 2)
+    args = ("-s", bank.target, "priced", ":::", *map(str, inputs))
+    empty = client.run("map", "--pay", "auto", *args)
+    assert empty.returncode == 2, empty.stderr.decode()  # both inputs failed
+    said = empty.stderr.decode()
+    for part in ("payment-required", f"needs {PRICE} msat", bank.peer_id, "hubnode wallet add"):
+        assert part in said, said
+
+    (ten,) = mint_tokens(cashu_mint, tmp_path / "payer", 10)
+    assert client.run("wallet", "add", ten).returncode == 0
+    (client.home / "client.toml").write_text('pay = "auto"\n', encoding="utf-8")
+    never = client.run("map", "--pay", "never", *args)  # the option wins over client.toml
+    assert never.returncode == 2 and b"payment-required" in never.stderr, never.stderr.decode()
+    assert [t["token"] for t in _json(client.run("wallet", "--json"))] == [ten]
+    assert _json(client.run("receipts", "--json"))["receipts"] == []
+
+    # client.toml's pay = "auto" is the Executor's too.
+    with hubnet.Executor(servers=[bank.target], home=client.home) as pool:
+        results = list(pool.map("priced", [b"one", b"two"]))
+    assert [(r.stdout, r.cost) for r in results] == [(b"one", PRICE), (b"two", PRICE)]
+    (left,) = _json(client.run("wallet", "--json"))
+    assert left["amount"] == 10 - 2 * PRICE // 1000
