@@ -13,14 +13,11 @@ the client's home), and probing goes on past dead offers until enough answered.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import os
 import queue
 import random
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -54,6 +51,7 @@ from hubnet.identity.records import InvalidRecord
 from hubnet.node.naming import Target
 from hubnet.node.offers import InvalidOffer, Load, Offer, offer_from_record
 from hubnet.node.protocol import Call, GetStatus, JobConnection, Role, StatusReply
+from hubnet.rests import Rests
 from hubnet.select import (
     Probe,
     SelectionRules,
@@ -86,8 +84,6 @@ PROBE_PHASE = 10.0  # a probing phase ends after this long, whatever is still in
 BACKOFF_FILE = "failed-providers"  # in the home's data folder
 BACKOFF_FIRST = 15.0
 BACKOFF_MAX = 3600.0
-BACKOFF_FORGET = 86400.0  # a rest that ended this long ago is forgotten, and its count with it
-MAX_BACKOFF_ENTRIES = 1024
 BACKOFF_HEADER = "# providers that failed lately: ADDRESS or PEER@ADDRESS, until (Unix s), failures\n"
 # `hubnode services` looks up the profile and revocation list of at most this many of the
 # organisations that offers name (two DHT lookups each); the rest are shown by id alone.
@@ -368,13 +364,7 @@ def spread_over_hosts(offers: Sequence[Offer]) -> list[Offer]:
 # --- remembering providers that failed ------------------------------------------------------------
 
 
-@frozen
-class _Resting:
-    until: float  # Unix time
-    failures: int  # in a row
-
-
-class Backoff:
+class Backoff(Rests):
     """Providers that failed lately, and until when to leave them alone.
 
     As Petals does: 15 s after a first failure, doubling with each failure in a row (at most
@@ -382,33 +372,11 @@ class Backoff:
     answers there); any other failure marks the key at that address only, so that a fake
     offer naming an honest node's address never sends the honest node to rest. Kept in a
     small text file in the client's home (`path`, None for nowhere), read once per discovery
-    and rewritten only when something changed; lines of concurrent clients are merged, and a
-    lost line only costs a dial.
+    (`hubnet.rests`).
     """
 
     def __init__(self, path: Path | None = None, *, clock: Callable[[], float] = time.time) -> None:
-        self.path = path
-        self.clock = clock
-        self._entries = self._read()
-        self._changed: dict[str, _Resting | None] = {}
-
-    def _read(self) -> dict[str, _Resting]:
-        entries: dict[str, _Resting] = {}
-        if self.path is None:
-            return entries
-        try:
-            text = self.path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return entries
-        for line in text.splitlines()[: MAX_BACKOFF_ENTRIES + 8]:
-            fields = line.split()
-            if len(fields) != 3 or line.startswith("#"):
-                continue
-            try:
-                entries[fields[0]] = _Resting(float(fields[1]), max(1, int(fields[2])))
-            except ValueError:
-                continue
-        return entries
+        super().__init__(path, first=BACKOFF_FIRST, most=BACKOFF_MAX, header=BACKOFF_HEADER, clock=clock)
 
     @staticmethod
     def keys(offer: Offer) -> tuple[str, str]:
@@ -418,51 +386,11 @@ class Backoff:
 
     def resting_until(self, offer: Offer) -> float | None:
         """Until when (Unix time) `offer` rests, or None if it may be dialled."""
-        now = self.clock()
-        until = max((self._entries[k].until for k in self.keys(offer) if k in self._entries), default=0.0)
-        return until if until > now else None
-
-    def failed(self, key: str) -> None:
-        prior = self._entries.get(key)
-        failures = prior.failures + 1 if prior is not None else 1
-        rest = min(BACKOFF_FIRST * 2 ** min(failures - 1, 30), BACKOFF_MAX)
-        self._entries[key] = self._changed[key] = _Resting(self.clock() + rest, failures)
+        return max((u for k in self.keys(offer) if (u := self.until(k)) is not None), default=None)
 
     def answered(self, offer: Offer) -> None:
         for key in self.keys(offer):
-            if key in self._entries:
-                del self._entries[key]
-                self._changed[key] = None
-
-    def save(self) -> None:
-        """Merge this discovery's changes into the file, if anything changed (errors ignored:
-        the file only saves dials)."""
-        if self.path is None or not self._changed:
-            return
-        entries = self._read()
-        for key, entry in self._changed.items():
-            if entry is None:
-                entries.pop(key, None)
-            else:
-                entries[key] = entry
-        now = self.clock()
-        kept = sorted(
-            ((k, e) for k, e in entries.items() if e.until + BACKOFF_FORGET > now),
-            key=lambda item: -item[1].until,
-        )[:MAX_BACKOFF_ENTRIES]
-        text = BACKOFF_HEADER + "".join(f"{k} {e.until:.0f} {e.failures}\n" for k, e in kept)
-        self._changed.clear()
-        temporary = None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-            with open(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.replace(temporary, self.path)  # whole, for a concurrent reader
-        except OSError:
-            if temporary is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
+            self.cleared(key)
 
 
 # --- probing -------------------------------------------------------------------------------------
