@@ -19,12 +19,14 @@ if TYPE_CHECKING:
     from hubnet.call_machine import CallResult
     from hubnet.client import OpenCall
     from hubnet.config import ClientConfig
+    from hubnet.dialer import TcpDialer
     from hubnet.home import Home
     from hubnet.identity.keys import Identity
     from hubnet.known_hosts import KnownHosts
     from hubnet.node.naming import Target
     from hubnet.node.protocol import Call
     from hubnet.node.receipts import JobReceipt
+    from hubnet.punching import Punching
     from hubnet.select import SelectionRules
 
 _WHY_HUBNET_ENDED = {
@@ -58,6 +60,22 @@ class Context:
         from hubnet.identity.keys import load_or_create_identity
 
         return load_or_create_identity(self.home.identity_key)
+
+    def punching(self) -> Punching | None:
+        """Whether calls through a relay ask to hole-punch (client.toml's `punch`), with the
+        home's record of the targets it failed for; `-v` says how each punch went."""
+        if not self.client_config.punch:
+            return None
+        from hubnet import punching
+
+        announce = (lambda line: print(line, file=sys.stderr)) if self.verbose else None
+        return punching.Punching(self.home.data_dir / punching.PUNCH_FILE, announce)
+
+    def call_dialer(self) -> TcpDialer:
+        """What a call dials with: relayed addresses punched past when `punching` says so."""
+        from hubnet.dialer import TcpDialer
+
+        return TcpDialer(self.punching())
 
     def known_hosts(self) -> KnownHosts:
         from hubnet.known_hosts import KnownHosts
@@ -192,6 +210,7 @@ def open_service_call(
             timeout=timeout,
             timeouts=timeouts,
             wait_for_accept=wait_for_accept,
+            dialer=ctx.call_dialer(),
         )
     from hubnet.discover import BACKOFF_FILE, find_offers, nobody_offers, open_discovered_call
 
@@ -210,6 +229,7 @@ def open_service_call(
         rules_source=ctx.client_config.source,
         backoff_file=ctx.home.data_dir / BACKOFF_FILE,
         timeouts=timeouts,
+        call_dialer=ctx.call_dialer(),
     )
 
 

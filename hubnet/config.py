@@ -23,8 +23,9 @@ class ClientConfig:
     node may send nothing while a job runs), `bootstrap = [...]` (DHT nodes to discover
     services through), `max_cost = MSAT` (the most one job may cost: a node whose worst
     case is higher refuses it), `pay = "auto"` (a call a node refuses for want of money is
-    paid with a Cashu token from `hubnode wallet`; "never", the default, does not) and a
-    `[select]` table (see `hubnet.select`)."""
+    paid with a Cashu token from `hubnode wallet`; "never", the default, does not), `punch
+    = true` (a call through a relay asks to hole-punch a direct connection: `hubnet.punching`)
+    and a `[select]` table (see `hubnet.select`)."""
 
     server: str | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
@@ -35,6 +36,7 @@ class ClientConfig:
     source: str = "client.toml"
     max_cost: int | None = None
     pay: str = "never"
+    punch: bool = True
 
     @property
     def timeouts(self) -> Timeouts:
@@ -77,6 +79,7 @@ _CLIENT_KEYS = (
     "select",
     "max_cost",
     "pay",
+    "punch",
 )
 PAY_CHOICES = ("auto", "never")
 _TIMEOUT_KEYS = {
@@ -116,6 +119,9 @@ def load_client_config(path: Path) -> ClientConfig:
     pay = data.get("pay", "never")
     if pay not in PAY_CHOICES:
         raise ConfigError(f'{path}: pay: must be "auto" (pay with tokens from `hubnode wallet`) or "never"')
+    punch = data.get("punch", True)
+    if not isinstance(punch, bool):
+        raise ConfigError(f"{path}: punch: must be true or false")
     return ClientConfig(
         server,
         timeouts["connect_timeout"],
@@ -126,6 +132,7 @@ def load_client_config(path: Path) -> ClientConfig:
         str(path),
         max_cost,
         pay,
+        punch,
     )
 
 

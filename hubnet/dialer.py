@@ -4,20 +4,26 @@
 direct addresses over TCP, and relayed ones through their relay: it connects to the
 relay, asks for the target (`node.relay_protocol`), and hands back the socket once the
 relay has linked it to the target, so that the code above runs the same Noise session
-with the target end to end inside the relay's splice. The Trio client has the same seam
-in `hubnet.trio_client`.
+with the target end to end inside the relay's splice. With `punching` (`hubnet.punching`),
+it asks the relay for a hole punch too, and when the target agrees and the punch gets
+through, hands back the direct socket instead: the same Noise session with the same key
+then runs over it. The Trio client has the same seam in `hubnet.trio_client`.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from hubnet.dht.addresses import Address, RelayAddress
 from hubnet.identity.blocking import connect_secure_socket
 from hubnet.identity.errors import RemoteProtocolError, TransportError
 from hubnet.identity.keys import Identity
+
+if TYPE_CHECKING:
+    from hubnet.node.relay_protocol import Linked
+    from hubnet.punching import Punching
 
 
 class Dialer(Protocol):
@@ -27,11 +33,15 @@ class Dialer(Protocol):
 
 
 class TcpDialer:
-    """Direct addresses over TCP, relayed ones through their relay."""
+    """Direct addresses over TCP, relayed ones through their relay (hole-punching past it
+    when `punching` says so)."""
+
+    def __init__(self, punching: Punching | None = None) -> None:
+        self.punching = punching
 
     def dial(self, address: Address, timeout: float) -> socket.socket:
         if isinstance(address, RelayAddress):
-            return _through_relay(address, timeout)
+            return _through_relay(address, timeout, self.punching)
         # getaddrinfo encodes a str host with the idna codec, whose import (stringprep,
         # unicodedata) costs a Pi more than the rest of the connect: an ASCII name or IP
         # goes in as bytes, which it takes as they are (typeshed says str only; CPython
@@ -48,8 +58,34 @@ class TcpDialer:
         return sock
 
 
-def _through_relay(address: RelayAddress, timeout: float) -> socket.socket:
-    """A socket to the relay, linked to `address.target`: what follows is the target's."""
+def _through_relay(address: RelayAddress, timeout: float, punching: Punching | None) -> socket.socket:
+    """A socket linked to `address.target`, through the relay or, punched, directly: what
+    follows is the target's."""
+    asked = punching is not None and punching.wanted(address.target)
+    sock, answer = _linked_socket(address, timeout, asked)
+    if not (asked and answer.punch and punching is not None):
+        return sock
+    # Only here: a call the relay and the target did not agree to punch never loads it.
+    from hubnet.node.holepunch import PunchFailed
+    from hubnet.node.holepunch_blocking import punch
+
+    try:
+        direct = punch(sock, answer.observed, answer.peer)
+    except PunchFailed:
+        sock.close()
+        punching.punched(address.target, address.relay, None)
+        return _linked_socket(address, timeout, False)[0]
+    punching.punched(address.target, address.relay, direct is not None)
+    if direct is None:
+        sock.settimeout(timeout)
+        return sock
+    sock.close()
+    direct.settimeout(timeout)
+    return direct
+
+
+def _linked_socket(address: RelayAddress, timeout: float, punch: bool) -> tuple[socket.socket, Linked]:
+    """A socket to the relay, linked to `address.target`, and the relay's Linked."""
     # Only here: a direct call (most calls) does not pay for the relay protocol's import.
     from hubnet.node.relay_protocol import Connect, RelayConnection, Role
 
@@ -58,10 +94,10 @@ def _through_relay(address: RelayAddress, timeout: float) -> socket.socket:
         # A fresh key for the relay hop: the relay needs no name for the caller, and gets none.
         secure = connect_secure_socket(sock, Identity.generate(), address.relay_peer)
         conn = RelayConnection(Role.REQUESTER)
-        secure.send_all(conn.send(Connect(address.target)))
+        secure.send_all(conn.send(Connect(address.target, punch)))
         while (event := conn.next_event()) is None:
             conn.receive_data(secure.receive_some())
-        linked(event, address)
+        answer = linked(event, address)
         if secure.detach():
             raise RemoteProtocolError(f"relay {address.relay} sent data before the target did")
     except TimeoutError as exc:
@@ -70,17 +106,18 @@ def _through_relay(address: RelayAddress, timeout: float) -> socket.socket:
     except BaseException:
         sock.close()
         raise
-    return sock
+    return sock, answer
 
 
-def linked(event: object, address: RelayAddress) -> None:
+def linked(event: object, address: RelayAddress) -> Linked:
     """Check a relay's answer to Connect: Linked, else TransportError naming the refusal."""
-    from hubnet.node.relay_protocol import Linked, Refused  # see _through_relay
+    from hubnet.node.relay_protocol import Linked, Refused  # see _linked_socket
 
     if isinstance(event, Refused):
         raise TransportError(f"relay {address.relay} refused: {event.code}: {event.reason}")
     if not isinstance(event, Linked):
         raise TransportError(f"relay {address.relay} closed before linking the target")
+    return event
 
 
 def dial_first(dialer: Dialer, addresses: Sequence[Address], timeout: float) -> socket.socket:

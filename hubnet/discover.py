@@ -296,6 +296,13 @@ class DialLedger:
             return str(address) in self._dead
 
     def dial(self, address: Address, timeout: float) -> socket.socket:
+        return self.dial_with(self._inner, address, timeout)
+
+    def through(self, inner: Dialer) -> Dialer:
+        """This ledger's bounds, dialling with `inner` (calls punch, probes do not)."""
+        return _Through(self, inner)
+
+    def dial_with(self, inner: Dialer, address: Address, timeout: float) -> socket.socket:
         text = str(address)
         with self._lock:
             key = self._keys.get(text)
@@ -318,13 +325,22 @@ class DialLedger:
             self._dialled.add(key)
             self.dials += 1
         try:
-            return self._inner.dial(
-                DirectAddress(*key) if isinstance(address, DirectAddress) else address, timeout
-            )
+            return inner.dial(DirectAddress(*key) if isinstance(address, DirectAddress) else address, timeout)
         except TransportError:
             with self._lock:
                 self._dead.add(text)
             raise
+
+
+class _Through:
+    """A DialLedger's bounds around another dialer (`DialLedger.through`)."""
+
+    def __init__(self, ledger: DialLedger, inner: Dialer) -> None:
+        self.ledger = ledger
+        self.inner = inner
+
+    def dial(self, address: Address, timeout: float) -> socket.socket:
+        return self.ledger.dial_with(self.inner, address, timeout)
 
 
 def _resolve(address: DirectAddress) -> tuple[str, int]:
@@ -681,13 +697,16 @@ def open_discovered_call(
     rules_source: str = "client.toml",
     backoff_file: Path | None = None,
     timeouts: Timeouts | None = None,
+    call_dialer: Dialer | None = None,
 ) -> OpenCall:
     """Open the call on the first candidate that accepts it within `timeout` (or
     `timeouts.accept` if that is shorter: a node slow to accept is passed over for the next).
 
     At most MAX_ATTEMPTS providers are tried, never one whose probe failed, and every dial
     (probes included) stays within one `DialLedger`. Failures and answers go into the
-    backoff file (`backoff_file`; None keeps them for this discovery only).
+    backoff file (`backoff_file`; None keeps them for this discovery only). Probes dial
+    with a plain TcpDialer, the calls with `call_dialer` (one that hole-punches past relays,
+    which a probe's one round trip would not repay), both within the ledger's bounds.
 
     NotOffered if the rules accept none of `offers`; PaymentRequired from the first
     provider that asked for money, if none took the call (so that a caller with an
@@ -726,7 +745,7 @@ def open_discovered_call(
                     call,
                     timeout=timeout,
                     wait_for_accept=True,
-                    dialer=ledger,
+                    dialer=ledger if call_dialer is None else ledger.through(call_dialer),
                     timeouts=timeouts,
                 )
             except (TransportError, RemoteProtocolError, HostKeyMismatch, Rejected, OSError) as exc:

@@ -171,6 +171,7 @@ def open_paying_call(ctx: Context, planned: ServiceCall, bootstrap: tuple[str, .
             timeout=config.connect_timeout,
             timeouts=config.timeouts,
             wait_for_accept=True,
+            dialer=ctx.call_dialer(),
         )
     except BaseException as exc:
         # open_call returns at the Accept: whatever ends it here came before one.

@@ -39,7 +39,7 @@ from hubnet.identity.errors import (
 from hubnet.node.naming import Target
 from hubnet.node.protocol import Accept, Call, RejectCode
 from hubnet.pay import no_token, paid, put_back, take_token, token_size, token_still_ours
-from hubnet.trio_client import CallOutput, Client
+from hubnet.trio_client import CallOutput, Client, TcpStreamDialer
 from hubnet.trust import KnownHostsStore, PinnedKeys, expected_key
 
 if TYPE_CHECKING:
@@ -127,6 +127,7 @@ def client_for(ctx: Context, *, named: bool) -> Client:
     return Client(
         ctx.identity(),
         known_hosts=known_hosts,
+        dialer=TcpStreamDialer(ctx.punching()),
         connect_timeout=config.connect_timeout,
         timeouts=config.timeouts,
     )

@@ -40,6 +40,9 @@ from hubnet.identity.errors import (
 )
 from hubnet.identity.keys import Identity
 from hubnet.identity.secure import SecureStream, connect_secure
+from hubnet.node.holepunch import PunchFailed
+from hubnet.node.holepunch import Role as PunchRole
+from hubnet.node.holepunch_trio import punch
 from hubnet.node.naming import Target
 from hubnet.node.protocol import (
     Accept,
@@ -53,8 +56,10 @@ from hubnet.node.protocol import (
     Stderr,
     Stdout,
 )
-from hubnet.node.relay_protocol import Connect, RelayConnection
+from hubnet.node.relay import RawStream
+from hubnet.node.relay_protocol import Connect, Linked, RelayConnection
 from hubnet.node.relay_protocol import Role as RelayRole
+from hubnet.punching import Punching
 from hubnet.receipt_spool import keep_receipt
 from hubnet.trust import KnownHostsStore, PinnedKeys, expected_key, explain_failure, remember
 
@@ -73,7 +78,11 @@ class StreamDialer(Protocol):
 
 class TcpStreamDialer:
     """Direct addresses over TCP (Trio sets TCP_NODELAY on its socket streams), relayed ones
-    through their relay (as `hubnet.dialer.TcpDialer`: the stream is the target's once linked)."""
+    through their relay (as `hubnet.dialer.TcpDialer`: the stream is the target's once linked,
+    or the direct one when `punching` asks for a hole punch and it gets through)."""
+
+    def __init__(self, punching: Punching | None = None) -> None:
+        self.punching = punching
 
     async def dial(self, address: Address) -> trio.abc.Stream:
         if isinstance(address, RelayAddress):
@@ -84,20 +93,39 @@ class TcpStreamDialer:
             raise TransportError(f"cannot connect to {address}: {exc.strerror or exc}") from exc
 
     async def _through_relay(self, address: RelayAddress) -> trio.abc.Stream:
+        punching = self.punching
+        asked = punching is not None and punching.wanted(address.target)
+        transport, answer = await self._linked(address, asked)
+        if not (asked and answer.punch and punching is not None):
+            return transport
+        try:
+            direct, leftover = await punch(transport, PunchRole.INITIATOR, answer.observed, answer.peer)
+        except PunchFailed:
+            await transport.aclose()
+            punching.punched(address.target, address.relay, None)
+            return (await self._linked(address, False))[0]
+        punching.punched(address.target, address.relay, direct is not None)
+        if direct is None:
+            return RawStream(transport, leftover)
+        await transport.aclose()
+        return direct
+
+    async def _linked(self, address: RelayAddress, punch: bool) -> tuple[trio.abc.Stream, Linked]:
+        """A stream to the relay, linked to `address.target`, and the relay's Linked."""
         transport = await self.dial(address.relay)
         try:
             secure = await connect_secure(transport, Identity.generate(), address.relay_peer)
             conn = RelayConnection(RelayRole.REQUESTER)
-            await secure.send_all(conn.send(Connect(address.target)))
+            await secure.send_all(conn.send(Connect(address.target, punch)))
             while (event := conn.next_event()) is None:
                 conn.receive_data(await secure.receive_some())
-            linked(event, address)
+            answer = linked(event, address)
             if secure.detach():
                 raise RemoteProtocolError(f"relay {address.relay} sent data before the target did")
         except BaseException:
             await transport.aclose()
             raise
-        return transport
+        return transport, answer
 
 
 @dataclass(frozen=True)

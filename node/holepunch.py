@@ -5,7 +5,7 @@ on a moment to dial each other at once. Each side's outgoing SYN makes its own r
 expect the other's, so the two SYNs cross and TCP's simultaneous open connects them
 directly. Between two cone NATs that keep ports (plain MASQUERADE, most home routers)
 this works; a symmetric NAT picks a new port for every destination, the address the other
-side dials is then wrong, and the caller stays on the relay.
+side dials is then wrong, and the two stay on the relay.
 
 The exchange (`HolePunch`, sans-IO, per role, a literal transition table):
 
@@ -14,42 +14,56 @@ The exchange (`HolePunch`, sans-IO, per role, a literal transition table):
                           <-------------  Connect(addresses)
       Sync                ------------->            round trip measured: RTT
       waits RTT / 2, dials                          dials at once, on Sync
+      Result(connected)   <------------>  Result(connected)   each says how its dial went
 
 so both SYNs leave within a few milliseconds of each other. The `addresses` are where a
-side will dial *from*: its observed IP (the router's, from `node.reach`) and the local
-port it bound for the punch, which a port-keeping NAT maps to the same number.
+side will dial *from*: its IP as the relay sees it and the local port it bound for the
+punch, which a port-keeping NAT maps to the same number.
 
-`punch` is the Trio driver over any stream (the relayed one in use): it binds the port,
-runs the exchange, dials, and returns the direct socket stream or None. The direct
+The Results make the outcome one both sides know: the direct connection is used only when
+both dials connected (`Outcome.DIRECT`), else both stay on the relayed stream, in which
+every message of the exchange has then been read (`Outcome.RELAYED`): it is as clean as
+before the exchange, and the end-to-end handshake runs in it next. Without them a dial that
+connects on one side only (a SYN-ACK lost at the edge of the timeout) would leave one side
+on each path. A failure before the outcome (a timeout, a violation, a closed stream) leaves
+the relayed stream in an unknown state: drivers raise `PunchFailed` and drop it.
+
+The drivers are thin: `node.holepunch_trio` (the serving node, the Trio client) and
+`node.holepunch_blocking` (`hubnode call`, which must not import Trio) each bind the port,
+feed this machine, sleep until `dial_at`, dial `dial_to` and report the dial. The direct
 connection is not trusted because it connected: whoever uses it runs the Noise handshake
-with the peer's key over it, as over any connection. A failed attempt is retried up to
-`ATTEMPTS` times, as DCUtR does, each with a fresh port.
+with the peer's key over it, as over any connection.
 """
 
 from __future__ import annotations
 
 import enum
 import ipaddress
-import socket
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NoReturn
 
 import msgpack
-import trio
 
-from hubnet.identity.errors import LocalProtocolError, RemoteProtocolError
+from hubnet.identity.errors import LocalProtocolError, RemoteProtocolError, TransportError
+from hubnet.identity.frozen import frozen
 
 MAX_FRAME = 1024  # bytes of one message, after its 2-byte length
 MAX_ADDRESSES = 4
-ATTEMPTS = 3
-EXCHANGE_TIMEOUT = 10.0  # seconds for Connect, Connect, Sync over the relay
-DIAL_TIMEOUT = 5.0  # seconds for the simultaneous open (SYNs are retried after 1 and 3 s)
+# One attempt per call: a relayed call whose punch fails must not become slow. The SYNs of a
+# simultaneous open are retried after 1 s, so a dial gets that one retry and a little more.
+DIAL_TIMEOUT = 2.0
+# The whole exchange, the dial included; past it the relayed stream's state is unknown.
+PUNCH_TIMEOUT = 8.0
+
+
+class PunchFailed(TransportError):
+    """The exchange broke off before its outcome: the relayed stream it ran over is in an
+    unknown state (a message of it may be unread) and must not carry anything more."""
 
 
 class Role(enum.Enum):
-    INITIATOR = "initiator"  # sends the first Connect and measures the round trip
-    RESPONDER = "responder"
+    INITIATOR = "initiator"  # the caller: sends the first Connect and measures the round trip
+    RESPONDER = "responder"  # the target
 
 
 class State(enum.Enum):
@@ -57,25 +71,44 @@ class State(enum.Enum):
     CONNECT_SENT = "connect-sent"  # initiator: waits for the responder's Connect
     CONNECT_RECEIVED = "connect-received"  # initiator: sends Sync; responder: answers Connect
     SYNC_AWAITED = "sync-awaited"  # responder: its Connect sent, waits for Sync
-    DIAL = "dial"  # both: dial now (the initiator after RTT / 2)
+    DIAL = "dial"  # both: dial now (the initiator after RTT / 2), then send the Result
+    RESULT_SENT = "result-sent"  # ours sent, the peer's awaited
+    RESULT_RECEIVED = "result-received"  # the peer's in, ours not yet sent
+    DONE = "done"  # both Results known: the outcome is decided
     ERROR = "error"  # a violation, by either side: refuses everything
 
 
-@dataclass(frozen=True)
+class Outcome(enum.Enum):
+    DIRECT = "direct"  # both dials connected: use the direct connection, drop the relayed one
+    RELAYED = "relayed"  # carry on over the relayed stream, every message of the exchange read
+
+
+@frozen
 class Connect:
-    """Where the sender will dial from: `HOST:PORT` strings (at most MAX_ADDRESSES)."""
+    """Where the sender will dial from: `IPv4:PORT` strings (at most MAX_ADDRESSES)."""
 
     addresses: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@frozen
 class Sync:
     """The initiator's go: the responder dials on receiving it."""
 
 
-Message = Connect | Sync
+@frozen
+class Result:
+    """Whether the sender's dial connected."""
+
+    connected: bool
+
+
+Message = Connect | Sync | Result
 
 # (role, state) -> {(message type, sent by us): next state}. Anything else is a violation.
+_RESULTS: dict[tuple[type, bool], State] = {
+    (Result, True): State.RESULT_SENT,
+    (Result, False): State.RESULT_RECEIVED,
+}
 TRANSITIONS: dict[tuple[Role, State], dict[tuple[type, bool], State]] = {
     (Role.INITIATOR, State.START): {(Connect, True): State.CONNECT_SENT},
     (Role.INITIATOR, State.CONNECT_SENT): {(Connect, False): State.CONNECT_RECEIVED},
@@ -83,14 +116,20 @@ TRANSITIONS: dict[tuple[Role, State], dict[tuple[type, bool], State]] = {
     (Role.RESPONDER, State.START): {(Connect, False): State.CONNECT_RECEIVED},
     (Role.RESPONDER, State.CONNECT_RECEIVED): {(Connect, True): State.SYNC_AWAITED},
     (Role.RESPONDER, State.SYNC_AWAITED): {(Sync, False): State.DIAL},
+    **{(role, State.DIAL): _RESULTS for role in Role},
+    **{(role, State.RESULT_SENT): {(Result, False): State.DONE} for role in Role},
+    **{(role, State.RESULT_RECEIVED): {(Result, True): State.DONE} for role in Role},
 }
 
-_KINDS: dict[type, int] = {Connect: 1, Sync: 2}
+_KINDS: dict[type, int] = {Connect: 1, Sync: 2, Result: 3}
 
 
 def encode(message: Message) -> bytes:
     """The framed bytes of `message`: a 2-byte big-endian length, then msgpack [kind, fields]."""
-    fields = list(message.addresses) if isinstance(message, Connect) else []
+    if isinstance(message, Connect):
+        fields: list[object] = list(message.addresses)
+    else:
+        fields = [message.connected] if isinstance(message, Result) else []
     body = bytes(msgpack.packb([_KINDS[type(message)], fields]))
     if len(body) > MAX_FRAME:
         raise LocalProtocolError(f"a hole-punch message of {len(body)} bytes exceeds {MAX_FRAME}")
@@ -127,138 +166,117 @@ def _decode(body: bytes) -> Message:
             return Connect(tuple(addresses))
         case [2, []]:
             return Sync()
+        case [3, [bool() as connected]]:
+            return Result(connected)
     raise RemoteProtocolError("unknown or malformed hole-punch message")
 
 
 class HolePunch:
-    """One side of the exchange in the module docstring: `send` returns bytes to write,
-    `receive_data` takes what arrived, `next_event` gives the peer's messages in order."""
+    """One side of the exchange in the module docstring.
 
-    def __init__(self, role: Role) -> None:
+    `start` gives the first bytes to write (the initiator's Connect; nothing for the
+    responder); `receive_data` takes what arrived and gives what to write in answer; once
+    `dial_at` is set the driver dials `dial_to` at that time (the clock is the caller's:
+    every `now` comes from it) and reports with `dialled`, whose bytes it writes; `outcome`
+    is set once both Results are known, and `leftover` then holds what the peer sent after
+    its last message (the start of the stream's next protocol). With `peer_ip` (where the
+    relay sees the peer), a Connect naming another IP is a violation: nobody can aim our
+    dial at a third party.
+    """
+
+    def __init__(self, role: Role, ours: Connect, peer_ip: str | None = None) -> None:
         self.role = role
         self.state = State.START
+        self.ours = ours
+        self.peer_ip = peer_ip
+        self.dial_at: float | None = None
+        self.dial_to: tuple[str, int] | None = None
+        self.outcome: Outcome | None = None
+        self._started = 0.0
+        self._connected: dict[bool, bool] = {}  # by "sent by us": each side's Result
         self._buffer = b""
 
-    def _step(self, message: Message, sent: bool) -> None:
-        following = TRANSITIONS.get((self.role, self.state), {}).get((type(message), sent))
-        if following is None:
-            what = f"{'sending' if sent else 'receiving'} {type(message).__name__}"
-            state, self.state = self.state, State.ERROR
-            error = LocalProtocolError if sent else RemoteProtocolError
-            raise error(f"hole punch ({self.role.value}): {what} in state {state.value}")
-        self.state = following
+    @property
+    def leftover(self) -> bytes:
+        """Bytes after the peer's last message (only once the outcome is known)."""
+        if self.outcome is None:
+            raise LocalProtocolError("the hole punch has not finished")
+        return self._buffer
 
-    def send(self, message: Message) -> bytes:
+    def start(self, now: float) -> bytes:
+        """The first bytes to write."""
+        self._started = now
+        return self._send(self.ours) if self.role is Role.INITIATOR else b""
+
+    def receive_data(self, data: bytes, now: float) -> bytes:
+        """Bytes from the peer; the bytes to write in answer (maybe none)."""
+        if self.state is State.ERROR:
+            raise LocalProtocolError("the hole punch failed earlier: nothing more can be received")
+        self._buffer += data
+        answer = b""
+        while self.outcome is None and (message := self._next_message()) is not None:
+            self._step(message, sent=False)
+            answer += self._received(message, now)
+        return answer
+
+    def dialled(self, connected: bool) -> bytes:
+        """Our dial's outcome: the Result to write."""
+        if self.dial_at is None:
+            raise LocalProtocolError("dialled before the exchange said to dial")
+        return self._send(Result(connected))
+
+    def _received(self, message: Message, now: float) -> bytes:
+        if isinstance(message, Connect):
+            self.dial_to = self._peer_address(message)
+            if self.role is Role.RESPONDER:
+                return self._send(self.ours)
+            # The round trip Connect to Connect: the Sync takes half of it to the responder,
+            # who dials on it, so the initiator waits as long and both SYNs leave together.
+            self.dial_at = now + (now - self._started) / 2
+            return self._send(Sync())
+        if isinstance(message, Sync):
+            self.dial_at = now
+        return b""
+
+    def _peer_address(self, message: Connect) -> tuple[str, int]:
+        address = check_address(message.addresses[0])
+        if self.peer_ip is not None and address[0] != self.peer_ip:
+            self._fail(RemoteProtocolError(f"the peer would be dialled at {address[0]}, not {self.peer_ip}"))
+        return address
+
+    def _send(self, message: Message) -> bytes:
         if self.state is State.ERROR:
             raise LocalProtocolError("the hole punch failed earlier: nothing more can be sent")
         data = encode(message)
         self._step(message, sent=True)
         return data
 
-    def receive_data(self, data: bytes) -> None:
-        if self.state is State.ERROR:
-            raise LocalProtocolError("the hole punch failed earlier: nothing more can be received")
-        self._buffer += data
-        if len(self._buffer) > 2 + MAX_FRAME + 2 + MAX_FRAME:  # never more than two messages in flight
-            self.state = State.ERROR
-            raise RemoteProtocolError("the peer sent more than the hole punch allows")
+    def _step(self, message: Message, sent: bool) -> None:
+        following = TRANSITIONS.get((self.role, self.state), {}).get((type(message), sent))
+        if following is None:
+            what = f"{'sending' if sent else 'receiving'} {type(message).__name__}"
+            error = LocalProtocolError if sent else RemoteProtocolError
+            self._fail(error(f"hole punch ({self.role.value}): {what} in state {self.state.value}"))
+        self.state = following
+        if isinstance(message, Result):
+            self._connected[sent] = message.connected
+        if following is State.DONE:
+            self.outcome = Outcome.DIRECT if all(self._connected.values()) else Outcome.RELAYED
 
-    def next_event(self) -> Message | None:
-        """The next whole message from the peer, or None if more bytes are needed."""
-        if self.state is State.ERROR:
-            raise LocalProtocolError("the hole punch failed earlier")
+    def _next_message(self) -> Message | None:
         if len(self._buffer) < 2:
             return None
         (length,) = struct.unpack(">H", self._buffer[:2])
         if length > MAX_FRAME:
-            self.state = State.ERROR
-            raise RemoteProtocolError(f"a hole-punch message of {length} bytes exceeds {MAX_FRAME}")
+            self._fail(RemoteProtocolError(f"a hole-punch message of {length} bytes exceeds {MAX_FRAME}"))
         if len(self._buffer) < 2 + length:
             return None
         body, self._buffer = self._buffer[2 : 2 + length], self._buffer[2 + length :]
         try:
-            message = _decode(body)
-        except RemoteProtocolError:
-            self.state = State.ERROR
-            raise
-        self._step(message, sent=False)
-        return message
+            return _decode(body)
+        except RemoteProtocolError as exc:
+            self._fail(exc)
 
-
-# --- the Trio driver ------------------------------------------------------------------------
-
-
-async def _next(stream: trio.abc.Stream, machine: HolePunch) -> Message:
-    while True:
-        message = machine.next_event()
-        if message is not None:
-            return message
-        data = await stream.receive_some(MAX_FRAME)
-        if not data:
-            raise RemoteProtocolError("the peer closed the stream during the hole punch")
-        machine.receive_data(bytes(data))
-
-
-def _bound_socket() -> trio.socket.SocketType:
-    """A TCP socket bound to a fresh port on every interface, to dial from (and be dialled at)."""
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
-async def _dial(sock: trio.socket.SocketType, addresses: Sequence[str]) -> trio.SocketStream | None:
-    """Simultaneous open from `sock` to the first of `addresses` (only IPv4 is punched)."""
-    host, port = check_address(addresses[0])
-    with trio.move_on_after(DIAL_TIMEOUT):
-        try:
-            await sock.connect((host, port))
-        except OSError:
-            return None
-        return trio.SocketStream(sock)
-    return None
-
-
-async def punch_once(stream: trio.abc.Stream, role: Role, observed_ip: str) -> trio.SocketStream | None:
-    """One exchange over `stream` and one simultaneous open; the direct stream, or None."""
-    machine = HolePunch(role)
-    sock = _bound_socket()
-    try:
-        await sock.bind(("0.0.0.0", 0))
-        ours = Connect((f"{observed_ip}:{sock.getsockname()[1]}",))
-        with trio.fail_after(EXCHANGE_TIMEOUT):
-            if role is Role.INITIATOR:
-                started = trio.current_time()
-                await stream.send_all(machine.send(ours))
-                theirs = await _next(stream, machine)
-                rtt = trio.current_time() - started
-                await stream.send_all(machine.send(Sync()))
-                await trio.sleep(rtt / 2)  # the Sync's way to the responder: both dial now
-            else:
-                theirs = await _next(stream, machine)
-                await stream.send_all(machine.send(ours))
-                await _next(stream, machine)  # Sync
-        assert isinstance(theirs, Connect)
-        direct = await _dial(sock, theirs.addresses)
-    except BaseException:
-        sock.close()
-        raise
-    if direct is None:
-        sock.close()
-    return direct
-
-
-async def punch(
-    stream: trio.abc.Stream, role: Role, observed_ip: str, *, attempts: int = ATTEMPTS
-) -> trio.SocketStream | None:
-    """Up to `attempts` punches over `stream` (both sides must agree on `attempts`); the direct
-    stream, or None when every one failed (stay on the relay). A violation by the peer, a
-    timeout of the exchange or a closed stream end it at once, also with None."""
-    for _ in range(attempts):
-        try:
-            direct = await punch_once(stream, role, observed_ip)
-        except (RemoteProtocolError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
-            return None
-        if direct is not None:
-            return direct
-    return None
+    def _fail(self, error: LocalProtocolError | RemoteProtocolError) -> NoReturn:
+        self.state = State.ERROR
+        raise error

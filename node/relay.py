@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import logging
 import os
 import secrets
@@ -32,7 +33,7 @@ import trio
 
 from hubnet.identity.keys import fingerprint
 from hubnet.identity.secure import SecureStream
-from hubnet.node.connections import Connection, Phase
+from hubnet.node.connections import Connection, Phase, source_of
 from hubnet.node.ledger import Ledger
 from hubnet.node.naming import service_id_for_name
 from hubnet.node.offers import Price
@@ -171,13 +172,16 @@ class _Holder:
 
 @dataclass(eq=False)
 class _Pending:
-    """A circuit a caller waits on until its target claims it."""
+    """A circuit a caller waits on until its target claims it; `caller_ip` is where the
+    caller's connection comes from when it asked to hole-punch (else "")."""
 
     target: bytes
+    caller_ip: str
     claimed: trio.Event = field(default_factory=trio.Event)
     done: trio.Event = field(default_factory=trio.Event)
     target_stream: RawStream | None = None
     taken: bool = False  # a claim for it has been accepted
+    linked: Linked | None = None  # what the caller is told once the target has claimed it
 
 
 class Relay:
@@ -213,9 +217,9 @@ class Relay:
             _activate(tracked)  # a live holder: never shed for a newcomer
             await self._hold(stream, conn, self.book)
         elif isinstance(request, Connect):
-            await self._connect(stream, conn, request.target, tracked, self.book)
+            await self._connect(stream, conn, request, tracked, self.book)
         elif isinstance(request, Claim):
-            await self._claim(stream, conn, request.circuit, tracked)
+            await self._claim(stream, conn, request, tracked)
 
     def _charge(self, peer: bytes, circuit: bytes | None = None) -> int | Refused:
         """Hold one circuit's price of `peer`'s account (as the hold of `circuit`; with None,
@@ -265,10 +269,11 @@ class Relay:
         self,
         stream: SecureStream,
         conn: RelayConnection,
-        target: bytes,
+        request: Connect,
         tracked: Connection | None,
         book: RelayBook,
     ) -> None:
+        target = request.target
         source = tracked.source if tracked is not None else None
         refusal = book.open_circuit(target, source)
         if refusal is not None:
@@ -282,7 +287,7 @@ class Relay:
             log.info("refused a circuit to %s: its account cannot pay for it", fingerprint(target))
             await _send(stream, conn, held)
             return
-        pending = _Pending(target)
+        pending = _Pending(target, punchable_ip(stream) if request.punch else "")
         self._pending[circuit] = pending
         budget = _Budget(book.limits.max_bytes)
         try:
@@ -292,12 +297,12 @@ class Relay:
                 holder.notices.send_nowait(circuit)
             with trio.move_on_after(self.claim_timeout):
                 await pending.claimed.wait()
-            if pending.target_stream is None:
+            if pending.target_stream is None or pending.linked is None:
                 await _send(
                     stream, conn, Refused(RefusalCode.TARGET_UNAVAILABLE, "the target did not answer")
                 )
                 return
-            await _send(stream, conn, Linked(book.limits))
+            await _send(stream, conn, pending.linked)
             _activate(tracked)  # a circuit carries a live call: never shed for a newcomer
             caller = RawStream(stream.transport, stream.detach())
             await self._splice(caller, pending.target_stream, book.limits, budget)
@@ -305,20 +310,25 @@ class Relay:
             del self._pending[circuit]
             pending.done.set()
             book.close_circuit(target, source)
+            if pending.linked is not None:
+                # How many bytes a circuit carried tells a hole punch (a few hundred) from a relayed call.
+                log.info("a circuit to %s closed after %d bytes", fingerprint(target), budget.carried)
             if self.ledger is not None:
                 cost = circuit_cost(book.config, budget.carried, held)
                 self.ledger.settle(_hold_id(circuit), cost, note=f"relayed {budget.carried} bytes")
 
     async def _claim(
-        self, stream: SecureStream, conn: RelayConnection, circuit: bytes, tracked: Connection | None
+        self, stream: SecureStream, conn: RelayConnection, claim: Claim, tracked: Connection | None
     ) -> None:
-        pending = self._pending.get(circuit)
+        pending = self._pending.get(claim.circuit)
         if pending is None or pending.target != stream.remote_identity or pending.taken:
             await _send(stream, conn, Refused(RefusalCode.NO_SUCH_CIRCUIT, "no circuit waits for you there"))
             return
         pending.taken = True  # before any wait: a second claim of the same circuit is refused
         assert self.book is not None
-        await _send(stream, conn, Linked(self.book.limits))
+        target_ip = punchable_ip(stream) if claim.punch else ""
+        pending.linked, to_target = linked_pair(self.book.limits, pending.caller_ip, target_ip)
+        await _send(stream, conn, to_target)
         _activate(tracked)
         pending.target_stream = RawStream(stream.transport, stream.detach())
         pending.claimed.set()
@@ -414,6 +424,26 @@ class _Budget:
     left: int
     carried: int = 0
     cut: bool = False
+
+
+def linked_pair(limits: CircuitLimits, caller_ip: str, target_ip: str) -> tuple[Linked, Linked]:
+    """What the relay tells the caller and the target once a circuit is linked. `caller_ip`
+    and `target_ip` are where each end comes from if it asked to hole-punch and could be
+    dialled there, else "": only when both are known do they punch, and only then does
+    either learn where the relay sees the other."""
+    if caller_ip and target_ip:
+        return Linked(limits, True, caller_ip, target_ip), Linked(limits, True, target_ip, caller_ip)
+    return Linked(limits), Linked(limits)
+
+
+def punchable_ip(stream: SecureStream) -> str:
+    """The IPv4 address `stream` comes from, if a hole punch could dial it, else ""."""
+    source, _ = source_of(stream.transport)
+    try:
+        ip = ipaddress.IPv4Address(source or "")
+    except ValueError:
+        return ""
+    return "" if ip.is_loopback or ip.is_unspecified or ip.is_multicast else str(ip)
 
 
 def _hold_id(circuit: bytes) -> str:

@@ -48,6 +48,7 @@ CIRCUIT_ID_LEN = 16
 MAX_RELAY_MESSAGE = 4096  # every relay message is small: refuse to buffer more
 MAX_REASON = 1024
 MAX_COUNT = (1 << 63) - 1
+MAX_IP_TEXT = 45  # the longest IPv6 text form
 
 
 class Kind(enum.IntEnum):
@@ -91,16 +92,20 @@ class Reserve:
 
 @frozen
 class Connect:
-    """Caller -> relay: link me to `target` (a peer id holding a reservation here)."""
+    """Caller -> relay: link me to `target` (a peer id holding a reservation here); `punch`:
+    the caller would hole-punch a direct connection (optional, 2nd)."""
 
     target: bytes
+    punch: bool = False
 
 
 @frozen
 class Claim:
-    """Target -> relay, on a fresh connection: this is my end of `circuit`."""
+    """Target -> relay, on a fresh connection: this is my end of `circuit`; `punch`: the
+    target would hole-punch a direct connection (optional, 2nd)."""
 
     circuit: bytes
+    punch: bool = False
 
 
 @frozen
@@ -121,9 +126,17 @@ class Incoming:
 
 @frozen
 class Linked:
-    """Relay -> caller and target: from the next byte on, this connection is the circuit."""
+    """Relay -> caller and target: from the next byte on, this connection is the circuit.
+
+    The optional fields (3rd to 5th, sent together): `punch`, both ends asked to hole-punch
+    (`node.holepunch` runs first in the circuit); `observed`, the IP the relay sees this
+    connection from (a caller that never asked anyone learns its public IP); `peer`, the IP
+    it sees the other end's from ("" for either when it cannot tell)."""
 
     limits: CircuitLimits
+    punch: bool = False
+    observed: str = ""
+    peer: str = ""
 
 
 @frozen
@@ -166,9 +179,34 @@ def _limits(bytes_: object, seconds: object) -> CircuitLimits:
     return CircuitLimits(_count(bytes_), _count(seconds))
 
 
+def _flag(v: object) -> bool:
+    if not isinstance(v, bool):
+        raise RemoteProtocolError("expected true or false")
+    return v
+
+
+def _ip_text(v: object) -> str:
+    if not (isinstance(v, str) and len(v) <= MAX_IP_TEXT):
+        raise RemoteProtocolError(f"expected an IP address of at most {MAX_IP_TEXT} characters")
+    return v
+
+
 def _unless_free(price_per_mib: int) -> list[int]:
     """A free relay's Reserved leaves the price out, as a relay before prices sent it."""
     return [price_per_mib] if price_per_mib else []
+
+
+def _linked_extras(m: Linked) -> list[object]:
+    """Linked's optional fields, left out (as by older relays) when none says anything."""
+    return [m.punch, m.observed, m.peer] if (m.punch or m.observed or m.peer) else []
+
+
+def _read_linked_extras(f: list[Any]) -> tuple[bool, str, str]:
+    if not f:
+        return False, "", ""
+    if len(f) < 3:
+        raise RemoteProtocolError("Linked's optional fields come together: punch, observed, peer")
+    return _flag(f[0]), _ip_text(f[1]), _ip_text(f[2])
 
 
 # Each kind: its number, how many fields it must have, and its encoder and decoder. A
@@ -176,12 +214,17 @@ def _unless_free(price_per_mib: int) -> list[int]:
 # a newer peer's, are cut off before it sees them: `_OPTIONAL`).
 _CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[list[Any]], Message]]] = {
     Reserve: (Kind.RESERVE, 0, lambda m: [], lambda f: Reserve()),
-    Connect: (Kind.CONNECT, 1, lambda m: [m.target], lambda f: Connect(_key(f[0], PEER_ID_LEN, "a peer id"))),
+    Connect: (
+        Kind.CONNECT,
+        1,
+        lambda m: [m.target, *([True] if m.punch else [])],
+        lambda f: Connect(_key(f[0], PEER_ID_LEN, "a peer id"), len(f) > 1 and _flag(f[1])),
+    ),
     Claim: (
         Kind.CLAIM,
         1,
-        lambda m: [m.circuit],
-        lambda f: Claim(_key(f[0], CIRCUIT_ID_LEN, "a circuit id")),
+        lambda m: [m.circuit, *([True] if m.punch else [])],
+        lambda f: Claim(_key(f[0], CIRCUIT_ID_LEN, "a circuit id"), len(f) > 1 and _flag(f[1])),
     ),
     Reserved: (
         Kind.RESERVED,
@@ -198,8 +241,8 @@ _CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[
     Linked: (
         Kind.LINKED,
         2,
-        lambda m: [m.limits.max_bytes, m.limits.max_seconds],
-        lambda f: Linked(_limits(f[0], f[1])),
+        lambda m: [m.limits.max_bytes, m.limits.max_seconds, *_linked_extras(m)],
+        lambda f: Linked(_limits(f[0], f[1]), *_read_linked_extras(f[2:])),
     ),
     Refused: (
         Kind.REFUSED,
@@ -209,7 +252,8 @@ _CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[
     ),
 }
 _BY_KIND = {spec[0]: (spec[1], spec[3]) for spec in _CODECS.values()}
-_OPTIONAL = {Kind.RESERVED: 1, Kind.REFUSED: 1}  # optional trailing fields this version reads
+# The optional trailing fields this version reads, by kind.
+_OPTIONAL = {Kind.CONNECT: 1, Kind.CLAIM: 1, Kind.RESERVED: 1, Kind.LINKED: 3, Kind.REFUSED: 1}
 
 
 def encode(message: Message) -> bytes:

@@ -27,6 +27,8 @@ from hubnet.dht.node import DhtNode
 from hubnet.identity.errors import ClosedEarly, HubnetError, TransportError
 from hubnet.identity.keys import Identity, fingerprint
 from hubnet.identity.secure import SecureStream, connect_secure
+from hubnet.node import holepunch
+from hubnet.node.holepunch_trio import punch
 from hubnet.node.naming import Target
 from hubnet.node.offers import InvalidOffer, Offer, offer_from_record
 from hubnet.node.relay import RELAY_SERVICE_ID, RawStream, next_relay_event
@@ -106,10 +108,14 @@ class RelayListener(trio.abc.Listener[trio.abc.Stream]):
         *,
         on_change: Callable[[tuple[RelayAddress, ...]], None],
         want: int = WANT_RELAYS,
+        punch: bool = True,
     ) -> None:
+        """`punch`: agree when a caller asks to hole-punch a direct connection (services.toml's
+        `punch`)."""
         self.identity = identity
         self.on_change = on_change
         self.want = want
+        self.punch = punch
         self.holding: dict[bytes, RelayAddress] = {}  # by relay peer id
         self.prices: dict[bytes, int] = {}  # msat per MiB each relay held charges us, by its peer id
         self._trying: set[bytes] = set()
@@ -235,17 +241,19 @@ class RelayListener(trio.abc.Listener[trio.abc.Stream]):
         return relay.peer
 
     async def _claim(self, relay: Target, circuit: bytes) -> None:
-        """Take one circuit on a fresh connection and hand it to the server."""
+        """Take one circuit on a fresh connection and hand it to the server (or, when the
+        caller and we both asked to and the punch succeeds, the direct connection instead)."""
         assert relay.peer is not None
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
-                stream, conn = await self._request(relay, relay.peer, Claim(circuit))
+                stream, conn = await self._request(relay, relay.peer, Claim(circuit, self.punch))
                 try:
-                    await _answer(stream, conn, Linked)
+                    linked = await _answer(stream, conn, Linked)
                 except BaseException:
                     await stream.aclose()
                     raise
-            await self._circuits.send(RawStream(stream.transport, stream.detach()))
+            relayed = RawStream(stream.transport, stream.detach())
+            await self._circuits.send(await _punched(relayed, linked) if linked.punch else relayed)
         except (HubnetError, OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             log.info("could not claim a circuit at %s: %s", fingerprint(relay.peer), exc)
 
@@ -264,6 +272,23 @@ class RelayListener(trio.abc.Listener[trio.abc.Stream]):
             await transport.aclose()
             raise
         return stream, conn
+
+
+async def _punched(relayed: RawStream, linked: Linked) -> trio.abc.Stream:
+    """The circuit's caller, directly if a hole punch gets through, else still over `relayed`.
+    PunchFailed (and `relayed` closed) when the punch broke off: the caller dials again."""
+    try:
+        direct, leftover = await punch(relayed, holepunch.Role.RESPONDER, linked.observed, linked.peer)
+    except holepunch.PunchFailed:
+        await relayed.aclose()
+        raise
+    if direct is None:
+        log.info("hole punch with a caller at %s failed: the call stays relayed", linked.peer)
+        return RawStream(relayed, leftover)
+    await relayed.aclose()
+    host, port = direct.socket.getpeername()[:2]
+    log.info("hole punched: a caller at %s:%d reached this node directly", host, port)
+    return direct
 
 
 AnswerT = TypeVar("AnswerT", Reserved, Linked)

@@ -144,7 +144,7 @@ async def _serve(
             dht = await nursery.start(discovery.run, udp)
             # While callers cannot dial us (node.reach says private), we serve through relays'
             # circuits: one more listener, feeding the same server as the TCP port.
-            relays = RelayListener(identity, on_change=discovery.use_addresses)
+            relays = RelayListener(identity, on_change=discovery.use_addresses, punch=config.punch)
             discovery.relay_prices = relays.prices
             finder = RelayFinder(config.relays, dht, identity.public_key)
             await nursery.start(functools.partial(relays.run, finder, active=lambda: discovery.private))

@@ -289,6 +289,7 @@ class NodeConfig:
     reachability: str = "auto"
     relay: RelayConfig | None = None  # None: this node relays for nobody
     relays: tuple[Target, ...] = ()  # relays to hold reservations with, pinned (else from the DHT)
+    punch: bool = True  # agree when a caller through a relay asks to hole-punch a direct connection
 
     @property
     def orgs(self) -> set[bytes]:
@@ -601,6 +602,7 @@ def parse_services(text: str, *, source: str = "services.toml") -> NodeConfig:
     relay_table = top.table("relay")
     relay = _parse_relay(relay_table) if relay_table is not None else None
     relays = _relays(top)
+    punch = _flag(top, "punch", True)
     services: dict[bytes, Service] = {}
     table = top.table("services") or _Table(source, (), {})
     for name, body in table.entries():
@@ -631,6 +633,7 @@ def parse_services(text: str, *, source: str = "services.toml") -> NodeConfig:
         relay=relay,
         relays=relays,
         reachability=reachability,
+        punch=punch,
     )
 
 

@@ -330,3 +330,21 @@ def node(host: Host, home: Path, services_toml: str, *serve_args: str) -> Server
     """A `hubnode serve` inside `host`'s namespace with its own HUBNET home `home`, not yet
     started: use it as a context manager; `kill()` ends it as a crash would."""
     return Server(home, services_toml, serve_args=("--no-lan", *serve_args), prefix=host.argv([]))
+
+
+def start_relays(
+    internet: Internet, root: Path, roles: Sequence[str], port: int, servers: dict[str, Server]
+) -> None:
+    """Start a public node that relays (`[relay]`) on `port` in each host of `roles`, with its
+    home in `root`, into `servers` (by role, so that the caller stops what started): the
+    first the DHT's seed, the others joined through it."""
+    for role in roles:
+        host = internet[role]
+        toml = (
+            f'listen = "0.0.0.0:{port}"\nadvertise = ["{host.address}:{port}"]\n\n[relay]\nenabled = true\n'
+        )
+        first = servers.get(roles[0])
+        joined = (
+            [] if first is None else ["--bootstrap", f"{first.peer_id}@{internet[roles[0]].address}:{port}"]
+        )
+        servers[role] = node(host, root / role, toml, *joined).start()

@@ -1,13 +1,14 @@
 """Hole punching (node.holepunch) between real processes behind the NAT routers of tests/netns.py.
 
 The seed runs a splice that joins two TCP connections byte for byte, as a relay does; two
-homes each dial it, so they share a relayed stream, and run `punch` over it with the
-router's WAN address as their observed IP (what node.reach finds). On success they run
+homes each dial it, so they share a relayed stream, and run the Trio driver's `punch` over
+it with the router's WAN address as their observed IP (what a relay's Linked says). On success they run
 the Noise IK handshake over the direct connection, so each knows the other's key is at the
 far end, and report the address the direct connection came from. Between two cone NATs
 (router1 and router2, plain MASQUERADE) that is the other router: a direct connection.
-Between a cone NAT and a symmetric one (router3, --random-fully) every attempt fails and
-both stay on the relay.
+Between a cone NAT and a symmetric one (router3, --random-fully) the attempt fails and
+both stay on the relay, whose stream then carries the next protocol as if nothing had been
+tried.
 """
 
 from __future__ import annotations
@@ -47,22 +48,25 @@ while True:
     threading.Thread(target=pump, args=(b, a), daemon=True).start()
 """
 
-# argv: role, splice host, observed IP, own identity seed (hex), peer key (hex), attempts.
+# argv: role, splice host, observed IP, own identity seed (hex), peer key (hex).
 # Prints "direct HOST:PORT" (the direct connection's far end, after Noise), or "relayed" once
 # a message went over the relayed stream after the failed punch.
 PEER = """
 import sys, trio
 from hubnet.identity.keys import Identity
 from hubnet.identity.secure import accept_secure, connect_secure
-from hubnet.node.holepunch import Role, punch
+from hubnet.node.holepunch import Role
+from hubnet.node.holepunch_trio import punch
+from hubnet.node.relay import RawStream
 
-role, splice, observed, seed, peer, attempts = sys.argv[1:]
+role, splice, observed, seed, peer = sys.argv[1:]
 me, peer_key = Identity.from_seed(bytes.fromhex(seed)), bytes.fromhex(peer)
 
 async def main():
     relayed = await trio.open_tcp_stream(splice, SPLICE_PORT)
-    direct = await punch(relayed, Role(role), observed, attempts=int(attempts))
+    direct, leftover = await punch(relayed, Role(role), observed)
     if direct is None:  # the relayed stream carries on, as if nothing had been tried
+        relayed = RawStream(relayed, leftover)
         if role == "initiator":
             await relayed.send_all(b"over the relay")
         else:
@@ -94,9 +98,7 @@ def splice(internet: Internet) -> Iterator[Host]:
         process.wait()
 
 
-def punch_between(
-    internet: Internet, splice: Host, initiator: str, responder: str, attempts: int
-) -> list[str]:
+def punch_between(internet: Internet, splice: Host, initiator: str, responder: str) -> list[str]:
     """Run both peers at once; what each printed (initiator first)."""
     processes = []
     for role, me, other in (("initiator", initiator, responder), ("responder", responder, initiator)):
@@ -111,7 +113,6 @@ def punch_between(
             observed,
             IDENTITIES[me].hex(),
             peer_key,
-            str(attempts),
         ]
         processes.append(internet[me].popen(argv))
     outputs = []
@@ -123,7 +124,7 @@ def punch_between(
 
 
 def test_two_cone_nats_punch_a_direct_connection(internet: Internet, splice: Host) -> None:
-    desktop, pi = punch_between(internet, splice, "desktop", "pi", attempts=3)
+    desktop, pi = punch_between(internet, splice, "desktop", "pi")
     # Each sees the other's router: the bytes no longer pass the seed.
     assert desktop.startswith(f"direct {internet.router('pi').address}:"), desktop
     assert pi.startswith(f"direct {internet.router('desktop').address}:"), pi
@@ -131,5 +132,5 @@ def test_two_cone_nats_punch_a_direct_connection(internet: Internet, splice: Hos
 
 def test_a_symmetric_nat_falls_back_to_the_relay(internet: Internet, splice: Host) -> None:
     """Whichever side starts, and the relayed stream still works afterwards."""
-    assert punch_between(internet, splice, "laptop", "desktop", attempts=1) == ["relayed", "relayed"]
-    assert punch_between(internet, splice, "desktop", "laptop", attempts=1) == ["relayed", "relayed"]
+    assert punch_between(internet, splice, "laptop", "desktop") == ["relayed", "relayed"]
+    assert punch_between(internet, splice, "desktop", "laptop") == ["relayed", "relayed"]

@@ -23,17 +23,13 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import Server
-from tests.netns import Internet, node
+from tests.netns import Internet, node, start_relays
 
 PORT = 4200
 RESERVED_TIMEOUT = 60.0  # dial-backs (settling private), a relay lookup, two reservations
 MOVE_TIMEOUT = 30.0  # the story's bound
 _RESERVED = re.compile(r"reserved at relay ([a-z2-7]{8})@")
 RELAYS = ("seed", "relay1", "relay2")
-
-
-def _relay_toml(address: str) -> str:
-    return f'listen = "0.0.0.0:{PORT}"\nadvertise = ["{address}:{PORT}"]\n\n[relay]\nenabled = true\n'
 
 
 DESKTOP = f'listen = "0.0.0.0:{PORT}"\n\n[services.cat]\ncommand = ["cat"]\n'
@@ -75,15 +71,13 @@ def world(internet: Internet, tmp_path_factory: pytest.TempPathFactory) -> Itera
     root = tmp_path_factory.mktemp("relay-netns")
     servers: dict[str, Server] = {}
     try:
-        for role in RELAYS:
-            host = internet[role]
-            joined = (
-                [] if role == "seed" else ["--bootstrap", f"{servers['seed'].peer_id}@{host_of(internet)}"]
-            )
-            servers[role] = node(host, root / role, _relay_toml(host.address), *joined).start()
+        start_relays(internet, root, RELAYS, PORT, servers)
         joined = ["--bootstrap", f"{servers['seed'].peer_id}@{host_of(internet)}"]
         servers["desktop"] = node(internet.desktop, root / "desktop", DESKTOP, *joined).start()
         world = World(internet, root, servers)
+        # The Pi's calls stay on the relay (punching is tests/e2e/test_punch_calls_netns.py's).
+        (root / "pi").mkdir()
+        (root / "pi" / "client.toml").write_text("punch = false\n")
         deadline = time.monotonic() + RESERVED_TIMEOUT
         while len(world.held()) < 2 and time.monotonic() < deadline:
             time.sleep(0.5)

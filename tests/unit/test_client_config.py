@@ -24,6 +24,12 @@ def test_a_missing_client_toml_is_the_defaults(tmp_path: Path) -> None:
     assert (config.server, config.connect_timeout, config.bootstrap) == (None, DEFAULT_CONNECT_TIMEOUT, ())
 
 
+def test_calls_through_relays_hole_punch_unless_told_not_to(tmp_path: Path) -> None:
+    assert load_client_config(tmp_path / "client.toml").punch is True
+    with pytest.raises(ConfigError, match="punch: must be true or false"):
+        _load(tmp_path, 'punch = "yes"\n')
+
+
 def test_the_timeouts_default_to_the_documented_values(tmp_path: Path) -> None:
     config = load_client_config(tmp_path / "client.toml")
     assert (config.accept_timeout, config.idle_timeout) == (60.0, 60.0)
@@ -32,8 +38,9 @@ def test_the_timeouts_default_to_the_documented_values(tmp_path: Path) -> None:
 
 def test_every_key(tmp_path: Path) -> None:
     text = 'server = "desktop:7070"\nconnect_timeout = 3\nbootstrap = ["seed:7070"]\n'
-    text += "accept_timeout = 120\nidle_timeout = 0.5\n"
+    text += "accept_timeout = 120\nidle_timeout = 0.5\npunch = false\n"
     config = _load(tmp_path, text + "[select]\nprobe_count = 2\n")
+    assert config.punch is False
     assert config.server == "desktop:7070"
     assert config.connect_timeout == 3.0
     assert config.timeouts == Timeouts(accept=120.0, idle=0.5)

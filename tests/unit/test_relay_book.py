@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hubnet.identity.errors import ConfigError
-from hubnet.node.relay import RelayBook
-from hubnet.node.relay_protocol import CircuitLimits, RefusalCode
+from hubnet.node.relay import RelayBook, linked_pair
+from hubnet.node.relay_protocol import CircuitLimits, Linked, RefusalCode
 from hubnet.node.services import RelayConfig, parse_services
 
 A, B, C = bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32
@@ -66,3 +66,18 @@ def test_pinned_relays_need_their_peer_id() -> None:
         parse_services('relays = ["127.0.0.1:7070"]\n')
     with pytest.raises(ConfigError, match="unknown key"):
         parse_services("[relay]\nmax_circuits = 3\n")
+
+
+@pytest.mark.parametrize(("caller_ip", "target_ip"), [("", ""), ("198.18.12.1", ""), ("", "198.18.11.1")])
+def test_no_punch_and_no_addresses_unless_both_ends_asked_and_can_be_dialled(
+    caller_ip: str, target_ip: str
+) -> None:
+    limits = CircuitLimits(1 << 30, 3600)
+    assert linked_pair(limits, caller_ip, target_ip) == (Linked(limits), Linked(limits))
+
+
+def test_when_both_punch_each_learns_where_the_relay_sees_it_and_the_other() -> None:
+    limits = CircuitLimits(1 << 30, 3600)
+    to_caller, to_target = linked_pair(limits, "198.18.12.1", "198.18.11.1")
+    assert to_caller == Linked(limits, True, observed="198.18.12.1", peer="198.18.11.1")
+    assert to_target == Linked(limits, True, observed="198.18.11.1", peer="198.18.12.1")

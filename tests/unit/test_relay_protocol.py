@@ -69,18 +69,24 @@ def deliver(sender: RelayConnection, receiver: RelayConnection, message: Message
 
 messages = st.one_of(
     st.just(Reserve()),
-    st.binary(min_size=PEER_ID_LEN, max_size=PEER_ID_LEN).map(Connect),
-    st.binary(min_size=CIRCUIT_ID_LEN, max_size=CIRCUIT_ID_LEN).map(Claim),
+    # The optional trailing fields (a punch, a price, the amount needed) are there, so that
+    # what the tests append comes after every field this version reads.
+    st.builds(Connect, st.binary(min_size=PEER_ID_LEN, max_size=PEER_ID_LEN), st.just(True)),
+    st.builds(Claim, st.binary(min_size=CIRCUIT_ID_LEN, max_size=CIRCUIT_ID_LEN), st.just(True)),
     st.binary(min_size=CIRCUIT_ID_LEN, max_size=CIRCUIT_ID_LEN).map(Incoming),
-    # The optional trailing fields (a price, the amount needed) are there, so that what the
-    # tests append comes after every field this version reads.
     st.builds(
         Reserved,
         st.integers(0, (1 << 63) - 1),
         st.builds(CircuitLimits, st.integers(0, (1 << 63) - 1), st.integers(0, (1 << 63) - 1)),
         st.integers(1, (1 << 63) - 1),
     ),
-    st.builds(Linked, st.builds(CircuitLimits, st.integers(0, 1 << 40), st.integers(0, 1 << 20))),
+    st.builds(
+        Linked,
+        st.builds(CircuitLimits, st.integers(0, 1 << 40), st.integers(0, 1 << 20)),
+        st.booleans(),
+        st.ip_addresses().map(str),
+        st.ip_addresses().map(str) | st.just(""),
+    ),
     st.builds(Refused, st.text(max_size=64), st.text(max_size=1024), st.integers(0, (1 << 63) - 1)),
 )
 
@@ -116,6 +122,37 @@ def test_a_free_relays_reserved_and_a_plain_refusal_leave_the_optional_fields_ou
     assert decode_object([Kind.RESERVED, [120, *LIMITS_FIELDS]]) == Reserved(120, LIMITS, 0)
     assert decode_object([Kind.RESERVED, [120, *LIMITS_FIELDS, 5]]) == Reserved(120, LIMITS, 5)
     assert decode_object([Kind.REFUSED, ["x", "y", 9]]) == Refused("x", "y", 9)
+
+
+def test_the_punch_fields_are_left_out_when_they_say_nothing_and_older_forms_read_as_no_punch() -> None:
+    """An older relay reads Connect and Claim as ever (it ignores the flag); an older caller
+    or target reads Linked as ever; and what they send reads as "no punch"."""
+    target, circuit = b"t" * PEER_ID_LEN, b"c" * CIRCUIT_ID_LEN
+    assert msgpack.unpackb(encode(Connect(target))) == [Kind.CONNECT, [target]]
+    assert msgpack.unpackb(encode(Claim(circuit))) == [Kind.CLAIM, [circuit]]
+    assert msgpack.unpackb(encode(Linked(LIMITS))) == [Kind.LINKED, LIMITS_FIELDS]
+    assert decode_object([Kind.CONNECT, [target]]) == Connect(target, False)
+    assert decode_object([Kind.CONNECT, [target, True]]) == Connect(target, True)
+    assert decode_object([Kind.CLAIM, [circuit, True]]) == Claim(circuit, True)
+    full = [*LIMITS_FIELDS, True, "198.18.12.1", "198.18.11.1"]
+    assert decode_object([Kind.LINKED, full]) == Linked(LIMITS, True, "198.18.12.1", "198.18.11.1")
+    assert decode_object([Kind.LINKED, LIMITS_FIELDS]) == Linked(LIMITS)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        [Kind.CONNECT, [b"t" * PEER_ID_LEN, 1]],  # a flag is true or false, not a number
+        [Kind.CLAIM, [b"c" * CIRCUIT_ID_LEN, "yes"]],
+        [Kind.LINKED, [*LIMITS_FIELDS, True]],  # Linked's three come together
+        [Kind.LINKED, [*LIMITS_FIELDS, True, "198.18.12.1"]],
+        [Kind.LINKED, [*LIMITS_FIELDS, True, b"198.18.12.1", ""]],
+        [Kind.LINKED, [*LIMITS_FIELDS, True, "1" * 46, ""]],
+    ],
+)
+def test_malformed_punch_fields_are_refused(obj: object) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_object(obj)
 
 
 @pytest.mark.parametrize(

@@ -213,6 +213,11 @@ def test_reachability_setting(setting: str) -> None:
     assert parse_services(f'reachability = "{setting}"').reachability == setting
 
 
+def test_a_node_agrees_to_hole_punch_unless_told_not_to() -> None:
+    assert parse_services("").punch is True
+    assert parse_services("punch = false").punch is False
+
+
 def test_load_services(tmp_path: Path) -> None:
     cfg = load_services(tmp_path / "missing.toml")
     assert dict(cfg.services) == {} and cfg.listen_port == 7070
@@ -240,6 +245,7 @@ def _args(extra: str) -> str:
 BAD_CONFIGS = [
     ('reachability = "nat"', "reachability"),
     ("reachability = true", "reachability"),
+    ('punch = "no"', "punch"),
     ("listen = 7070", "listen"),
     ('listen = "host:99999"', "listen"),
     ('listen = "::1"', "listen"),
