@@ -1,168 +1,172 @@
 #!/usr/bin/env python
-"""What hole punching buys: a relayed stream against the direct one it was upgraded to (issue 11).
+"""What hole punching changes for a relayed `hubnode call`: when it works, and when it fails.
 
-In the network namespaces of tests/netns.py (root only): the seed runs a splice that joins
-two TCP connections byte for byte, standing in for a relay (a Python thread pair, as cheap
-as a relay gets in this language); the desktop (behind router1) and the Pi (behind
-router2, both cone NATs) connect to it and punch a direct connection with
-`node.holepunch.punch`. Over the relayed stream and then over the direct one, interleaved
-in rounds, the desktop measures:
+In the network namespaces of tests/netns.py (root only): a relay on relay1, the desktop
+behind router1 (a cone NAT) serving `cat` through it (forced private, the relay pinned);
+callers the Pi behind router2 (a cone NAT: the punch gets through) and the laptop behind
+router3 (a symmetric NAT: it fails and the call stays on the relay). Each caller calls the
+desktop's relayed address with `punch = false` (relayed) and with `punch = true`; the
+laptop's record of failed punches is removed before each of its calls, so that every one
+of them tries (as a first call to a target does). Interleaved, medians:
 
-  round trip   the median of ROUND_TRIPS 1-byte ping-pongs
-  throughput   MIB MiB sent and acknowledged
+  latency      a call of `cat` with empty stdin, process start to exit
+  throughput   N MiB of random bytes through `cat` and back (count and CRC-32 checked)
 
-and it times the punch itself (Connect, Connect, Sync and the simultaneous open), and the
-fallback between the desktop and the laptop (behind router3, a symmetric NAT): one attempt
-that fails, after which the relayed stream carries on. The relayed figures are the
-baseline: the ratios say what the upgrade changes.
+so the Pi's punched-relayed difference is what a punch adds to a call (its exchange over
+the relay and the simultaneous open) and gains (no relay in the path), and the laptop's is
+what a failed punch costs a call.
 
-Usage: python bench/holepunch.py [--rounds N] [--mib M]
+    .venv/bin/python bench/holepunch.py [--mib 64] [--runs 2] [--calls 7]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
-import statistics
+import subprocess
 import sys
+import tempfile
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
+from _common import HUBNODE, BenchError, bytecode_cache, median  # noqa: E402
+from relay import CAT, PORT, RELAY, Setup, call, peer_id, wait_until_callable  # noqa: E402
 
-from tests import netns  # noqa: E402
-from tests.e2e.test_holepunch import SPLICE, SPLICE_PORT  # noqa: E402
+from hubnet.punching import PUNCH_FILE  # noqa: E402
 
-ROUND_TRIPS = 200
-
-# argv: role, splice host, observed IP, mib, rounds, attempts. The initiator prints one JSON
-# line of its figures; the responder echoes pings and acknowledges bulk data.
-PEER = """
-import json, sys, time, trio
-from hubnet.node.holepunch import Role, punch
-
-role, splice, observed, mib, rounds, attempts = sys.argv[1:]
-MIB, ROUNDS, PINGS = int(mib), int(rounds), ROUND_TRIPS
-CHUNK = bytes(65536)
-
-async def exactly(stream, n):
-    got = 0
-    while got < n:
-        data = await stream.receive_some(min(65536, n - got))
-        if not data:
-            raise EOFError
-        got += len(data)
-
-async def measure(stream):
-    times = []
-    for _ in range(PINGS):
-        start = time.perf_counter()
-        await stream.send_all(b"p")
-        await exactly(stream, 1)
-        times.append(time.perf_counter() - start)
-    start = time.perf_counter()
-    for _ in range(MIB * 16):
-        await stream.send_all(CHUNK)
-    await exactly(stream, 1)
-    return sorted(times)[PINGS // 2], MIB / (time.perf_counter() - start)
-
-async def serve(stream):
-    for _ in range(PINGS):
-        await exactly(stream, 1)
-        await stream.send_all(b"p")
-    await exactly(stream, MIB << 20)
-    await stream.send_all(b"k")
-
-async def main():
-    relayed = await trio.open_tcp_stream(splice, SPLICE_PORT)
-    start = time.perf_counter()
-    direct = await punch(relayed, Role(role), observed, attempts=int(attempts))
-    punched = time.perf_counter() - start
-    if role == "responder":
-        for _ in range(ROUNDS):
-            await serve(relayed)
-            if direct is not None:
-                await serve(direct)
-        return
-    figures = {"punch_s": punched, "direct": direct is not None, "relayed": [], "punched": []}
-    for _ in range(ROUNDS):
-        figures["relayed"].append(await measure(relayed))
-        if direct is not None:
-            figures["punched"].append(await measure(direct))
-    print(json.dumps(figures))
-
-trio.run(main)
-""".replace("SPLICE_PORT", str(SPLICE_PORT)).replace("ROUND_TRIPS", str(ROUND_TRIPS))
+MiB = 1024 * 1024
+# (caller, punch): the four ways a call goes, by name
+WAYS = {
+    "pi relayed": ("pi", False),
+    "pi punched": ("pi", True),
+    "laptop relayed": ("laptop", False),
+    "laptop failed punch": ("laptop", True),
+}
 
 
-def run_pair(
-    net: netns.Internet, initiator: str, responder: str, *, mib: int, rounds: int, attempts: int
-) -> dict:
-    processes = []
-    for role, me in (("initiator", initiator), ("responder", responder)):
-        argv = [
-            sys.executable,
-            "-c",
-            PEER,
-            role,
-            net.seed.address,
-            net.router(me).address,
-            str(mib),
-            str(rounds),
-            str(attempts),
-        ]
-        processes.append(net[me].popen(argv))
-    outputs = []
-    for process in processes:
-        out, err = process.communicate(timeout=600)
-        if process.returncode != 0:
-            raise SystemExit(f"a peer failed: {err.decode()}")
-        outputs.append(out.decode())
-    figures: dict = json.loads(outputs[0])
-    return figures
+@contextlib.contextmanager
+def in_namespaces(env: dict[str, str], work: Path) -> Iterator[dict[str, Setup]]:
+    """The topology of the module docstring: a Setup per way (its caller's home and netns)."""
+    from tests import netns
+
+    netns.remove_stale()
+    net = netns.build()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        listen = f'listen = "0.0.0.0:{PORT}"\n'
+        ids = {}
+        for role in ("relay1", "desktop"):
+            (work / role).mkdir()
+            ids[role] = peer_id(work / role, env)
+        relay = f"{ids['relay1']}@{net.relay1.address}:{PORT}"
+        tomls = {
+            "relay1": f'{listen}advertise = ["{net.relay1.address}:{PORT}"]\n{RELAY}',
+            "desktop": f'{listen}reachability = "private"\nrelays = ["{relay}"]\n\n{CAT}',
+        }
+        for role, toml in tomls.items():
+            (work / role / "services.toml").write_text(toml, encoding="utf-8")
+            argv = [HUBNODE, "--home", str(work / role), "serve", "--no-lan"]
+            procs.append(
+                subprocess.Popen(
+                    net[role].argv(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env=env,
+                )
+            )
+        server = f"{relay}/circuit/{ids['desktop']}"
+        setups = {}
+        for way, (caller, punch) in WAYS.items():
+            home = work / way.replace(" ", "-")
+            home.mkdir()
+            (home / "client.toml").write_text(f"punch = {str(punch).lower()}\n", encoding="utf-8")
+            setups[way] = Setup(way, net[caller].argv([]), home, {way: server}, procs[0].pid)
+        yield setups
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+        net.close()
+
+
+def check_the_ways(setups: dict[str, Setup], env: dict[str, str]) -> None:
+    """Each way does what it is named for (`-v` says how a punch went), else BenchError."""
+    said = {"pi punched": "the call is direct", "laptop failed punch": "the call stays on relay"}
+    for way, setup in setups.items():
+        (setup.home / PUNCH_FILE).unlink(missing_ok=True)
+        server = setup.ways[way]
+        argv = [*setup.prefix, HUBNODE, "--home", str(setup.home), "-v", "call", "--server", server, "cat"]
+        result = subprocess.run(argv, input=b"", capture_output=True, env=env, check=False)
+        stderr = result.stderr.decode()
+        expected = said.get(way)
+        as_named = expected in stderr if expected is not None else "hole punch" not in stderr
+        if result.returncode != 0 or not as_named:
+            raise BenchError(f"{way}: not as named: {stderr.strip()}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument("--mib", type=int, default=64, help="MiB per throughput run (default 64)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--mib", type=int, default=64, help="MiB through cat per throughput run")
+    parser.add_argument("--runs", type=int, default=2, help="throughput runs of each way")
+    parser.add_argument("--calls", type=int, default=7, help="latency calls of each way")
     options = parser.parse_args()
     if os.geteuid() != 0:  # said, not failed: `make bench` runs the others as any user
         print("bench/holepunch.py: skipped: network namespaces and NAT need root")
         return
-    netns.remove_stale()
-    net = netns.build()
-    splice = net.seed.popen([sys.executable, "-c", SPLICE])
-    try:
-        assert splice.stdout is not None and splice.stdout.readline() == b"ready\n"
-        cone = run_pair(net, "desktop", "pi", mib=options.mib, rounds=options.rounds, attempts=3)
-        symmetric = run_pair(net, "desktop", "laptop", mib=1, rounds=1, attempts=1)
-    finally:
-        splice.kill()
-        splice.wait()
-        net.close()
-    if not cone["direct"]:
-        raise SystemExit("the punch between two cone NATs failed")
-    if symmetric["direct"]:
-        raise SystemExit("a punch through a symmetric NAT succeeded: the topology is not what it claims")
-    relayed_rtt = statistics.median(r[0] for r in cone["relayed"]) * 1e3
-    direct_rtt = statistics.median(r[0] for r in cone["punched"]) * 1e3
-    relayed_mibs = statistics.median(r[1] for r in cone["relayed"])
-    direct_mibs = statistics.median(r[1] for r in cone["punched"])
-    rounds, mib = options.rounds, options.mib
-    print(f"hole punching in namespaces, {rounds} interleaved rounds, {mib} MiB, {ROUND_TRIPS} pings")
-    print(f"  punch, two cone NATs:       {cone['punch_s'] * 1e3:8.1f} ms to a direct connection")
-    print(f"  fallback, symmetric NAT:    {symmetric['punch_s'] * 1e3:8.1f} ms (1 attempt) then relayed")
-    print(
-        f"  round trip   relayed {relayed_rtt:7.3f} ms   direct {direct_rtt:7.3f} ms   "
-        f"direct/relayed {direct_rtt / relayed_rtt:5.2f}x"
-    )
-    print(
-        f"  throughput   relayed {relayed_mibs:7.1f} MiB/s direct {direct_mibs:7.1f} MiB/s "
-        f"direct/relayed {direct_mibs / relayed_mibs:5.2f}x"
-    )
+    size = options.mib * MiB
+    with (
+        bytecode_cache() as env,
+        tempfile.TemporaryDirectory(prefix="hubnet-bench-punch-") as work,
+        in_namespaces(env, Path(work)) as setups,
+    ):
+        for setup in setups.values():
+            wait_until_callable(setup, env)
+        check_the_ways(setups, env)
+        source = Path(work) / "input"
+        crc = 0
+        with source.open("wb") as out:
+            for _ in range(options.mib):
+                block = os.urandom(MiB)
+                crc = zlib.crc32(block, crc)
+                out.write(block)
+        latency: dict[str, list[float]] = {way: [] for way in WAYS}
+        seconds: dict[str, list[float]] = {way: [] for way in WAYS}
+        for turn in range(max(options.calls, options.runs)):
+            for way, setup in setups.items():
+                if turn < options.calls:
+                    (setup.home / PUNCH_FILE).unlink(missing_ok=True)  # every call tries, as a first one does
+                    latency[way].append(call(setup, setup.ways[way], None, env)[0])
+                if turn < options.runs:
+                    (setup.home / PUNCH_FILE).unlink(missing_ok=True)
+                    elapsed, got, got_crc = call(setup, setup.ways[way], source, env)
+                    if (got, got_crc) != (size, crc):
+                        raise BenchError(
+                            f"{way}: {got} bytes with CRC {got_crc:08x}, sent {size} with {crc:08x}"
+                        )
+                    seconds[way].append(elapsed)
+
+    print(f"bench/holepunch.py: namespaces, the desktop's relayed address; {options.mib} MiB through cat")
+    print(f"{'way':<20} {'call latency ms (median)':>25} {'MiB/s (median)':>15}")
+    for way in WAYS:
+        print(f"{way:<20} {median(latency[way]) * 1000:>25.1f} {options.mib / median(seconds[way]):>15.1f}")
+    for caller, what in (("pi", "punched"), ("laptop", "failed punch")):
+        extra = (median(latency[f"{caller} {what}"]) - median(latency[f"{caller} relayed"])) * 1000
+        ratio = median(seconds[f"{caller} relayed"]) / median(seconds[f"{caller} {what}"])
+        print(f"{caller}: {what} - relayed: latency {extra:+.1f} ms, throughput {ratio:.2f}x")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BenchError as exc:
+        sys.exit(f"bench/holepunch.py: {exc}")

@@ -117,7 +117,7 @@ def on_loopback(env: dict[str, str]) -> Iterator[Setup]:
             )
 
 
-def _peer_id(home: Path, env: dict[str, str]) -> str:
+def peer_id(home: Path, env: dict[str, str]) -> str:
     result = subprocess.run([HUBNODE, "--home", str(home), "id"], capture_output=True, env=env, check=True)
     return result.stdout.decode().strip()
 
@@ -135,7 +135,7 @@ def in_namespaces(env: dict[str, str], work: Path) -> Iterator[Setup]:
         ids = {}
         for role, home in homes.items():
             home.mkdir()
-            ids[role] = _peer_id(home, env)
+            ids[role] = peer_id(home, env)
         relay = f"{ids['relay1']}@{net.relay1.address}:{PORT}"
         tomls = {
             "relay1": f'{listen}advertise = ["{net.relay1.address}:{PORT}"]\n{RELAY}',
