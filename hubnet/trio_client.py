@@ -56,7 +56,6 @@ from hubnet.node.protocol import (
     Stderr,
     Stdout,
 )
-from hubnet.node.relay import RawStream
 from hubnet.node.relay_protocol import Connect, Linked, RelayConnection
 from hubnet.node.relay_protocol import Role as RelayRole
 from hubnet.punching import Punching
@@ -99,14 +98,15 @@ class TcpStreamDialer:
         if not (asked and answer.punch and punching is not None):
             return transport
         try:
-            direct, leftover = await punch(transport, PunchRole.INITIATOR, answer.observed, answer.peer)
+            # The initiator's leftover is always b"": the target speaks only after our handshake.
+            direct, _ = await punch(transport, PunchRole.INITIATOR, answer.observed, answer.peer)
         except PunchFailed:
             await transport.aclose()
             punching.punched(address.target, address.relay, None)
             return (await self._linked(address, False))[0]
         punching.punched(address.target, address.relay, direct is not None)
         if direct is None:
-            return RawStream(transport, leftover)
+            return transport
         await transport.aclose()
         return direct
 

@@ -53,7 +53,7 @@ MAX_ADDRESSES = 4
 # simultaneous open are retried after 1 s, so a dial gets that one retry and a little more.
 DIAL_TIMEOUT = 2.0
 # The whole exchange, the dial included; past it the relayed stream's state is unknown.
-PUNCH_TIMEOUT = 8.0
+PUNCH_TIMEOUT = 5.0
 
 
 class PunchFailed(TransportError):
@@ -179,7 +179,8 @@ class HolePunch:
     `dial_at` is set the driver dials `dial_to` at that time (the clock is the caller's:
     every `now` comes from it) and reports with `dialled`, whose bytes it writes; `outcome`
     is set once both Results are known, and `leftover` then holds what the peer sent after
-    its last message (the start of the stream's next protocol). With `peer_ip` (where the
+    its last message (the start of the stream's next protocol, which the initiator begins:
+    the responder's bytes after its Result are a violation). With `peer_ip` (where the
     relay sees the peer), a Connect naming another IP is a violation: nobody can aim our
     dial at a third party.
     """
@@ -217,6 +218,9 @@ class HolePunch:
         while self.outcome is None and (message := self._next_message()) is not None:
             self._step(message, sent=False)
             answer += self._received(message, now)
+        if self.role is Role.INITIATOR and False in self._connected and self._buffer:
+            # What follows is the end-to-end handshake, whose first word is the initiator's.
+            self._fail(RemoteProtocolError("the responder sent data after its hole-punch Result"))
         return answer
 
     def dialled(self, connected: bool) -> bytes:

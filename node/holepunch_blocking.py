@@ -45,9 +45,6 @@ def punch(relayed: socket.socket, observed_ip: str, peer_ip: str | None = None) 
         relayed.sendall(machine.dialled(connected))
         while machine.outcome is None:
             relayed.sendall(machine.receive_data(_receive(relayed, deadline), time.monotonic()))
-        # The responder (the target, a Noise responder) says nothing more until our handshake.
-        if machine.leftover:
-            raise RemoteProtocolError("the peer sent data after its hole-punch Result")
     except (RemoteProtocolError, OSError) as exc:
         own.close()
         raise PunchFailed(f"the hole punch broke off: {exc or type(exc).__name__}") from exc

@@ -430,8 +430,10 @@ def linked_pair(limits: CircuitLimits, caller_ip: str, target_ip: str) -> tuple[
     """What the relay tells the caller and the target once a circuit is linked. `caller_ip`
     and `target_ip` are where each end comes from if it asked to hole-punch and could be
     dialled there, else "": only when both are known do they punch, and only then does
-    either learn where the relay sees the other."""
-    if caller_ip and target_ip:
+    either learn where the relay sees the other. Two ends behind one address (one home's
+    router) do not: each would dial its own router's public side, which few routers loop
+    back (and a LAN has a shorter way: docs/lan-discovery.md)."""
+    if caller_ip and target_ip and caller_ip != target_ip:
         return Linked(limits, True, caller_ip, target_ip), Linked(limits, True, target_ip, caller_ip)
     return Linked(limits), Linked(limits)
 

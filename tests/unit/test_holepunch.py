@@ -91,6 +91,14 @@ def test_what_follows_the_last_message_is_left_for_the_stream_s_next_protocol() 
     assert responder.outcome is Outcome.RELAYED and responder.leftover == b"noise message 1"
 
 
+def test_the_responder_may_not_speak_after_its_result() -> None:
+    """The handshake that follows is the initiator's to begin."""
+    initiator, responder = exchange()
+    with pytest.raises(RemoteProtocolError):
+        initiator.receive_data(responder.dialled(False) + b"x", 11.0)
+    assert initiator.state is State.ERROR
+
+
 def test_leftover_and_dialled_refuse_to_come_early() -> None:
     machine = HolePunch(Role.RESPONDER, THERE)
     with pytest.raises(LocalProtocolError):

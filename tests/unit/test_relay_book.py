@@ -68,8 +68,11 @@ def test_pinned_relays_need_their_peer_id() -> None:
         parse_services("[relay]\nmax_circuits = 3\n")
 
 
-@pytest.mark.parametrize(("caller_ip", "target_ip"), [("", ""), ("198.18.12.1", ""), ("", "198.18.11.1")])
-def test_no_punch_and_no_addresses_unless_both_ends_asked_and_can_be_dialled(
+@pytest.mark.parametrize(
+    ("caller_ip", "target_ip"),
+    [("", ""), ("198.18.12.1", ""), ("", "198.18.11.1"), ("198.18.11.1", "198.18.11.1")],
+)
+def test_no_punch_and_no_addresses_unless_both_ends_asked_and_can_be_dialled_apart(
     caller_ip: str, target_ip: str
 ) -> None:
     limits = CircuitLimits(1 << 30, 3600)
