@@ -27,7 +27,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,7 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 from _common import HUBNODE, BenchError, bytecode_cache, median  # noqa: E402
-from relay import CAT, PORT, RELAY, Setup, call, peer_id, wait_until_callable  # noqa: E402
+from relay import (  # noqa: E402
+    Setup,
+    call,
+    random_input,
+    relayed_desktop,
+    wait_until_callable,
+)
 
 from hubnet.punching import PUNCH_FILE  # noqa: E402
 
@@ -52,49 +57,15 @@ WAYS = {
 @contextlib.contextmanager
 def in_namespaces(env: dict[str, str], work: Path) -> Iterator[dict[str, Setup]]:
     """The topology of the module docstring: a Setup per way (its caller's home and netns)."""
-    from tests import netns
-
-    netns.remove_stale()
-    net = netns.build()
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        listen = f'listen = "0.0.0.0:{PORT}"\n'
-        ids = {}
-        for role in ("relay1", "desktop"):
-            (work / role).mkdir()
-            ids[role] = peer_id(work / role, env)
-        relay = f"{ids['relay1']}@{net.relay1.address}:{PORT}"
-        tomls = {
-            "relay1": f'{listen}advertise = ["{net.relay1.address}:{PORT}"]\n{RELAY}',
-            "desktop": f'{listen}reachability = "private"\nrelays = ["{relay}"]\n\n{CAT}',
-        }
-        for role, toml in tomls.items():
-            (work / role / "services.toml").write_text(toml, encoding="utf-8")
-            argv = [HUBNODE, "--home", str(work / role), "serve", "--no-lan"]
-            procs.append(
-                subprocess.Popen(
-                    net[role].argv(argv),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    env=env,
-                )
-            )
-        server = f"{relay}/circuit/{ids['desktop']}"
+    with relayed_desktop(env, work, {}) as served:
         setups = {}
         for way, (caller, punch) in WAYS.items():
             home = work / way.replace(" ", "-")
             home.mkdir()
             (home / "client.toml").write_text(f"punch = {str(punch).lower()}\n", encoding="utf-8")
-            setups[way] = Setup(way, net[caller].argv([]), home, {way: server}, procs[0].pid)
+            ways = {way: served.relayed_desktop}
+            setups[way] = Setup(way, served.net[caller].argv([]), home, ways, served.relay_pid)
         yield setups
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
-        net.close()
 
 
 def check_the_ways(setups: dict[str, Setup], env: dict[str, str]) -> None:
@@ -133,12 +104,7 @@ def main() -> None:
             wait_until_callable(setup, env)
         check_the_ways(setups, env)
         source = Path(work) / "input"
-        crc = 0
-        with source.open("wb") as out:
-            for _ in range(options.mib):
-                block = os.urandom(MiB)
-                crc = zlib.crc32(block, crc)
-                out.write(block)
+        crc = random_input(source, options.mib)
         latency: dict[str, list[float]] = {way: [] for way in WAYS}
         seconds: dict[str, list[float]] = {way: [] for way in WAYS}
         for turn in range(max(options.calls, options.runs)):

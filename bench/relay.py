@@ -39,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 from _common import HUBNODE, BenchError, bytecode_cache, hubnode_server, median, process_cpu  # noqa: E402
 
+from tests import netns  # noqa: E402
+
 MiB = 1024 * 1024
 READY_TIMEOUT = 60.0
 PORT = 4300  # in the namespaces
@@ -122,29 +124,49 @@ def peer_id(home: Path, env: dict[str, str]) -> str:
     return result.stdout.decode().strip()
 
 
-@contextlib.contextmanager
-def in_namespaces(env: dict[str, str], work: Path) -> Iterator[Setup]:
-    from tests import netns
+@dataclass
+class Served:
+    """The namespaces of tests/netns.py with hubnode nodes serving in them."""
 
+    net: netns.Internet
+    ids: dict[str, str]  # peer id by role
+    relay_pid: int  # relay1's
+
+    def direct(self, role: str) -> str:
+        return f"{self.ids[role]}@{self.net[role].address}:{PORT}"
+
+    @property
+    def relayed_desktop(self) -> str:
+        """The desktop's address through relay1."""
+        return f"{self.direct('relay1')}/circuit/{self.ids['desktop']}"
+
+
+@contextlib.contextmanager
+def relayed_desktop(env: dict[str, str], work: Path, public: dict[str, str]) -> Iterator[Served]:
+    """In the namespaces (homes in `work`): relay1 relaying, the desktop behind router1
+    serving `cat` through it (forced private, relay1 pinned), and each public host of
+    `public` serving that services.toml body; all stopped and removed at the end."""
+    roles = ("relay1", "desktop", *public)
+    ids = {}
+    for role in roles:
+        (work / role).mkdir()
+        ids[role] = peer_id(work / role, env)
     netns.remove_stale()
     net = netns.build()
     procs: list[subprocess.Popen[bytes]] = []
     try:
+        served = Served(net, ids, 0)
         listen = f'listen = "0.0.0.0:{PORT}"\n'
-        homes = {role: work / role for role in ("relay1", "relay2", "desktop", "pi")}
-        ids = {}
-        for role, home in homes.items():
-            home.mkdir()
-            ids[role] = peer_id(home, env)
-        relay = f"{ids['relay1']}@{net.relay1.address}:{PORT}"
+        bodies = {"relay1": RELAY, **public}
         tomls = {
-            "relay1": f'{listen}advertise = ["{net.relay1.address}:{PORT}"]\n{RELAY}',
-            "relay2": f'{listen}advertise = ["{net.relay2.address}:{PORT}"]\n{CAT}',
-            "desktop": f'{listen}reachability = "private"\nrelays = ["{relay}"]\n\n{CAT}',
+            role: f'{listen}advertise = ["{net[role].address}:{PORT}"]\n{bodies[role]}' for role in bodies
         }
-        for role, toml in tomls.items():
-            (homes[role] / "services.toml").write_text(toml, encoding="utf-8")
-            argv = [HUBNODE, "--home", str(homes[role]), "serve", "--no-lan"]
+        tomls["desktop"] = (
+            f'{listen}reachability = "private"\nrelays = ["{served.direct("relay1")}"]\n\n{CAT}'
+        )
+        for role in roles:
+            (work / role / "services.toml").write_text(tomls[role], encoding="utf-8")
+            argv = [HUBNODE, "--home", str(work / role), "serve", "--no-lan"]
             procs.append(
                 subprocess.Popen(
                     net[role].argv(argv),
@@ -154,12 +176,8 @@ def in_namespaces(env: dict[str, str], work: Path) -> Iterator[Setup]:
                     env=env,
                 )
             )
-        ways = {
-            "direct": f"{ids['relay2']}@{net.relay2.address}:{PORT}",
-            "relayed": f"{relay}/circuit/{ids['desktop']}",
-        }
-        where = "namespaces: Pi (NAT) -> relay1 -> desktop (NAT), against Pi (NAT) -> relay2"
-        yield Setup(where, net.pi.argv([]), homes["pi"], ways, procs[0].pid)
+        served.relay_pid = procs[0].pid
+        yield served
     finally:
         for proc in procs:
             proc.terminate()
@@ -167,6 +185,26 @@ def in_namespaces(env: dict[str, str], work: Path) -> Iterator[Setup]:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(10)
         net.close()
+
+
+@contextlib.contextmanager
+def in_namespaces(env: dict[str, str], work: Path) -> Iterator[Setup]:
+    with relayed_desktop(env, work, {"relay2": CAT}) as served:
+        (work / "pi").mkdir()
+        ways = {"direct": served.direct("relay2"), "relayed": served.relayed_desktop}
+        where = "namespaces: Pi (NAT) -> relay1 -> desktop (NAT), against Pi (NAT) -> relay2"
+        yield Setup(where, served.net.pi.argv([]), work / "pi", ways, served.relay_pid)
+
+
+def random_input(path: Path, mib: int) -> int:
+    """`mib` MiB of random bytes written to `path`: their CRC-32."""
+    crc = 0
+    with path.open("wb") as out:
+        for _ in range(mib):
+            block = os.urandom(MiB)
+            crc = zlib.crc32(block, crc)
+            out.write(block)
+    return crc
 
 
 def main() -> None:
@@ -187,12 +225,7 @@ def main() -> None:
     ):
         wait_until_callable(setup, env)
         source = Path(work) / "input"
-        crc = 0
-        with source.open("wb") as out:
-            for _ in range(options.mib):
-                block = os.urandom(MiB)
-                crc = zlib.crc32(block, crc)
-                out.write(block)
+        crc = random_input(source, options.mib)
 
         print(f"bench/relay.py: {setup.where}; {options.mib} MiB through cat")
         seconds: dict[str, list[float]] = {way: [] for way in setup.ways}

@@ -311,7 +311,7 @@ class Relay:
             pending.done.set()
             book.close_circuit(target, source)
             if pending.linked is not None:
-                # How many bytes a circuit carried tells a hole punch (a few hundred) from a relayed call.
+                # How many bytes a circuit carried tells a hole punch (a few dozen) from a relayed call.
                 log.info("a circuit to %s closed after %d bytes", fingerprint(target), budget.carried)
             if self.ledger is not None:
                 cost = circuit_cost(book.config, budget.carried, held)
