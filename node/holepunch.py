@@ -181,8 +181,8 @@ class HolePunch:
     is set once both Results are known, and `leftover` then holds what the peer sent after
     its last message (the start of the stream's next protocol, which the initiator begins:
     the responder's bytes after its Result are a violation). With `peer_ip` (where the
-    relay sees the peer), a Connect naming another IP is a violation: nobody can aim our
-    dial at a third party.
+    relay sees the peer), a Connect naming another IP is a violation: a peer cannot aim
+    our dial at a third party.
     """
 
     def __init__(self, role: Role, ours: Connect, peer_ip: str | None = None) -> None:
