@@ -645,9 +645,15 @@ def _plan(
         (o for o in ranked if backoff.resting_until(o) is not None),
         key=lambda o: backoff.resting_until(o) or 0.0,
     )
-    order = spread_over_hosts(probe_targets(fresh, replace(resolved, probe_count=max(len(fresh), 1)), rng))
     prober = _Prober(identity, ledger, backoff, PROBE_TIMEOUT)
-    prober.run(_groups(order), want=resolved.probe_count, early=True)
+    # A probe chooses between providers: with one, and none resting to fall back to, it
+    # would only cost the call a connection and a handshake more (a busy or dead node says
+    # so to the call itself).
+    if len(fresh) > 1 or resting:
+        order = spread_over_hosts(
+            probe_targets(fresh, replace(resolved, probe_count=max(len(fresh), 1)), rng)
+        )
+        prober.run(_groups(order), want=resolved.probe_count, early=True)
     pool = fresh
     if resting and not any(prober.results.values()):
         prober.run(_groups(resting), want=resolved.probe_count, early=True)

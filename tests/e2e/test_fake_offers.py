@@ -276,6 +276,14 @@ def test_a_resting_provider_is_left_alone_while_another_answers(
     assert victim.accepted == 1
 
 
+def test_a_lone_provider_is_called_without_a_probe(honest: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nothing to choose between: a probe would only cost the call a connection more.
+    recorder = Recorder(monkeypatch)
+    assert _call(Found([_honest_offer(honest)]))
+    assert recorder.ledgers[-1].dials == 1
+    assert recorder.per_address[-1] == {f"127.0.0.1:{honest.port}": 1}
+
+
 def test_a_resting_provider_is_still_tried_when_nobody_else_answers(honest: Server, tmp_path: Path) -> None:
     path = tmp_path / discover.BACKOFF_FILE
     offer = _honest_offer(honest)
