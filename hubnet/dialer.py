@@ -42,13 +42,8 @@ class TcpDialer:
     def dial(self, address: Address, timeout: float) -> socket.socket:
         if isinstance(address, RelayAddress):
             return _through_relay(address, timeout, self.punching)
-        # getaddrinfo encodes a str host with the idna codec, whose import (stringprep,
-        # unicodedata) costs a Pi more than the rest of the connect: an ASCII name or IP
-        # goes in as bytes, which it takes as they are (typeshed says str only; CPython
-        # passes the host to getaddrinfo, which takes both).
-        host = address.host.encode("ascii") if address.host.isascii() else address.host
         try:
-            sock = socket.create_connection((host, address.port), timeout=timeout)  # type: ignore[arg-type]
+            sock = socket.create_connection((resolvable(address.host), address.port), timeout=timeout)  # type: ignore[arg-type]
         except TimeoutError as exc:
             raise TransportError(f"cannot connect to {address}: timed out") from exc
         except OSError as exc:
@@ -56,6 +51,14 @@ class TcpDialer:
         # Each handshake message goes out in one write; without NODELAY delayed ACKs stall every call.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
+
+
+def resolvable(host: str) -> str | bytes:
+    """`host` as getaddrinfo should get it. It encodes a str host with the idna codec, whose
+    import (stringprep, unicodedata) costs a Pi more than the rest of the connect: an ASCII
+    name or IP goes in as bytes, which it takes as they are (typeshed says str only; CPython
+    passes the host to getaddrinfo, which takes both)."""
+    return host.encode("ascii") if host.isascii() else host
 
 
 def _through_relay(address: RelayAddress, timeout: float, punching: Punching | None) -> socket.socket:

@@ -34,7 +34,7 @@ from hubnet.dht.ids import service_key
 from hubnet.dht.lookup import Seed
 from hubnet.dht.records import ProviderRecord
 from hubnet.dht.sources import parse_ip
-from hubnet.dialer import Dialer, TcpDialer, dial_first
+from hubnet.dialer import Dialer, TcpDialer, dial_first, resolvable
 from hubnet.identity.blocking import connect_secure_socket
 from hubnet.identity.errors import (
     ConfigError,
@@ -346,7 +346,7 @@ class _Through:
 def _resolve(address: DirectAddress) -> tuple[str, int]:
     """The IP (canonical text) and port that dialling `address` reaches first."""
     try:
-        infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(resolvable(address.host), address.port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         raise TransportError(f"cannot resolve {address.host}: {exc}") from exc
     if not infos:

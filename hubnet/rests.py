@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -104,7 +104,10 @@ class Rests:
         temporary = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+            # Not tempfile: its import (shutil, random, the compressors) cost a discovered call
+            # more than writing the file. Unique per process and thread, as the key file's is.
+            temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with open(fd, "w", encoding="utf-8") as out:
                 out.write(text)
             os.replace(temporary, self.path)  # whole, for a concurrent reader
