@@ -6,17 +6,18 @@ service (`sleep 1`) and room for the load (`max_jobs`, `max_queued`, the service
 `max_concurrent`, `max_connections`), then, from this one process, with the Trio client
 API (`hubnet.trio_client.Client`, one task per call, all started at once):
 
-  jobs   N concurrent calls of `sleep` (default 500): how many failed (target 0), the wall
-         time from the first call to the last exit (a job alone takes 1 s), and the node's
-         resident memory at rest, at its peak (VmHWM) and after
   idle   M connections (default 1000) that finish the Noise handshake and then say nothing,
          all held at once: how many the node really holds (its open descriptors), its
          resident memory before and while they are held, and the difference per connection
+  jobs   N concurrent calls of `sleep` (default 500): how many failed (target 0), the wall
+         time from the first call to the last exit (a job alone takes 1 s), and the node's
+         resident memory at rest, at its peak (VmHWM) and after
 
 The node's memory comes from /proc/PID/status, its CPU (with the jobs it reaped) from
 /proc/PID/stat: on a machine shared with other work, the wall time says less than the CPU
-each call costs. Its peak covers the whole run up to then,
-which is why the jobs run first. Each loop is bounded in count and time.
+each call costs. The idle connections come first, on the fresh node: after the jobs its
+heap has room to spare and they would seem to cost nothing. The peak (VmHWM) covers the
+idle connections too, which cost less than the jobs. Each loop is bounded in count and time.
 
     .venv/bin/python bench/concurrency.py [--jobs 500] [--idle 1000]
 """
@@ -156,6 +157,11 @@ def main() -> int:
         _raise_open_files(2 * max(args.jobs, args.idle) + 256)
         with bytecode_cache() as env, hubnode_server(services_toml(args.jobs, args.idle), env) as server:
             time.sleep(1.0)  # the node's start-up work (DHT, offers) settles
+            # Idle connections first, on the fresh node: after 500 jobs its heap has room to
+            # spare, and connections held then cost it no new memory at all.
+            fresh = memory_kib(server.pid)
+            held_rss, held, node_held, idle_errors = trio.run(hold_idle, server, identity, args.idle)
+            time.sleep(_SETTLE)
             rest = memory_kib(server.pid)
             client = Client(identity, connect_timeout=_CALL_TIMEOUT)
             node_cpu, own_cpu = process_cpu(server.pid), time.process_time()
@@ -163,9 +169,6 @@ def main() -> int:
             time.sleep(_SETTLE)
             node_cpu, own_cpu = process_cpu(server.pid) - node_cpu, time.process_time() - own_cpu
             after_jobs = memory_kib(server.pid)
-            held_rss, held, node_held, idle_errors = trio.run(hold_idle, server, identity, args.idle)
-            time.sleep(_SETTLE)
-            after_idle = memory_kib(server.pid)
     except BenchError as exc:
         print(f"concurrency: FAILED: {exc}", file=sys.stderr)
         return 1
@@ -194,11 +197,11 @@ def main() -> int:
     print(f"  held by the node      {node_held} (its open descriptors beyond those before)")
     for line in sorted(set(idle_errors))[:5]:
         print(f"    {idle_errors.count(line)} x {line}")
-    print(f"  node RSS before       {after_jobs['VmRSS'] / mib:.1f} MiB")
+    print(f"  node RSS before       {fresh['VmRSS'] / mib:.1f} MiB   (a fresh node, before the jobs above)")
     print(f"  node RSS while held   {held_rss / mib:.1f} MiB")
-    per = (held_rss - after_jobs["VmRSS"]) / max(node_held, 1)
+    per = (held_rss - fresh["VmRSS"]) / max(node_held, 1)
     print(f"  RSS per idle connection  {per:.1f} KiB")
-    print(f"  node RSS after close  {after_idle['VmRSS'] / mib:.1f} MiB")
+    print(f"  node RSS after close  {rest['VmRSS'] / mib:.1f} MiB")
     ok = not errors and held == node_held == args.idle and math.isfinite(per)
     return 0 if ok else 1
 
