@@ -27,8 +27,3 @@ def service_key(service_id: bytes) -> bytes:
 def distance(a: bytes, b: bytes) -> int:
     """Kademlia's XOR metric."""
     return int.from_bytes(a, "big") ^ int.from_bytes(b, "big")
-
-
-def bucket_index(a: bytes, b: bytes) -> int:
-    """The number of leading bits `a` and `b` share (ID_BITS when equal)."""
-    return ID_BITS - distance(a, b).bit_length()

@@ -231,21 +231,6 @@ def open_call(
     return opened
 
 
-def call(
-    target: Target,
-    identity: Identity,
-    known_hosts: KnownHostsStore,
-    call: Call,
-    *,
-    stdin_fd: int | None,
-    timeout: float = 10.0,
-    timeouts: Timeouts | None = None,
-) -> CallResult:
-    """Run one remote job on `target` (see `finish_call`)."""
-    opened = open_call(target, identity, known_hosts, call, timeout=timeout, timeouts=timeouts)
-    return finish_call(opened, stdin_fd=stdin_fd)
-
-
 def fd_writer(fd: int) -> Sink:
     """A sink that writes everything to `fd`, blocking as a pipe's reader makes it."""
 

@@ -15,7 +15,6 @@ from hubnet.commands import Context
 from hubnet.safe_text import printable
 
 TARGET_HELP = "The node, PEER_ID@HOST:PORT (HOST:PORT trusts its key on first use)."
-TOKEN_HELP = "TOKEN is a Cashu token, cashuA... or cashuB..., or - to read it from stdin."
 
 
 def _token_text(token: str) -> str:

@@ -570,17 +570,6 @@ class JobCgroup:
             del self.folders[controller]
         return True
 
-    def peak_memory(self) -> int | None:
-        """The job's highest memory use, when the kernel keeps it."""
-        folder = self.folders.get("memory")
-        if folder is None:
-            return None
-        name = "memory.max_usage_in_bytes" if self.cgroups.version == 1 else "memory.peak"
-        try:
-            return int(_read(folder / name).strip())
-        except ValueError:
-            return None
-
 
 def sweep_cgroups(cgroups: Cgroups) -> int:
     """Remove the empty job cgroups left by nodes that died (SIGKILL, a crash: their jobs died
