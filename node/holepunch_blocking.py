@@ -24,14 +24,10 @@ def punch(relayed: socket.socket, observed_ip: str, peer_ip: str | None = None) 
     else None with `relayed` ready for what follows. PunchFailed when it broke off: `relayed`
     must then be dropped."""
     deadline = time.monotonic() + PUNCH_TIMEOUT
-    own = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    own = punch_socket()
     connected = False
     try:
-        # SO_REUSEADDR: the port is dialled from and (by the peer's SYN) at, at once.
-        own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        own.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        own.bind(("0.0.0.0", 0))
-        machine = HolePunch(Role.INITIATOR, Connect((f"{observed_ip}:{own.getsockname()[1]}",)), peer_ip)
+        machine = punch_machine(Role.INITIATOR, own, observed_ip, peer_ip)
         relayed.sendall(machine.start(time.monotonic()))
         while machine.dial_at is None or machine.dial_to is None:
             relayed.sendall(machine.receive_data(_receive(relayed, deadline), time.monotonic()))
@@ -55,6 +51,30 @@ def punch(relayed: socket.socket, observed_ip: str, peer_ip: str | None = None) 
         return own
     own.close()
     return None
+
+
+def punch_socket() -> socket.socket:
+    """A TCP socket to punch from, bound to a fresh port (binding never blocks: the Trio
+    driver takes its socket from here too). SO_REUSEADDR: the port is dialled from and (by
+    the peer's SYN) at, at once."""
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as exc:  # out of descriptors: as any other broken-off punch
+        raise PunchFailed(f"the hole punch broke off: {exc}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(("0.0.0.0", 0))
+    except OSError as exc:
+        sock.close()
+        raise PunchFailed(f"the hole punch broke off: {exc}") from exc
+    return sock
+
+
+def punch_machine(role: Role, sock: socket.socket, observed_ip: str, peer_ip: str | None) -> HolePunch:
+    """The exchange for a punch from `sock`: it names `observed_ip` (ours, as the relay sees
+    it) and the port `sock` is bound to, which a port-keeping NAT maps to the same number."""
+    return HolePunch(role, Connect((f"{observed_ip}:{sock.getsockname()[1]}",)), peer_ip)
 
 
 def _receive(sock: socket.socket, deadline: float) -> bytes:

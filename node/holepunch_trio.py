@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-
 import trio
 
 from hubnet.identity.errors import RemoteProtocolError
-from hubnet.node.holepunch import (
-    DIAL_TIMEOUT,
-    MAX_FRAME,
-    PUNCH_TIMEOUT,
-    Connect,
-    HolePunch,
-    Outcome,
-    PunchFailed,
-    Role,
-)
+from hubnet.node.holepunch import DIAL_TIMEOUT, MAX_FRAME, PUNCH_TIMEOUT, Outcome, PunchFailed, Role
+from hubnet.node.holepunch_blocking import punch_machine, punch_socket
 
 
 async def punch(
@@ -26,14 +16,11 @@ async def punch(
     (our IP as the relay sees it): (the direct stream, b"") when both dials connected, else
     (None, the bytes the peer sent on `stream` after the exchange: they begin what follows
     there). PunchFailed when it broke off: `stream` must then be dropped."""
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    own = punch_socket()
+    sock = trio.socket.from_stdlib_socket(own)
     direct: trio.SocketStream | None = None
     try:
-        # SO_REUSEADDR: the port is dialled from and (by the peer's SYN) at, at once.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await sock.bind(("0.0.0.0", 0))
-        machine = HolePunch(role, Connect((f"{observed_ip}:{sock.getsockname()[1]}",)), peer_ip)
+        machine = punch_machine(role, own, observed_ip, peer_ip)
         with trio.fail_after(PUNCH_TIMEOUT):
             await stream.send_all(machine.start(trio.current_time()))
             while machine.dial_at is None or machine.dial_to is None:
