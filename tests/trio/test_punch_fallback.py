@@ -78,33 +78,29 @@ async def test_a_call_whose_punch_fails_or_breaks_off_goes_on_over_a_clean_relay
     announced: list[str] = []
     punching = Punching(announce=announced.append)
     dialer = TcpStreamDialer(punching)
-    async with trio.open_nursery() as nursery:
-        relay = FakeRelay(nursery, target)
-        monkeypatch.setattr(dialer, "_linked", relay.linked)
-        stream = await dialer.dial(ADDRESS)
-        await stream.send_all(b"the handshake")
-        assert await stream.receive_some() == b"echo: the handshake"
-    assert relay.asked == asked
+    assert await echoed_through_relay(dialer, target, b"the handshake", monkeypatch) == asked
     assert len(announced) == 1 and said in announced[0]
     assert not punching.wanted(ADDRESS.target)  # it rests: the next call does not ask
-    async with trio.open_nursery() as nursery:
-        relay = FakeRelay(nursery, a_target_whose_punch_fails)
-        monkeypatch.setattr(dialer, "_linked", relay.linked)
-        stream = await dialer.dial(ADDRESS)
-        await stream.send_all(b"again")
-        assert await stream.receive_some() == b"echo: again"
-    assert relay.asked == [False]
+    assert await echoed_through_relay(dialer, a_target_whose_punch_fails, b"again", monkeypatch) == [False]
 
 
 async def test_a_caller_without_punching_never_asks(monkeypatch: pytest.MonkeyPatch) -> None:
     dialer = TcpStreamDialer()
+    assert await echoed_through_relay(dialer, a_target_whose_punch_fails, b"plain", monkeypatch) == [False]
+
+
+async def echoed_through_relay(
+    dialer: TcpStreamDialer, target: object, data: bytes, monkeypatch: pytest.MonkeyPatch
+) -> list[bool]:
+    """Dial ADDRESS with `dialer` through a FakeRelay to `target`, check that `data` comes back
+    echoed over the stream it hands back, and return what each of the relay's Connects asked."""
     async with trio.open_nursery() as nursery:
-        relay = FakeRelay(nursery, a_target_whose_punch_fails)
+        relay = FakeRelay(nursery, target)
         monkeypatch.setattr(dialer, "_linked", relay.linked)
         stream = await dialer.dial(ADDRESS)
-        await stream.send_all(b"plain")
-        assert await stream.receive_some() == b"echo: plain"
-    assert relay.asked == [False]
+        await stream.send_all(data)
+        assert await stream.receive_some() == b"echo: " + data
+    return relay.asked
 
 
 def test_the_blocking_dialer_asks_the_relay_again_without_punching_after_a_broken_punch(
