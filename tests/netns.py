@@ -332,6 +332,29 @@ def node(host: Host, home: Path, services_toml: str, *serve_args: str) -> Server
     return Server(home, services_toml, serve_args=("--no-lan", *serve_args), prefix=host.argv([]))
 
 
+@dataclass
+class Nodes:
+    """The `hubnode serve`s a namespace test runs: the internet they are in, the root of their
+    homes, the port every one of them listens on, and each by role (`seed` among them)."""
+
+    internet: Internet
+    root: Path
+    port: int
+    servers: dict[str, Server] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> str:
+        """The seed node, as PEER_ID@HOST:PORT."""
+        return f"{self.servers['seed'].peer_id}@{self.internet.seed.address}:{self.port}"
+
+    def stop(self) -> list[str]:
+        """Stop every node; the problems their logs show, each named by its role."""
+        return [f"{role}: {p}" for role, server in self.servers.items() for p in server.stop()]
+
+    def logs(self) -> dict[str, str]:
+        return {role: server.log for role, server in self.servers.items()}
+
+
 def start_relays(
     internet: Internet, root: Path, roles: Sequence[str], port: int, servers: dict[str, Server]
 ) -> None:

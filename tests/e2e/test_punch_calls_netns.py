@@ -25,14 +25,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from hubnet.identity.keys import decode_peer_id
-from tests.e2e.harness import Server
-from tests.netns import Host, Internet, node, start_relays
+from tests.netns import Host, Internet, Nodes, node, start_relays
 
 PORT = 4300
 RESERVED_TIMEOUT = 60.0  # two reservations each, the offers published
@@ -47,16 +44,7 @@ def _private_toml(relays: list[str], service: str, *extra: str) -> str:
     return "\n".join(lines) + f'\n\n[services.{service}]\ncommand = ["cat"]\n'
 
 
-@dataclass
-class World:
-    internet: Internet
-    root: Path
-    servers: dict[str, Server]
-
-    @property
-    def seed(self) -> str:
-        return f"{self.servers['seed'].peer_id}@{self.internet.seed.address}:{PORT}"
-
+class World(Nodes):
     def call(self, host: Host, home: str, service: str, data: bytes) -> subprocess.CompletedProcess[bytes]:
         """`hubnode -v call SERVICE` from `host` with home `home`, retried while the offer is on
         its way (bounded)."""
@@ -81,7 +69,8 @@ class World:
 @pytest.fixture(scope="module")
 def world(internet: Internet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("punch-netns")
-    servers: dict[str, Server] = {}
+    world = World(internet, root, PORT)
+    servers = world.servers
     try:
         start_relays(internet, root, RELAYS, PORT, servers)
         relays = [f"{servers[role].peer_id}@{internet[role].address}:{PORT}" for role in RELAYS]
@@ -98,11 +87,10 @@ def world(internet: Internet, tmp_path_factory: pytest.TempPathFactory) -> Itera
             assert servers[role].log.count("reserved at relay") >= 2, servers[role].log
         (root / "pi-no-punch").mkdir()
         (root / "pi-no-punch" / "client.toml").write_text("punch = false\n")
-        yield World(internet, root, servers)
+        yield world
     finally:
-        problems = [f"{role}: {p}" for role, server in servers.items() for p in server.stop()]
-        logs = {role: server.log for role, server in servers.items()}
-    assert not problems, (problems, logs)
+        problems = world.stop()
+    assert not problems, (problems, world.logs())
 
 
 # argv: the desktop's relayed address, the laptop's. Prints, per call, its stdout's SHA-256

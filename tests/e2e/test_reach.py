@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Server, wait_until
-from tests.netns import Host, Internet, node
+from tests.e2e.harness import wait_until
+from tests.netns import Host, Internet, Nodes, node
 
 PORT = 4100
 SETTLE_TIMEOUT = 40.0  # seconds for every node to reach a verdict (dial-backs time out in 3 s)
@@ -34,12 +32,7 @@ command = ["echo", "{service} on {host.role}"]
 """
 
 
-@dataclass
-class Nodes:
-    internet: Internet
-    root: Path
-    servers: dict[str, Server]
-
+class Reach(Nodes):
     def status(self, role: str) -> dict[str, object]:
         """`hubnode status --json` run in `role`'s namespace against its own node."""
         result = self.internet[role].hubnode(self.root / role, "status", "--json", input=None)
@@ -49,20 +42,16 @@ class Nodes:
 
 
 @pytest.fixture(scope="module")
-def nodes(internet: Internet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
+def nodes(internet: Internet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reach]:
     root = tmp_path_factory.mktemp("reach")
-    servers: dict[str, Server] = {}
+    found = Reach(internet, root, PORT)
+    servers = found.servers
     try:
         for role in ("seed", "relay1", "relay2", "desktop", "pi"):
             host = internet[role]
-            seed = (
-                ["--bootstrap", f"{servers['seed'].peer_id}@{internet.seed.address}:{PORT}"]
-                if servers
-                else []
-            )
+            seed = ["--bootstrap", found.seed] if servers else []
             server = node(host, root / role, services_toml(host, service=f"{role}-echo"), *seed)
             servers[role] = server.start()
-        found = Nodes(internet, root, servers)
         settled = wait_until(
             lambda: all(found.status(role)["reachability"] != "unknown" for role in servers),
             SETTLE_TIMEOUT,
@@ -71,12 +60,11 @@ def nodes(internet: Internet, tmp_path_factory: pytest.TempPathFactory) -> Itera
         assert settled, {role: found.status(role) for role in servers}
         yield found
     finally:
-        problems = [f"{role}: {p}" for role, server in servers.items() for p in server.stop()]
-        logs = {role: server.log for role, server in servers.items()}
-    assert not problems, (problems, logs)
+        problems = found.stop()
+    assert not problems, (problems, found.logs())
 
 
-def test_public_nodes_find_they_are_public(nodes: Nodes) -> None:
+def test_public_nodes_find_they_are_public(nodes: Reach) -> None:
     for role in ("seed", "relay1", "relay2"):
         status = nodes.status(role)
         assert status["reachability"] == "public", (role, status)
@@ -94,7 +82,7 @@ def test_a_node_behind_nat_finds_it_is_private_at_its_routers_address(nodes: Nod
     assert isinstance(status["peers"], int) and status["peers"] >= 2  # it keeps a table of its own
 
 
-def test_nobody_keeps_a_private_node_in_its_routing_table(nodes: Nodes) -> None:
+def test_nobody_keeps_a_private_node_in_its_routing_table(nodes: Reach) -> None:
     private = {nodes.servers["desktop"].peer_id, nodes.servers["pi"].peer_id}
     for role in ("seed", "relay1", "relay2"):
         result = nodes.internet[role].hubnode(
@@ -105,14 +93,14 @@ def test_nobody_keeps_a_private_node_in_its_routing_table(nodes: Nodes) -> None:
         assert peers and not peers & private, (role, peers)
 
 
-def test_a_private_node_finds_offers_in_the_dht(nodes: Nodes) -> None:
+def test_a_private_node_finds_offers_in_the_dht(nodes: Reach) -> None:
     """The Pi, in client mode, finds the seed's offer by name and calls it."""
     seed = f"{nodes.servers['seed'].peer_id}@{nodes.internet.seed.address}:{PORT}"
     result = nodes.internet.pi.hubnode(nodes.root / "pi", "call", "-b", seed, "seed-echo", input=None)
     assert (result.returncode, result.stdout) == (0, b"seed-echo on seed\n"), result.stderr.decode()
 
 
-def test_a_node_behind_nat_calls_out_to_a_public_node(nodes: Nodes) -> None:
+def test_a_node_behind_nat_calls_out_to_a_public_node(nodes: Reach) -> None:
     relay = nodes.servers["relay1"]
     target = f"{relay.peer_id}@{nodes.internet.relay1.address}:{PORT}"
     result = nodes.internet.desktop.hubnode(nodes.root / "desktop", "call", "--server", target, "relay1-echo")

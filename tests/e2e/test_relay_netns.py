@@ -17,13 +17,10 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Server
-from tests.netns import Internet, node, start_relays
+from tests.netns import Internet, Nodes, node, start_relays
 
 PORT = 4200
 RESERVED_TIMEOUT = 60.0  # dial-backs (settling private), a relay lookup, two reservations
@@ -35,21 +32,7 @@ RELAYS = ("seed", "relay1", "relay2")
 DESKTOP = f'listen = "0.0.0.0:{PORT}"\n\n[services.cat]\ncommand = ["cat"]\n'
 
 
-def host_of(internet: Internet) -> str:
-    """The seed's HOST:PORT."""
-    return f"{internet.seed.address}:{PORT}"
-
-
-@dataclass
-class World:
-    internet: Internet
-    root: Path
-    servers: dict[str, Server]
-
-    @property
-    def seed(self) -> str:
-        return f"{self.servers['seed'].peer_id}@{self.internet.seed.address}:{PORT}"
-
+class World(Nodes):
     def call_from_pi(self, data: bytes) -> subprocess.CompletedProcess[bytes]:
         return self.internet.pi.hubnode(self.root / "pi", "call", "-b", self.seed, "cat", input=data)
 
@@ -69,12 +52,12 @@ class World:
 @pytest.fixture(scope="module")
 def world(internet: Internet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("relay-netns")
-    servers: dict[str, Server] = {}
+    world = World(internet, root, PORT)
+    servers = world.servers
     try:
         start_relays(internet, root, RELAYS, PORT, servers)
-        joined = ["--bootstrap", f"{servers['seed'].peer_id}@{host_of(internet)}"]
+        joined = ["--bootstrap", world.seed]
         servers["desktop"] = node(internet.desktop, root / "desktop", DESKTOP, *joined).start()
-        world = World(internet, root, servers)
         # The Pi's calls stay on the relay (punching is tests/e2e/test_punch_calls_netns.py's).
         (root / "pi").mkdir()
         (root / "pi" / "client.toml").write_text("punch = false\n")
@@ -84,9 +67,8 @@ def world(internet: Internet, tmp_path_factory: pytest.TempPathFactory) -> Itera
         assert len(world.held()) == 2, servers["desktop"].log
         yield world
     finally:
-        problems = [f"{role}: {p}" for role, server in servers.items() for p in server.stop()]
-        logs = {role: server.log for role, server in servers.items()}
-    assert not problems, (problems, logs)
+        problems = world.stop()
+    assert not problems, (problems, world.logs())
 
 
 def _call_until_it_works(world: World, data: bytes, timeout: float) -> subprocess.CompletedProcess[bytes]:
