@@ -33,6 +33,7 @@ from hubnet.identity.frozen import frozen
 from hubnet.node.protocol import (
     KEEPALIVE,
     MAX_DATA,
+    MAX_STDIN_WINDOW,
     Accept,
     Call,
     Cancel,
@@ -212,8 +213,9 @@ class CallMachine:
         return self._request
 
     def start(self) -> bytes:
-        """Prove the caller is live: the node runs nothing before this."""
-        return self._conn.send(Start())
+        """Prove the caller is live: the node runs nothing before this. It asks for the widest
+        stdin window; a node that does not know the field keeps to the first."""
+        return self._conn.send(Start(MAX_STDIN_WINDOW))
 
     @property
     def started(self) -> bool:

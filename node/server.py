@@ -56,6 +56,7 @@ from hubnet.node.protocol import (
     KEEPALIVE,
     MAX_MESSAGE,
     MAX_PEERS,
+    MAX_STDIN_WINDOW,
     MAX_TEXT,
     STDIN_WINDOW,
     Accept,
@@ -104,7 +105,7 @@ log = logging.getLogger("hubnet.node")
 # protocol's decoder, the stdin a caller may send ahead of its job, and for each of stdout
 # and stderr one read in flight with its message and its frames. Each part is capped where
 # it lives; tests/unit/test_memory_bound.py checks the caps.
-CONNECTION_BUFFERS = 2 * MAX_BUFFER + 2 * MAX_MESSAGE + STDIN_WINDOW + 2 * 3 * DATA_CHUNK
+CONNECTION_BUFFERS = 2 * MAX_BUFFER + 2 * MAX_MESSAGE + MAX_STDIN_WINDOW + 2 * 3 * DATA_CHUNK
 
 # A job's environment is built from nothing: only these come from the node's own.
 _PASSED_ENV = ("PATH",)
@@ -549,8 +550,11 @@ class _Caller:
     """The caller's side of a call from Start on: its messages, its stdin and its credit.
 
     Its messages are read all the time, never held up by the job: stdin goes into a buffer
-    that the protocol bounds (the caller may not send more than STDIN_WINDOW that the job
-    has not taken), and credit is granted back as the job takes it.
+    that the protocol bounds (the caller may not send more than its window that the job
+    has not taken), and credit is granted back as the job takes it. The window is
+    STDIN_WINDOW until the job has taken that much: then a bulk stream is under way, and
+    the caller gets the rest of the window its Start asked for (`JobConnection.stdin_cap`),
+    so that a queued or small call never makes the node hold more.
     """
 
     def __init__(self, stream: SecureStream, conn: JobConnection) -> None:
@@ -563,6 +567,7 @@ class _Caller:
         self._stdin_send, stdin_receive = trio.open_memory_channel[bytes](math.inf)
         self.stdin = _CreditedStdin(stdin_receive, self._credit)
         self._uncredited = 0
+        self._until_widened = STDIN_WINDOW  # stdin the job takes before the window widens
         self._credit_due = trio.Event()
 
     async def reply(self, message: Message) -> None:
@@ -609,7 +614,11 @@ class _Caller:
         # does not read its output would stall its own stdin), so credit goes out from a task
         # of its own, in quarters of the window: the caller always has three quarters left.
         self._uncredited += size
-        if self._uncredited >= STDIN_WINDOW // 4:
+        if self._until_widened > 0:
+            self._until_widened -= size
+            if self._until_widened <= 0:
+                self._uncredited += self.conn.stdin_cap - STDIN_WINDOW
+        if self._uncredited >= self.conn.stdin_cap // 4:
             self._credit_due.set()
 
     async def send_credit(self) -> None:

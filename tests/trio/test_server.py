@@ -21,8 +21,12 @@ from hubnet.identity.keys import Identity
 from hubnet.identity.secure import SecureStream, connect_secure
 from hubnet.node.naming import service_id_for_name
 from hubnet.node.protocol import (
+    DATA_CHUNK,
+    MAX_STDIN_WINDOW,
+    STDIN_WINDOW,
     Call,
     Cancel,
+    Credit,
     Exit,
     GetStatus,
     JobConnection,
@@ -337,3 +341,64 @@ async def test_a_cancel_before_start_is_answered_with_a_refusal(tmp_path: Path, 
             await stream.aclose()
     assert event == Reject("cancelled", "the caller cancelled before the job started")
     assert not (tmp_path / "ran").exists()
+
+
+async def _stream_through_cat(node: Node, caller: Identity, start: Start, data: bytes) -> tuple[bytes, int]:
+    """`data` through the node's cat as fast as the credit allows, and back: (the output, the
+    widest stdin window the caller held)."""
+    client_side, server_side = trio.testing.memory_stream_pair()
+    job = JobConnection(Role.CLIENT)
+    out = bytearray()
+    widest = job.stdin_window
+    credited = trio.Event()
+
+    async def send_stdin(stream: SecureStream) -> None:
+        nonlocal credited
+        view = memoryview(data)
+        while view:
+            if not job.stdin_window:
+                await credited.wait()
+                credited = trio.Event()
+                continue
+            chunk, view = view[: min(job.stdin_window, DATA_CHUNK)], view[min(job.stdin_window, DATA_CHUNK) :]
+            await stream.send_all(job.send(Stdin(bytes(chunk))))
+        await stream.send_all(job.send(StdinEnd()))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node.handle_connection, server_side)
+            stream = await connect_secure(
+                client_side, caller, node.identity.public_key, job.send(Call(service_id_for_name("cat")))
+            )
+            await stream.send_all(job.send(start))
+            nursery.start_soon(send_stdin, stream)
+            while job.their_state not in _ANSWERED and (received := await stream.receive_some()):
+                job.receive_data(received)
+                while (message := job.next_event()) is not None:
+                    if isinstance(message, Stdout):
+                        out += message.data
+                    elif isinstance(message, Credit):
+                        widest = max(widest, job.stdin_window)
+                        credited.set()
+            await stream.aclose()
+    return bytes(out), widest
+
+
+@pytest.mark.parametrize(
+    ("start", "size", "widest"),
+    [
+        (Start(MAX_STDIN_WINDOW), 12 * MAX_STDIN_WINDOW // 4, MAX_STDIN_WINDOW),  # a bulk stream
+        (Start(MAX_STDIN_WINDOW), STDIN_WINDOW - 1, STDIN_WINDOW),  # small: the node holds no more
+        (Start(), 3 * MAX_STDIN_WINDOW // 4, STDIN_WINDOW),  # a caller that predates the field
+    ],
+    ids=["bulk", "small", "version-1-caller"],
+)
+async def test_the_stdin_window_widens_only_for_a_bulk_stream_that_asked(
+    tmp_path: Path, caller: Identity, start: Start, size: int, widest: int
+) -> None:
+    """Every byte comes back either way; the caller's machine would refuse a credit beyond
+    the cap its Start set, so the widest window it held is what the node granted."""
+    data = os.urandom(size)
+    out, held = await _stream_through_cat(_node(tmp_path, caller), caller, start, data)
+    assert hashlib.sha256(out).digest() == hashlib.sha256(data).digest()
+    assert held == widest

@@ -24,6 +24,7 @@ from hubnet.node.naming import service_id_for_name
 from hubnet.node.protocol import (
     KEEPALIVE,
     MAX_DATA,
+    MAX_STDIN_WINDOW,
     STDIN_WINDOW,
     Accept,
     Call,
@@ -79,7 +80,7 @@ class BackToBack:
 
     def started(self, accept: Accept | None = ACCEPT) -> BackToBack:
         assert self.to_node(self.machine.request_data()) == [self.machine.call]
-        assert self.to_node(self.machine.start()) == [Start()]
+        assert self.to_node(self.machine.start()) == [Start(MAX_STDIN_WINDOW)]
         if accept is not None:
             assert self.to_caller(accept) == [accept]
         return self
@@ -91,7 +92,7 @@ def test_request_data_is_the_call_and_start_makes_the_caller_live() -> None:
     assert pair.node.their_state is State.CALLED
     assert pair.node.our_state is State.MUST_ANSWER_CALL
     assert not pair.machine.started
-    assert pair.to_node(pair.machine.start()) == [Start()]
+    assert pair.to_node(pair.machine.start()) == [Start(MAX_STDIN_WINDOW)]
     assert pair.machine.started
     assert pair.node.their_state is State.SENDING_STDIN
 
@@ -152,8 +153,10 @@ def test_a_credit_beyond_the_window_is_the_nodes_fault() -> None:
     forger.receive_data(CallMachine(CALL).request_data())
     forger.next_event()
     forger.send(Accept("x"))
-    forger.stdin_window = 0
-    pair.machine.receive_data(forger.send(Credit(4)))
+    forger.stdin_window, forger.stdin_cap = 0, 2 * MAX_STDIN_WINDOW
+    # 3 bytes sent: credit may take the window back to the cap the caller's Start asked for.
+    assert pair.node.stdin_cap == MAX_STDIN_WINDOW
+    pair.machine.receive_data(forger.send(Credit(MAX_STDIN_WINDOW - STDIN_WINDOW + 4)))
     with pytest.raises(RemoteProtocolError, match="credit beyond"):
         pair.machine.next_event()
 

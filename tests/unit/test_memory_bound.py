@@ -45,7 +45,7 @@ def test_the_docs_state_the_bound_the_code_computes() -> None:
     text = " ".join(DOC.read_text(encoding="utf-8").split())
     assert f"{CONNECTION_BUFFERS:,} bytes" in text
     assert f"{MAX_BUFFER:,} bytes" in text
-    assert re.search(r"5\.25 MiB", text) and round(CONNECTION_BUFFERS / 2**20, 2) == 5.25
+    assert re.search(r"8\.25 MiB", text) and round(CONNECTION_BUFFERS / 2**20, 2) == 8.25
 
 
 @settings(max_examples=30, deadline=None)

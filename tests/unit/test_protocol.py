@@ -27,6 +27,7 @@ from hubnet.node.protocol import (
     MAX_RELAYS,
     MAX_SERVICES,
     MAX_SIGNAL,
+    MAX_STDIN_WINDOW,
     MAX_TEXT,
     MAX_TOKEN,
     SERVICE_ID_LEN,
@@ -93,7 +94,7 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     GetBalance: st.just(GetBalance()),
     BalanceReply: st.builds(BalanceReply, counts, counts),
     GetStatus: st.just(GetStatus()),
-    Start: st.just(Start()),
+    Start: st.builds(Start, counts),
     Stdin: st.builds(Stdin, data),
     StdinEnd: st.just(StdinEnd()),
     Cancel: st.just(Cancel()),
@@ -367,7 +368,7 @@ def test_malformed_fields_are_refused(raw: bytes) -> None:
             Reject("payment-required", "r", 7),
             id="reject",
         ),
-        pytest.param(_raw(Kind.START, [1, 2]), Start(), id="start"),
+        pytest.param(_raw(Kind.START, [1 << 22, 2]), Start(1 << 22), id="start"),
         pytest.param(
             _raw(Kind.ACCEPT, ["j", [1, 2, 3, 4, 5], {}]), Accept("j", Terms(1, 2, 3, 4)), id="terms"
         ),
@@ -748,6 +749,35 @@ def test_credit_beyond_the_window_is_refused() -> None:
     client.receive_data(encode(Credit(1)))
     with pytest.raises(RemoteProtocolError, match="credit beyond"):
         client.next_event()
+
+
+@pytest.mark.parametrize(
+    ("asked", "cap"),
+    [
+        (None, STDIN_WINDOW),  # a version-1 caller that does not know the field
+        (MAX_STDIN_WINDOW, MAX_STDIN_WINDOW),
+        (2 * STDIN_WINDOW, 2 * STDIN_WINDOW),
+        (16 * MAX_STDIN_WINDOW, MAX_STDIN_WINDOW),  # a later caller's wider ask is held to ours
+        (0, STDIN_WINDOW),  # never below what every version-1 peer takes
+    ],
+)
+def test_start_sets_how_far_credit_may_widen_the_window(asked: int | None, cap: int) -> None:
+    """The window starts at STDIN_WINDOW whatever Start asks; credit may then take it up to
+    the cap both ends agree on, and not a byte further."""
+    pair = Pair(Call(SID), Start() if asked is None else Start(asked), Accept("job"))
+    assert pair.client.stdin_cap == pair.server.stdin_cap == cap
+    assert pair.client.stdin_window == STDIN_WINDOW
+    if cap > STDIN_WINDOW:
+        pair.deliver(Credit(cap - STDIN_WINDOW))
+        for _ in range(cap // (STDIN_WINDOW // 4)):
+            pair.deliver(Stdin(bytes(STDIN_WINDOW // 4)))
+        assert pair.client.stdin_window == 0
+        pair.deliver(Credit(cap))
+    with pytest.raises(LocalProtocolError, match="credit beyond"):
+        pair.server.send(Credit(1))
+    pair.client.receive_data(encode(Credit(1)))
+    with pytest.raises(RemoteProtocolError, match=f"credit beyond the stdin window of {cap} bytes"):
+        pair.client.next_event()
 
 
 def test_bytes_after_the_end_of_stream_are_a_driver_bug() -> None:
