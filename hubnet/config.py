@@ -54,20 +54,62 @@ class Alias:
     server: str | None = None
 
 
+# What a parsed file's cache starts with: a cache of another layout is not this one's.
+_PARSED_VERSION = 1
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
+    """The file's tables, {} if there is none.
+
+    A Pi reads client.toml on every call, and tomllib's import alone (its parser, and the
+    `string` module whose import compiles a regular expression) cost a discovered call
+    several milliseconds. So what a file parsed to is kept beside it, in `.NAME.parsed`
+    (marshal, keyed by a hash of the file's bytes): the next read of the same bytes takes
+    it from there, and any edit, however quick, changes the key."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return {}
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror or exc}") from exc
+    import hashlib  # the secure session needs it anyway, so it costs a call nothing more
+    import marshal  # built in: no import cost
+
+    key = hashlib.blake2b(data, digest_size=16, person=b"hubnet/parsed").digest()
+    parsed = path.with_name(f".{path.name}.parsed")
+    try:
+        version, cached_key, tables = marshal.loads(parsed.read_bytes())
+        if version == _PARSED_VERSION and cached_key == key and isinstance(tables, dict):
+            return tables
+    except (OSError, EOFError, ValueError, TypeError):
+        pass  # no cache, or one that is not ours: parse
     # Only now: most calls have no client.toml or aliases.toml, and a Pi pays for each import.
     import tomllib
 
     try:
-        return tomllib.loads(data.decode("utf-8"))
+        tables = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    _keep_parsed(parsed, key, tables)
+    return tables
+
+
+def _keep_parsed(parsed: Path, key: bytes, tables: dict[str, Any]) -> None:
+    """Best effort: a folder we may not write in, or a value marshal cannot keep (TOML's
+    dates), only means the next read parses again."""
+    import marshal
+    import os
+
+    try:
+        blob = marshal.dumps((_PARSED_VERSION, key, tables))
+    except ValueError:
+        return
+    tmp = parsed.with_name(f"{parsed.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(blob)
+        os.replace(tmp, parsed)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 _CLIENT_KEYS = (

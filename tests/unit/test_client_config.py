@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import datetime
+import marshal
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from hubnet.call_machine import Timeouts
-from hubnet.config import DEFAULT_CONNECT_TIMEOUT, ClientConfig, load_client_config
+from hubnet.config import DEFAULT_CONNECT_TIMEOUT, ClientConfig, _read_toml, load_client_config
 from hubnet.identity.errors import ConfigError
 from hubnet.identity.hints import did_you_mean
 from hubnet.select import parse_selection_rules
@@ -93,3 +98,71 @@ def test_a_timeout_is_a_positive_finite_number_of_seconds(tmp_path: Path, key: s
     with pytest.raises(ConfigError) as caught:
         _load(tmp_path, f"{key} = {value}\n")
     assert str(caught.value) == f"{tmp_path / 'client.toml'}: {key}: must be a positive number of seconds"
+
+
+_SEES_TOMLLIB = """
+import sys
+from pathlib import Path
+from hubnet.config import load_client_config
+config = load_client_config(Path(sys.argv[1]))
+print(config.server, "tomllib" in sys.modules)
+"""
+
+
+def _load_in_a_fresh_process(path: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", _SEES_TOMLLIB, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def test_a_file_parsed_once_is_read_again_without_tomllib(tmp_path: Path) -> None:
+    """What a Pi pays per call: the second read of the same bytes takes the kept parse."""
+    path = tmp_path / "client.toml"
+    path.write_text('server = "desktop:7070"\n', encoding="utf-8")
+    assert _load_in_a_fresh_process(path) == "desktop:7070 True"
+    assert (tmp_path / ".client.toml.parsed").is_file()
+    assert _load_in_a_fresh_process(path) == "desktop:7070 False"
+
+
+def test_an_edit_is_read_at_once_whatever_the_kept_parse_says(tmp_path: Path) -> None:
+    path = tmp_path / "client.toml"
+    path.write_text('server = "desktop:7070"\n', encoding="utf-8")
+    assert load_client_config(path).server == "desktop:7070"
+    stat = path.stat()
+    path.write_text('server = "laptop:7070"\n', encoding="utf-8")  # same size, maybe same mtime
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert load_client_config(path).server == "laptop:7070"
+    path.write_text("server = \n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"client\.toml"):
+        load_client_config(path)
+
+
+@pytest.mark.parametrize(
+    "kept", [b"", b"garbage", marshal.dumps((1, b"key", "not tables")), marshal.dumps(7)]
+)
+def test_a_kept_parse_that_is_not_ours_is_parsed_again(tmp_path: Path, kept: bytes) -> None:
+    path = tmp_path / "client.toml"
+    path.write_text('server = "desktop:7070"\n', encoding="utf-8")
+    (tmp_path / ".client.toml.parsed").write_bytes(kept)
+    assert load_client_config(path).server == "desktop:7070"
+
+
+def test_a_value_marshal_cannot_keep_is_parsed_each_time(tmp_path: Path) -> None:
+    path = tmp_path / "aliases.toml"
+    path.write_text("[speak]\nwhen = 1979-05-27\n", encoding="utf-8")
+    assert _read_toml(path) == {"speak": {"when": datetime.date(1979, 5, 27)}}
+    assert [p.name for p in tmp_path.iterdir()] == ["aliases.toml"]
+
+
+def test_a_folder_that_cannot_keep_the_parse_still_reads(tmp_path: Path) -> None:
+    path = tmp_path / "client.toml"
+    path.write_text('server = "desktop:7070"\nconnect_timeout = 3\n', encoding="utf-8")
+    (tmp_path / ".client.toml.parsed").mkdir()  # in the way of the file, as a read-only folder is
+    assert load_client_config(path).connect_timeout == 3.0
+    assert load_client_config(path).connect_timeout == 3.0
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
