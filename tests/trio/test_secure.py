@@ -23,14 +23,13 @@ from hubnet.identity.errors import (
     TransportError,
 )
 from hubnet.identity.keys import Identity
-from hubnet.identity.secure import THREAD_FROM, SecureStream, accept_secure, connect_secure
+from hubnet.identity.secure import SecureStream, accept_secure, connect_secure
 
 ALICE = Identity.from_seed(bytes(range(32)))  # the client
 BOB = Identity.from_seed(bytes(range(32, 64)))  # the server
 CAROL = Identity.from_seed(bytes(range(64, 96)))
 
 BOUND = 10  # seconds of virtual time any of these exchanges may take
-REAL_BOUND = 120  # seconds of real time, for the one test that runs worker threads: a hang, not a timing
 
 
 async def receive_exactly(stream: SecureStream, size: int) -> bytes:
@@ -118,11 +117,8 @@ async def test_lockstep_streams(autojump_clock: trio.abc.Clock) -> None:
             assert await receive_exactly(client, 100_000) == b"y" * 100_000
 
 
-async def test_five_mib_both_ways_at_once() -> None:
-    """Batches this large are encrypted and decrypted in worker threads (THREAD_FROM), both
-    directions at once. The real clock: a mock one that jumps whenever the loop idles would
-    take a wait for a worker thread for a hang."""
-    assert THREAD_FROM <= 300_000
+async def test_five_mib_both_ways_at_once(autojump_clock: trio.abc.Clock) -> None:
+    """Batches larger than a frame, both directions at once, in sizes that straddle frames."""
     size = 5 << 20
     client_t, server_t = trio.testing.memory_stream_pair()
     up, down = os.urandom(size), os.urandom(size)
@@ -142,7 +138,7 @@ async def test_five_mib_both_ways_at_once() -> None:
         assert received == size
         digests[name] = digest.hexdigest()
 
-    with trio.fail_after(REAL_BOUND):
+    with trio.fail_after(BOUND):
         client, server, _ = await handshake(client_t, server_t, BOB)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump, client, up)
