@@ -17,7 +17,10 @@ not reach) and the job then becomes that unprivileged user, in a user namespace 
           prlimit ... -- PROGRAM ARGS...
 
 Each step configures itself and execs the next, so every limit is in force before the
-program's first instruction, and the node never runs Python between fork and exec. Inside,
+program's first instruction, and the node never runs Python between fork and exec. (A job
+may also start from a spare, `node.spare`: a process of ours already in a fresh job cgroup,
+which execs the chain from bwrap on, without cgexec; the only Python it runs is a program
+that reads that chain and execs it.) Inside,
 the job sees the filesystem read-only except its working directory, a private /tmp and its
 service's `writable` folders; no network unless the service says `network = true` (an empty
 network namespace of its own: not even the host's loopback); no capabilities; its own PID
@@ -497,12 +500,23 @@ class JobCgroup:
 
     def create(self, *, memory_bytes: int | None, max_tasks: int) -> None:
         """Make the folders and write the limits; SandboxError if the kernel refuses."""
+        self.make()
+        self.limit(memory_bytes=memory_bytes, max_tasks=max_tasks)
+
+    def make(self) -> None:
+        """Make the folders, without limits; SandboxError if the kernel refuses."""
         try:
             for controller, base in self.cgroups.folders.items():
                 folder = base / self.name
                 if folder not in self.folders.values():
                     folder.mkdir()
                 self.folders[controller] = folder
+        except OSError as exc:
+            raise SandboxError(f"cannot make the job's cgroup {self.name}: {exc.strerror or exc}") from exc
+
+    def limit(self, *, memory_bytes: int | None, max_tasks: int) -> None:
+        """Write the job's limits into the made folders; SandboxError if the kernel refuses."""
+        try:
             if "pids" in self.folders:
                 (self.folders["pids"] / "pids.max").write_text(str(max_tasks))
             if memory_bytes is not None and "memory" in self.folders:
@@ -517,7 +531,17 @@ class JobCgroup:
                     with contextlib.suppress(FileNotFoundError):  # no swap at all
                         (memory / "memory.swap.max").write_text("0")
         except OSError as exc:
-            raise SandboxError(f"cannot make the job's cgroup {self.name}: {exc.strerror or exc}") from exc
+            raise SandboxError(f"cannot limit the job's cgroup {self.name}: {exc.strerror or exc}") from exc
+
+    def enter(self, pid: int) -> None:
+        """Move process `pid` into the made folders, as cgexec moves itself; SandboxError if
+        the kernel refuses. On cgroup v1 this may wait ~10 ms (see node.spare)."""
+        try:
+            for folder in set(self.folders.values()):
+                (folder / "cgroup.procs").write_text(f"{pid}\n")
+        except OSError as exc:
+            why = exc.strerror or exc
+            raise SandboxError(f"cannot move {pid} into the cgroup {self.name}: {why}") from exc
 
     def cgexec_args(self) -> list[str]:
         if self.cgroups.version == 2:
@@ -569,6 +593,13 @@ class JobCgroup:
                 raise
             del self.folders[controller]
         return True
+
+
+def job_cgroup(cgroups: Cgroups, name: str) -> JobCgroup:
+    """The cgroup (not yet made) of this node's job or spare `name`."""
+    # The node's pid in the name: a node started after one that died can tell its leftovers
+    # (`sweep_cgroups`) from the live jobs of another node beside it.
+    return JobCgroup(cgroups, f"{_JOB_CGROUP_PREFIX}{os.getpid()}-{name}")
 
 
 def sweep_cgroups(cgroups: Cgroups) -> int:
@@ -740,19 +771,25 @@ class Confinement:
         self.user: JobUser | None = None
         self.cgroup: JobCgroup | None = None
         if host is not None and host.cgroups is not None:
-            # The node's pid in the name: a node started after one that died can tell its
-            # leftovers (`sweep_cgroups`) from the live jobs of another node beside it.
-            suffix = f"{os.getpid()}-{name or f'{id(self):x}'}"
-            self.cgroup = JobCgroup(host.cgroups, _JOB_CGROUP_PREFIX + suffix)
+            self.cgroup = job_cgroup(host.cgroups, name or f"{id(self):x}")
+        self._entered = False  # the cgroup already holds the process that execs the chain
         self._prlimit = host.prlimit if host is not None else shutil.which("prlimit") or "prlimit"
 
     @property
     def memory_is_whole_job(self) -> bool:
         return self.cgroup is not None and "memory" in self.cgroup.cgroups.folders
 
-    def start(self, *, memory_bytes: int | None) -> None:
+    def start(self, *, memory_bytes: int | None, cgroup: JobCgroup | None = None) -> None:
         """Get ready to run: the user, the working directory's owner, the job's cgroup with its
-        limits. SandboxError if the job cannot be confined as asked (nothing is left behind)."""
+        limits. SandboxError if the job cannot be confined as asked (nothing is left behind
+        but the cgroup, which `remove` removes).
+
+        `cgroup`: a job cgroup made ahead of time that already holds the process that will
+        exec the chain (node.spare): the job's limits are written into it instead of a new
+        one, and the chain starts without cgexec."""
+        if cgroup is not None:
+            assert self.cgroup is not None, "a cgroup for a job on a host without cgroups"
+            self.cgroup, self._entered = cgroup, True
         if self.sandboxed:
             assert self.host is not None
             if self.host.bwrap is None:
@@ -765,13 +802,16 @@ class Confinement:
                     raise SandboxError(f"cannot give {self.workdir} to {self.user.name}: {exc}") from exc
         if self.cgroup is not None:
             tasks = self.isolation.max_processes + (_BWRAP_PROCESSES if self.sandboxed else 0)
-            self.cgroup.create(memory_bytes=memory_bytes, max_tasks=tasks)
+            if self._entered:
+                self.cgroup.limit(memory_bytes=memory_bytes, max_tasks=tasks)
+            else:
+                self.cgroup.create(memory_bytes=memory_bytes, max_tasks=tasks)
 
     def command(self, argv: Sequence[str], *, cpu_seconds: int | None, memory_bytes: int | None) -> list[str]:
         """The exec chain that runs `argv` (its program an absolute path) confined; after `start`
         (the probe calls it without, for a sandbox of its own)."""
         chain: list[str] = []
-        if self.cgroup is not None:
+        if self.cgroup is not None and not self._entered:
             chain += self.cgroup.cgexec_args()
         max_processes = None
         if self.sandboxed:
