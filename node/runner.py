@@ -7,7 +7,10 @@ output and resource limits, and guarantees that no process of the job outlives `
 
 The program is started through an exec chain (`node.sandbox.Confinement`: cgexec, setpriv,
 bwrap, prlimit, as the job needs) in which every limit is set before the program's first
-instruction; the node never runs Python between fork and exec.
+instruction; the node never runs Python between fork and exec. Where the node keeps a spare
+(`node.spare`: a process already in a fresh job cgroup), the job's process is that spare,
+told to exec the chain without cgexec; the only Python it runs is a program of its own that
+reads the chain and execs it.
 
 Linux only: it relies on `os.pidfd_open`, `/proc/<pid>/stat` and util-linux's `prlimit`.
 """
@@ -28,6 +31,7 @@ import trio
 
 from hubnet.identity.errors import HubnetError
 from hubnet.node.sandbox import Confinement, SandboxError
+from hubnet.node.spare import Spares
 
 _CHUNK = 65536
 _PIPE_SIZE = 1 << 20
@@ -95,6 +99,7 @@ class Job:
         limits: JobLimits,
         read_size: int = _CHUNK,
         confinement: Confinement | None = None,
+        spares: Spares | None = None,
     ) -> None:
         self._argv = list(argv)
         self._env = dict(env)
@@ -102,6 +107,7 @@ class Job:
         self._limits = limits
         self._read_size = read_size  # the caller's message size, so each read is sent whole
         self._confinement = confinement or Confinement()
+        self._spares = spares  # where there is one, the job starts from a spare (node.spare)
         self._proc: trio.Process | None = None
         self._reaped = False
         self._exited = False  # the first process has exited: the outcome is its, not a timeout
@@ -124,30 +130,8 @@ class Job:
         """
         if self._proc is not None:
             raise RuntimeError("a Job runs only once")
-        confinement = self._confinement
         argv = [self._program(), *self._argv[1:]]
-        try:
-            confinement.start(memory_bytes=self._limits.memory_bytes)
-        except SandboxError as exc:
-            await self._remove_cgroup()
-            raise SpawnError(f"cannot start {self._argv[0]!r}: {exc}") from exc
-        command = confinement.command(
-            argv, cpu_seconds=self._limits.cpu_seconds, memory_bytes=self._limits.memory_bytes
-        )
-        try:
-            proc = await trio.lowlevel.open_process(
-                command,
-                shell=False,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=self._env,
-                cwd=self._cwd,
-                process_group=0,  # its own group, so os.killpg reaches grandchildren too
-            )
-        except OSError as exc:  # PermissionError, NotADirectoryError, EMFILE...
-            await self._remove_cgroup()
-            raise SpawnError(f"cannot start {self._argv[0]!r}: {exc.strerror or exc}") from exc
+        proc = await self._start(argv)
         self._proc = proc
         _widen_pipes(proc)
         started = trio.current_time()
@@ -186,6 +170,44 @@ class Job:
             stdout_bytes=self._output_bytes["stdout"],
             stderr_bytes=self._output_bytes["stderr"],
         )
+
+    async def _start(self, argv: list[str]) -> trio.Process:
+        """The job's first process, its exec chain started; SpawnError if it cannot be (and
+        then nothing of it is left: no process, no cgroup)."""
+        confinement = self._confinement
+        # A spare is already in a job cgroup: of use only to a job that would have one.
+        has_cgroup = confinement.cgroup is not None
+        spare = self._spares.take() if self._spares is not None and has_cgroup else None
+        try:
+            confinement.start(
+                memory_bytes=self._limits.memory_bytes, cgroup=spare.cgroup if spare is not None else None
+            )
+            command = confinement.command(
+                argv, cpu_seconds=self._limits.cpu_seconds, memory_bytes=self._limits.memory_bytes
+            )
+            if spare is not None:
+                await spare.launch(command, env=self._env, cwd=self._cwd)
+                return spare.process
+            return await trio.lowlevel.open_process(
+                command,
+                shell=False,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self._env,
+                cwd=self._cwd,
+                process_group=0,  # its own group, so os.killpg reaches grandchildren too
+            )
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                if spare is not None:
+                    await spare.close()
+                await self._remove_cgroup()
+            if isinstance(exc, SandboxError):
+                raise SpawnError(f"cannot start {self._argv[0]!r}: {exc}") from exc
+            if isinstance(exc, OSError):  # PermissionError, NotADirectoryError, EMFILE...
+                raise SpawnError(f"cannot start {self._argv[0]!r}: {exc.strerror or exc}") from exc
+            raise
 
     def _program(self) -> str:
         """The program's absolute path, found as exec would (PATH from the job's environment),
