@@ -33,6 +33,7 @@ from hubnet.node.reservations import RelayFinder, RelayListener
 from hubnet.node.sandbox import check_services, probe_host
 from hubnet.node.server import Node
 from hubnet.node.services import NodeConfig
+from hubnet.node.spare import Spares
 
 log = logging.getLogger("hubnet.node")
 # The line giving the node's address is the command's output, not chatter: whoever sets up
@@ -149,6 +150,9 @@ async def _serve(
             finder = RelayFinder(config.relays, dht, identity.public_key)
             await nursery.start(functools.partial(relays.run, finder, active=lambda: discovery.private))
             nursery.start_soon(node.serve_listeners, [relays])
+            if node.host is not None and node.host.cgroups is not None:
+                node.spares = Spares(node.host.cgroups)
+                nursery.start_soon(node.spares.run)  # cancelled, it kills its spare, removes its cgroup
             if config.orgs or orgs.own_lists or orgs.own_profiles:
                 watch = OrgWatch(
                     dht,

@@ -97,6 +97,7 @@ from hubnet.node.relay_protocol import is_relay_request
 from hubnet.node.runner import Job, JobLimits, JobOutcome, SpawnError
 from hubnet.node.sandbox import Confinement, Host, describe_isolation, probe_host
 from hubnet.node.services import NodeConfig, Service
+from hubnet.node.spare import Spares
 
 log = logging.getLogger("hubnet.node")
 
@@ -123,6 +124,9 @@ class Node:
     # How this machine isolates jobs (`node.sandbox.probe_host`): set by whoever runs the node
     # (`node.run`, which says it at start); if nobody did, the first job probes it.
     host: Host | None = None
+    # Where jobs start from a spare already in its cgroup (`node.spare`): set, and run, by
+    # whoever runs the node on a host with cgroups; without, each job starts through cgexec.
+    spares: Spares | None = None
 
     def __init__(
         self,
@@ -466,7 +470,13 @@ class Node:
             self.host = probe_host()
         confinement = Confinement(self.host, service.isolation, workdir=workdir, name=job_id)
         job = Job(
-            admitted.argv, env=env, cwd=workdir, limits=limits, read_size=DATA_CHUNK, confinement=confinement
+            admitted.argv,
+            env=env,
+            cwd=workdir,
+            limits=limits,
+            read_size=DATA_CHUNK,
+            confinement=confinement,
+            spares=self.spares,
         )
         output = _JobOutput(caller.stream, caller.conn)
         started = trio.current_time()

@@ -10,6 +10,7 @@ skipped, saying so; everything else holds on any Linux with bubblewrap.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -297,3 +298,41 @@ def test_memory_caps_the_whole_job(node: Node, client: Client) -> None:
     assert alone.returncode == 0, alone.stderr  # 40 MiB fits in the 100 MiB
     together = client.call(node.target, "hogs")
     assert together.returncode != 0, together.stderr  # 4 x 40 MiB do not, though each would
+
+
+SPARE = re.compile(r"hubnet-job-(\d+)-spare\d+")  # node.spare's, named by the node's pid
+
+
+def test_a_stopped_node_leaves_no_spare_process_and_no_cgroup(tmp_path: Path, client: Client) -> None:
+    cgroups, why = probe_cgroups()
+    if cgroups is None:
+        pytest.skip(f"no cgroups for this user ({why}): the node keeps no spare")
+    bases = set(cgroups.folders.values())
+
+    def spares() -> dict[Path, list[int]]:
+        """Every spare's cgroup folder on this machine, with the processes in it."""
+        found = {}
+        for base in bases:
+            for folder in base.iterdir():
+                if SPARE.fullmatch(folder.name):
+                    with contextlib.suppress(FileNotFoundError):
+                        found[folder] = [int(p) for p in (folder / "cgroup.procs").read_text().split()]
+        return found
+
+    def owner(folder: Path) -> str:
+        match = SPARE.fullmatch(folder.name)
+        assert match is not None
+        return match[1]
+
+    before = set(spares())
+    toml = 'listen = "127.0.0.1:0"\n\n[services.true]\ncommand = ["true"]\n'
+    with Server(tmp_path / "node", toml) as server:
+        assert client.call(server.target, "true").returncode == 0
+        # The call took a spare; the node makes the next one in the background.
+        assert wait_until(lambda: any(pids for f, pids in spares().items() if f not in before), 30)
+        ours = {f: pids for f, pids in spares().items() if f not in before}
+        [node_pid] = {owner(f) for f in ours}
+        [spare] = {pid for pids in ours.values() for pid in pids}  # one spare, in every hierarchy
+        assert b"_spare.py" in _cmdline(Path(f"/proc/{spare}"))
+    assert [f for f in spares() if owner(f) == node_pid] == [], "the stopped node left a spare's cgroup"
+    assert b"_spare.py" not in _cmdline(Path(f"/proc/{spare}")), "the stopped node left its spare"
