@@ -7,7 +7,7 @@ under a domain of its own, so the two kinds of key never collide by construction
 
 from __future__ import annotations
 
-import hashlib
+from _blake2 import blake2b  # hashlib's, without loading OpenSSL (identity.noise)
 
 ID_LEN = 20
 K = 20  # bucket size, and how many nodes store each record
@@ -16,12 +16,12 @@ ID_BITS = ID_LEN * 8
 
 def node_id(public_key: bytes) -> bytes:
     """The DHT id of the node whose Ed25519 public key is `public_key`."""
-    return hashlib.blake2b(public_key).digest()[:ID_LEN]
+    return blake2b(public_key).digest()[:ID_LEN]
 
 
 def service_key(service_id: bytes) -> bytes:
     """The DHT key under which the offers for a service are stored."""
-    return hashlib.blake2b(b"hubnet/service-key/1\x00" + service_id).digest()[:ID_LEN]
+    return blake2b(b"hubnet/service-key/1\x00" + service_id).digest()[:ID_LEN]
 
 
 def distance(a: bytes, b: bytes) -> int:

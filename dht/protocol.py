@@ -35,9 +35,11 @@ datagram is whatever the sender wrote):
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
+
+# hashlib's BLAKE2b and hmac's comparison without loading OpenSSL (see identity.noise).
+from _blake2 import blake2b
+from _operator import _compare_digest as compare_digest
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -256,7 +258,7 @@ class DhtProtocol:
 
     def _mac(self, address: Address, window: int) -> bytes:
         text = f"{address[0]}\x00{address[1]}\x00{window}".encode()
-        return hashlib.blake2b(text, key=self._secret, digest_size=TOKEN_LEN).digest()
+        return blake2b(text, key=self._secret, digest_size=TOKEN_LEN).digest()
 
     def token_for(self, address: Address, *, now: int) -> bytes:
         """The token we give the sender at `address` now."""
@@ -266,7 +268,7 @@ class DhtProtocol:
         """Whether `token` is one we gave `address` in this window or the last."""
         window = now // TOKEN_ROTATION
         return len(token) == TOKEN_LEN and any(
-            hmac.compare_digest(token, self._mac(address, w)) for w in (window, window - 1)
+            compare_digest(token, self._mac(address, w)) for w in (window, window - 1)
         )
 
     def token_from(self, address: Address, *, now: int) -> bytes:

@@ -72,10 +72,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return {}
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror or exc}") from exc
-    import hashlib  # the secure session needs it anyway, so it costs a call nothing more
-    import marshal  # built in: no import cost
+    import marshal  # built in, as _blake2 is (identity.noise): no import cost
+    from _blake2 import blake2b
 
-    key = hashlib.blake2b(data, digest_size=16, person=b"hubnet/parsed").digest()
+    key = blake2b(data, digest_size=16, person=b"hubnet/parsed").digest()
     parsed = path.with_name(f".{path.name}.parsed")
     try:
         version, cached_key, tables = marshal.loads(parsed.read_bytes())

@@ -7,10 +7,10 @@ converted from the Ed25519 key, so one key file is the whole identity.
 
 from __future__ import annotations
 
+import _thread  # threading's get_ident, without threading's import
 import base64
 import binascii
 import os
-import threading
 from pathlib import Path
 
 # libsodium through `identity.sodium` rather than nacl.signing or nacl.bindings: their
@@ -156,7 +156,7 @@ def _create_identity(path: Path) -> Identity:
     identity = Identity.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
     # Unique per thread too: the Python API may create a home's key from many threads at once.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{_thread.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:

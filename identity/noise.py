@@ -6,16 +6,20 @@ and get bytes back, so the same code runs under trio, in tests and against the p
 
 The objects and methods carry the specification's names (`CipherState.encrypt_with_ad`,
 `HandshakeState.write_message`, `split`, ...) so that the spec can be read alongside the code. Primitives
-come from libsodium (PyNaCl's build, through `identity.sodium`); HMAC and HKDF are built from `hmac`
-and `hashlib` as section 4.3 prescribes. Pre-shared keys (and so `MixKeyAndHash`) are not supported.
+come from libsodium (PyNaCl's build, through `identity.sodium`); HMAC (RFC 2104) and HKDF are built on
+the hash as section 4.3 prescribes. Pre-shared keys (and so `MixKeyAndHash`) are not supported.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+# hashlib's own BLAKE2b and the comparison behind hmac.compare_digest, built into the
+# interpreter: importing hashlib or hmac loads OpenSSL (`_hashlib`), which cost a cold
+# `hubnode call` about 6 ms before it had sent a byte.
+from _blake2 import blake2b
+from _operator import _compare_digest as compare_digest
+from collections.abc import Callable
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from hubnet.identity import sodium
 from hubnet.identity.errors import DecryptError, HandshakeError, LocalProtocolError
@@ -81,7 +85,7 @@ def _dh(private: bytes, remote_public: bytes) -> bytes:
     shared = sodium.scalarmult(private, remote_public)
     if shared is None:
         raise HandshakeError("DH with the peer's key failed (low-order point)")
-    if hmac.compare_digest(shared, bytes(DHLEN)):
+    if compare_digest(shared, bytes(DHLEN)):
         raise HandshakeError("DH with the peer's key gave an all-zero secret (low-order point)")
     return shared
 
@@ -109,21 +113,39 @@ class _KeyPair:
 # --- Hash functions -------------------------------------------------------------------------------------
 
 
+class _Hasher(Protocol):
+    def digest(self) -> bytes: ...
+
+
+def _sha256(data: bytes) -> _Hasher:
+    import hashlib  # only here: SHA256 serves the published test vectors, never a hubnet session
+
+    return hashlib.sha256(data)
+
+
+# HMAC's key pads (RFC 2104): each key byte XORed with 0x36 (inner) or 0x5C (outer).
+_IPAD = bytes(byte ^ 0x36 for byte in range(256))
+_OPAD = bytes(byte ^ 0x5C for byte in range(256))
+
+
 @frozen
 class _Hash:
-    """A Noise hash function: its hashlib name and HASHLEN.
+    """A Noise hash function: how to start one over some data, HASHLEN and BLOCKLEN."""
 
-    BLOCKLEN is not stored: `hmac` reads it from the hashlib object (128 for BLAKE2b, 64 for SHA256).
-    """
-
-    hashlib_name: str
+    new: Callable[[bytes], _Hasher]
     hashlen: int
+    blocklen: int
 
     def hash(self, data: bytes) -> bytes:
-        return hashlib.new(self.hashlib_name, data).digest()
+        return self.new(data).digest()
 
     def hmac(self, key: bytes, data: bytes) -> bytes:
-        return hmac.digest(key, data, self.hashlib_name)
+        """HMAC-HASH(key, data), RFC 2104."""
+        if len(key) > self.blocklen:
+            key = self.hash(key)
+        key = key.ljust(self.blocklen, b"\x00")
+        inner = self.hash(key.translate(_IPAD) + data)
+        return self.hash(key.translate(_OPAD) + inner)
 
     def hkdf(self, chaining_key: bytes, input_key_material: bytes) -> tuple[bytes, bytes]:
         """HKDF with two outputs (spec section 4.3); Noise without PSKs never needs the third."""
@@ -134,8 +156,8 @@ class _Hash:
 
 
 _HASHES = {
-    "BLAKE2b": _Hash("blake2b", 64),
-    "SHA256": _Hash("sha256", 32),
+    "BLAKE2b": _Hash(blake2b, 64, 128),
+    "SHA256": _Hash(_sha256, 32, 64),
 }
 
 

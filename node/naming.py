@@ -6,8 +6,8 @@ on `hubnode call`'s path costs a Pi time on every call.
 
 from __future__ import annotations
 
-import hashlib
 import re
+from _blake2 import blake2b  # hashlib's, without loading OpenSSL (identity.noise)
 
 from hubnet.dht.addresses import Address, DirectAddress, RelayAddress, parse_address
 from hubnet.identity.errors import ConfigError
@@ -22,7 +22,7 @@ _HEX_ID_RE = re.compile(r"[0-9A-Fa-f]{32}")
 
 def service_id_for_name(name: str) -> bytes:
     """The default id of a service: a domain-separated hash of its name."""
-    return hashlib.blake2b(b"hubnet/service/v1/" + name.encode(), digest_size=32).digest()[:SERVICE_ID_LEN]
+    return blake2b(b"hubnet/service/v1/" + name.encode(), digest_size=32).digest()[:SERVICE_ID_LEN]
 
 
 def format_service_id(sid: bytes) -> str:

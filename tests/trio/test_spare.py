@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from hubnet.node import spare as node_spare
 from hubnet.node.runner import Job, JobLimits, JobOutcome, SpawnError
 from hubnet.node.sandbox import Cgroups, Confinement, Host, Isolation, probe_host
 from hubnet.node.spare import Spare, Spares, encode_instruction
@@ -204,6 +205,21 @@ async def test_consecutive_jobs_each_get_a_fresh_spare_and_cgroup(host: Host, tm
             names.append(spare.cgroup.name)
     assert len(set(names)) == 3
     assert all(name.startswith(f"hubnet-job-{os.getpid()}-spare") for name in names)  # sweep_cgroups's
+
+
+async def test_the_next_spare_is_made_as_soon_as_the_job_ends(
+    host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A short job's end, not the pause after a spare is taken, starts the next spare: a
+    robot that calls again as soon as its call returns finds one."""
+    monkeypatch.setattr(node_spare, "_PAUSE", 3600.0)
+    cgroups = cgroups_of(host)
+    async with keeping(cgroups) as spares:
+        first = await ready(spares)
+        outcome, _ = await run(["true"], confined(host, tmp_path), spares)
+        assert outcome.exit_code == 0
+        second = await ready(spares)  # within ready()'s 30 s, not the hour's pause
+        assert second is not first
 
 
 async def test_stopping_leaves_no_spare_and_no_cgroup(host: Host) -> None:

@@ -204,7 +204,7 @@ def test_shown_commands_stay_on_one_line() -> None:
 # console script runs it, then print which of the costly modules it loaded.
 _LOADED_BY = """
 import atexit, sys
-COSTLY = ("trio", "click", "dataclasses", "tempfile", "encodings.idna")
+COSTLY = ("trio", "click", "dataclasses", "tempfile", "encodings.idna", "_hashlib", "threading", "tomllib")
 atexit.register(lambda: print(",".join(m for m in COSTLY if m in sys.modules)))
 sys.argv = ["hubnode", *sys.argv[1:]]
 from hubnet.main import main
@@ -219,16 +219,25 @@ def _python(code: str, *argv: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize(
-    "call",
+    ("call", "needed"),
     [
-        ["call", "--server", "127.0.0.1:1", "cat"],  # a server given: connect (refused)
-        ["call", "cat"],  # none given: discovery in the DHT (with no bootstrap nodes)
+        (["call", "--server", "127.0.0.1:1", "cat"], ""),  # a server given: connect (refused)
+        # None given: discovery in the DHT (with no bootstrap nodes), which probes on threads.
+        (["call", "cat"], "threading"),
     ],
     ids=["server", "discovery"],
 )
-def test_call_imports_none_of_the_costly_modules(call: list[str], tmp_path: Path) -> None:
+def test_call_imports_none_of_the_costly_modules(call: list[str], needed: str, tmp_path: Path) -> None:
     done = _python(_LOADED_BY, "--home", str(tmp_path), *call)
     assert done.returncode != 0  # nothing answers; what matters is what it loaded on the way
+    assert done.stdout.strip() == needed, done.stderr
+
+
+def test_a_call_with_a_client_toml_parsed_before_imports_no_toml_parser(tmp_path: Path) -> None:
+    (tmp_path / "client.toml").write_text('server = "127.0.0.1:1"\n', encoding="utf-8")
+    for _ in range(2):  # the first call parses the file and keeps what it parsed to
+        done = _python(_LOADED_BY, "--home", str(tmp_path), "call", "cat")
+        assert done.returncode != 0
     assert done.stdout.strip() == "", done.stderr
 
 

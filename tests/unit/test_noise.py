@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from hubnet.identity.errors import DecryptError, HandshakeError, LocalProtocolError
 from hubnet.identity.noise import (
+    _HASHES,
     BULK_MESSAGE,
     MAX_MESSAGE_LEN,
     TAG_LEN,
@@ -552,3 +554,14 @@ def test_into_paths_refuse_misuse() -> None:
         keyed.encrypt_into(memoryview(bytearray(TAG_LEN)), b"x")  # no room for the tag
     with pytest.raises(DecryptError):
         keyed.decrypt_into(memoryview(bytearray(0)), bytes(TAG_LEN - 1))
+
+
+@settings(max_examples=200)
+@given(
+    name=st.sampled_from(["BLAKE2b", "SHA256"]),
+    key=st.binary(max_size=300),  # past both block sizes: a long key is hashed first
+    data=st.binary(max_size=300),
+)
+def test_hmac_is_rfc_2104s(name: str, key: bytes, data: bytes) -> None:
+    """Built on the hash itself (hmac's import loads OpenSSL); the standard library's agrees."""
+    assert _HASHES[name].hmac(key, data) == hmac.digest(key, data, name.lower())
