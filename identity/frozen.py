@@ -76,12 +76,24 @@ def frozen(cls: _Class) -> _Class:
     if hasattr(cls, "__post_init__"):
         body.append("    self.__post_init__()")
     source = "\n".join([f"def __init__(self, {', '.join(params)}):", *(body or ["    pass"])])
-    namespace: dict[str, Any] = {"_set": object.__setattr__}
-    namespace.update((f"_default_{name}", value) for name, value in defaults.items())
-    exec(source, namespace)
-    init = namespace["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
-    cls.__init__ = init  # type: ignore[misc]
+
+    def compile_init() -> Any:
+        namespace: dict[str, Any] = {"_set": object.__setattr__}
+        namespace.update((f"_default_{name}", value) for name, value in defaults.items())
+        exec(source, namespace)
+        init = namespace["__init__"]
+        init.__qualname__ = f"{cls.__qualname__}.__init__"
+        return init
+
+    # The `__init__` is compiled when the class is first made an instance of, not when it is
+    # defined: a cold call defines some 45 frozen classes and makes instances of a third of
+    # them, and compiling each took about 65 us. The first call puts the compiled one in place.
+    def first_init(self: object, *args: Any, **kwargs: Any) -> None:
+        init = compile_init()
+        cls.__init__ = init  # type: ignore[misc]
+        init(self, *args, **kwargs)
+
+    cls.__init__ = first_init  # type: ignore[misc]
     cls.__eq__ = _eq  # type: ignore[method-assign,assignment]
     cls.__hash__ = _hash  # type: ignore[method-assign,assignment]
     if "__repr__" not in cls.__dict__:

@@ -111,3 +111,21 @@ def test_replace_copies_with_changes_and_refuses_unknown_fields() -> None:
 def test_as_dict_names_the_fields() -> None:
     assert as_dict(Point(1, 2, ("a",))) == {"x": 1, "y": 2, "label": ("a",)}
     assert as_dict(Secret(b"k")) == {"key": b"k"}
+
+
+def test_the_init_is_compiled_at_the_first_instance_and_refuses_alike_from_the_first() -> None:
+    """Defining a class compiles nothing (a cold call defines many it never uses); its first
+    instance puts the compiled `__init__` in place, whose arguments are the fields."""
+
+    @frozen
+    class Fresh:
+        a: int
+        b: str = "b"
+
+    placeholder = Fresh.__init__
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'a'"):
+        Fresh()  # type: ignore[call-arg]
+    assert Fresh.__init__ is not placeholder
+    assert Fresh.__init__.__code__.co_varnames[:3] == ("self", "a", "b")
+    assert Fresh.__init__.__qualname__.endswith("Fresh.__init__")
+    assert Fresh(1) == Fresh(a=1, b="b") != Fresh(1, "c")
