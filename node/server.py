@@ -623,6 +623,8 @@ class _Caller:
         # Neither the pump nor the job's stdin feeder may wait on the network (a caller that
         # does not read its output would stall its own stdin), so credit goes out from a task
         # of its own, in quarters of the window: the caller always has three quarters left.
+        # A quarter of the widest window is at most the first whole window (protocol's
+        # MAX_STDIN_WINDOW), so a job that wants more stdin always finds enough sent to earn it.
         self._uncredited += size
         if self._until_widened > 0:
             self._until_widened -= size

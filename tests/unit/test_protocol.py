@@ -751,6 +751,13 @@ def test_credit_beyond_the_window_is_refused() -> None:
         client.next_event()
 
 
+def test_a_quarter_of_the_widest_window_fits_in_the_first() -> None:
+    """The node grants credit in quarters of the cap, and widens only once the job has taken
+    the first window: were a quarter larger than that window, a job could wait for stdin that
+    its caller may not send before a grant that never comes."""
+    assert STDIN_WINDOW < MAX_STDIN_WINDOW <= 4 * STDIN_WINDOW
+
+
 @pytest.mark.parametrize(
     ("asked", "cap"),
     [
