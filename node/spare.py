@@ -134,14 +134,20 @@ class Spares:
 
     async def run(self) -> None:
         """Make a spare, wait until it is taken, make the next; until cancelled."""
+        failures = 0
         try:
             while True:
                 try:
                     spare = await self._make()
                 except (OSError, SandboxError) as exc:
-                    log.warning("cannot make a spare job process (jobs start without one): %s", exc)
+                    # Said once, then quietly retried: jobs start without a spare meanwhile, and a
+                    # cause that lasts would otherwise fill the log every few seconds.
+                    failures += 1
+                    level = logging.WARNING if failures == 1 else logging.DEBUG
+                    log.log(level, "cannot make a spare job process (jobs start without one): %s", exc)
                     await trio.sleep(_RETRY)
                     continue
+                failures = 0
                 self._ready, self._taken = spare, trio.Event()
                 await self._taken.wait()
                 # Not at once: the job that took it is starting now, on a machine that may

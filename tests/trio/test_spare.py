@@ -8,6 +8,7 @@ the spares left once the node stops.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -319,3 +320,18 @@ def test_the_spare_program_decodes_what_the_node_encodes() -> None:
     ):
         with pytest.raises(ValueError):
             decode_instruction(bad)
+
+
+async def test_a_spare_that_cannot_be_made_is_said_once_and_retried_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, autojump_clock: trio.abc.Clock
+) -> None:
+    """No cgroup folder to make it in: jobs start without a spare, and the log says so once,
+    not every few seconds for as long as the node runs."""
+    missing = Cgroups(1, {"pids": tmp_path / "no-such-hierarchy"}, {"pids": "/"}, "cgexec")
+    spares = Spares(missing)
+    with caplog.at_level(logging.DEBUG, logger="hubnet.node"), trio.move_on_after(60):
+        await spares.run()
+    said = [r for r in caplog.records if "cannot make a spare" in r.getMessage()]
+    assert len(said) > 3  # retried all along (every 5 s of the minute)
+    assert [r.levelno for r in said].count(logging.WARNING) == 1
+    assert spares.take() is None
