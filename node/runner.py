@@ -31,7 +31,7 @@ import trio
 
 from hubnet.identity.errors import HubnetError
 from hubnet.node.sandbox import Confinement, SandboxError
-from hubnet.node.spare import Spares
+from hubnet.node.spare import Spares, remove_cgroup
 
 _CHUNK = 65536
 _PIPE_SIZE = 1 << 20
@@ -42,8 +42,6 @@ _DRAIN_GRACE = 5.0
 # nothing in them (only an unsandboxed job outside any cgroup can leave a process that is
 # not killed at once, and holds them) before they are abandoned.
 _EXIT_GRACE = 2.0
-# How long the processes of a killed job's cgroup may take to die before it is left behind.
-_CGROUP_GRACE = 5.0
 
 
 class SpawnError(HubnetError):
@@ -229,11 +227,8 @@ class Job:
 
     async def _remove_cgroup(self) -> None:
         """Kill what is left in the job's cgroup, wait until it is gone, remove the cgroup."""
-        confinement = self._confinement
-        with trio.move_on_after(_CGROUP_GRACE):
-            while not confinement.remove():
-                confinement.kill()
-                await trio.sleep(0.005)
+        if self._confinement.cgroup is not None:
+            await remove_cgroup(self._confinement.cgroup)
 
     async def _supervise(
         self, proc: trio.Process, pidfd: int, stdin: trio.abc.ReceiveChannel[bytes], output: JobOutput

@@ -782,7 +782,7 @@ class Confinement:
     def start(self, *, memory_bytes: int | None, cgroup: JobCgroup | None = None) -> None:
         """Get ready to run: the user, the working directory's owner, the job's cgroup with its
         limits. SandboxError if the job cannot be confined as asked (nothing is left behind
-        but the cgroup, which `remove` removes).
+        but the cgroup, which `node.spare.remove_cgroup` removes).
 
         `cgroup`: a job cgroup made ahead of time that already holds the process that will
         exec the chain (node.spare): the job's limits are written into it instead of a new
@@ -850,7 +850,3 @@ class Confinement:
     def kill(self) -> None:
         if self.cgroup is not None:
             self.cgroup.kill()
-
-    def remove(self) -> bool:
-        """Remove the cgroup once empty; False while processes are still dying in it."""
-        return self.cgroup.remove() if self.cgroup is not None else True

@@ -40,9 +40,9 @@ _PROGRAM = str(Path(__file__).with_name("_spare.py"))
 _PAUSE = 0.05
 # After a spare could not be made: how long before the next try (jobs start without one).
 _RETRY = 5.0
-# How long a discarded spare's cgroup may take to empty before it is left for the next
-# node's `sweep_cgroups`.
-_REMOVE_GRACE = 5.0
+# How long the processes of a job's or a spare's cgroup may take to die before the cgroup is
+# left for the next node's `sweep_cgroups`.
+_CGROUP_GRACE = 5.0
 _MAX_STATUS = 16  # an errno in decimal
 
 
@@ -99,10 +99,7 @@ class Spare:
     async def discard(self) -> None:
         """`close`, then remove its cgroup."""
         await self.close()
-        with trio.CancelScope(shield=True), trio.move_on_after(_REMOVE_GRACE):
-            while not self.cgroup.remove():
-                self.cgroup.kill()
-                await trio.sleep(0.005)
+        await remove_cgroup(self.cgroup)
 
 
 class Spares:
@@ -187,6 +184,15 @@ class Spares:
             await spare.discard()
             raise
         return spare
+
+
+async def remove_cgroup(cgroup: JobCgroup) -> None:
+    """Kill what is left in `cgroup`, wait until it is gone, remove the cgroup (a job's, as
+    `node.runner` ends it, or a spare's); even when cancelled."""
+    with trio.CancelScope(shield=True), trio.move_on_after(_CGROUP_GRACE):
+        while not cgroup.remove():
+            cgroup.kill()
+            await trio.sleep(0.005)
 
 
 async def _spawn(cgroup: JobCgroup) -> Spare:
