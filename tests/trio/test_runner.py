@@ -63,17 +63,18 @@ async def run(
     return outcome, out
 
 
+def gone(pid: int) -> bool:
+    """Whether `pid` has exited: no such process, or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
 def assert_gone(*pids: int) -> None:
     """Every pid has exited. SIGKILL is delivered asynchronously and orphans are reaped by init
     (which may never reap in a container), so allow a moment and count zombies as gone."""
-
-    def gone(pid: int) -> bool:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except FileNotFoundError:
-            return True
-        return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
     deadline = time.monotonic() + 10
     while not all(gone(p) for p in pids):
         assert time.monotonic() < deadline, f"still running: {[p for p in pids if not gone(p)]}"

@@ -23,7 +23,7 @@ from hubnet.node.runner import Job, JobLimits, JobOutcome, SpawnError
 from hubnet.node.sandbox import Cgroups, Confinement, Host, Isolation, probe_host
 from hubnet.node.spare import Spare, Spares, encode_instruction
 from tests.helpers import lacking, require_program
-from tests.trio.test_runner import BASE_ENV, ROOMY, Collect, no_stdin
+from tests.trio.test_runner import BASE_ENV, ROOMY, Collect, gone, no_stdin
 
 PYTHON = "/usr/bin/python3"  # Debian's, readable by the sandboxed job's user
 UNSANDBOXED = Isolation(sandbox=False, max_processes=7)
@@ -54,14 +54,6 @@ def own_folders(cgroups: Cgroups) -> list[Path]:
     """Every job or spare cgroup of this process's, in every hierarchy."""
     prefix = f"hubnet-job-{os.getpid()}-"
     return [p for base in set(cgroups.folders.values()) for p in base.iterdir() if p.name.startswith(prefix)]
-
-
-def gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 @asynccontextmanager
