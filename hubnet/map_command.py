@@ -14,6 +14,7 @@ status (the number of failed inputs, at most 101).
 from __future__ import annotations
 
 import re
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -320,6 +321,8 @@ def run_map(
             joblog.write(result.seq, result, command(result.seq))
         progress.update()
 
+    interrupted = False
+
     async def drive() -> None:
         fanout = FanOut(
             client_for(ctx, named=bool(options.servers) or bool(planned.server)),
@@ -338,13 +341,30 @@ def run_map(
             else:
                 fanout.add(seq, job)
         fanout.close()
-        await fanout.run()
+        # Ctrl-C cancels the run, as SIGINT and SIGTERM cancel a node's (node.run): the jobs
+        # running are ended at their nodes, and the interrupt is then reported. Left to Trio,
+        # the KeyboardInterrupt could land inside its own machinery, which then ended the run
+        # with an internal error instead (seen once in tests/e2e/test_map.py's resume test).
+        with trio.open_signal_receiver(signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def cancel_at_ctrl_c() -> None:
+                    nonlocal interrupted
+                    async for _ in signals:
+                        interrupted = True
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(cancel_at_ctrl_c)
+                await fanout.run()
+                nursery.cancel_scope.cancel()
 
     try:
         try:
             trio.run(drive)
         except BaseExceptionGroup as group:
             raise _single(group) from None
+        if interrupted:
+            raise KeyboardInterrupt
     finally:
         if joblog is not None:
             joblog.close()
