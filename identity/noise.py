@@ -50,7 +50,7 @@ DHLEN = 32
 _KEY_LEN = 32
 # Nonce 2**64 - 1 is reserved (spec section 5.1); reaching it means the CipherState is used up.
 _MAX_NONCE = 2**64 - 1
-# Transport messages from this size on go through OpenSSL's ChaCha20-Poly1305 (the
+# Messages from this size on go through OpenSSL's ChaCha20-Poly1305 (the
 # `cryptography` package), which runs several times faster per byte here than the portable
 # libsodium that PyNaCl bundles: the same AEAD (RFC 8439), so the same bytes on the wire.
 # It is imported at the first such message, so a small call never pays for its import.
@@ -275,26 +275,33 @@ class CipherState:
             raise LocalProtocolError(f"nonce out of range: {nonce}")
         self._n = nonce
 
-    def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
+    def encrypt_with_ad(self, ad: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
         """Encrypt and authenticate `plaintext`, authenticating `ad` too; the nonce then advances.
 
-        Raises LocalProtocolError if the result would exceed MAX_MESSAGE_LEN or the nonces are used up.
+        The ciphertext comes back as the cipher wrote it, never copied into another buffer
+        here. Raises LocalProtocolError if the result would exceed MAX_MESSAGE_LEN or the
+        nonces are used up.
         """
         if self._k is None:
             if len(plaintext) > MAX_MESSAGE_LEN:
                 raise LocalProtocolError(f"message of {len(plaintext)} bytes exceeds {MAX_MESSAGE_LEN}")
-            return plaintext
+            return bytes(plaintext)
         if len(plaintext) + TAG_LEN > MAX_MESSAGE_LEN:
             raise LocalProtocolError(
                 f"plaintext of {len(plaintext)} bytes exceeds {MAX_MESSAGE_LEN - TAG_LEN} with the tag"
             )
         self._check_nonce()
-        ciphertext = bytearray(len(plaintext) + TAG_LEN)
-        sodium.aead_encrypt(ciphertext, plaintext, ad, _nonce(self._n), self._k)
+        if len(plaintext) >= BULK_MESSAGE:
+            # It takes any buffer (its stubs before 45 say bytes), so no copy goes in.
+            ciphertext = self._bulk_aead().encrypt(_nonce(self._n), plaintext, ad or None)  # type: ignore[arg-type]
+        else:
+            out = bytearray(len(plaintext) + TAG_LEN)
+            sodium.aead_encrypt(out, plaintext, ad, _nonce(self._n), self._k)
+            ciphertext = bytes(out)
         self._n += 1
-        return bytes(ciphertext)
+        return ciphertext
 
-    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
+    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes | bytearray | memoryview) -> bytes:
         """Check and decrypt `ciphertext` against `ad`; the nonce advances only on success.
 
         Raises DecryptError on a bad tag, a too short or too long message; LocalProtocolError when the
@@ -303,54 +310,25 @@ class CipherState:
         if len(ciphertext) > MAX_MESSAGE_LEN:
             raise DecryptError(f"message of {len(ciphertext)} bytes exceeds {MAX_MESSAGE_LEN}")
         if self._k is None:
-            return ciphertext
+            return bytes(ciphertext)
         if len(ciphertext) < TAG_LEN:
             raise DecryptError(f"message of {len(ciphertext)} bytes is shorter than the tag")
         self._check_nonce()
-        plaintext = bytearray(len(ciphertext) - TAG_LEN)
-        if not sodium.aead_decrypt(plaintext, ciphertext, ad, _nonce(self._n), self._k):
-            # Leave n alone: the spec says a failed decryption does not consume a nonce.
-            raise DecryptError("message failed authentication")
-        self._n += 1
-        return bytes(plaintext)
-
-    def encrypt_into(self, out: memoryview, plaintext: bytes | bytearray | memoryview) -> None:
-        """EncryptWithAd with empty ad, writing the ciphertext (len(plaintext) + TAG_LEN bytes)
-        into `out`, a writable buffer of exactly that size: the transport's path, which frames
-        a whole batch in one buffer without copying each message again."""
-        if self._k is None:
-            raise LocalProtocolError("encrypt_into() is for a keyed CipherState")
-        if len(plaintext) + TAG_LEN > MAX_MESSAGE_LEN or len(out) != len(plaintext) + TAG_LEN:
-            raise LocalProtocolError(f"plaintext of {len(plaintext)} bytes does not fit its frame")
-        self._check_nonce()
-        if len(plaintext) >= BULK_MESSAGE:
-            # It takes any buffer (its stubs before 45 say bytes), so no copy goes in.
-            out[:] = self._bulk_aead().encrypt(_nonce(self._n), plaintext, None)  # type: ignore[arg-type]
-        else:
-            sodium.aead_encrypt(out, plaintext, b"", _nonce(self._n), self._k)
-        self._n += 1
-
-    def decrypt_into(self, out: memoryview, ciphertext: bytes | bytearray | memoryview) -> None:
-        """DecryptWithAd with empty ad into `out`, a writable buffer of len(ciphertext) - TAG_LEN
-        bytes; as `decrypt_with_ad`, the nonce advances only on success."""
-        if self._k is None:
-            raise LocalProtocolError("decrypt_into() is for a keyed CipherState")
-        if not TAG_LEN <= len(ciphertext) <= MAX_MESSAGE_LEN:
-            raise DecryptError(f"message of {len(ciphertext)} bytes is not a transport message")
-        if len(out) != len(ciphertext) - TAG_LEN:
-            raise LocalProtocolError("decrypt_into() needs a buffer of the plaintext's size")
-        self._check_nonce()
-        if len(out) >= BULK_MESSAGE:
+        if len(ciphertext) - TAG_LEN >= BULK_MESSAGE:
             from cryptography.exceptions import InvalidTag
 
             try:
-                out[:] = self._bulk_aead().decrypt(_nonce(self._n), ciphertext, None)  # type: ignore[arg-type]
+                plaintext = self._bulk_aead().decrypt(_nonce(self._n), ciphertext, ad or None)  # type: ignore[arg-type]
             except InvalidTag:
                 raise DecryptError("message failed authentication") from None
-        elif not sodium.aead_decrypt(out, ciphertext, b"", _nonce(self._n), self._k):
-            # As in decrypt_with_ad: a failed decryption does not consume a nonce.
-            raise DecryptError("message failed authentication")
+        else:
+            out = bytearray(len(ciphertext) - TAG_LEN)
+            if not sodium.aead_decrypt(out, ciphertext, ad, _nonce(self._n), self._k):
+                # Leave n alone: the spec says a failed decryption does not consume a nonce.
+                raise DecryptError("message failed authentication")
+            plaintext = bytes(out)
         self._n += 1
+        return plaintext
 
     def _bulk_aead(self) -> ChaCha20Poly1305:
         assert self._k is not None

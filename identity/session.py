@@ -19,7 +19,9 @@ key Noise just authenticated.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+from collections.abc import Iterator
 
 from hubnet.identity.errors import (
     ConfigError,
@@ -69,6 +71,14 @@ class Data:
 Event = HandshakeComplete | Data
 
 
+class _FrameView:
+    """A whole frame's ciphertext in place; `consumed` once it decrypted."""
+
+    def __init__(self, ciphertext: memoryview) -> None:
+        self.ciphertext = ciphertext
+        self.consumed = False
+
+
 class _State(enum.Enum):
     IDLE = "idle"
     HANDSHAKE = "handshake"
@@ -104,7 +114,9 @@ class NoiseSession:
         self._remote_identity = remote_identity
         self._remote_static = None if remote_identity is None else _noise_key(remote_identity)
         self._max_buffer = max_buffer
-        self._buffer = bytearray()
+        self._buffer = bytearray()  # a frame cut by a read's end, or input not taken as is
+        self._held: bytes | None = None  # a read kept as it came (`receive_data`)
+        self._held_at = 0  # where its undecoded part starts
         self._state = _State.IDLE
         self._hs: HandshakeState | None = None
         self._pattern: str | None = None
@@ -121,7 +133,8 @@ class NoiseSession:
     @property
     def buffered(self) -> int:
         """Bytes received and not yet decoded."""
-        return len(self._buffer)
+        held = 0 if self._held is None else len(self._held) - self._held_at
+        return len(self._buffer) + held
 
     @property
     def handshake_done(self) -> bool:
@@ -160,9 +173,8 @@ class NoiseSession:
     def send(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
         """Encrypt application bytes into frames, finishing an XX handshake if needed.
 
-        Every frame of one call goes into one buffer, each message encrypted straight into
-        its place: a driver writes the batch with one system call, and no message is copied
-        again on its way there.
+        Every frame of one call goes into one buffer: a driver writes the batch with one
+        system call.
         """
         if self._state is _State.FINISHING:
             assert self._hs is not None
@@ -172,29 +184,34 @@ class NoiseSession:
             return final + self.send(data[len(head) :])
         if self._state is not _State.TRANSPORT or self._send_cs is None:
             raise LocalProtocolError("send() before the handshake completed")
-        size = len(data)
-        if not size:
+        if not data:
             return b""
-        frames = -(-size // MAX_PAYLOAD)
-        out = bytearray(size + frames * (2 + TAG_LEN))
-        with memoryview(data) as plain, memoryview(out) as wire:
-            at = 0
-            for start in range(0, size, MAX_PAYLOAD):
-                chunk = plain[start : start + MAX_PAYLOAD]
-                length = len(chunk) + TAG_LEN
-                wire[at : at + 2] = length.to_bytes(2, "big")
-                self._send_cs.encrypt_into(wire[at + 2 : at + 2 + length], chunk)
-                at += 2 + length
-        return out
+        # Each frame's ciphertext is the cipher's own buffer; one join lays them out behind
+        # their lengths, the only copy on the way to the socket.
+        parts: list[bytes] = []
+        with memoryview(data) as plain:
+            for start in range(0, len(plain), MAX_PAYLOAD):
+                ciphertext = self._send_cs.encrypt_with_ad(b"", plain[start : start + MAX_PAYLOAD])
+                parts += (len(ciphertext).to_bytes(2, "big"), ciphertext)
+        return b"".join(parts)
 
     def receive_data(self, data: bytes | bytearray) -> None:
-        """Buffer bytes from the peer; refuse to buffer without bound."""
+        """Buffer bytes from the peer; refuse to buffer without bound.
+
+        `bytes` (what a socket read returns) are kept as they are, not copied: whole frames
+        are decrypted straight out of them, and only a frame cut at either end of a read is
+        copied into the session's own buffer (see `_next_frame_view`).
+        """
         if self._state is _State.FAILED:
             raise LocalProtocolError("session already failed")
-        if len(self._buffer) + len(data) > self._max_buffer:
+        if self.buffered + len(data) > self._max_buffer:
             self._state = _State.FAILED
             raise RemoteProtocolError("peer sent more than the session will buffer")
-        self._buffer += data
+        self._fold_held()
+        if type(data) is bytes and data:
+            self._held, self._held_at = data, 0
+        else:
+            self._buffer += data
 
     def next_event(self) -> Event | None:
         """The next complete event, or None when more bytes are needed."""
@@ -210,7 +227,7 @@ class NoiseSession:
             self._state = _State.FAILED
             raise
 
-    def next_data(self) -> bytearray | None:
+    def next_data(self) -> bytes | None:
         """Decrypted application bytes once the handshake is done, or None for more input.
 
         A session has exactly one handshake: drivers switch to this after
@@ -228,43 +245,85 @@ class NoiseSession:
         data = self._decrypt_frames(None)
         return data if data else None
 
-    def _decrypt_frames(self, limit: int | None) -> bytearray | None:
-        """Decrypt up to `limit` (None: all) whole transport frames from the buffer into one
-        buffer; None when not one frame is whole. A frame that fails ends the session, but
-        the frames before it in the batch are still delivered (it fails on the next call)."""
-        buffer = self._buffer
-        spans: list[tuple[int, int]] = []
-        at = 0
-        while (limit is None or len(spans) < limit) and len(buffer) - at >= 2:
-            length = int.from_bytes(buffer[at : at + 2], "big")
-            if len(buffer) - at - 2 < length:
-                break
-            spans.append((at + 2, length))
-            at += 2 + length
-        if not spans:
-            return None
+    def _decrypt_frames(self, limit: int | None) -> bytes | None:
+        """Decrypt up to `limit` (None: all) whole transport frames into one buffer; None when
+        not one frame is whole. A frame that fails ends the session, but the frames before
+        it in the batch are still delivered (it fails on the next call)."""
         assert self._recv_cs is not None
-        out = bytearray(sum(max(length - TAG_LEN, 0) for _, length in spans))
-        done = 0  # bytes of the buffer consumed
-        with memoryview(buffer) as wire, memoryview(out) as plain:
-            written = 0
-            for start, length in spans:
-                size = length - TAG_LEN
+        plaintexts: list[bytes] = []
+        while limit is None or len(plaintexts) < limit:
+            with self._next_frame_view() as frame:
+                if frame is None:
+                    break
                 try:
-                    self._recv_cs.decrypt_into(
-                        plain[written : written + max(size, 0)], wire[start : start + length]
-                    )
+                    plaintexts.append(self._recv_cs.decrypt_with_ad(b"", frame.ciphertext))
                 except RemoteProtocolError:
-                    if not done:
+                    if not plaintexts:
                         self._state = _State.FAILED
                         raise
                     break  # deliver what came before; the bad frame is the next call's
-                written += size
-                done = start + length
-        del buffer[:done]
-        if written < len(out):
-            del out[written:]
-        return out
+                frame.consumed = True
+        if self._held is not None and _whole_frame(self._held, self._held_at) is None:
+            self._fold_held()  # at most one frame's start: the next read completes it
+        if not plaintexts:
+            return None
+        return plaintexts[0] if len(plaintexts) == 1 else b"".join(plaintexts)
+
+    @contextlib.contextmanager
+    def _next_frame_view(self) -> Iterator[_FrameView | None]:
+        """The next whole frame, in place: in the session's buffer (completed from the held
+        read when it was cut there), else in the held read. Consumed on the way out if the
+        caller set `consumed`."""
+        buffer = self._buffer
+        if buffer and self._held is not None:
+            self._complete_buffered_frame()
+        source: bytes | bytearray
+        if buffer:
+            source, at = buffer, 0
+        elif self._held is not None:
+            source, at = self._held, self._held_at
+        else:
+            yield None
+            return
+        length = _whole_frame(source, at)
+        if length is None:
+            yield None
+            return
+        view = _FrameView(memoryview(source)[at + 2 : at + 2 + length])
+        try:
+            yield view
+        finally:
+            view.ciphertext.release()  # a bytearray with a view on it cannot be resized
+        if view.consumed:
+            if source is buffer:
+                del buffer[: 2 + length]
+            else:
+                self._held_at += 2 + length
+                if self._held_at == len(source):
+                    self._held = None
+
+    def _complete_buffered_frame(self) -> None:
+        """Move from the held read into the buffer just what the buffer's frame lacks."""
+        assert self._held is not None
+        buffer = self._buffer
+        if len(buffer) < 2:
+            self._take_held(2 - len(buffer))
+        if len(buffer) >= 2 and self._held is not None:
+            self._take_held(2 + int.from_bytes(buffer[:2], "big") - len(buffer))
+
+    def _take_held(self, size: int) -> None:
+        assert self._held is not None
+        end = min(self._held_at + max(size, 0), len(self._held))
+        self._buffer += self._held[self._held_at : end]
+        self._held_at = end
+        if end == len(self._held):
+            self._held = None
+
+    def _fold_held(self) -> None:
+        """Copy what is left of the held read into the buffer, behind what it holds."""
+        if self._held is not None:
+            self._buffer += self._held[self._held_at :]
+            self._held = None
 
     def detach(self) -> bytes:
         """End the session where the stream goes on without it: the bytes received but not
@@ -272,6 +331,7 @@ class NoiseSession:
         end-to-end session follows the relay's). The session refuses everything after."""
         if not self.handshake_done:
             raise LocalProtocolError("detach() before the handshake completed")
+        self._fold_held()
         rest = bytes(self._buffer)
         self._buffer.clear()
         self._state = _State.FAILED
@@ -282,11 +342,12 @@ class NoiseSession:
         if not self.handshake_done:
             self._state = _State.FAILED
             raise HandshakeClosed("connection closed during the handshake")
-        if self._buffer:
+        if self.buffered:
             self._state = _State.FAILED
             raise RemoteProtocolError("connection closed in the middle of a message")
 
     def _next_frame(self) -> bytes | None:
+        self._fold_held()  # handshake frames are small: no need to read them in place
         if len(self._buffer) < 2:
             return None
         length = int.from_bytes(self._buffer[:2], "big")
@@ -363,6 +424,14 @@ class NoiseSession:
 
 def _noise_key(identity: bytes) -> bytes:
     return noise_public_key(identity)
+
+
+def _whole_frame(source: bytes | bytearray, at: int) -> int | None:
+    """The length of the frame at `at` in `source` if all of it is there, else None."""
+    if len(source) - at < 2:
+        return None
+    length = int.from_bytes(source[at : at + 2], "big")
+    return length if len(source) - at - 2 >= length else None
 
 
 def _frame(message: bytes) -> bytes:
