@@ -13,12 +13,10 @@ the client's home), and probing goes on past dead offers until enough answered.
 
 from __future__ import annotations
 
+import _thread
 import ipaddress
-import queue
-import random
 import socket
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -66,6 +64,8 @@ from hubnet.select import (
 from hubnet.trust import PinnedKeys
 
 if TYPE_CHECKING:
+    import queue
+
     from hubnet.identity.orgs import Profile, RevocationList
 
 MAX_ATTEMPTS = 5  # providers a call is tried on
@@ -253,9 +253,11 @@ class DialLedger:
         inner: Dialer | None = None,
     ) -> None:
         self.max_addresses = MAX_DIALLED_ADDRESSES if max_addresses is None else max_addresses
-        self._slots = threading.Semaphore(MAX_CONCURRENT_PROBES if max_concurrent is None else max_concurrent)
+        self._free_slots = MAX_CONCURRENT_PROBES if max_concurrent is None else max_concurrent
         self._inner = inner or TcpDialer()
-        self._lock = threading.Lock()
+        # `_thread`'s lock, not `threading`'s: a call that probes nobody (one provider) then
+        # never imports threading and queue, about 2 ms of a Pi's call.
+        self._lock = _thread.allocate_lock()
         self._keys: dict[str, tuple[str, int]] = {}  # an address as offered -> its IP and port
         self._dialled: set[tuple[str, int]] = set()
         self._grants: set[tuple[str, int]] = set()
@@ -269,10 +271,15 @@ class DialLedger:
 
     def start_probe(self) -> bool:
         """Take a probe slot if one is free; `end_probe` gives it back."""
-        return self._slots.acquire(blocking=False)
+        with self._lock:
+            if self._free_slots <= 0:
+                return False
+            self._free_slots -= 1
+            return True
 
     def end_probe(self) -> None:
-        self._slots.release()
+        with self._lock:
+            self._free_slots += 1
 
     def may_dial(self, address: Address) -> bool:
         """Whether a dial to `address` would be allowed now (without resolving it)."""
@@ -477,10 +484,10 @@ class _Prober:
         self.backoff = backoff
         self.timeout = timeout
         self.results: dict[bytes, Probe | None] = {}
-        self._answers: queue.SimpleQueue[_Outcome] = queue.SimpleQueue()
+        self._answers: queue.SimpleQueue[_Outcome] | None = None  # made by the first run
         self._in_flight: dict[str, tuple[_Group, float]] = {}  # by address: the group, when started
 
-    def _ask(self, group: _Group) -> None:
+    def _ask(self, group: _Group, answers: queue.SimpleQueue[_Outcome]) -> None:
         started = time.monotonic()
         claimants = [offer.publisher for offer in group.offers]
         answer = None
@@ -492,7 +499,7 @@ class _Prober:
             pass
         finally:
             self.ledger.end_probe()
-            self._answers.put(_Outcome(group, answer))
+            answers.put(_Outcome(group, answer))
 
     def _record(self, outcome: _Outcome) -> Probe | None:
         """Note `outcome`; the answer if one of its offers gave it."""
@@ -523,6 +530,12 @@ class _Prober:
         Probes still in flight at the end go on, on their own (see `settle`), and count
         towards the bounds of the next run.
         """
+        import queue  # only a call that probes pays for these (and for threading, which queue imports)
+        import threading
+
+        if self._answers is None:
+            self._answers = queue.SimpleQueue()
+        answers = self._answers
         in_flight = self._in_flight
         pending = deque(groups)
         end = time.monotonic() + PROBE_PHASE
@@ -545,7 +558,7 @@ class _Prober:
                     slots_busy = True  # probes abandoned by an earlier phase still hold them
                     break
                 group = pending.popleft()
-                threading.Thread(target=self._ask, args=(group,), daemon=True).start()
+                threading.Thread(target=self._ask, args=(group, answers), daemon=True).start()
                 in_flight[str(group.address)] = (group, time.monotonic())
                 after_live += grace_end is not None
             now = time.monotonic()
@@ -562,7 +575,7 @@ class _Prober:
                     return
                 wait = min(wait, grace_end - now)
             try:
-                outcome = self._answers.get(timeout=wait)
+                outcome = answers.get(timeout=wait)
             except queue.Empty:
                 extra += grace_end is None
                 continue
@@ -576,9 +589,14 @@ class _Prober:
     def settle(self) -> None:
         """Note the probes that ended since the last run; those still going after PROBE_GRACE
         count as failed (a node that holds a connection without a word)."""
+        answers = self._answers
+        if answers is None:
+            return  # nothing was probed
+        import queue
+
         while True:
             try:
-                outcome = self._answers.get_nowait()
+                outcome = answers.get_nowait()
             except queue.Empty:
                 break
             self._in_flight.pop(str(outcome.group.address), None)
@@ -638,7 +656,6 @@ def _plan(
     until `probe_count` answered; then power-of-two-choices. Only when none of them answered
     are the resting ones probed too, those whose rest ends first first.
     """
-    rng = random.Random()
     ranked, resolved = ranked_offers(found, rules, verbose=verbose)
     fresh = [o for o in ranked if backoff.resting_until(o) is None]
     resting = sorted(
@@ -646,26 +663,33 @@ def _plan(
         key=lambda o: backoff.resting_until(o) or 0.0,
     )
     prober = _Prober(identity, ledger, backoff, PROBE_TIMEOUT)
-    # A probe chooses between providers: with one, and none resting to fall back to, it
-    # would only cost the call a connection and a handshake more (a busy or dead node says
-    # so to the call itself).
-    if len(fresh) > 1 or resting:
-        order = spread_over_hosts(
-            probe_targets(fresh, replace(resolved, probe_count=max(len(fresh), 1)), rng)
-        )
-        prober.run(_groups(order), want=resolved.probe_count, early=True)
+    if len(fresh) <= 1 and not resting:
+        # A probe chooses between providers: with one, and none resting to fall back to, it
+        # would only cost the call a connection and a handshake more (a busy or dead node
+        # says so to the call itself); nor is there anything to draw at random.
+        _say_probed(ranked, resting, prober, verbose=verbose)
+        return fresh, prober
+    import random  # only a call that chooses pays for its import
+
+    rng = random.Random()
+    order = spread_over_hosts(probe_targets(fresh, replace(resolved, probe_count=max(len(fresh), 1)), rng))
+    prober.run(_groups(order), want=resolved.probe_count, early=True)
     pool = fresh
     if resting and not any(prober.results.values()):
         prober.run(_groups(resting), want=resolved.probe_count, early=True)
         pool = ranked
+    _say_probed(ranked, resting, prober, verbose=verbose)
+    return choose(pool, prober.results, resolved, rng), prober
+
+
+def _say_probed(ranked: Sequence[Offer], resting: Sequence[Offer], prober: _Prober, *, verbose: bool) -> None:
     if verbose:
         answered = sum(p is not None for p in prober.results.values())
         print(
             f"hubnode: {len(ranked)} acceptable offer(s), {len(resting)} resting after a recent failure; "
-            f"probed {ledger.addresses} address(es), {answered} answered",
+            f"probed {prober.ledger.addresses} address(es), {answered} answered",
             file=sys.stderr,
         )
-    return choose(pool, prober.results, resolved, rng), prober
 
 
 def candidates(

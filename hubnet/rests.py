@@ -9,9 +9,9 @@ merged, and a lost line only costs a retry. `hubnet.discover` rests providers th
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -106,7 +106,7 @@ class Rests:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Not tempfile: its import (shutil, random, the compressors) cost a discovered call
             # more than writing the file. Unique per process and thread, as the key file's is.
-            temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.{_thread.get_ident()}.tmp")
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with open(fd, "w", encoding="utf-8") as out:
                 out.write(text)

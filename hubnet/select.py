@@ -23,7 +23,6 @@ hubnet's own offer, address, key and error types.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Collection, Mapping, Sequence, Set
 from typing import TYPE_CHECKING, TypeVar
 
@@ -35,6 +34,8 @@ from hubnet.identity.keys import decode_peer_id
 from hubnet.node.offers import Load, Offer, Price
 
 if TYPE_CHECKING:
+    import random
+
     from hubnet.identity.orgs import OrgRule, RevocationList, Role
 
 _T = TypeVar("_T")
