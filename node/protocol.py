@@ -14,6 +14,7 @@ peer's stream is an event too (`ConnectionClosed`), legal only where that role m
 
 from __future__ import annotations
 
+import collections
 import enum
 from collections.abc import Callable
 from typing import Any
@@ -349,7 +350,23 @@ Event = Message | ConnectionClosed
 
 def encode(message: Message) -> bytes:
     """The wire bytes of one message."""
+    if isinstance(message, Stdin | Stdout | Stderr):
+        return _encode_data(_KIND_OF[type(message)], message.data)
     return bytes(msgpack.packb([_KIND_OF[type(message)], _FIELDS_OF[type(message)](message)]))
+
+
+def _encode_data(kind: Kind, data: bytes) -> bytes:
+    """msgpack's own bytes for `[kind, [data]]`, with one copy of `data` where packb makes
+    two (into its buffer, then out to bytes object): every byte of a stream comes this way."""
+    size = len(data)
+    if size < 1 << 8:
+        head = bytes((0xC4, size))  # bin 8
+    elif size < 1 << 16:
+        head = b"\xc5" + size.to_bytes(2, "big")  # bin 16
+    else:
+        head = b"\xc6" + size.to_bytes(4, "big")  # bin 32
+    # fixarray of 2, the kind (a positive fixint), fixarray of 1, then the bin
+    return b"".join((bytes((0x92, kind, 0x91)), head, data))
 
 
 def _is_int(v: object) -> bool:
@@ -654,10 +671,24 @@ def decode(data: bytes) -> Message:
     return message
 
 
+# The head of a data message as `_encode_data` writes it, up to the bin's length: fixarray
+# of 2, the kind, fixarray of 1, then bin 8, 16 or 32 (the byte) and its length's size.
+_DATA_KINDS = frozenset({Kind.STDIN, Kind.STDOUT, Kind.STDERR})
+_BIN_LENGTH_SIZES = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+
+
 class MessageDecoder:
-    """Incremental decoder: feed bytes, take whole messages, never buffer past the limit."""
+    """Incremental decoder: feed bytes, take whole messages, never buffer past the limit.
+
+    Data messages (stdin, stdout, stderr), the bulk of a stream, take a shorter way when
+    one starts where the input is between messages: their bytes are gathered as they came
+    and joined once, where msgpack would copy them into its buffer and out again. Anything
+    else, and any data message that starts in the middle of msgpack's input, goes through
+    msgpack's Unpacker. Both ways check a message with `decode_object`.
+    """
 
     def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+        self._max_message = max_message
         self._unpacker = msgpack.Unpacker(
             raw=False,
             strict_map_key=True,
@@ -669,7 +700,14 @@ class MessageDecoder:
             max_ext_len=0,
         )
         self._fed = 0
-        self._consumed = 0
+        self._consumed = 0  # of what was fed: the bytes of the messages returned
+        self._unpacker_fed = 0
+        self._unpacker_told = 0  # the unpacker's tell() after the last message it gave
+        self._gathered: collections.deque[tuple[Message, int]] = collections.deque()  # with wire sizes
+        self._kind = Kind.STDIN  # of the data message being gathered, if `_left`
+        self._head = 0  # its head's size
+        self._left = 0  # bytes of its payload still to come
+        self._pieces: list[bytes | memoryview] = []  # of its payload so far
 
     @property
     def buffered(self) -> int:
@@ -677,13 +715,51 @@ class MessageDecoder:
         return self._fed - self._consumed
 
     def feed(self, data: bytes | bytearray) -> None:
-        try:
-            self._unpacker.feed(data)
-        except msgpack.BufferFull:
-            raise RemoteProtocolError("message exceeds the size limit") from None
-        self._fed += len(data)
+        # Pieces of bytes are kept as views (bytes never change); a bytearray's are copied.
+        view = memoryview(data if isinstance(data, bytes) else bytes(data))
+        self._fed += len(view)
+        while view:
+            if self._left:
+                piece, view = view[: self._left], view[self._left :]
+                self._pieces.append(piece)
+                self._left -= len(piece)
+                if not self._left:
+                    payload = b"".join(self._pieces)
+                    self._pieces.clear()
+                    self._gathered.append((decode_object([self._kind, [payload]]), self._head + len(payload)))
+                continue
+            if self._unpacker_fed == self._unpacker_told and self._start_data(view):
+                view = view[self._head :]
+                continue
+            try:
+                self._unpacker.feed(view)
+            except msgpack.BufferFull:
+                raise RemoteProtocolError("message exceeds the size limit") from None
+            self._unpacker_fed += len(view)
+            return
+
+    def _start_data(self, view: memoryview) -> bool:
+        """Whether `view` starts with a whole data message head (then gathered from here on)."""
+        if len(view) < 5 or view[0] != 0x92 or view[1] not in _DATA_KINDS or view[2] != 0x91:
+            return False
+        length_size = _BIN_LENGTH_SIZES.get(view[3])
+        if length_size is None or len(view) < 4 + length_size:
+            return False
+        size = int.from_bytes(view[4 : 4 + length_size], "big")
+        if size > self._max_message:
+            raise RemoteProtocolError("message exceeds the size limit")
+        self._kind, self._head = Kind(view[1]), 4 + length_size
+        if size:
+            self._left = size
+        else:
+            self._gathered.append((decode_object([self._kind, [b""]]), self._head))
+        return True
 
     def next_message(self) -> Message | None:
+        if self._gathered:
+            message, size = self._gathered.popleft()
+            self._consumed += size
+            return message
         try:
             obj = self._unpacker.unpack()
         except msgpack.OutOfData:
@@ -692,7 +768,9 @@ class MessageDecoder:
             raise RemoteProtocolError(f"malformed message: {exc}") from None
         # tell() also moves past a partial object when unpack() runs out of data, so it is read
         # only here, after a whole message.
-        self._consumed = int(self._unpacker.tell())
+        told = int(self._unpacker.tell())
+        self._consumed += told - self._unpacker_told
+        self._unpacker_told = told
         return decode_object(obj)
 
 

@@ -168,6 +168,8 @@ def test_every_message_type_has_a_strategy() -> None:
 
 # --- Codec -----------------------------------------------------------------------------------------------
 
+KIND_OF_DATA = {Stdin: Kind.STDIN, Stdout: Kind.STDOUT, Stderr: Kind.STDERR}
+
 
 @FAST
 @given(messages)
@@ -176,6 +178,22 @@ def test_round_trip(message: Message) -> None:
     assert decode(wire) == message
     kind, fields = msgpack.unpackb(wire)
     assert kind in set(Kind) and isinstance(fields, list)
+
+
+@FAST
+@given(
+    st.sampled_from([Stdin, Stdout, Stderr]),
+    st.sampled_from([0, 1, 255, 256, 65535, 65536, MAX_DATA]).flatmap(
+        lambda edge: st.integers(min_value=max(edge - 2, 0), max_value=min(edge + 2, MAX_DATA))
+    ),
+)
+def test_data_messages_are_encoded_as_msgpack_packs_them(
+    kind: type[Stdin | Stdout | Stderr], size: int
+) -> None:
+    """Data messages skip packb's copies but not its format: the same bytes, at every bin
+    size boundary."""
+    message = kind(bytes(i % 251 for i in range(size)))
+    assert encode(message) == msgpack.packb([int(KIND_OF_DATA[kind]), [message.data]])
 
 
 @FAST
@@ -191,6 +209,21 @@ def test_decoder_reassembles_any_split(batch: list[Message], cuts: list[int]) ->
             got.append(message)
     assert got == batch
     assert decoder.buffered == 0
+
+
+def test_a_stream_of_data_messages_never_goes_through_msgpacks_buffer() -> None:
+    """The short way is taken for data messages however reads cut them, once the decoder is
+    between messages: else every byte of a stream would be copied twice more."""
+    messages = [Stdout(bytes([i]) * size) for i, size in enumerate([70_000, 1, 0, 300, 65_536, 5])]
+    wire = b"".join(encode(m) for m in messages)
+    decoder = MessageDecoder()
+    got = []
+    for start in range(0, len(wire), 65_519):  # a Noise frame's payload at a time
+        decoder.feed(wire[start : start + 65_519])
+        while (message := decoder.next_message()) is not None:
+            got.append(message)
+    assert got == messages and decoder.buffered == 0
+    assert decoder._unpacker_fed == 0
 
 
 def test_decoder_counts_buffered_bytes() -> None:
