@@ -231,11 +231,12 @@ class CallMachine:
         """How many bytes of stdin may go in the next `send_stdin` (0: wait for credit)."""
         return min(self._conn.stdin_window, MAX_DATA) if self.wants_stdin else 0
 
-    def send_stdin(self, data: bytes) -> bytes:
-        """Bytes for `data` (at most `stdin_room`); nothing once the job can take no more."""
+    def send_stdin(self, data: bytes) -> tuple[bytes, ...]:
+        """The parts to write for `data` (at most `stdin_room`; see `PeerMachine.send_parts`);
+        none once the job can take no more."""
         if not self.wants_stdin or not data:
-            return b""
-        return self._conn.send(Stdin(data))
+            return ()
+        return self._conn.send_parts(Stdin(data))
 
     def end_stdin(self) -> bytes:
         if not self.wants_stdin:

@@ -332,7 +332,7 @@ def _pump(
                 machine.receive_data(data, time.monotonic())
         elif stdin_fd is not None and stdin_fd in ready:
             data = os.read(stdin_fd, min(machine.stdin_room, DATA_CHUNK))
-            sender.send(machine.send_stdin(data) if data else machine.end_stdin())
+            sender.send(*(machine.send_stdin(data) if data else (machine.end_stdin(),)))
     if machine.timed_out is not None:
         raise machine.timed_out
 
@@ -364,10 +364,10 @@ class _Sender:
         self._secure = secure
         self.failed = False
 
-    def send(self, data: bytes) -> None:
-        if not data or self.failed:
+    def send(self, *parts: bytes) -> None:
+        if not any(parts) or self.failed:
             return
         try:
-            self._secure.send_all(data)
+            self._secure.send_parts(parts)
         except TransportError:
             self.failed = True

@@ -415,6 +415,6 @@ async def _feed(
                         return  # the job has ended: the rest of stdin has nowhere to go
                     await credit.park()
                 size = min(len(view), machine.stdin_room)
-                await stream.send_all(machine.send_stdin(bytes(view[:size])))
+                await stream.send_parts(machine.send_stdin(bytes(view[:size])))
                 view = view[size:]
         await stream.send_all(machine.end_stdin())

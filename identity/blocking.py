@@ -9,6 +9,7 @@ decisions stay in the session machine.
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 
 from hubnet.identity.errors import ClosedEarly, HandshakeError, TransportError
 from hubnet.identity.keys import Identity
@@ -26,6 +27,9 @@ class SecureSocket:
 
     def send_all(self, data: bytes | bytearray | memoryview) -> None:
         _send(self.sock, self._session.send(data))
+
+    def send_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+        _send(self.sock, self._session.send_parts(parts))
 
     def receive_some(self) -> bytes | bytearray:
         """Decrypted bytes, as soon as a frame is whole; b"" once the peer closed cleanly.

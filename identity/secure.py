@@ -8,6 +8,8 @@ same method names.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import trio
 
 from hubnet.identity.errors import ClosedEarly, HandshakeError, RemoteProtocolError
@@ -35,9 +37,14 @@ class SecureStream(trio.abc.Stream):
         self._receive_guard = trio.Lock()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.send_parts((data,))
+
+    async def send_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+        """`send_all` of the parts' bytes one after the other, none copied to join the others
+        (`NoiseSession.send_parts`): a message's head and its data, say."""
         # Several tasks (stdout and stderr pumps) write; frames must not interleave mid-write.
         async with self._send_lock:
-            await _send(self.transport, self._session.send(data))
+            await _send(self.transport, self._session.send_parts(parts))
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()

@@ -19,9 +19,8 @@ key Noise just authenticated.
 
 from __future__ import annotations
 
-import contextlib
 import enum
-from collections.abc import Iterator
+from collections.abc import Sequence
 
 from hubnet.identity.errors import (
     ConfigError,
@@ -69,14 +68,6 @@ class Data:
 
 
 Event = HandshakeComplete | Data
-
-
-class _FrameView:
-    """A whole frame's ciphertext in place; `consumed` once it decrypted."""
-
-    def __init__(self, ciphertext: memoryview) -> None:
-        self.ciphertext = ciphertext
-        self.consumed = False
 
 
 class _State(enum.Enum):
@@ -170,37 +161,42 @@ class NoiseSession:
         self._outgoing.clear()
         return out
 
-    def send(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
+    def send(self, data: bytes | bytearray | memoryview) -> bytes:
         """Encrypt application bytes into frames, finishing an XX handshake if needed.
 
         Every frame of one call goes into one buffer: a driver writes the batch with one
         system call.
         """
+        return self.send_parts((data,))
+
+    def send_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> bytes:
+        """`send` of the parts' bytes one after the other, each part framed as it is (a part
+        starts a frame), so that no part is first copied into one buffer with the others."""
         if self._state is _State.FINISHING:
             assert self._hs is not None
-            head = bytes(data[:_MAX_HANDSHAKE_PAYLOAD])
+            data = b"".join(parts)
+            head = data[:_MAX_HANDSHAKE_PAYLOAD]
             final = _frame(self._hs.write_message(self._identity + head))
             self._enter_transport()
             return final + self.send(data[len(head) :])
         if self._state is not _State.TRANSPORT or self._send_cs is None:
             raise LocalProtocolError("send() before the handshake completed")
-        if not data:
-            return b""
         # Each frame's ciphertext is the cipher's own buffer; one join lays them out behind
         # their lengths, the only copy on the way to the socket.
-        parts: list[bytes] = []
-        with memoryview(data) as plain:
-            for start in range(0, len(plain), MAX_PAYLOAD):
-                ciphertext = self._send_cs.encrypt_with_ad(b"", plain[start : start + MAX_PAYLOAD])
-                parts += (len(ciphertext).to_bytes(2, "big"), ciphertext)
-        return b"".join(parts)
+        frames: list[bytes] = []
+        for part in parts:
+            with memoryview(part) as plain:
+                for start in range(0, len(plain), MAX_PAYLOAD):
+                    ciphertext = self._send_cs.encrypt_with_ad(b"", plain[start : start + MAX_PAYLOAD])
+                    frames += (len(ciphertext).to_bytes(2, "big"), ciphertext)
+        return b"".join(frames)
 
     def receive_data(self, data: bytes | bytearray) -> None:
         """Buffer bytes from the peer; refuse to buffer without bound.
 
         `bytes` (what a socket read returns) are kept as they are, not copied: whole frames
         are decrypted straight out of them, and only a frame cut at either end of a read is
-        copied into the session's own buffer (see `_next_frame_view`).
+        copied into the session's own buffer (see `_next_frame_at`).
         """
         if self._state is _State.FAILED:
             raise LocalProtocolError("session already failed")
@@ -252,28 +248,35 @@ class NoiseSession:
         assert self._recv_cs is not None
         plaintexts: list[bytes] = []
         while limit is None or len(plaintexts) < limit:
-            with self._next_frame_view() as frame:
-                if frame is None:
-                    break
-                try:
-                    plaintexts.append(self._recv_cs.decrypt_with_ad(b"", frame.ciphertext))
-                except RemoteProtocolError:
-                    if not plaintexts:
-                        self._state = _State.FAILED
-                        raise
-                    break  # deliver what came before; the bad frame is the next call's
-                frame.consumed = True
+            found = self._next_frame_at()
+            if found is None:
+                break
+            source, at, length = found
+            ciphertext = memoryview(source)[at + 2 : at + 2 + length]
+            try:
+                plaintexts.append(self._recv_cs.decrypt_with_ad(b"", ciphertext))
+            except RemoteProtocolError:
+                if not plaintexts:
+                    self._state = _State.FAILED
+                    raise
+                break  # deliver what came before; the bad frame is the next call's
+            finally:
+                ciphertext.release()  # a bytearray with a view on it cannot be resized
+            if source is self._buffer:
+                del self._buffer[: 2 + length]
+            else:
+                self._held_at += 2 + length
+                if self._held_at == len(source):
+                    self._held = None
         if self._held is not None and _whole_frame(self._held, self._held_at) is None:
             self._fold_held()  # at most one frame's start: the next read completes it
         if not plaintexts:
             return None
         return plaintexts[0] if len(plaintexts) == 1 else b"".join(plaintexts)
 
-    @contextlib.contextmanager
-    def _next_frame_view(self) -> Iterator[_FrameView | None]:
-        """The next whole frame, in place: in the session's buffer (completed from the held
-        read when it was cut there), else in the held read. Consumed on the way out if the
-        caller set `consumed`."""
+    def _next_frame_at(self) -> tuple[bytes | bytearray, int, int] | None:
+        """Where the next whole frame is, in place, and its length: in the session's buffer
+        (completed from the held read when it was cut there), else in the held read."""
         buffer = self._buffer
         if buffer and self._held is not None:
             self._complete_buffered_frame()
@@ -283,24 +286,9 @@ class NoiseSession:
         elif self._held is not None:
             source, at = self._held, self._held_at
         else:
-            yield None
-            return
+            return None
         length = _whole_frame(source, at)
-        if length is None:
-            yield None
-            return
-        view = _FrameView(memoryview(source)[at + 2 : at + 2 + length])
-        try:
-            yield view
-        finally:
-            view.ciphertext.release()  # a bytearray with a view on it cannot be resized
-        if view.consumed:
-            if source is buffer:
-                del buffer[: 2 + length]
-            else:
-                self._held_at += 2 + length
-                if self._held_at == len(source):
-                    self._held = None
+        return None if length is None else (source, at, length)
 
     def _complete_buffered_frame(self) -> None:
         """Move from the held read into the buffer just what the buffer's frame lacks."""

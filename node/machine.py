@@ -82,11 +82,16 @@ class PeerMachine(Generic[RoleT, StateT, MessageT]):
 
     def send(self, message: MessageT) -> bytes:
         """The bytes of `message`, which must be legal for us now."""
+        return b"".join(self.send_parts(message))
+
+    def send_parts(self, message: MessageT) -> tuple[bytes, ...]:
+        """`send`'s bytes in the parts the codec made them (`_encode_parts`), for a driver
+        that writes parts without joining them."""
         if self.errored:
             raise LocalProtocolError(f"the {self.connection_name} is in its error state")
         try:
             self._step(self.our_role, message, LocalProtocolError)
-            return self._encode(message)
+            return self._encode_parts(message)
         except LocalProtocolError:
             self._fail()
             raise
@@ -147,6 +152,11 @@ class PeerMachine(Generic[RoleT, StateT, MessageT]):
     def _encode(self, message: MessageT) -> bytes:
         """The wire bytes of `message` (LocalProtocolError if the peer would refuse them)."""
         raise NotImplementedError
+
+    def _encode_parts(self, message: MessageT) -> tuple[bytes, ...]:
+        """The same bytes in parts that follow each other on the wire: a codec whose messages
+        carry bulk data supplies this instead of `_encode`, so the data is never copied."""
+        return (self._encode(message),)
 
     def _feed(self, data: bytes | bytearray) -> None:
         """Buffer the peer's bytes (RemoteProtocolError past the protocol's limits)."""

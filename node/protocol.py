@@ -350,23 +350,29 @@ Event = Message | ConnectionClosed
 
 def encode(message: Message) -> bytes:
     """The wire bytes of one message."""
+    return b"".join(encode_parts(message))
+
+
+def encode_parts(message: Message) -> tuple[bytes, ...]:
+    """The wire bytes of one message, in parts that follow each other on the wire: a data
+    message's head and its data as given, never copied into one buffer (a secure stream
+    encrypts each part as it is, `NoiseSession.send_parts`), else the one whole message."""
     if isinstance(message, Stdin | Stdout | Stderr):
-        return _encode_data(_KIND_OF[type(message)], message.data)
-    return bytes(msgpack.packb([_KIND_OF[type(message)], _FIELDS_OF[type(message)](message)]))
+        return _data_head(_KIND_OF[type(message)], len(message.data)), message.data
+    return (bytes(msgpack.packb([_KIND_OF[type(message)], _FIELDS_OF[type(message)](message)])),)
 
 
-def _encode_data(kind: Kind, data: bytes) -> bytes:
-    """msgpack's own bytes for `[kind, [data]]`, with one copy of `data` where packb makes
-    two (into its buffer, then out to bytes object): every byte of a stream comes this way."""
-    size = len(data)
+def _data_head(kind: Kind, size: int) -> bytes:
+    """msgpack's own bytes for `[kind, [data]]` up to the data: packb would copy every byte of
+    a stream twice (into its buffer, then out to a bytes object)."""
     if size < 1 << 8:
-        head = bytes((0xC4, size))  # bin 8
+        length = bytes((0xC4, size))  # bin 8
     elif size < 1 << 16:
-        head = b"\xc5" + size.to_bytes(2, "big")  # bin 16
+        length = b"\xc5" + size.to_bytes(2, "big")  # bin 16
     else:
-        head = b"\xc6" + size.to_bytes(4, "big")  # bin 32
-    # fixarray of 2, the kind (a positive fixint), fixarray of 1, then the bin
-    return b"".join((bytes((0x92, kind, 0x91)), head, data))
+        length = b"\xc6" + size.to_bytes(4, "big")  # bin 32
+    # fixarray of 2, the kind (a positive fixint), fixarray of 1, then the bin's head
+    return bytes((0x92, kind, 0x91)) + length
 
 
 def _is_int(v: object) -> bool:
@@ -901,10 +907,10 @@ class JobConnection(PeerMachine[Role, State, Message]):
     def buffered(self) -> int:
         return self._decoder.buffered
 
-    def _encode(self, message: Message) -> bytes:
-        wire = encode(message)
-        _check_peer_accepts(message, wire)
-        return wire
+    def _encode_parts(self, message: Message) -> tuple[bytes, ...]:
+        parts = encode_parts(message)
+        _check_peer_accepts(message, parts)
+        return parts
 
     def _feed(self, data: bytes | bytearray) -> None:
         self._decoder.feed(data)
@@ -931,7 +937,7 @@ class JobConnection(PeerMachine[Role, State, Message]):
             self.states[Role.SERVER] = SERVER_OWES[type(event)]
 
 
-def _check_peer_accepts(message: Message, wire: bytes) -> None:
+def _check_peer_accepts(message: Message, parts: tuple[bytes, ...]) -> None:
     """Refuse to send what the peer's decoder would refuse: that would look like garbage to it."""
     if isinstance(message, Stdin | Stdout | Stderr):
         # Data is checked by size alone: decoding every chunk again would double the cost of streaming.
@@ -939,6 +945,6 @@ def _check_peer_accepts(message: Message, wire: bytes) -> None:
             raise LocalProtocolError("data chunk larger than MAX_DATA")
         return
     try:
-        decode(wire)
+        decode(b"".join(parts))
     except RemoteProtocolError as exc:
         raise LocalProtocolError(f"{type(message).__name__} breaks the protocol's limits: {exc}") from None

@@ -670,10 +670,10 @@ class _JobOutput:
         self._conn = conn
 
     async def send_stdout(self, data: bytes) -> None:
-        await self._stream.send_all(self._conn.send(Stdout(data)))
+        await self._stream.send_parts(self._conn.send_parts(Stdout(data)))
 
     async def send_stderr(self, data: bytes) -> None:
-        await self._stream.send_all(self._conn.send(Stderr(data)))
+        await self._stream.send_parts(self._conn.send_parts(Stderr(data)))
 
 
 async def _reply(stream: SecureStream, conn: JobConnection, message: Message) -> None:

@@ -61,8 +61,10 @@ class BackToBack:
         self.machine = CallMachine(call)
         self.node = JobConnection(Role.SERVER)
 
-    def to_node(self, data: bytes) -> list[Event]:
-        """Feed the caller's bytes to the node; every event they make."""
+    def to_node(self, data: bytes | tuple[bytes, ...]) -> list[Event]:
+        """Feed the caller's bytes (or parts of them, as `send_stdin` gives) to the node;
+        every event they make."""
+        data = b"".join(data) if isinstance(data, tuple) else data
         if data:
             self.node.receive_data(data)
         events = []
@@ -102,7 +104,7 @@ def test_no_stdin_before_start() -> None:
     pair.to_node(pair.machine.request_data())
     assert not pair.machine.wants_stdin
     assert pair.machine.stdin_room == 0
-    assert pair.machine.send_stdin(b"early") == b""
+    assert pair.machine.send_stdin(b"early") == ()
     assert pair.machine.end_stdin() == b""
 
 
@@ -167,13 +169,13 @@ def test_end_of_stdin() -> None:
     assert pair.to_node(pair.machine.end_stdin()) == [StdinEnd()]
     assert not pair.machine.wants_stdin
     assert pair.machine.stdin_room == 0
-    assert pair.machine.send_stdin(b"more") == b""
+    assert pair.machine.send_stdin(b"more") == ()
     assert pair.machine.end_stdin() == b""
 
 
 def test_send_stdin_of_nothing_sends_nothing() -> None:
     pair = BackToBack().started()
-    assert pair.machine.send_stdin(b"") == b""
+    assert pair.machine.send_stdin(b"") == ()
     assert pair.machine.wants_stdin
 
 
@@ -184,7 +186,7 @@ def test_stdin_stops_once_the_node_has_said_its_last_word(last_word: Exit | Reje
     assert pair.machine.finished
     assert not pair.machine.wants_stdin
     assert pair.machine.stdin_room == 0
-    assert pair.machine.send_stdin(b"unwanted") == b""
+    assert pair.machine.send_stdin(b"unwanted") == ()
     assert pair.machine.end_stdin() == b""
 
 
@@ -288,7 +290,7 @@ def test_cancel_while_the_job_runs_reaches_the_node_once() -> None:
     assert pair.machine.cancel() == b""
     assert not pair.machine.wants_stdin
     assert pair.machine.stdin_room == 0
-    assert pair.machine.send_stdin(b"more") == b""
+    assert pair.machine.send_stdin(b"more") == ()
     assert pair.machine.end_stdin() == b""
     # The node still owes its Exit, and the caller still takes it.
     cancelled = Exit(None, 9, "cancelled")

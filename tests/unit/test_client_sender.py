@@ -13,10 +13,10 @@ class Recording:
         self.sent: list[bytes] = []
         self.fail_at = fail_at
 
-    def send_all(self, data: bytes) -> None:
+    def send_parts(self, parts: tuple[bytes, ...]) -> None:
         if self.fail_at is not None and len(self.sent) == self.fail_at:
             raise ClosedEarly("the node closed")
-        self.sent.append(data)
+        self.sent.append(b"".join(parts))
 
 
 def test_messages_go_out_at_once_and_in_order() -> None:
@@ -26,6 +26,8 @@ def test_messages_go_out_at_once_and_in_order() -> None:
     for message in messages:
         sender.send(message)
     assert secure.sent == [m for m in messages if m]  # empty sends are nothing
+    sender.send(b"head", b"data")  # a message in parts goes out as one write
+    assert secure.sent[-1] == b"headdata"
     assert not sender.failed
 
 

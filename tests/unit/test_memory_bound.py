@@ -87,8 +87,8 @@ def test_the_decoder_refuses_a_message_past_its_bound() -> None:
     assert isinstance(node.next_event(), Call)
     node.receive_data(msgpack.packb([4, []]))
     assert isinstance(node.next_event(), Start)
-    node.receive_data(b"\x92\x05\x91\xc6" + (4 * MAX_MESSAGE).to_bytes(4, "big"))  # [5, [bin32 ...]]
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(RemoteProtocolError):  # at the announcement, or once past the bound
+        node.receive_data(b"\x92\x05\x91\xc6" + (4 * MAX_MESSAGE).to_bytes(4, "big"))  # [5, [bin32 ...]]
         for _ in range(2 * MAX_MESSAGE // MAX_RECEIVE + 2):  # bounded by the cap itself
             assert node.next_event() is None
             assert node.buffered <= 2 * MAX_MESSAGE

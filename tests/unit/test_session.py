@@ -596,6 +596,21 @@ def test_messages_of_any_size_cut_anywhere_arrive_whole_and_in_order(
     assert received == sent
 
 
+@FAST
+@given(parts=st.lists(st.integers(min_value=0, max_value=2 * MAX_PAYLOAD + 3), max_size=4))
+def test_parts_arrive_as_their_bytes_one_after_the_other(parts: list[int]) -> None:
+    """send_parts frames each part by itself (a part starts a frame); the peer reads the
+    parts' bytes in order, as if they had been joined and sent at once."""
+    a, b = ik_pair()
+    data = [bytes([i + 1]) * size for i, size in enumerate(parts)]
+    b.receive_data(a.send_parts(data))
+    received = bytearray()
+    while (chunk := b.next_data()) is not None:
+        received += chunk
+    b.check_eof()
+    assert received == b"".join(data)
+
+
 # --- Misuse is a local error -----------------------------------------------------------------------------
 
 
