@@ -690,7 +690,9 @@ class MessageDecoder:
     one starts where the input is between messages: their bytes are gathered as they came
     and joined once, where msgpack would copy them into its buffer and out again. Anything
     else, and any data message that starts in the middle of msgpack's input, goes through
-    msgpack's Unpacker. Both ways check a message with `decode_object`.
+    msgpack's Unpacker. Both ways check a message with `decode_object`. Input is read only
+    as messages are taken, one at a time, so that a read full of small messages is never
+    held as many message objects at once.
     """
 
     def __init__(self, max_message: int = MAX_MESSAGE) -> None:
@@ -707,13 +709,14 @@ class MessageDecoder:
         )
         self._fed = 0
         self._consumed = 0  # of what was fed: the bytes of the messages returned
+        self._input: collections.deque[memoryview] = collections.deque()  # fed, not yet read
         self._unpacker_fed = 0
         self._unpacker_told = 0  # the unpacker's tell() after the last message it gave
-        self._gathered: collections.deque[tuple[Message, int]] = collections.deque()  # with wire sizes
-        self._kind = Kind.STDIN  # of the data message being gathered, if `_left`
+        self._gathering = False  # a data message's head was read, its payload not all yet
+        self._kind = Kind.STDIN  # of that message
         self._head = 0  # its head's size
         self._left = 0  # bytes of its payload still to come
-        self._pieces: list[bytes | memoryview] = []  # of its payload so far
+        self._pieces: list[memoryview] = []  # of its payload so far
 
     @property
     def buffered(self) -> int:
@@ -721,31 +724,48 @@ class MessageDecoder:
         return self._fed - self._consumed
 
     def feed(self, data: bytes | bytearray) -> None:
-        # Pieces of bytes are kept as views (bytes never change); a bytearray's are copied.
-        view = memoryview(data if isinstance(data, bytes) else bytes(data))
-        self._fed += len(view)
-        while view:
-            if self._left:
-                piece, view = view[: self._left], view[self._left :]
-                self._pieces.append(piece)
-                self._left -= len(piece)
-                if not self._left:
-                    payload = b"".join(self._pieces)
-                    self._pieces.clear()
-                    self._gathered.append((decode_object([self._kind, [payload]]), self._head + len(payload)))
-                continue
-            if self._unpacker_fed == self._unpacker_told and self._start_data(view):
-                view = view[self._head :]
-                continue
-            try:
-                self._unpacker.feed(view)
-            except msgpack.BufferFull:
-                raise RemoteProtocolError("message exceeds the size limit") from None
-            self._unpacker_fed += len(view)
-            return
+        if self.buffered + len(data) > 2 * self._max_message:
+            raise RemoteProtocolError("message exceeds the size limit")
+        if data:
+            # Pieces of bytes are kept as views (bytes never change); a bytearray's are copied.
+            self._input.append(memoryview(data if isinstance(data, bytes) else bytes(data)))
+            self._fed += len(data)
 
-    def _start_data(self, view: memoryview) -> bool:
-        """Whether `view` starts with a whole data message head (then gathered from here on)."""
+    def next_message(self) -> Message | None:
+        while True:
+            if self._gathering:
+                return self._gather()
+            if self._unpacker_fed != self._unpacker_told:
+                message = self._unpack()  # what the unpacker holds comes first
+                if message is not None or not self._input:
+                    return message
+                self._feed_unpacker()  # it ran out inside a message: its next bytes
+            elif not self._input:
+                return None
+            elif not self._start_data():
+                self._feed_unpacker()
+
+    def _gather(self) -> Message | None:
+        """The data message being gathered, once the input has all of it."""
+        while self._left and self._input:
+            view = self._input.popleft()
+            if len(view) > self._left:
+                self._input.appendleft(view[self._left :])
+                view = view[: self._left]
+            self._pieces.append(view)
+            self._left -= len(view)
+        if self._left:
+            return None
+        payload = b"".join(self._pieces)
+        self._pieces.clear()
+        self._gathering = False
+        self._consumed += self._head + len(payload)
+        return decode_object([self._kind, [payload]])
+
+    def _start_data(self) -> bool:
+        """Whether the input starts with a whole data message head; if so, the head is taken
+        off and the message's payload is gathered next."""
+        view = self._input[0]
         if len(view) < 5 or view[0] != 0x92 or view[1] not in _DATA_KINDS or view[2] != 0x91:
             return False
         length_size = _BIN_LENGTH_SIZES.get(view[3])
@@ -754,18 +774,22 @@ class MessageDecoder:
         size = int.from_bytes(view[4 : 4 + length_size], "big")
         if size > self._max_message:
             raise RemoteProtocolError("message exceeds the size limit")
-        self._kind, self._head = Kind(view[1]), 4 + length_size
-        if size:
-            self._left = size
+        self._gathering, self._kind, self._head, self._left = True, Kind(view[1]), 4 + length_size, size
+        if len(view) > self._head:
+            self._input[0] = view[self._head :]
         else:
-            self._gathered.append((decode_object([self._kind, [b""]]), self._head))
+            self._input.popleft()
         return True
 
-    def next_message(self) -> Message | None:
-        if self._gathered:
-            message, size = self._gathered.popleft()
-            self._consumed += size
-            return message
+    def _feed_unpacker(self) -> None:
+        view = self._input.popleft()
+        try:
+            self._unpacker.feed(view)
+        except msgpack.BufferFull:
+            raise RemoteProtocolError("message exceeds the size limit") from None
+        self._unpacker_fed += len(view)
+
+    def _unpack(self) -> Message | None:
         try:
             obj = self._unpacker.unpack()
         except msgpack.OutOfData:

@@ -226,6 +226,17 @@ def test_a_stream_of_data_messages_never_goes_through_msgpacks_buffer() -> None:
     assert decoder._unpacker_fed == 0
 
 
+def test_a_read_of_many_data_messages_gives_them_one_at_a_time() -> None:
+    """Taken as asked for, each counted until it is: the rest stays bytes, not messages."""
+    wires = [encode(Stdout(bytes([i % 256]))) for i in range(1000)]
+    decoder = MessageDecoder()
+    decoder.feed(b"".join(wires))
+    for i in range(len(wires)):
+        assert decoder.next_message() == Stdout(bytes([i % 256]))
+        assert decoder.buffered == sum(len(w) for w in wires[i + 1 :])
+    assert decoder.next_message() is None
+
+
 def test_decoder_counts_buffered_bytes() -> None:
     wire = encode(Stdin(b"abc"))
     decoder = MessageDecoder()
