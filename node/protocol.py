@@ -362,17 +362,19 @@ def encode_parts(message: Message) -> tuple[bytes, ...]:
     return (bytes(msgpack.packb([_KIND_OF[type(message)], _FIELDS_OF[type(message)](message)])),)
 
 
+# msgpack's bin formats: the sizes each takes (under `limit`), its first byte, and how many
+# bytes its size is written in. A data message's head is `_data_head`'s, whose fourth byte
+# is one of these.
+_BINS = ((1 << 8, 0xC4, 1), (1 << 16, 0xC5, 2), (1 << 32, 0xC6, 4))
+_BIN_LENGTH_SIZES = {first: length_size for _, first, length_size in _BINS}
+
+
 def _data_head(kind: Kind, size: int) -> bytes:
     """msgpack's own bytes for `[kind, [data]]` up to the data: packb would copy every byte of
     a stream twice (into its buffer, then out to a bytes object)."""
-    if size < 1 << 8:
-        length = bytes((0xC4, size))  # bin 8
-    elif size < 1 << 16:
-        length = b"\xc5" + size.to_bytes(2, "big")  # bin 16
-    else:
-        length = b"\xc6" + size.to_bytes(4, "big")  # bin 32
+    first, length_size = next((first, length_size) for limit, first, length_size in _BINS if size < limit)
     # fixarray of 2, the kind (a positive fixint), fixarray of 1, then the bin's head
-    return bytes((0x92, kind, 0x91)) + length
+    return bytes((0x92, kind, 0x91, first)) + size.to_bytes(length_size, "big")
 
 
 def _is_int(v: object) -> bool:
@@ -677,10 +679,7 @@ def decode(data: bytes) -> Message:
     return message
 
 
-# The head of a data message as `_encode_data` writes it, up to the bin's length: fixarray
-# of 2, the kind, fixarray of 1, then bin 8, 16 or 32 (the byte) and its length's size.
 _DATA_KINDS = frozenset({Kind.STDIN, Kind.STDOUT, Kind.STDERR})
-_BIN_LENGTH_SIZES = {0xC4: 1, 0xC5: 2, 0xC6: 4}
 
 
 class MessageDecoder:
