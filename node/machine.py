@@ -4,10 +4,10 @@
 (reservations and circuits) are both one end of a connection between a role that asks and a
 role that answers. Each keeps both roles' states, checks every message against a literal
 transition table (role -> state -> event type -> next state), and enters ERROR, refusing
-everything after, on any violation by either side. `PeerMachine` is that skeleton: `send`,
-`receive_data`, `next_event`, the end of stream, the error state. A protocol supplies its
-table and states, its codec (`_encode`, `_feed`, `_next_message`, `_partial`) and what a
-legal step also changes (`_moved`, `_received`).
+everything after, on any violation by either side. `PeerMachine` is that skeleton: `send` (or
+`send_parts`), `receive_data`, `next_event`, the end of stream, the error state. A protocol
+supplies its table and states, its codec (`_encode` or `_encode_parts`, `_feed`,
+`_next_message`, `_partial`) and what a legal step also changes (`_moved`, `_received`).
 """
 
 from __future__ import annotations
