@@ -310,8 +310,7 @@ class NoiseSession:
     def _fold_held(self) -> None:
         """Copy what is left of the held read into the buffer, behind what it holds."""
         if self._held is not None:
-            self._buffer += self._held[self._held_at :]
-            self._held = None
+            self._take_held(len(self._held) - self._held_at)
 
     def detach(self) -> bytes:
         """End the session where the stream goes on without it: the bytes received but not
