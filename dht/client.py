@@ -3,6 +3,10 @@
 It drives the same sans-IO `DhtProtocol` and `Lookup` as a serving node, without an event
 loop (Trio alone costs a Pi about 100 ms to import): one socket, `select` for timeouts,
 up to alpha queries in flight. It does not serve, so no node ever adds it to a table.
+
+Given a tokens file, it keeps the tokens the nodes gave it for its next run, and the UDP
+port they are for: a node answers a request that carries its token in full, so a caller
+that asks again within `TOKEN_REUSE` reads a node's records in one request fewer.
 """
 
 from __future__ import annotations
@@ -12,16 +16,62 @@ import select
 import socket
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 from hubnet.dht.ids import node_id
 from hubnet.dht.lookup import RPC_TIMEOUT, Lookup, NodeRecordLookup, ProviderLookup, Query, Seed
-from hubnet.dht.messages import MAX_DATAGRAM, AddProvider, Contact, FindNode, Stored
-from hubnet.dht.protocol import DhtProtocol, ReplyReceived
-from hubnet.dht.records import NodeRecord, ProviderRecord
+from hubnet.dht.messages import MAX_DATAGRAM, TOKEN_LEN, AddProvider, Contact, FindNode, Stored
+from hubnet.dht.protocol import MAX_TOKENS_KEPT, DhtProtocol, ReplyReceived
+from hubnet.dht.records import Address, NodeRecord, ProviderRecord
+from hubnet.files import replace_whole
 from hubnet.identity.errors import TransportError
 from hubnet.identity.frozen import frozen
 from hubnet.identity.keys import Identity
+
+
+TOKENS_HEADER = "# DHT tokens: the UDP port they are for, then HOST PORT TOKEN GIVEN_AT (Unix s) a line\n"
+
+
+@frozen
+class KeptTokens:
+    """What a tokens file holds: the port, and the tokens given to it."""
+
+    port: int
+    tokens: list[tuple[Address, bytes, int]]
+
+
+def read_tokens(path: Path) -> KeptTokens | None:
+    """The tokens file at `path`, or None if there is none (or it names no port). Lines that
+    do not parse are skipped: the file only saves round trips."""
+    try:
+        lines = path.read_text(encoding="ascii", errors="replace").splitlines()[: MAX_TOKENS_KEPT + 2]
+    except OSError:
+        return None
+    port = None
+    tokens = []
+    for line in lines:
+        fields = line.split()
+        try:
+            if len(fields) == 2 and fields[0] == "port":
+                port = _port(fields[1])
+            elif len(fields) == 4 and len(token := bytes.fromhex(fields[2])) == TOKEN_LEN:
+                tokens.append(((fields[0], _port(fields[1])), token, int(fields[3])))
+        except ValueError:
+            continue
+    return None if port is None else KeptTokens(port, tokens)
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 < port < 65536:
+        raise ValueError(f"not a port: {text}")
+    return port
+
+
+def tokens_text(kept: KeptTokens) -> str:
+    lines = [f"{host} {port} {token.hex()} {when}\n" for (host, port), token, when in kept.tokens]
+    return f"{TOKENS_HEADER}port {kept.port}\n{''.join(lines)}"
 
 
 @frozen
@@ -43,16 +93,38 @@ class DhtClient:
         *,
         rpc_timeout: float = RPC_TIMEOUT,
         clock: Callable[[], float] = time.time,
+        tokens_file: Path | None = None,
     ) -> None:
         self.protocol = DhtProtocol(identity, serving=False)
         self.seeds = list(seeds)
         self.rpc_timeout = rpc_timeout
         self.clock = clock
+        self.tokens_file = tokens_file
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._sock.bind(("0.0.0.0", 0))
+        try:
+            kept = read_tokens(tokens_file) if tokens_file is not None else None
+            if kept is not None and self._bind(kept.port):
+                self.protocol.inherit_tokens(kept.tokens, now=int(clock()))
+            else:
+                self._sock.bind(("0.0.0.0", 0))
+        except BaseException:
+            self._sock.close()
+            raise
         self.seen: dict[bytes, Contact] = {}
 
+    def _bind(self, port: int) -> bool:
+        """Bind to the port of the last run (whose tokens are for it); False if it is taken."""
+        try:
+            self._sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+        return True
+
     def close(self) -> None:
+        """Close the socket, keeping the tokens for the next run first if there is a file."""
+        if self.tokens_file is not None and self._sock.fileno() != -1:
+            kept = KeptTokens(self._sock.getsockname()[1], self.protocol.fresh_tokens(now=int(self.clock())))
+            replace_whole(self.tokens_file, tokens_text(kept).encode("ascii"))
         self._sock.close()
 
     def __enter__(self) -> DhtClient:

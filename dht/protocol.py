@@ -13,7 +13,8 @@ datagram is whatever the sender wrote):
   of the requester's address under this node's secret and the current five-minute window
   (`TOKEN_ROTATION`); a request that carries it back within that window or the next proves
   that its sender receives at its source address. A requester keeps the tokens it was given
-  per address and sends them back for `TOKEN_REUSE` seconds.
+  per address and sends them back for `TOKEN_REUSE` seconds; a short-lived requester may
+  carry them into its next run, from the same UDP port (`inherit_tokens`, `fresh_tokens`).
 - **No amplification**: a request without a valid token is answered with no more bytes
   than it had (contacts left out, farthest first, then records, last first:
   `Providers.total` still tells the full count, so the requester asks again, token in
@@ -40,7 +41,7 @@ import os
 # hashlib's BLAKE2b and hmac's comparison without loading OpenSSL (see identity.noise).
 from _blake2 import blake2b
 from _operator import _compare_digest as compare_digest
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from hubnet.dht.ids import K, distance, node_id
@@ -201,6 +202,8 @@ class DhtProtocol:
         self._pending: dict[bytes, _Pending] = {}
         self._secret = os.urandom(32)
         self._tokens: dict[Address, tuple[bytes, int]] = {}  # given to us, by address: (token, when)
+        # Of those, the ones an earlier run was given, until their node answers this one.
+        self._inherited: set[Address] = set()
         self._seen: dict[int, set[bytes]] = {}  # by minute of sent_at: txids answered
         self._seen_networks: dict[int, dict[str, int]] = {}
         self.dropped = 0  # every datagram not acted on, for whatever reason
@@ -228,19 +231,21 @@ class DhtProtocol:
     ) -> tuple[bytes, bytes]:
         """A new request to `address`: its txid and datagram. Call `forget` if it times out.
 
-        It carries the token `address` gave us, if we have a fresh one; if not, it is padded
-        so that the reply it asks for fits in its size (see the module docstring).
+        It carries the token `address` gave us, if we have a fresh one; if not, or if an
+        earlier run was given it, it is padded so that the reply it asks for fits in its
+        size (see the module docstring).
         """
         txid = os.urandom(TXID_LEN)
         self._pending[txid] = _Pending(address, expected_key)
         token = self.token_from(address, now=now)
         padding = 0
-        if not token:
-            natural = encoded_size(message, serving=self.answers, sent_at=now)
-            wanted = natural + TOKEN_LEN
+        if not token or address in self._inherited:
+            # An inherited token is sent padded too: the node may have drawn a new secret, or
+            # our address be another since; refused, it must not cost the request its answer.
+            wanted = encoded_size(message, serving=self.answers, sent_at=now) + TOKEN_LEN
             if isinstance(message, FindNode | GetProviders | GetNode):
                 wanted = max(wanted, FIRST_CONTACT_SIZE)
-            padding = padding_for(message, wanted, serving=self.answers, sent_at=now)
+            padding = padding_for(message, wanted, serving=self.answers, sent_at=now, token=token)
         data = encode(
             self.identity, txid, message, serving=self.answers, sent_at=now, token=token, padding=padding
         )
@@ -281,8 +286,24 @@ class DhtProtocol:
             return
         self._tokens.pop(address, None)
         self._tokens[address] = (token, now)
+        self._inherited.discard(address)
         while len(self._tokens) > MAX_TOKENS_KEPT:
-            del self._tokens[next(iter(self._tokens))]
+            self._inherited.discard(forgotten := next(iter(self._tokens)))
+            del self._tokens[forgotten]
+
+    def fresh_tokens(self, *, now: int) -> list[tuple[Address, bytes, int]]:
+        """The tokens still fresh enough to send back: (address, token, when given), oldest
+        first, for a requester that ends now and asks again from the same port later."""
+        return [(a, token, when) for a, (token, when) in self._tokens.items() if 0 <= now - when < TOKEN_REUSE]
+
+    def inherit_tokens(self, tokens: Iterable[tuple[Address, bytes, int]], *, now: int) -> None:
+        """Take the `fresh_tokens` of an earlier run from the same UDP port, so that a node
+        answers this run's first request in full (a whole page of records, not what fits the
+        request's size). Each is sent with padding until its node answers this run."""
+        for address, token, when in tokens:
+            if len(token) == TOKEN_LEN and 0 <= now - when < TOKEN_REUSE:
+                self._keep_token(address, token, when)
+                self._inherited.add(address)
 
     # -- replays ------------------------------------------------------------------------
 

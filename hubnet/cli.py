@@ -384,7 +384,14 @@ def _print_providers(obj: Context, service: str, bootstrap: tuple[str, ...], as_
 
     sid = resolve_service_ref(service)
     rules = obj.selection_rules()
-    found = find_offers(obj.identity(), obj.bootstrap(bootstrap), sid, rules.orgs, describe_orgs=True)
+    found = find_offers(
+        obj.identity(),
+        obj.bootstrap(bootstrap),
+        sid,
+        rules.orgs,
+        describe_orgs=True,
+        tokens_file=obj.home.dht_tokens,
+    )
     ranked, _ = ranked_offers(found, rules, verbose=obj.verbose)
     if not ranked:
         if as_json:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from hubnet.client import OpenCall
     from hubnet.config import ClientConfig
     from hubnet.dialer import TcpDialer
+    from hubnet.discover import Found
     from hubnet.home import Home
     from hubnet.identity.keys import Identity
     from hubnet.known_hosts import KnownHosts
@@ -212,12 +213,10 @@ def open_service_call(
             wait_for_accept=wait_for_accept,
             dialer=ctx.call_dialer(),
         )
-    from hubnet.discover import BACKOFF_FILE, find_offers, nobody_offers, open_discovered_call
+    from hubnet.discover import BACKOFF_FILE, open_discovered_call
 
     rules = ctx.selection_rules()
-    found = find_offers(ctx.identity(), ctx.bootstrap(bootstrap), planned.request.service_id, rules.orgs)
-    if not found.offers:
-        raise nobody_offers(planned.label)
+    found = discover_offers(ctx, planned, bootstrap, rules)
     return open_discovered_call(
         ctx.identity(),
         found,
@@ -231,6 +230,25 @@ def open_service_call(
         timeouts=timeouts,
         call_dialer=ctx.call_dialer(),
     )
+
+
+def discover_offers(
+    ctx: Context, planned: ServiceCall, bootstrap: tuple[str, ...], rules: SelectionRules
+) -> Found:
+    """The offers of `planned`'s service in the DHT, and the lists of the organisations
+    `rules` name; NotOffered if there is no offer."""
+    from hubnet.discover import find_offers, nobody_offers
+
+    found = find_offers(
+        ctx.identity(),
+        ctx.bootstrap(bootstrap),
+        planned.request.service_id,
+        rules.orgs,
+        tokens_file=ctx.home.dht_tokens,
+    )
+    if not found.offers:
+        raise nobody_offers(planned.label)
+    return found
 
 
 def open_paid_service_call(

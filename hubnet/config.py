@@ -98,18 +98,14 @@ def _keep_parsed(parsed: Path, key: bytes, tables: dict[str, Any]) -> None:
     """Best effort: a folder we may not write in, or a value marshal cannot keep (TOML's
     dates), only means the next read parses again."""
     import marshal
-    import os
+
+    from hubnet.files import replace_whole
 
     try:
         blob = marshal.dumps((_PARSED_VERSION, key, tables))
     except ValueError:
         return
-    tmp = parsed.with_name(f"{parsed.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(blob)
-        os.replace(tmp, parsed)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+    replace_whole(parsed, blob)
 
 
 _CLIENT_KEYS = (

@@ -14,6 +14,7 @@ the client's home), and probing goes on past dead offers until enough answered.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import ipaddress
 import socket
 import sys
@@ -64,8 +65,6 @@ from hubnet.select import (
 from hubnet.trust import PinnedKeys
 
 if TYPE_CHECKING:
-    import queue
-
     from hubnet.identity.orgs import Profile, RevocationList
 
 MAX_ATTEMPTS = 5  # providers a call is tried on
@@ -120,18 +119,20 @@ def find_offers(
     orgs: Collection[bytes] = (),
     *,
     describe_orgs: bool = False,
+    tokens_file: Path | None = None,
 ) -> Found:
     """Every valid offer for `service_id` that the DHT holds, and the lists of `orgs`.
 
     With `describe_orgs` (for `hubnode services`, never on `hubnode call`'s path), also the
     lists and profiles of the organisations that the offers' attestations and free_orgs name
-    (the first `MAX_DESCRIBED_ORGS` of them). ConfigError (a usage error) without bootstrap
-    nodes; TransportError if none answers.
+    (the first `MAX_DESCRIBED_ORGS` of them). The DHT nodes' tokens are kept in
+    `tokens_file` for the next discovery (`DhtClient`). ConfigError (a usage error) without
+    bootstrap nodes; TransportError if none answers.
     """
     if not bootstrap:
         raise ConfigError(NO_WHERE_TO_LOOK)
     given = seeds(bootstrap)
-    with DhtClient(identity, given) as dht:
+    with DhtClient(identity, given, tokens_file=tokens_file) as dht:
         records = dht.find_providers(service_key(service_id))
         if not records and not dht.seen:
             # Seeds given with their keys are queried without a first question, so a dead one
@@ -409,9 +410,13 @@ class Backoff(Rests):
 
     def resting_until(self, offer: Offer) -> float | None:
         """Until when (Unix time) `offer` rests, or None if it may be dialled."""
+        if self.empty:
+            return None  # the usual case, spared a peer id's base32 per offer
         return max((u for k in self.keys(offer) if (u := self.until(k)) is not None), default=None)
 
     def answered(self, offer: Offer) -> None:
+        if self.empty:
+            return
         for key in self.keys(offer):
             self.cleared(key)
 
@@ -475,6 +480,33 @@ class _Outcome:
     answer: tuple[bytes, Probe] | None  # the key that answered, and how
 
 
+class _Outcomes:
+    """Outcomes handed from the probes' threads to the discovery's, in the order they came.
+
+    Built on `_thread` as `DialLedger` is: `queue` and `threading` would cost a Pi's call
+    about 1.5 ms to import, and `threading.Thread.start` waits for each thread to run.
+    """
+
+    def __init__(self) -> None:
+        self._outcomes: deque[_Outcome] = deque()  # append and popleft are atomic
+        self._signal = _thread.allocate_lock()  # released when an outcome may be waiting
+        self._signal.acquire()
+
+    def put(self, outcome: _Outcome) -> None:
+        self._outcomes.append(outcome)
+        with contextlib.suppress(RuntimeError):  # released already: the taker will look
+            self._signal.release()
+
+    def take(self, timeout: float = 0.0) -> _Outcome | None:
+        """The next outcome, waiting at most `timeout` seconds for one; None if none came."""
+        deadline = time.monotonic() + timeout
+        while not self._outcomes:
+            # A signal may be left from an outcome taken already: the loop looks again.
+            if not self._signal.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+                return None
+        return self._outcomes.popleft()
+
+
 class _Prober:
     """Probes addresses on threads, within the ledger's bounds, recording in the backoff."""
 
@@ -484,10 +516,10 @@ class _Prober:
         self.backoff = backoff
         self.timeout = timeout
         self.results: dict[bytes, Probe | None] = {}
-        self._answers: queue.SimpleQueue[_Outcome] | None = None  # made by the first run
+        self._outcomes = _Outcomes()
         self._in_flight: dict[str, tuple[_Group, float]] = {}  # by address: the group, when started
 
-    def _ask(self, group: _Group, answers: queue.SimpleQueue[_Outcome]) -> None:
+    def _ask(self, group: _Group) -> None:
         started = time.monotonic()
         claimants = [offer.publisher for offer in group.offers]
         answer = None
@@ -499,7 +531,7 @@ class _Prober:
             pass
         finally:
             self.ledger.end_probe()
-            answers.put(_Outcome(group, answer))
+            self._outcomes.put(_Outcome(group, answer))
 
     def _record(self, outcome: _Outcome) -> Probe | None:
         """Note `outcome`; the answer if one of its offers gave it."""
@@ -530,12 +562,6 @@ class _Prober:
         Probes still in flight at the end go on, on their own (see `settle`), and count
         towards the bounds of the next run.
         """
-        import queue  # only a call that probes pays for these (and for threading, which queue imports)
-        import threading
-
-        if self._answers is None:
-            self._answers = queue.SimpleQueue()
-        answers = self._answers
         in_flight = self._in_flight
         pending = deque(groups)
         end = time.monotonic() + PROBE_PHASE
@@ -558,7 +584,7 @@ class _Prober:
                     slots_busy = True  # probes abandoned by an earlier phase still hold them
                     break
                 group = pending.popleft()
-                threading.Thread(target=self._ask, args=(group, answers), daemon=True).start()
+                _thread.start_new_thread(self._ask, (group,))
                 in_flight[str(group.address)] = (group, time.monotonic())
                 after_live += grace_end is not None
             now = time.monotonic()
@@ -574,9 +600,8 @@ class _Prober:
                 if grace_end <= now:
                     return
                 wait = min(wait, grace_end - now)
-            try:
-                outcome = answers.get(timeout=wait)
-            except queue.Empty:
+            outcome = self._outcomes.take(wait)
+            if outcome is None:
                 extra += grace_end is None
                 continue
             in_flight.pop(str(outcome.group.address), None)
@@ -589,16 +614,7 @@ class _Prober:
     def settle(self) -> None:
         """Note the probes that ended since the last run; those still going after PROBE_GRACE
         count as failed (a node that holds a connection without a word)."""
-        answers = self._answers
-        if answers is None:
-            return  # nothing was probed
-        import queue
-
-        while True:
-            try:
-                outcome = answers.get_nowait()
-            except queue.Empty:
-                break
+        while (outcome := self._outcomes.take()) is not None:
             self._in_flight.pop(str(outcome.group.address), None)
             self._record(outcome)
         now = time.monotonic()

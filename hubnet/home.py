@@ -45,6 +45,11 @@ class Home:
         return self.data_dir / "known_hosts"
 
     @property
+    def dht_tokens(self) -> Path:
+        """The tokens DHT nodes gave this home's last discovery, for its next (`DhtClient`)."""
+        return self.data_dir / "dht-tokens"
+
+    @property
     def serving(self) -> Path:
         """PEER_ID@HOST:PORT of the node serving from this home, while it runs (`hubnode status`)."""
         return self.data_dir / "serving"

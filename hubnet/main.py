@@ -15,15 +15,16 @@ from typing import NoReturn
 from hubnet.exits import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code_for
 from hubnet.identity.errors import HubnetError
 
-FastCall = tuple[str | None, bool, str | None, int | None, str, tuple[str, ...]]
+FastCall = tuple[str | None, bool, str | None, int | None, str, tuple[str, ...], tuple[str, ...]]
 
 
 def parse_fast_call(argv: list[str]) -> FastCall | None:
-    """(home, verbose, server, max_cost, service, args) for a plain `call`, or None to let
-    click parse.
+    """(home, verbose, server, max_cost, service, args, bootstrap) for a plain `call`, or
+    None to let click parse.
 
-    Accepts exactly: [--home DIR] [-v|--verbose] call [--server|-s TARGET | --max-cost MSAT]...
-    SERVICE [ARGS...], the same forms click accepts, so the result never differs, only the cost.
+    Accepts exactly: [--home DIR] [-v|--verbose] call [--server|-s TARGET | --bootstrap|-b
+    TARGET | --max-cost MSAT]... SERVICE [ARGS...], the same forms click accepts, so the
+    result never differs, only the cost.
     """
     home = os.environ.get("HUBNET_HOME") or None
     verbose = False
@@ -38,18 +39,22 @@ def parse_fast_call(argv: list[str]) -> FastCall | None:
         else:
             return None
     i += 1
-    server, max_cost = None, None
-    while i + 1 < len(argv) and argv[i] in ("--server", "-s", "--max-cost"):
+    server: str | None = None
+    max_cost: int | None = None
+    bootstrap: tuple[str, ...] = ()
+    while i + 1 < len(argv) and argv[i] in ("--server", "-s", "--bootstrap", "-b", "--max-cost"):
         if argv[i] == "--max-cost":
             if not argv[i + 1].isdecimal() or not argv[i + 1].isascii():
                 return None  # click says what is wrong with it
             max_cost = int(argv[i + 1])
+        elif argv[i] in ("--bootstrap", "-b"):
+            bootstrap = (*bootstrap, argv[i + 1])
         else:
             server = argv[i + 1]
         i += 2
     if i >= len(argv) or argv[i].startswith("-"):
         return None
-    return home, verbose, server, max_cost, argv[i], tuple(argv[i + 1 :])
+    return home, verbose, server, max_cost, argv[i], tuple(argv[i + 1 :]), bootstrap
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -83,8 +88,10 @@ def main() -> None:
         else:
             from hubnet.commands import Context, run_call
 
-            home, verbose, server, max_cost, service, args = fast
-            _exit_at_once(run_call(Context(home, verbose), server, service, args, max_cost=max_cost))
+            home, verbose, server, max_cost, service, args, bootstrap = fast
+            _exit_at_once(
+                run_call(Context(home, verbose), server, service, args, bootstrap, max_cost=max_cost)
+            )
     except KeyboardInterrupt:
         _fail("interrupted", EXIT_INTERRUPTED)
     except HubnetError as exc:

@@ -9,13 +9,11 @@ merged, and a lost line only costs a retry. `hubnet.discover` rests providers th
 
 from __future__ import annotations
 
-import _thread
-import contextlib
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hubnet.files import replace_whole
 from hubnet.identity.frozen import frozen
 
 FORGET = 86400.0  # a rest that ended this long ago is forgotten, and its count with it
@@ -67,6 +65,11 @@ class Rests:
                 continue
         return entries
 
+    @property
+    def empty(self) -> bool:
+        """Nothing rests or did lately (no key need be made to ask about it, or to clear it)."""
+        return not self._entries
+
     def until(self, key: str) -> float | None:
         """Until when (Unix time) `key` rests, or None if it does not."""
         entry = self._entries.get(key)
@@ -101,17 +104,4 @@ class Rests:
         )[:MAX_ENTRIES]
         text = self.header + "".join(f"{k} {e.until:.0f} {e.failures}\n" for k, e in kept)
         self._changed.clear()
-        temporary = None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Not tempfile: its import (shutil, random, the compressors) cost a discovered call
-            # more than writing the file. Unique per process and thread, as the key file's is.
-            temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.{_thread.get_ident()}.tmp")
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with open(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.replace(temporary, self.path)  # whole, for a concurrent reader
-        except OSError:
-            if temporary is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
+        replace_whole(self.path, text.encode("utf-8"))

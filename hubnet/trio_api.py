@@ -27,7 +27,7 @@ import trio
 from hubnet.api import Result, plan_call, too_expensive
 from hubnet.call_machine import DEFAULT_MAX_OUTPUT, CallResult
 from hubnet.client import PaymentRequired
-from hubnet.commands import Context, ServiceCall, keep_call_receipt, naming_missing_services
+from hubnet.commands import Context, ServiceCall, discover_offers, keep_call_receipt, naming_missing_services
 from hubnet.identity.errors import (
     HandshakeError,
     HostKeyMismatch,
@@ -78,17 +78,13 @@ def where_to_call(
         BACKOFF_FILE,
         Backoff,
         candidates,
-        find_offers,
-        nobody_offers,
         none_acceptable,
         ranked_offers,
         target_of,
     )
 
     rules = ctx.selection_rules()
-    found = find_offers(ctx.identity(), ctx.bootstrap(bootstrap), planned.request.service_id, rules.orgs)
-    if not found.offers:
-        raise nobody_offers(planned.label)
+    found = discover_offers(ctx, planned, bootstrap, rules)
     if every:
         offers, _ = ranked_offers(found, rules, verbose=ctx.verbose)
     else:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from hubnet.dht.addresses import parse_address
+from hubnet.dht.client import read_tokens
 from hubnet.dht.ids import service_key
 from hubnet.dht.messages import AddProvider, Ping, decode, encode
 from hubnet.dht.records import ProviderRecord
@@ -125,6 +128,31 @@ def test_peers_with_a_server_shows_its_routing_table(network: Network) -> None:
 
 def test_call_reaches_the_cheaper_provider(network: Network) -> None:
     assert [network.call_who() for _ in range(3)] == ["provider-a"] * 3
+
+
+# `hubnode ARGS` in a fresh interpreter, as the console script runs it, then which of the
+# modules that cost a Pi's call most to import it loaded on the way.
+_LOADED_BY = """
+import atexit, sys
+atexit.register(lambda: print(",".join(m for m in ("threading", "queue", "random") if m in sys.modules)))
+sys.argv = ["hubnode", *sys.argv[1:]]
+from hubnet.main import main
+main()
+"""
+
+
+def test_a_call_that_probes_its_offers_imports_no_threading_and_keeps_its_tokens(network: Network) -> None:
+    home = network.client.home
+    argv = [sys.executable, "-c", _LOADED_BY, "--home", str(home), "call", "-b", network.seed, "who"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    # Two offers: both probed, on threads of `_thread`, and one drawn at random.
+    assert done.stdout.split() == ["provider-a", "random"]
+    kept = read_tokens(home / "dht-tokens")
+    assert kept is not None and {address for address, _, _ in kept.tokens} <= {
+        ("127.0.0.1", server.port) for server in network.servers
+    }
+    assert len(kept.tokens) == len(network.servers)  # the lookup asked them all (fewer than k)
 
 
 def _send_provider(record: bytes, server: Server, sender: Identity) -> bool:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import trio
 
 from hubnet.dht.addresses import DirectAddress
-from hubnet.dht.client import DhtClient
+from hubnet.dht.client import DhtClient, read_tokens
 from hubnet.dht.ids import service_key
 from hubnet.dht.lookup import Seed
 from hubnet.dht.node import DhtNode
@@ -131,3 +132,62 @@ async def test_client_publishes_a_record_that_the_nodes_then_serve(nodes: list[D
     stored = await trio.to_thread.run_sync(publish)
     assert stored == NODES  # fewer than k nodes: every one keeps it
     assert [r.raw for r in await nodes[-1].find_providers(key)] == [record.raw]
+
+
+async def test_a_client_that_keeps_its_tokens_is_answered_in_full_the_next_run(
+    nodes: list[DhtNode], tmp_path: Path
+) -> None:
+    key = service_key(b"t" * 16)
+    now = int(time.time())
+    publishers = [Identity.generate() for _ in range(12)]
+    records = [
+        ProviderRecord.create(p, key, b"o" * 150, sequence=1, issued_at=now, ttl=300) for p in publishers
+    ]
+    for i, record in enumerate(records):  # from several sources: the stores' quotas are per source
+        assert await nodes[i % NODES].publish_provider(record) > 0
+    tokens = tmp_path / "dht-tokens"
+
+    def run() -> set[bytes]:
+        with DhtClient(Identity.generate(), [_seed(nodes[0])], tokens_file=tokens) as client:
+            return {r.publisher for r in client.find_providers(key)}
+
+    def cut() -> int:  # replies the nodes cut to the size of a request that proved nothing
+        return sum(node.protocol.cut for node in nodes)
+
+    assert await trio.to_thread.run_sync(run) == {p.public_key for p in publishers}
+    first = read_tokens(tokens)
+    assert first is not None and {address for address, _, _ in first.tokens} == {
+        n.contact.address for n in nodes
+    }
+    before = cut()
+    assert await trio.to_thread.run_sync(run) == {p.public_key for p in publishers}
+    assert cut() == before  # every first request carried its node's token
+    again = read_tokens(tokens)
+    assert again is not None and again.port == first.port
+
+    # The port taken meanwhile (the tokens are for it alone): another port, the records still found.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+        squatter.bind(("0.0.0.0", first.port))
+        assert await trio.to_thread.run_sync(run) == {p.public_key for p in publishers}
+    moved = read_tokens(tokens)
+    assert moved is not None and moved.port != first.port and len(moved.tokens) == NODES
+
+
+async def test_a_tokens_file_of_garbage_changes_nothing_but_itself(
+    nodes: list[DhtNode], tmp_path: Path
+) -> None:
+    key = service_key(b"g" * 16)
+    record = ProviderRecord.create(
+        Identity.generate(), key, b"offer", sequence=1, issued_at=int(time.time()), ttl=300
+    )
+    assert await nodes[1].publish_provider(record) > 0
+    tokens = tmp_path / "dht-tokens"
+    tokens.write_bytes(b"port 99999\n\xff\xfe\nport x\n127.0.0.1 1 nothex 5\n" + b"z" * 5000)
+
+    def run() -> list[ProviderRecord]:
+        with DhtClient(Identity.generate(), [_seed(nodes[0])], tokens_file=tokens) as client:
+            return client.find_providers(key)
+
+    assert [r.raw for r in await trio.to_thread.run_sync(run)] == [record.raw]
+    kept = read_tokens(tokens)
+    assert kept is not None and len(kept.tokens) == NODES

@@ -34,6 +34,7 @@ from hubnet.dht.protocol import (
     FIRST_CONTACT_SIZE,
     NOT_VERIFIED,
     REPLAY_WINDOW,
+    TOKEN_REUSE,
     TOKEN_ROTATION,
     DhtProtocol,
     ReplyReceived,
@@ -156,6 +157,42 @@ def test_requests_pad_themselves_until_they_have_a_token() -> None:
     # A token is sent back for TOKEN_REUSE seconds only (it lives at least TOKEN_ROTATION).
     _, data = asker.request(Ping(), SERVER, now=NOW + TOKEN_ROTATION)
     assert not decode(data).token
+
+
+def test_tokens_carried_into_a_next_run_are_sent_padded_until_their_node_answers() -> None:
+    target = reflection_server(now=NOW)  # 64 records of 1 KiB under the key
+    get = REQUESTS["GetProviders"]
+    first = DhtProtocol(identity(1), serving=False)
+    _, data = first.request(get, ATTACKER, now=NOW)
+    reply = answer(target, data, ATTACKER) or b""
+    assert [type(e) for e in first.receive(reply, ATTACKER, now=NOW)] == [ReplyReceived]
+    kept = first.fresh_tokens(now=NOW + 10)
+    assert kept == [(ATTACKER, decode(reply).token, NOW)]
+    assert first.fresh_tokens(now=NOW + TOKEN_REUSE) == []  # no longer sent back: not kept
+
+    following = DhtProtocol(identity(1), serving=False)
+    following.inherit_tokens(kept, now=NOW + 10)
+    _, data = following.request(get, ATTACKER, now=NOW + 10)
+    assert len(data) >= FIRST_CONTACT_SIZE and decode(data).token == decode(reply).token
+    cut_before = target.cut
+    full_reply = answer(target, data, ATTACKER, now=NOW + 10) or b""
+    full = decode(full_reply)
+    assert target.cut == cut_before  # the token proved the address: a whole page
+    assert isinstance(full.message, Providers) and len(full.message.records) == 6
+    following.receive(full_reply, ATTACKER, now=NOW + 10)
+    _, data = following.request(get, ATTACKER, now=NOW + 11)  # answered in this run: no padding
+    assert len(data) < 300 and decode(data).token == full.token
+
+
+def test_a_carried_token_the_node_refuses_costs_the_request_nothing() -> None:
+    target = reflection_server(now=NOW)
+    asker = DhtProtocol(identity(1), serving=False)
+    stale = [(ATTACKER, b"\x01" * 8, NOW - 5)]  # the node has drawn a new secret since
+    asker.inherit_tokens([*stale, (VICTIM, b"short", NOW), (SERVER, b"\x02" * 8, NOW - TOKEN_REUSE)], now=NOW)
+    assert asker.fresh_tokens(now=NOW) == stale  # a token of the wrong length or too old is not taken
+    _, data = asker.request(FindNode(bytes(ID_LEN)), ATTACKER, now=NOW)
+    nodes = decode(answer(target, data, ATTACKER) or b"").message
+    assert isinstance(nodes, Nodes) and len(nodes.contacts) == target.k  # padded: the full answer
 
 
 # -- tokens ------------------------------------------------------------------------------------

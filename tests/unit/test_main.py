@@ -42,9 +42,9 @@ def _click_parse(argv: list[str]) -> FastCall | None:
         max_cost: int | None,
         pay: str | None,
     ) -> int:
-        # The fast path has no --bootstrap nor --pay: a call that gives one is always left to click.
-        assert bootstrap == () and pay is None
-        seen.append((ctx.home_option, ctx.verbose, server, max_cost, service, args))
+        # The fast path has no --pay: a call that gives one is always left to click.
+        assert pay is None
+        seen.append((ctx.home_option, ctx.verbose, server, max_cost, service, args, bootstrap))
         return 0
 
     with pytest.MonkeyPatch.context() as patch:
@@ -63,6 +63,7 @@ FAST_FORMS = [
     ["call", "svc", "--", "-x"],
     ["call", "--max-cost", "500", "-s", "h:1", "svc", "--max-cost", "1"],
     ["call", "--server", "h:1", "--max-cost", "0", "--server", "h:2", "svc"],
+    ["call", "-b", "abc@h:1", "--bootstrap", "h:2", "svc", "-b", "x"],
 ]
 
 
@@ -96,7 +97,7 @@ def test_home_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (
         parse_fast_call(["call", "svc"])
         == _click_parse(["call", "svc"])
-        == ("/srv/node", False, None, None, "svc", ())
+        == ("/srv/node", False, None, None, "svc", (), ())
     )
 
 
@@ -109,6 +110,8 @@ _TOKENS = st.sampled_from(
         "-s",
         "--server",
         "--max-cost",
+        "-b",
+        "--bootstrap",
         "7",
         "svc",
         "x",
@@ -224,8 +227,9 @@ def _python(code: str, *argv: str) -> subprocess.CompletedProcess[str]:
     ("call", "needed"),
     [
         (["call", "--server", "127.0.0.1:1", "cat"], ""),  # a server given: connect (refused)
-        # None given: discovery in the DHT (with no bootstrap nodes). Its probes run on
-        # threads and draw at random, but only a call with offers to choose between imports those.
+        # None given: discovery in the DHT (with no bootstrap nodes). Only a call with offers
+        # to choose between draws at random; its probes run on `_thread`'s threads, never
+        # `threading`'s (tests/e2e/test_discovery.py).
         (["call", "cat"], ""),
     ],
     ids=["server", "discovery"],

@@ -174,7 +174,7 @@ def dht(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDht]:
             revocations_record(STRANGER, RevocationList.issue(LAB, 5, NOW, [STRANGER.public_key]), NOW),
         ]
     )
-    monkeypatch.setattr(discover, "DhtClient", lambda identity, seeds: fake)
+    monkeypatch.setattr(discover, "DhtClient", lambda identity, seeds, tokens_file: fake)
     yield fake
 
 
@@ -209,6 +209,6 @@ def test_services_looks_up_a_bounded_number_of_organisations(monkeypatch: pytest
     assert set(named) == {o.public_key for o in orgs[:19]}
     assert named[:13] == sorted(o.public_key for o in orgs[3:16])  # named by four offers each
     fake = FakeDht([offer_record(o, p) for o, p in zip(offers, publishers, strict=True)])
-    monkeypatch.setattr(discover, "DhtClient", lambda identity, seeds: fake)
+    monkeypatch.setattr(discover, "DhtClient", lambda identity, seeds, tokens_file: fake)
     discover.find_offers(DESK, SEED, SID, describe_orgs=True)
     assert len(fake.asked) == 1 + 2 * discover.MAX_DESCRIBED_ORGS
