@@ -29,7 +29,6 @@ from hubnet.identity.errors import TransportError
 from hubnet.identity.frozen import frozen
 from hubnet.identity.keys import Identity
 
-
 TOKENS_HEADER = "# DHT tokens: the UDP port they are for, then HOST PORT TOKEN GIVEN_AT (Unix s) a line\n"
 
 

@@ -294,7 +294,9 @@ class DhtProtocol:
     def fresh_tokens(self, *, now: int) -> list[tuple[Address, bytes, int]]:
         """The tokens still fresh enough to send back: (address, token, when given), oldest
         first, for a requester that ends now and asks again from the same port later."""
-        return [(a, token, when) for a, (token, when) in self._tokens.items() if 0 <= now - when < TOKEN_REUSE]
+        return [
+            (a, token, when) for a, (token, when) in self._tokens.items() if 0 <= now - when < TOKEN_REUSE
+        ]
 
     def inherit_tokens(self, tokens: Iterable[tuple[Address, bytes, int]], *, now: int) -> None:
         """Take the `fresh_tokens` of an earlier run from the same UDP port, so that a node
