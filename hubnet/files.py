@@ -8,10 +8,11 @@ import os
 from pathlib import Path
 
 
-def replace_whole(path: Path, data: bytes) -> bool:
+def replace_whole(path: Path, data: bytes) -> None:
     """Best effort: put `data` at `path` (mode 0600, its folder made if missing) through a
     temporary file beside it, so that a concurrent reader sees the old file or the new one,
-    never half of one. False, with nothing left behind, if the folder refuses."""
+    never half of one. A folder that refuses leaves nothing behind: these files only save
+    work, and the next run does it again."""
     # Not tempfile: its import (shutil, random, the compressors) cost a call more than the
     # write. The name is unique per process and thread, as the key file's is.
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{_thread.get_ident()}.tmp")
@@ -24,5 +25,3 @@ def replace_whole(path: Path, data: bytes) -> bool:
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
-        return False
-    return True
