@@ -28,7 +28,7 @@ from hubnet.dht.messages import (
     Reply,
     Request,
 )
-from hubnet.dht.records import Address, NodeRecord, ProviderRecord
+from hubnet.dht.records import Address, NodeRecord, ProviderResults
 from hubnet.identity.frozen import frozen
 from hubnet.identity.records import InvalidRecord
 
@@ -222,45 +222,6 @@ class NodeRecordLookup(Lookup):
             return None
         self.results.add(reply.record)
         return reply.contacts
-
-
-class ProviderResults:
-    """Provider records gathered during a lookup: verified at `now`, newest per publisher.
-
-    Every node near a popular key holds the same signed records, so a lookup hears each one
-    from many nodes (98 copies of 12 records at 12 providers): each distinct record is
-    parsed and its signature checked once, and a copy counts as what its first one was.
-    """
-
-    def __init__(self, key: bytes, *, now: int) -> None:
-        self.key = key
-        self.now = now
-        self._newest: dict[bytes, ProviderRecord] = {}
-        self._checked: dict[bytes, ProviderRecord | None] = {}  # by raw bytes: None if refused
-        self.refused = 0
-
-    def add(self, raw_records: Iterable[bytes]) -> None:
-        for raw in raw_records:
-            if raw in self._checked:
-                record = self._checked[raw]
-            else:
-                record = self._checked[raw] = self._check(raw)
-            if record is None:
-                self.refused += 1
-                continue
-            old = self._newest.get(record.publisher)
-            if old is None or record.sequence > old.sequence:
-                self._newest[record.publisher] = record
-
-    def _check(self, raw: bytes) -> ProviderRecord | None:
-        try:
-            record = ProviderRecord.parse(raw, now=self.now)
-        except InvalidRecord:
-            return None
-        return record if record.key == self.key else None
-
-    def records(self) -> list[ProviderRecord]:
-        return sorted(self._newest.values(), key=lambda r: r.publisher)
 
 
 class NodeRecordResults:

@@ -12,6 +12,8 @@ anything.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import msgpack
 
 from hubnet.dht.addresses import MAX_HOST_CHARS, InvalidAddress, decode_address, encode_address
@@ -155,3 +157,42 @@ class NodeRecord:
             raise InvalidRecord(f"node record must list 1..{MAX_NODE_ADDRESSES} addresses")
         seq, issued, expires = _check_times(sequence, issued_at, expires_at, now)
         return cls(signed.public_key, tuple(_node_address(a) for a in addresses), seq, issued, expires, raw)
+
+
+class ProviderResults:
+    """Provider records gathered during a lookup: verified at `now`, newest per publisher.
+
+    Every node near a popular key holds the same signed records, so a lookup hears each one
+    from many nodes (98 copies of 12 records at 12 providers): each distinct record is
+    parsed and its signature checked once, and a copy counts as what its first one was.
+    """
+
+    def __init__(self, key: bytes, *, now: int) -> None:
+        self.key = key
+        self.now = now
+        self._newest: dict[bytes, ProviderRecord] = {}
+        self._checked: dict[bytes, ProviderRecord | None] = {}  # by raw bytes: None if refused
+        self.refused = 0
+
+    def add(self, raw_records: Iterable[bytes]) -> None:
+        for raw in raw_records:
+            if raw in self._checked:
+                record = self._checked[raw]
+            else:
+                record = self._checked[raw] = self._check(raw)
+            if record is None:
+                self.refused += 1
+                continue
+            old = self._newest.get(record.publisher)
+            if old is None or record.sequence > old.sequence:
+                self._newest[record.publisher] = record
+
+    def _check(self, raw: bytes) -> ProviderRecord | None:
+        try:
+            record = ProviderRecord.parse(raw, now=self.now)
+        except InvalidRecord:
+            return None
+        return record if record.key == self.key else None
+
+    def records(self) -> list[ProviderRecord]:
+        return sorted(self._newest.values(), key=lambda r: r.publisher)

@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from hubnet.identity.errors import ConfigError, HubnetError, NotOffered, Rejected
+from hubnet.identity.errors import ConfigError, HubnetError, NotOffered, Rejected, TransportError
 from hubnet.identity.frozen import frozen
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from hubnet.call_machine import CallResult
     from hubnet.client import OpenCall
     from hubnet.config import ClientConfig
@@ -44,6 +46,11 @@ class Context:
     def __init__(self, home: str | None, verbose: bool = False) -> None:
         self.home_option = home
         self.verbose = verbose
+
+    def say(self, line: str) -> None:
+        """Tell the user `line` on stderr, with -v only."""
+        if self.verbose:
+            print(f"hubnode: {line}", file=sys.stderr)
 
     @cached_property
     def home(self) -> Home:
@@ -213,30 +220,68 @@ def open_service_call(
             wait_for_accept=wait_for_accept,
             dialer=ctx.call_dialer(),
         )
-    from hubnet.discover import BACKOFF_FILE, open_discovered_call
+    from hubnet.client import PaymentRequired
+    from hubnet.discover import BACKOFF_FILE, cached_offers, open_discovered_call
 
     rules = ctx.selection_rules()
-    found = discover_offers(ctx, planned, bootstrap, rules)
-    return open_discovered_call(
-        ctx.identity(),
-        found,
-        rules,
-        planned.request,
-        timeout=timeout,
-        verbose=ctx.verbose,
-        name=planned.label,
-        rules_source=ctx.client_config.source,
-        backoff_file=ctx.home.data_dir / BACKOFF_FILE,
-        timeouts=timeouts,
-        call_dialer=ctx.call_dialer(),
-    )
+
+    def open_on(found: Found) -> OpenCall:
+        return open_discovered_call(
+            ctx.identity(),
+            found,
+            rules,
+            planned.request,
+            timeout=timeout,
+            verbose=ctx.verbose,
+            name=planned.label,
+            rules_source=ctx.client_config.source,
+            backoff_file=ctx.home.data_dir / BACKOFF_FILE,
+            timeouts=timeouts,
+            call_dialer=ctx.call_dialer(),
+        )
+
+    kept_in = _offers_file(ctx, planned, bootstrap, rules)
+    kept = cached_offers(kept_in, planned.request.service_id, rules.offer_cache) if kept_in else None
+    if kept_in is not None and kept is not None:
+        found, age = kept
+        ctx.say(f"{len(found.offers)} offer(s) kept from a discovery {age:.0f} s ago")
+        try:
+            return open_on(found)
+        except PaymentRequired:
+            raise  # the caller may pay that provider: its offer stands
+        except (TransportError, Rejected, NotOffered):
+            from hubnet.offer_cache import forget
+
+            forget(kept_in)
+            ctx.say("none of the kept offers took the call: asking the DHT")
+    return open_on(discover_offers(ctx, planned, bootstrap, rules, keep_in=kept_in))
+
+
+def _offers_file(
+    ctx: Context, planned: ServiceCall, bootstrap: tuple[str, ...], rules: SelectionRules
+) -> Path | None:
+    """Where the offers of `planned`'s service are kept between calls (`hubnet.offer_cache`);
+    None when the rules keep none, or name organisations (whose revocation lists must be
+    fresh), or there is no DHT to ask."""
+    given = ctx.bootstrap(bootstrap)
+    if rules.offer_cache <= 0 or rules.orgs or not given:
+        return None
+    from hubnet.offer_cache import cache_name
+
+    return ctx.home.offers / cache_name(planned.request.service_id, given)
 
 
 def discover_offers(
-    ctx: Context, planned: ServiceCall, bootstrap: tuple[str, ...], rules: SelectionRules
+    ctx: Context,
+    planned: ServiceCall,
+    bootstrap: tuple[str, ...],
+    rules: SelectionRules,
+    *,
+    keep_in: Path | None = None,
 ) -> Found:
     """The offers of `planned`'s service in the DHT, and the lists of the organisations
-    `rules` name; NotOffered if there is no offer."""
+    `rules` name (the offers' records kept in `keep_in` for the next calls); NotOffered if
+    there is no offer."""
     from hubnet.discover import find_offers, nobody_offers
 
     found = find_offers(
@@ -245,6 +290,7 @@ def discover_offers(
         planned.request.service_id,
         rules.orgs,
         tokens_file=ctx.home.dht_tokens,
+        keep_in=keep_in,
     )
     if not found.offers:
         raise nobody_offers(planned.label)

@@ -28,10 +28,8 @@ from typing import TYPE_CHECKING
 from hubnet.call_machine import Timeouts
 from hubnet.client import OpenCall, PaymentRequired, open_call
 from hubnet.dht.addresses import Address, DirectAddress
-from hubnet.dht.client import DhtClient
 from hubnet.dht.ids import service_key
-from hubnet.dht.lookup import Seed
-from hubnet.dht.records import ProviderRecord
+from hubnet.dht.records import ProviderRecord, ProviderResults
 from hubnet.dht.sources import parse_ip
 from hubnet.dialer import Dialer, TcpDialer, dial_first, resolvable
 from hubnet.identity.blocking import connect_secure_socket
@@ -65,6 +63,8 @@ from hubnet.select import (
 from hubnet.trust import PinnedKeys
 
 if TYPE_CHECKING:
+    from hubnet.dht.client import DhtClient
+    from hubnet.dht.lookup import Seed
     from hubnet.identity.orgs import Profile, RevocationList
 
 MAX_ATTEMPTS = 5  # providers a call is tried on
@@ -90,6 +90,8 @@ MAX_DESCRIBED_ORGS = 16
 
 
 def seeds(targets: Sequence[str]) -> list[Seed]:
+    from hubnet.dht.lookup import Seed
+
     parsed = [Target.parse(t) for t in targets]
     return [Seed((t.direct.host, t.direct.port), t.peer) for t in parsed]
 
@@ -120,17 +122,23 @@ def find_offers(
     *,
     describe_orgs: bool = False,
     tokens_file: Path | None = None,
+    keep_in: Path | None = None,
 ) -> Found:
     """Every valid offer for `service_id` that the DHT holds, and the lists of `orgs`.
 
     With `describe_orgs` (for `hubnode services`, never on `hubnode call`'s path), also the
     lists and profiles of the organisations that the offers' attestations and free_orgs name
     (the first `MAX_DESCRIBED_ORGS` of them). The DHT nodes' tokens are kept in
-    `tokens_file` for the next discovery (`DhtClient`). ConfigError (a usage error) without
-    bootstrap nodes; TransportError if none answers.
+    `tokens_file` for the next discovery (`DhtClient`), and the service's records in
+    `keep_in` for the next calls (`hubnet.offer_cache`). ConfigError (a usage error)
+    without bootstrap nodes; TransportError if none answers.
     """
     if not bootstrap:
         raise ConfigError(NO_WHERE_TO_LOOK)
+    # Here, not above: a call that starts from kept offers (`cached_offers`) never loads the
+    # DHT client, its protocol and the kademlia package.
+    from hubnet.dht.client import DhtClient
+
     given = seeds(bootstrap)
     with DhtClient(identity, given, tokens_file=tokens_file) as dht:
         records = dht.find_providers(service_key(service_id))
@@ -142,10 +150,31 @@ def find_offers(
                 f"no DHT node answered at {where}: check --bootstrap or `bootstrap` in client.toml"
             )
         offers = _valid_offers(records, service_id)
+        if keep_in is not None and offers:
+            from hubnet.offer_cache import keep_records
+
+            keep_records(keep_in, [record.raw for record in records], now=time.time())
         named = orgs_named(offers)[:MAX_DESCRIBED_ORGS] if describe_orgs else []
         revocations = _revocation_lists(dht, {*orgs, *named})
         profiles = _profiles(dht, named)
     return Found(offers, revocations, profiles)
+
+
+def cached_offers(path: Path, service_id: bytes, max_age: float) -> tuple[Found, float] | None:
+    """The offers of `service_id` that a discovery kept at `path` less than `max_age` seconds
+    ago, and their age: each record checked again as the DHT's are (signature, expiry, key;
+    the newest per publisher). None if there are none."""
+    from hubnet.offer_cache import read_records
+
+    now = time.time()
+    kept = read_records(path, now=now, max_age=max_age)
+    if kept is None:
+        return None
+    raws, age = kept
+    results = ProviderResults(service_key(service_id), now=int(now))
+    results.add(raws)
+    offers = _valid_offers(results.records(), service_id)
+    return (Found(offers), age) if offers else None
 
 
 def _valid_offers(records: Sequence[ProviderRecord], service_id: bytes) -> list[Offer]:

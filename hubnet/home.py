@@ -50,6 +50,12 @@ class Home:
         return self.data_dir / "dht-tokens"
 
     @property
+    def offers(self) -> Path:
+        """The offers a discovery found, one file per service, for the next calls of it
+        (`hubnet.offer_cache`)."""
+        return self.data_dir / "offers"
+
+    @property
     def serving(self) -> Path:
         """PEER_ID@HOST:PORT of the node serving from this home, while it runs (`hubnode status`)."""
         return self.data_dir / "serving"

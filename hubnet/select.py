@@ -94,6 +94,8 @@ class SelectionRules:
     price_tolerance: float = 0.1  # the price band: costs up to 10 % above the cheapest
     weights: Weights = Weights()
     probe_count: int = 3
+    # Seconds a call reuses the offers the last discovery of its service found (0: never).
+    offer_cache: float = 30.0
 
     @property
     def orgs(self) -> set[bytes]:
@@ -424,6 +426,7 @@ _KEYS = (
     "price_tolerance",
     "weights",
     "probe_count",
+    "offer_cache",
 )
 
 
@@ -444,6 +447,7 @@ def parse_selection_rules(table: Mapping[str, object], *, source: str) -> Select
         exclude_orgs = ["ORG_ID", ...]
         price_tolerance = 0.1         # spread calls over offers up to 10 % dearer than the cheapest
         probe_count = 3               # how many offers to probe live before calling
+        offer_cache = 30              # seconds a call reuses the last discovery's offers (0: never)
 
         [select.max_price]            # per part of the price, in millisatoshi
         per_call = 1000
@@ -473,6 +477,7 @@ def parse_selection_rules(table: Mapping[str, object], *, source: str) -> Select
         price_tolerance=_get(table, "price_tolerance", _number, d.price_tolerance, where),
         weights=_get(table, "weights", _parse_weights, d.weights, where),
         probe_count=_get(table, "probe_count", lambda v, w: _integer(v, w, 1), d.probe_count, where),
+        offer_cache=_get(table, "offer_cache", _number, d.offer_cache, where),
     )
     for name, peers in (("trusted", rules.trusted), ("only", rules.only)):
         if peers & rules.exclude:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from hubnet.identity.keys import Identity
 from hubnet.identity.records import SignedRecord
 from hubnet.node.naming import service_id_for_name
 from hubnet.node.offers import Load, Offer, Price
+from hubnet.offer_cache import cache_name, keep_records, read_records
 from tests.e2e.harness import Client, Server, wait_until
 
 NODES = 12
@@ -75,7 +77,11 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
             toml = {PROVIDER_A: _who("provider-a", 10), PROVIDER_B: _who("provider-b", 20)}.get(i, LISTEN)
             args = ["--no-lan"] + (["--bootstrap", servers[-1].target] if servers else [])
             servers.append(Server(root / f"node{i}", toml, serve_args=args).start())
-        network = Network(servers, Client(root / "client"))
+        client = Client(root / "client")
+        # Every call asks the DHT, as these tests expect: the offers kept between calls have
+        # tests of their own, from a home of the same identity (`_keeping_client`).
+        (client.home / "client.toml").write_text("[select]\noffer_cache = 0\n", encoding="utf-8")
+        network = Network(servers, client)
         for provider in (PROVIDER_A, PROVIDER_B):  # their operators credit the client to pay for `who`
             credited = Client(servers[provider].home).run(
                 "ledger", "credit", network.client.peer_id, "1000000"
@@ -153,6 +159,46 @@ def test_a_call_that_probes_its_offers_imports_no_threading_and_keeps_its_tokens
         ("127.0.0.1", server.port) for server in network.servers
     }
     assert len(kept.tokens) == len(network.servers)  # the lookup asked them all (fewer than k)
+
+
+def _keeping_client(network: Network, name: str) -> Client:
+    """A home of the network client's identity (which the providers credited) that keeps
+    offers between calls, as client.toml's default has it."""
+    client = Client(network.client.home.parent / name)
+    shutil.copy(network.client.home / "identity.key", client.home / "identity.key")
+    return client
+
+
+def test_a_second_call_starts_from_the_offers_the_first_found(network: Network) -> None:
+    client = _keeping_client(network, "keeping")
+    said = []
+    for _ in range(2):
+        result = client.run("-v", "call", "-b", network.seed, "who", input=None)
+        assert result.returncode == 0, result.stderr.decode()
+        assert result.stdout.decode().strip() == "provider-a"
+        said.append(result.stderr.decode())
+    assert "kept from a discovery" not in said[0]
+    assert "2 offer(s) kept from a discovery" in said[1]
+    assert "asking the DHT" not in said[1]
+    # Another bootstrap list is another DHT as far as kept offers go.
+    other = client.run("-v", "call", "-b", network.servers[1].target, "who", input=None)
+    assert other.returncode == 0 and "kept from a discovery" not in other.stderr.decode()
+
+
+def test_kept_offers_that_none_takes_the_call_on_send_the_call_to_the_dht(network: Network) -> None:
+    client = _keeping_client(network, "stale")
+    # Kept: one offer, valid and signed, of a provider that has gone (nothing listens there).
+    gone = _offer_record(
+        Identity.generate(), service_id_for_name("who"), price=1, address=f"127.0.0.1:{_free_port()}"
+    )
+    kept = client.home / "offers" / cache_name(service_id_for_name("who"), [network.seed])
+    keep_records(kept, [gone.raw], now=time.time())
+    result = client.run("-v", "call", "-b", network.seed, "who", input=None)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().strip() == "provider-a"
+    said = result.stderr.decode()
+    assert "1 offer(s) kept from a discovery" in said and "asking the DHT" in said
+    assert read_records(kept, now=time.time(), max_age=30) is not None  # what the DHT said, now kept
 
 
 def _send_provider(record: bytes, server: Server, sender: Identity) -> bool:

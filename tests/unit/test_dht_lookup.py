@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from hubnet.dht.addresses import DirectAddress
 from hubnet.dht.ids import ID_LEN, distance, node_id
-from hubnet.dht.lookup import Lookup, ProviderLookup, ProviderResults, Query
+from hubnet.dht.lookup import Lookup, ProviderLookup, Query
 from hubnet.dht.messages import (
     MAX_RECORDS_PER_REPLY,
     AddProvider,
@@ -40,7 +40,7 @@ from hubnet.dht.messages import (
     encode,
 )
 from hubnet.dht.protocol import DhtProtocol, PingNeeded, ReplyReceived, Send, VerifyNeeded
-from hubnet.dht.records import NodeRecord, ProviderRecord
+from hubnet.dht.records import NodeRecord, ProviderRecord, ProviderResults
 from hubnet.dht.routing import RoutingTable
 from hubnet.dht.store import RecordStore, StoreLimits
 from hubnet.identity.keys import Identity

@@ -295,6 +295,7 @@ def test_the_full_example_sets_every_key() -> None:
         exclude = ["{"ab" * 32}"]
         price_tolerance = 0.2
         probe_count = 4
+        offer_cache = 0
         [select.max_price]
         per_call = 1000
         per_second = 200
@@ -314,6 +315,7 @@ def test_the_full_example_sets_every_key() -> None:
         price_tolerance=0.2,
         weights=Weights(latency=2.5),
         probe_count=4,
+        offer_cache=0.0,
     )
     assert parse_selection_rules({}, source="client.toml") == DEFAULTS
 
@@ -331,6 +333,7 @@ def test_the_full_example_sets_every_key() -> None:
         ({"max_cost": "5000"}, "client.toml: select.max_cost: must be an integer >= 0"),
         ({"max_cost": True}, "select.max_cost: must be an integer >= 0"),
         ({"probe_count": 0}, "select.probe_count: must be an integer >= 1"),
+        ({"offer_cache": -1}, "select.offer_cache: must be a number >= 0"),
         ({"expected_seconds": -1}, "select.expected_seconds: must be a number >= 0"),
         ({"expected_mib": float("inf")}, "select.expected_mib: must be a number >= 0"),
         ({"price_tolerance": float("nan")}, "select.price_tolerance: must be a number >= 0"),
