@@ -6,11 +6,17 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
+
+from hubnet.dht.addresses import parse_address
+from hubnet.dht.ids import service_key
+from hubnet.dht.records import ProviderRecord
+from hubnet.identity.keys import Identity
+from hubnet.node.offers import Load, Offer, Price
 
 REQUIRE_ALL_VARIABLE = "HUBNET_REQUIRE_ALL"
 
@@ -53,3 +59,24 @@ def reachable_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def signed_offer(
+    publisher: Identity, service_id: bytes, addresses: Sequence[str], *, issued_at: int, ttl: int = 600
+) -> ProviderRecord:
+    """A valid provider record of an offer of `service_id` ("who": 1 msat a call, idle, one
+    job slot) at `addresses`, signed by `publisher`."""
+    offer = Offer(
+        publisher=publisher.public_key,
+        service_id=service_id,
+        name="who",
+        addresses=tuple(parse_address(a) for a in addresses),
+        price=Price(per_call=1),
+        load=Load(0, 0, 1),
+        sequence=1,
+        issued_at=issued_at,
+        expires_at=issued_at + ttl,
+    )
+    return ProviderRecord.create(
+        publisher, service_key(service_id), offer.payload(), sequence=1, issued_at=issued_at, ttl=ttl
+    )

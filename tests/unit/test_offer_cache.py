@@ -11,13 +11,11 @@ import msgpack
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hubnet.dht.addresses import parse_address
-from hubnet.dht.ids import service_key
 from hubnet.dht.records import ProviderRecord
 from hubnet.discover import cached_offers
 from hubnet.identity.keys import Identity
-from hubnet.node.offers import Load, Offer, Price
 from hubnet.offer_cache import MAX_FILE, cache_name, keep_records, read_records
+from tests.helpers import signed_offer
 
 SID = bytes(range(16))
 NOW = 1_700_000_000.0
@@ -27,20 +25,7 @@ def offer_record(
     publisher: Identity, *, service_id: bytes = SID, issued_at: int | None = None
 ) -> ProviderRecord:
     issued = int(time.time()) if issued_at is None else issued_at
-    offer = Offer(
-        publisher=publisher.public_key,
-        service_id=service_id,
-        name="who",
-        addresses=(parse_address("127.0.0.1:7070"),),
-        price=Price(per_call=1),
-        load=Load(0, 0, 1),
-        sequence=1,
-        issued_at=issued,
-        expires_at=issued + 600,
-    )
-    return ProviderRecord.create(
-        publisher, service_key(service_id), offer.payload(), sequence=1, issued_at=issued, ttl=600
-    )
+    return signed_offer(publisher, service_id, ["127.0.0.1:7070"], issued_at=issued)
 
 
 def test_records_are_read_back_while_fresh(tmp_path: Path) -> None:

@@ -6,12 +6,11 @@ import msgpack
 import pytest
 
 from hubnet.dht.addresses import DirectAddress, RelayAddress, parse_address
-from hubnet.dht.ids import service_key
 from hubnet.dht.records import NodeRecord, ProviderRecord
 from hubnet.dht.store import RecordRefused
 from hubnet.identity.keys import Identity, encode_peer_id
 from hubnet.node.offer_check import accept_record, address_allowed
-from hubnet.node.offers import Load, Offer, Price
+from tests.helpers import signed_offer
 
 NOW = 1_700_000_000
 PUBLISHER = Identity.from_seed(b"p" * 32)
@@ -19,20 +18,7 @@ SID = bytes(range(16))
 
 
 def offer_record(*addresses: str) -> ProviderRecord:
-    offer = Offer(
-        publisher=PUBLISHER.public_key,
-        service_id=SID,
-        name="who",
-        addresses=tuple(parse_address(a) for a in addresses),
-        price=Price(per_call=1),
-        load=Load(0, 0, 1),
-        sequence=1,
-        issued_at=NOW,
-        expires_at=NOW + 600,
-    )
-    return ProviderRecord.create(
-        PUBLISHER, service_key(SID), offer.payload(), sequence=1, issued_at=NOW, ttl=600
-    )
+    return signed_offer(PUBLISHER, SID, addresses, issued_at=NOW)
 
 
 @pytest.mark.parametrize(

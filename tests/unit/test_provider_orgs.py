@@ -14,6 +14,7 @@ from types import TracebackType
 import pytest
 
 from hubnet import discover
+from hubnet.dht import client as dht_client
 from hubnet.dht.addresses import DirectAddress
 from hubnet.dht.ids import service_key
 from hubnet.dht.records import ProviderRecord
@@ -174,7 +175,7 @@ def dht(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDht]:
             revocations_record(STRANGER, RevocationList.issue(LAB, 5, NOW, [STRANGER.public_key]), NOW),
         ]
     )
-    monkeypatch.setattr(discover, "DhtClient", lambda identity, seeds, tokens_file: fake)
+    monkeypatch.setattr(dht_client, "DhtClient", lambda identity, seeds, tokens_file: fake)
     yield fake
 
 
@@ -209,6 +210,6 @@ def test_services_looks_up_a_bounded_number_of_organisations(monkeypatch: pytest
     assert set(named) == {o.public_key for o in orgs[:19]}
     assert named[:13] == sorted(o.public_key for o in orgs[3:16])  # named by four offers each
     fake = FakeDht([offer_record(o, p) for o, p in zip(offers, publishers, strict=True)])
-    monkeypatch.setattr(discover, "DhtClient", lambda identity, seeds, tokens_file: fake)
+    monkeypatch.setattr(dht_client, "DhtClient", lambda identity, seeds, tokens_file: fake)
     discover.find_offers(DESK, SEED, SID, describe_orgs=True)
     assert len(fake.asked) == 1 + 2 * discover.MAX_DESCRIBED_ORGS
