@@ -197,6 +197,15 @@ def echo_server() -> Iterator[int]:
         listener.close()
 
 
+def print_target(label: str, times: list[float], base: list[float], target: float) -> None:
+    """`times` over `base` (medians, then means), and whether the medians meet `target`."""
+    ratio = median(times) / median(base)
+    print(
+        f"  {label}: {ratio:.3f}x (medians), {statistics.fmean(times) / statistics.fmean(base):.3f}x "
+        f"(means); target <= {target}x: {'met' if ratio <= target else 'NOT met'}"
+    )
+
+
 def discovering_home(parent: Path, name: str, bootstrap: str, *, keep_offers: bool = True) -> Path:
     """A caller's home whose client.toml knows only a DHT node (`bootstrap`), not the servers;
     without `keep_offers`, every call asks the DHT (`offer_cache = 0`)."""
@@ -493,20 +502,9 @@ def main() -> int:
         f"{median(paired) * 1000:+.1f} ms (median of the {len(paired)} back-to-back pairs)"
     )
     print("  ratios of hubnode call (mean, median):")
-    paid = times[PAID_CALL]
-    paid_ratio = median(paid) / median(call)
-    print(
-        f"  paid / free hubnode call: {paid_ratio:.3f}x (medians), "
-        f"{statistics.fmean(paid) / statistics.fmean(call):.3f}x (means); target <= 1.1x: "
-        f"{'met' if paid_ratio <= 1.1 else 'NOT met'}"
-    )
+    print_target("paid / free hubnode call", times[PAID_CALL], call, 1.1)
     for name in DISCOVERIES:
-        ratio = median(times[name]) / median(call)
-        print(
-            f"  {name} / the --server call: {ratio:.3f}x (medians), "
-            f"{statistics.fmean(times[name]) / statistics.fmean(call):.3f}x (means); target <= 1.2x: "
-            f"{'met' if ratio <= 1.2 else 'NOT met'}"
-        )
+        print_target(f"{name} / the --server call", times[name], call, 1.2)
     for name in [n for n in times if n not in (CALL, PAID_CALL, MEMBERS_CALL, *DISCOVERIES)]:
         print(
             f"    / {name:<{width}} {statistics.fmean(call) / statistics.fmean(times[name]):>5.2f}x "

@@ -160,7 +160,8 @@ class NodeRecord:
 
 
 class ProviderResults:
-    """Provider records gathered during a lookup: verified at `now`, newest per publisher.
+    """Provider records gathered during a lookup (or kept from one, `hubnet.offer_cache`):
+    verified at `now`, newest per publisher.
 
     Every node near a popular key holds the same signed records, so a lookup hears each one
     from many nodes (98 copies of 12 records at 12 providers): each distinct record is

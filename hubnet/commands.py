@@ -241,8 +241,8 @@ def open_service_call(
         )
 
     kept_in = _offers_file(ctx, planned, bootstrap, rules)
-    kept = cached_offers(kept_in, planned.request.service_id, rules.offer_cache) if kept_in else None
-    if kept_in is not None and kept is not None:
+    sid = planned.request.service_id
+    if kept_in is not None and (kept := cached_offers(kept_in, sid, rules.offer_cache)) is not None:
         found, age = kept
         ctx.say(f"{len(found.offers)} offer(s) kept from a discovery {age:.0f} s ago")
         try:

@@ -51,8 +51,8 @@ class Home:
 
     @property
     def offers(self) -> Path:
-        """The offers a discovery found, one file per service, for the next calls of it
-        (`hubnet.offer_cache`)."""
+        """The offers a discovery found, one file per service and bootstrap list, for the
+        next calls of it (`hubnet.offer_cache`)."""
         return self.data_dir / "offers"
 
     @property
