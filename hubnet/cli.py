@@ -215,7 +215,9 @@ def call(
     SERVICE is a name, a 32-hex-digit service id or an alias. Options of hubnode go before
     SERVICE (-v and --home before `call`); everything after SERVICE goes to the remote
     program. With no server (--server, the alias's or client.toml's), the service's offers
-    are found in the DHT and the best provider by client.toml's [select] rules is called.
+    are found in the DHT and the best provider by client.toml's [select] rules is called;
+    the calls of the next offer_cache seconds ([select], 30 by default) start from the
+    offers it found, checked again and probed live.
 
     Exits with the remote program's status (128+N if it died of signal N); 127 if the
     service is not to be had (the server has no such service, nobody in the DHT offers

@@ -221,11 +221,12 @@ def open_service_call(
             dialer=ctx.call_dialer(),
         )
     from hubnet.client import PaymentRequired
-    from hubnet.discover import BACKOFF_FILE, cached_offers, open_discovered_call
+    from hubnet.discover import BACKOFF_FILE, Backoff, cached_offers, open_discovered_call
 
     rules = ctx.selection_rules()
+    backoff_file = ctx.home.data_dir / BACKOFF_FILE
 
-    def open_on(found: Found) -> OpenCall:
+    def open_on(found: Found, backoff: Backoff) -> OpenCall:
         return open_discovered_call(
             ctx.identity(),
             found,
@@ -235,7 +236,7 @@ def open_service_call(
             verbose=ctx.verbose,
             name=planned.label,
             rules_source=ctx.client_config.source,
-            backoff_file=ctx.home.data_dir / BACKOFF_FILE,
+            backoff=backoff,
             timeouts=timeouts,
             call_dialer=ctx.call_dialer(),
         )
@@ -245,8 +246,12 @@ def open_service_call(
     if kept_in is not None and (kept := cached_offers(kept_in, sid, rules.offer_cache)) is not None:
         found, age = kept
         ctx.say(f"{len(found.offers)} offer(s) kept from a discovery {age:.0f} s ago")
+        # The rests as they were before the kept offers were tried: should none of them take
+        # the call, the DHT's offers are judged as they would have been without them (what
+        # failed here still rests for the calls after this one: both attempts save).
+        before = Backoff(backoff_file)
         try:
-            return open_on(found)
+            return open_on(found, Backoff(backoff_file))
         except PaymentRequired:
             raise  # the caller may pay that provider: its offer stands
         except (TransportError, Rejected, NotOffered):
@@ -254,7 +259,8 @@ def open_service_call(
 
             forget(kept_in)
             ctx.say("none of the kept offers took the call: asking the DHT")
-    return open_on(discover_offers(ctx, planned, bootstrap, rules, keep_in=kept_in))
+        return open_on(discover_offers(ctx, planned, bootstrap, rules, keep_in=kept_in), before)
+    return open_on(discover_offers(ctx, planned, bootstrap, rules, keep_in=kept_in), Backoff(backoff_file))
 
 
 def _offers_file(

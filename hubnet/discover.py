@@ -770,7 +770,7 @@ def open_discovered_call(
     verbose: bool,
     name: str = "the service",
     rules_source: str = "client.toml",
-    backoff_file: Path | None = None,
+    backoff: Backoff | None = None,
     timeouts: Timeouts | None = None,
     call_dialer: Dialer | None = None,
 ) -> OpenCall:
@@ -778,8 +778,8 @@ def open_discovered_call(
     `timeouts.accept` if that is shorter: a node slow to accept is passed over for the next).
 
     At most MAX_ATTEMPTS providers are tried, never one whose probe failed, and every dial
-    (probes included) stays within one `DialLedger`. Failures and answers go into the
-    backoff file (`backoff_file`; None keeps them for this discovery only). Probes dial
+    (probes included) stays within one `DialLedger`. Failures and answers go into
+    `backoff`, which is saved at the end (None keeps them for this discovery only). Probes dial
     with a plain TcpDialer, the calls with `call_dialer` (one that hole-punches past relays,
     which a probe's one round trip would not repay), both within the ledger's bounds.
 
@@ -792,7 +792,7 @@ def open_discovered_call(
     given = timeouts or Timeouts()
     timeouts = Timeouts(min(given.accept, timeout), given.idle)
     ledger = DialLedger()
-    backoff = Backoff(backoff_file)
+    backoff = backoff or Backoff()
     asked_for_money: PaymentRequired | None = None
     prober = None
     try:

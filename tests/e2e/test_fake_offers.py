@@ -200,7 +200,7 @@ def _fakes(victim: Listener) -> list[Offer]:
 def _call(found: Found, backoff_file: Path | None = None) -> bool:
     try:
         opened = open_discovered_call(
-            CLIENT, found, SelectionRules(), WHO, timeout=5.0, verbose=False, backoff_file=backoff_file
+            CLIENT, found, SelectionRules(), WHO, timeout=5.0, verbose=False, backoff=Backoff(backoff_file)
         )
     except TransportError:
         return False
