@@ -109,6 +109,7 @@ def hubnode_server(
     finally:
         stop(proc)
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def stop(proc: subprocess.Popen[bytes] | None) -> None:

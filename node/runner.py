@@ -148,8 +148,6 @@ class Job:
                 cpu = _cpu_seconds(proc.pid)
                 returncode = await proc.wait()
                 self._reaped = True
-                if self._spares is not None:
-                    self._spares.job_ended()
                 os.close(pidfd)
                 for stream in (proc.stdin, proc.stdout, proc.stderr):
                     if stream is not None:

@@ -126,7 +126,8 @@ class Spares:
         return spare
 
     def job_ended(self) -> None:
-        """A job's process has ended (it need not have come from a spare)."""
+        """A job has ended and its caller has its Exit (the job need not have come from a
+        spare): the CPU the job needed is free for the next spare."""
         self._job_ended.set()
 
     async def run(self) -> None:
@@ -151,9 +152,10 @@ class Spares:
                 # have two cores, and the next spare's interpreter and cgroup move slowed that
                 # start as much as the spare saved (measured: a sandboxed `true` 31 ms from
                 # spawn to exit without a spare, 32 with the next made at once, 16 after 60 ms).
-                # A job whose process has ended (a short one, as most calls of a robot are)
-                # has nothing left to slow down: the next spare is then made at once, so that
-                # it is ready for a caller that calls again as soon as its call returns.
+                # A call that has ended (a short one, as most calls of a robot are; the
+                # server says so once its Exit is out) has nothing left to slow down: the next
+                # spare is then made at once, so that it is ready for a caller that calls
+                # again as soon as its call returns.
                 with trio.move_on_after(_PAUSE):
                     await self._job_ended.wait()
                 if self._dead is spare:

@@ -203,14 +203,16 @@ async def test_consecutive_jobs_each_get_a_fresh_spare_and_cgroup(host: Host, tm
 async def test_the_next_spare_is_made_as_soon_as_the_job_ends(
     host: Host, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A short job's end, not the pause after a spare is taken, starts the next spare: a
-    robot that calls again as soon as its call returns finds one."""
+    """A short job's end (as the server says it, once the Exit is sent), not the pause after
+    a spare is taken, starts the next spare: a robot that calls again as soon as its call
+    returns finds one."""
     monkeypatch.setattr(node_spare, "_PAUSE", 3600.0)
     cgroups = cgroups_of(host)
     async with keeping(cgroups) as spares:
         first = await ready(spares)
         outcome, _ = await run(["true"], confined(host, tmp_path), spares)
         assert outcome.exit_code == 0
+        spares.job_ended()
         second = await ready(spares)  # within ready()'s 30 s, not the hour's pause
         assert second is not first
 
