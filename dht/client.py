@@ -17,7 +17,6 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 from hubnet.dht.ids import node_id
 from hubnet.dht.lookup import RPC_TIMEOUT, Lookup, NodeRecordLookup, ProviderLookup, Query, Seed
@@ -25,6 +24,7 @@ from hubnet.dht.messages import MAX_DATAGRAM, TOKEN_LEN, AddProvider, Contact, F
 from hubnet.dht.protocol import MAX_TOKENS_KEPT, DhtProtocol, ReplyReceived
 from hubnet.dht.records import Address, NodeRecord, ProviderRecord
 from hubnet.files import replace_whole
+from hubnet.identity.cheap_typing import TypeVar
 from hubnet.identity.errors import TransportError
 from hubnet.identity.frozen import frozen
 from hubnet.identity.keys import Identity

@@ -42,7 +42,6 @@ import os
 from _blake2 import blake2b
 from _operator import _compare_digest as compare_digest
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 from hubnet.dht.ids import K, distance, node_id
 from hubnet.dht.messages import (
@@ -79,6 +78,7 @@ from hubnet.dht.messages import (
 from hubnet.dht.records import Address, NodeRecord, ProviderRecord
 from hubnet.dht.sources import classify
 from hubnet.dht.store import RecordRefused, RecordStore
+from hubnet.identity.cheap_typing import TYPE_CHECKING
 from hubnet.identity.frozen import frozen, replace
 from hubnet.identity.keys import Identity
 from hubnet.identity.records import InvalidRecord

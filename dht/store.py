@@ -30,12 +30,11 @@ at about 58 MiB; adding a record takes 5 to 10 microseconds, at 1,000 records as
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 import msgpack
 
 from hubnet.dht.records import Address, NodeRecord, ProviderRecord
 from hubnet.dht.sources import Source, classify
+from hubnet.identity.cheap_typing import TypeVar
 from hubnet.identity.frozen import frozen
 from hubnet.identity.records import InvalidRecord
 

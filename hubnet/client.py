@@ -18,12 +18,12 @@ import select
 import sys
 import time
 from collections.abc import Callable
-from typing import TypeVar
 
 from hubnet.call_machine import CallMachine, CallResult, Timeouts, located
 from hubnet.dht.addresses import DirectAddress
 from hubnet.dialer import Dialer, TcpDialer, dial_first
 from hubnet.identity.blocking import SecureSocket, connect_secure_socket
+from hubnet.identity.cheap_typing import TypeVar
 from hubnet.identity.errors import HandshakeError, Rejected, RemoteProtocolError, TransportError
 from hubnet.identity.frozen import frozen
 from hubnet.identity.keys import Identity, encode_peer_id

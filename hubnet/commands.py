@@ -10,8 +10,8 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from functools import cached_property
-from typing import TYPE_CHECKING
 
+from hubnet.identity.cheap_typing import TYPE_CHECKING
 from hubnet.identity.errors import ConfigError, HubnetError, NotOffered, Rejected, TransportError
 from hubnet.identity.frozen import frozen
 

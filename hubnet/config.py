@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 from hubnet.call_machine import DEFAULT_ACCEPT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Timeouts
+from hubnet.identity.cheap_typing import TYPE_CHECKING
 from hubnet.identity.errors import ConfigError
 from hubnet.identity.frozen import frozen
 from hubnet.identity.hints import did_you_mean
+
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
 
 from hubnet.dht.addresses import Address, RelayAddress
 from hubnet.identity.blocking import connect_secure_socket
+from hubnet.identity.cheap_typing import TYPE_CHECKING, Protocol
 from hubnet.identity.errors import RemoteProtocolError, TransportError
 from hubnet.identity.keys import Identity
 

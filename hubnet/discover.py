@@ -23,7 +23,6 @@ from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 from hubnet.call_machine import Timeouts
 from hubnet.client import OpenCall, PaymentRequired, open_call
@@ -33,6 +32,7 @@ from hubnet.dht.records import ProviderRecord, ProviderResults
 from hubnet.dht.sources import parse_ip
 from hubnet.dialer import Dialer, TcpDialer, dial_first, resolvable
 from hubnet.identity.blocking import connect_secure_socket
+from hubnet.identity.cheap_typing import TYPE_CHECKING
 from hubnet.identity.errors import (
     ConfigError,
     HostKeyMismatch,

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import NoReturn
 
 from hubnet.exits import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code_for
+from hubnet.identity.cheap_typing import TYPE_CHECKING
 from hubnet.identity.errors import HubnetError
+
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 FastCall = tuple[str | None, bool, str | None, int | None, str, tuple[str, ...], tuple[str, ...]]
 

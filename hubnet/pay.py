@@ -22,10 +22,10 @@ Nothing here imports Trio or click, and the wallet (SQLite) is imported only to 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
 
 from hubnet.client import PaymentRequired, open_call
 from hubnet.commands import Context, ServiceCall, open_service_call
+from hubnet.identity.cheap_typing import TYPE_CHECKING
 from hubnet.identity.errors import Rejected
 from hubnet.identity.frozen import replace
 from hubnet.node.protocol import RejectCode

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+from hubnet.identity.cheap_typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from hubnet.rests import Rests

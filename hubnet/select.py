@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence, Set
-from typing import TYPE_CHECKING, TypeVar
 
 from hubnet.dht.addresses import DirectAddress, RelayAddress
+from hubnet.identity.cheap_typing import TYPE_CHECKING, TypeVar
 from hubnet.identity.errors import ConfigError
 from hubnet.identity.frozen import frozen, replace
 from hubnet.identity.hints import did_you_mean

@@ -17,8 +17,8 @@ what stays stable for them. A relayed address carries its node's key and never n
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
 
+from hubnet.identity.cheap_typing import Protocol
 from hubnet.identity.errors import ConfigError, HostKeyMismatch
 from hubnet.identity.keys import encode_peer_id
 from hubnet.node.naming import Target

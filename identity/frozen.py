@@ -17,7 +17,10 @@ and mutable defaults are the caller's to avoid (every field here is immutable).
 
 from __future__ import annotations
 
-from typing import Any, TypeVar, dataclass_transform
+from hubnet.identity.cheap_typing import TYPE_CHECKING, TypeVar, dataclass_transform
+
+if TYPE_CHECKING:
+    from typing import Any
 
 _Class = TypeVar("_Class", bound=type)
 _Instance = TypeVar("_Instance")

@@ -19,9 +19,9 @@ from _blake2 import blake2b
 from _operator import _compare_digest as compare_digest
 from collections.abc import Callable
 from enum import Enum
-from typing import TYPE_CHECKING, Protocol
 
 from hubnet.identity import sodium
+from hubnet.identity.cheap_typing import TYPE_CHECKING, Protocol
 from hubnet.identity.errors import DecryptError, HandshakeError, LocalProtocolError
 from hubnet.identity.frozen import frozen
 

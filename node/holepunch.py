@@ -40,12 +40,15 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
-from typing import NoReturn
 
 import msgpack
 
+from hubnet.identity.cheap_typing import TYPE_CHECKING
 from hubnet.identity.errors import LocalProtocolError, RemoteProtocolError, TransportError
 from hubnet.identity.frozen import frozen
+
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 MAX_FRAME = 1024  # bytes of one message, after its 2-byte length
 MAX_ADDRESSES = 4

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from typing import ClassVar, Generic, TypeVar
 
+from hubnet.identity.cheap_typing import TYPE_CHECKING, Generic, TypeVar
 from hubnet.identity.errors import (
     ClosedEarly,
     HubnetError,
@@ -24,6 +24,9 @@ from hubnet.identity.errors import (
     TransportError,
 )
 from hubnet.identity.frozen import frozen
+
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 
 @frozen

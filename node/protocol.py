@@ -17,10 +17,10 @@ from __future__ import annotations
 import collections
 import enum
 from collections.abc import Callable
-from typing import Any
 
 import msgpack
 
+from hubnet.identity.cheap_typing import TYPE_CHECKING
 from hubnet.identity.errors import (
     HubnetError,
     LocalProtocolError,
@@ -29,6 +29,9 @@ from hubnet.identity.errors import (
 from hubnet.identity.frozen import frozen
 from hubnet.node.machine import ConnectionClosed as ConnectionClosed
 from hubnet.node.machine import PeerMachine
+
+if TYPE_CHECKING:
+    from typing import Any
 
 SERVICE_ID_LEN = 16
 MAX_MESSAGE = 1 << 20

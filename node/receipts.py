@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
 
 import msgpack
 
+from hubnet.identity.cheap_typing import TYPE_CHECKING
 from hubnet.identity.frozen import frozen
 from hubnet.identity.keys import Identity, fingerprint
 from hubnet.identity.records import InvalidRecord, SignedRecord
 from hubnet.node.protocol import MAX_RECEIPT, SERVICE_ID_LEN, Terms, Usage
+
+if TYPE_CHECKING:
+    from typing import Any
 
 RECEIPT_DOMAIN = "hubnet/receipt/1"
 _KEY_LEN = 32

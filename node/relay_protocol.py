@@ -34,14 +34,17 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Any
 
 import msgpack
 
+from hubnet.identity.cheap_typing import TYPE_CHECKING
 from hubnet.identity.errors import HubnetError, LocalProtocolError, RemoteProtocolError
 from hubnet.identity.frozen import frozen
 from hubnet.node.machine import ConnectionClosed as ConnectionClosed
 from hubnet.node.machine import PeerMachine
+
+if TYPE_CHECKING:
+    from typing import Any
 
 PEER_ID_LEN = 32
 CIRCUIT_ID_LEN = 16

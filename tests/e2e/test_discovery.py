@@ -140,7 +140,8 @@ def test_call_reaches_the_cheaper_provider(network: Network) -> None:
 # modules that cost a Pi's call most to import it loaded on the way.
 _LOADED_BY = """
 import atexit, sys
-atexit.register(lambda: print(",".join(m for m in ("threading", "queue", "random") if m in sys.modules)))
+COSTLY = ("threading", "queue", "random", "typing")
+atexit.register(lambda: print(",".join(m for m in COSTLY if m in sys.modules)))
 sys.argv = ["hubnode", *sys.argv[1:]]
 from hubnet.main import main
 main()

@@ -208,7 +208,8 @@ def test_shown_commands_stay_on_one_line() -> None:
 _LOADED_BY = """
 import atexit, sys
 COSTLY = (
-    "trio", "click", "dataclasses", "tempfile", "encodings.idna", "_hashlib", "threading", "tomllib", "random"
+    "trio", "click", "dataclasses", "tempfile", "encodings.idna", "_hashlib", "threading", "tomllib",
+    "random", "typing",
 )
 atexit.register(lambda: print(",".join(m for m in COSTLY if m in sys.modules)))
 sys.argv = ["hubnode", *sys.argv[1:]]
