@@ -52,6 +52,7 @@ from hubnet.rests import Rests
 from hubnet.select import (
     Probe,
     SelectionRules,
+    UrandomDraw,
     acceptable,
     choose,
     probe_targets,
@@ -714,9 +715,7 @@ def _plan(
         # says so to the call itself); nor is there anything to draw at random.
         _say_probed(ranked, resting, prober, verbose=verbose)
         return fresh, prober
-    import random  # only a call that chooses pays for its import
-
-    rng = random.Random()
+    rng = UrandomDraw()
     order = spread_over_hosts(probe_targets(fresh, replace(resolved, probe_count=max(len(fresh), 1)), rng))
     prober.run(_groups(order), want=resolved.probe_count, early=True)
     pool = fresh

@@ -23,10 +23,11 @@ hubnet's own offer, address, key and error types.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Collection, Mapping, Sequence, Set
 
 from hubnet.dht.addresses import DirectAddress, RelayAddress
-from hubnet.identity.cheap_typing import TYPE_CHECKING, TypeVar
+from hubnet.identity.cheap_typing import TYPE_CHECKING, Protocol, TypeVar
 from hubnet.identity.errors import ConfigError
 from hubnet.identity.frozen import frozen, replace
 from hubnet.identity.hints import did_you_mean
@@ -34,12 +35,30 @@ from hubnet.identity.keys import decode_peer_id
 from hubnet.node.offers import Load, Offer, Price
 
 if TYPE_CHECKING:
-    import random
-
     from hubnet.identity.orgs import OrgRule, RevocationList, Role
 
 _T = TypeVar("_T")
 _TABLE = "select"  # the table of client.toml this module parses
+
+
+class Draw(Protocol):
+    """Where the choices' randomness comes from: `random.Random` (seeded, in tests) or
+    `UrandomDraw`."""
+
+    def sample(self, population: Sequence[_T], k: int) -> list[_T]: ...
+
+
+class UrandomDraw:
+    """`random.Random.sample` over `os.urandom`, which is all that a call draws: importing
+    `random` would cost a Pi's call about 1 ms, more than the few draws of a call."""
+
+    def sample(self, population: Sequence[_T], k: int) -> list[_T]:
+        """`k` distinct elements of `population`, each k-subset equally likely (bar a bias
+        below 2**-40 from taking 64 random bits modulo a pool's size)."""
+        pool = list(population)
+        if not 0 <= k <= len(pool):
+            raise ValueError(f"cannot draw {k} of {len(pool)}")
+        return [pool.pop(int.from_bytes(os.urandom(8), "big") % len(pool)) for _ in range(k)]
 
 
 @frozen
@@ -231,7 +250,7 @@ def _price_band(offers: Sequence[Offer], rules: SelectionRules) -> list[Offer]:
     return [o for o in same if rules.cost(o) <= limit]
 
 
-def probe_targets(ranked: Sequence[Offer], rules: SelectionRules, rng: random.Random) -> list[Offer]:
+def probe_targets(ranked: Sequence[Offer], rules: SelectionRules, rng: Draw) -> list[Offer]:
     """The `probe_count` offers to probe: a random sample of the price band, topped up in rank order.
 
     Not simply the first few of `rank`: that order comes from the same stale offers for
@@ -265,7 +284,7 @@ def _busy(offer: Offer, probe: Probe, rules: SelectionRules) -> bool:
     return rules.max_utilisation is not None and _utilisation(offer, probe) > rules.max_utilisation
 
 
-def _two_choices(band: Sequence[Offer], scores: Mapping[bytes, float], rng: random.Random) -> Offer:
+def _two_choices(band: Sequence[Offer], scores: Mapping[bytes, float], rng: Draw) -> Offer:
     """Power of two choices: the better of two drawn at random.
 
     On a tie the first drawn wins: a fixed tie-break (say, by key) would send every tie
@@ -281,7 +300,7 @@ def choose(
     ranked: Sequence[Offer],
     probes: Mapping[bytes, Probe | None],
     rules: SelectionRules,
-    rng: random.Random,
+    rng: Draw,
 ) -> list[Offer]:
     """The order in which to try the providers of `ranked` (every one of them, once).
 

@@ -19,6 +19,9 @@ from pathlib import Path
 from hubnet.identity.errors import ConfigError
 
 PREFIX = "hubnet-attest1:"
+# Here, not in `hubnet.identity.orgs`, because offers (`hubnet.node.offers`) bound what they
+# carry by it, and a discovered call must not import the record parsers to read offers.
+MAX_ATTESTATION_LEN = 300  # an attestation encodes to 171..237 bytes (bench/org_sizes.py)
 
 
 def to_text(record: bytes) -> str:

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Set
 import msgpack
 
 from hubnet.identity import attest_text
+from hubnet.identity.attest_text import MAX_ATTESTATION_LEN as MAX_ATTESTATION_LEN
 from hubnet.identity.errors import ConfigError
 from hubnet.identity.frozen import frozen
 from hubnet.identity.keys import PUBLIC_KEY_LEN, Identity, decode_peer_id
@@ -34,7 +35,6 @@ PROFILE_DOMAIN = "hubnet/org-profile/1"
 
 MAX_LABEL = 64  # bytes of UTF-8
 MAX_URL = 256
-MAX_ATTESTATION_LEN = 300  # an attestation encodes to 171..237 bytes (bench/org_sizes.py)
 MAX_REVOKED = 1000
 MAX_VALIDITY = 5 * 366 * 86400  # an attestation lives at most about five years
 CLOCK_SKEW = 60  # an attestation issued up to this far in the reader's future is accepted

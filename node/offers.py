@@ -13,10 +13,10 @@ import msgpack
 from hubnet.dht.addresses import Address, InvalidAddress, decode_address, encode_address
 from hubnet.dht.ids import service_key
 from hubnet.dht.records import ProviderRecord
+from hubnet.identity.attest_text import MAX_ATTESTATION_LEN
 from hubnet.identity.errors import RemoteProtocolError
 from hubnet.identity.frozen import frozen
 from hubnet.identity.keys import PUBLIC_KEY_LEN
-from hubnet.identity.orgs import MAX_ATTESTATION_LEN
 from hubnet.node.naming import SERVICE_ID_LEN, is_service_name
 from hubnet.node.protocol import MAX_MULTIPLIER
 

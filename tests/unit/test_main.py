@@ -228,9 +228,9 @@ def _python(code: str, *argv: str) -> subprocess.CompletedProcess[str]:
     ("call", "needed"),
     [
         (["call", "--server", "127.0.0.1:1", "cat"], ""),  # a server given: connect (refused)
-        # None given: discovery in the DHT (with no bootstrap nodes). Only a call with offers
-        # to choose between draws at random; its probes run on `_thread`'s threads, never
-        # `threading`'s (tests/e2e/test_discovery.py).
+        # None given: discovery in the DHT (with no bootstrap nodes). A call with offers to
+        # choose between draws from os.urandom, and its probes run on `_thread`'s threads,
+        # never `threading`'s (tests/e2e/test_discovery.py).
         (["call", "cat"], ""),
     ],
     ids=["server", "discovery"],

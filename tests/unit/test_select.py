@@ -23,6 +23,7 @@ from hubnet.select import (
     PriceCap,
     Probe,
     SelectionRules,
+    UrandomDraw,
     Weights,
     acceptable,
     choose,
@@ -523,3 +524,26 @@ def test_org_rules_need_organisation_ids() -> None:
         LAB.public_key,
         CLUB.public_key,
     }
+
+
+@given(st.lists(st.integers(), max_size=12, unique=True), st.data())
+def test_an_urandom_draw_is_k_distinct_members_of_the_population(
+    population: list[int], data: st.DataObject
+) -> None:
+    k = data.draw(st.integers(0, len(population)))
+    drawn = UrandomDraw().sample(population, k)
+    assert len(drawn) == k and len(set(drawn)) == k and set(drawn) <= set(population)
+
+
+@pytest.mark.parametrize("k", [-1, 4])
+def test_an_urandom_draw_of_more_than_there_is_or_of_fewer_than_none_is_refused(k: int) -> None:
+    with pytest.raises(ValueError, match=f"cannot draw {k} of 3"):
+        UrandomDraw().sample([1, 2, 3], k)
+
+
+def test_an_urandom_draw_makes_every_ordered_pair_about_equally_often() -> None:
+    # 12 ordered pairs of 4, 12000 draws: 1000 expected each, with a standard deviation of
+    # about 30; 800..1200 fails by chance with a probability below 1e-10.
+    seen = Counter(tuple(UrandomDraw().sample("abcd", 2)) for _ in range(12000))
+    assert len(seen) == 12
+    assert all(800 <= n <= 1200 for n in seen.values()), seen
