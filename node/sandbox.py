@@ -561,14 +561,17 @@ class JobCgroup:
 
     def kill(self) -> None:
         """SIGKILL every process in the cgroup (v2: all at once with cgroup.kill)."""
-        for folder in set(self.folders.values()):
-            if self.cgroups.version == 2:
-                with contextlib.suppress(OSError):
+        if self.cgroups.version == 2:
+            try:
+                for folder in set(self.folders.values()):  # one: v2 has one tree
                     (folder / "cgroup.kill").write_text("1")
-                    continue
-            for pid in self.pids():
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
+                return
+            except OSError:
+                pass  # a kernel before 5.14, without cgroup.kill: one by one, as on v1
+        # Once, not once per hierarchy: `pids` reads every hierarchy's members already.
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
     def remove(self) -> bool:
         """Remove the folders (first reading the CPU time used); False while processes are

@@ -528,9 +528,9 @@ class Node:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
             if self.spares is not None:
-                # Only now, with the Exit sent: making the next spare forks this process, and
-                # done as the job ended (the runner's next checkpoint) it held the Exit back
-                # by that long, about 3 ms of every short call.
+                # Only now, with the Exit out: making the next spare (three cgroup folders, a
+                # fork and exec from a worker thread, which wants the GIL and a core) as the
+                # job ended held the Exit back, by 0.5-2 ms of a `true` call in paired runs.
                 self.spares.job_ended()
 
 
