@@ -80,3 +80,9 @@ def signed_offer(
     return ProviderRecord.create(
         publisher, service_key(service_id), offer.payload(), sequence=1, issued_at=issued_at, ttl=ttl
     )
+
+
+def tampered(record: bytes) -> bytes:
+    """`record` with its last byte (of its signature) changed, so that it no longer verifies.
+    Flipped, not set: a byte set to 0 is no change at all when it was 0 already (1 in 256)."""
+    return record[:-1] + bytes([record[-1] ^ 1])

@@ -45,6 +45,7 @@ from hubnet.dht.routing import RoutingTable
 from hubnet.dht.store import RecordStore, StoreLimits
 from hubnet.identity.keys import Identity
 from tests.dht_sim import identities_with_prefixes
+from tests.helpers import tampered
 
 NOW = 1_700_000_000
 K = 8
@@ -314,10 +315,10 @@ def test_provider_results_check_each_distinct_record_once(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(ProviderRecord, "parse", counting_parse)
     results = ProviderResults(KEY, now=NOW)
-    good, tampered = record(ALICE), record(BOB).raw[:-1] + b"\x00"
+    good, forged = record(ALICE), tampered(record(BOB).raw)
     for _ in range(5):
-        results.add([good.raw, tampered])
-    assert sorted(checked) == sorted([good.raw, tampered])
+        results.add([good.raw, forged])
+    assert sorted(checked) == sorted([good.raw, forged])
     assert results.records() == [good]
     assert results.refused == 5  # each copy of a bad record is still a refusal
 

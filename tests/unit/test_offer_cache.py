@@ -15,7 +15,7 @@ from hubnet.dht.records import ProviderRecord
 from hubnet.discover import cached_offers
 from hubnet.identity.keys import Identity
 from hubnet.offer_cache import MAX_FILE, cache_name, keep_records, read_records
-from tests.helpers import signed_offer
+from tests.helpers import signed_offer, tampered
 
 SID = bytes(range(16))
 NOW = 1_700_000_000.0
@@ -73,11 +73,11 @@ def test_other_versions_shapes_and_sizes_are_none() -> None:
 def test_kept_offers_are_checked_again_as_the_dht_s_are(tmp_path: Path) -> None:
     alice, bob, carol = Identity.generate(), Identity.generate(), Identity.generate()
     genuine = offer_record(alice)
-    tampered = offer_record(bob).raw[:-1] + b"\x00"  # its signature no longer verifies
+    forged = tampered(offer_record(bob).raw)  # its signature no longer verifies
     other_service = offer_record(carol, service_id=bytes(16))
     expired = offer_record(carol, issued_at=int(time.time()) - 700)
     path = tmp_path / "kept"
-    keep_records(path, [tampered, other_service.raw, expired.raw, b"garbage", genuine.raw], now=time.time())
+    keep_records(path, [forged, other_service.raw, expired.raw, b"garbage", genuine.raw], now=time.time())
     kept = cached_offers(path, SID, 30)
     assert kept is not None
     found, age = kept
@@ -88,6 +88,6 @@ def test_kept_offers_are_checked_again_as_the_dht_s_are(tmp_path: Path) -> None:
 
 def test_no_valid_offer_kept_is_no_offers(tmp_path: Path) -> None:
     path = tmp_path / "kept"
-    keep_records(path, [offer_record(Identity.generate()).raw[:-1] + b"\x00"], now=time.time())
+    keep_records(path, [tampered(offer_record(Identity.generate()).raw)], now=time.time())
     assert cached_offers(path, SID, 30) is None
     assert cached_offers(tmp_path / "absent", SID, 30) is None
