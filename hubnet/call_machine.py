@@ -134,10 +134,14 @@ class CallMachine:
     the machine and every time it returns is on that clock.
     """
 
-    def __init__(self, call: Call, timeouts: Timeouts | None = None) -> None:
+    def __init__(
+        self, call: Call, timeouts: Timeouts | None = None, conn: JobConnection | None = None
+    ) -> None:
+        """`conn`: a connection whose status request the node answered (PROBED), to call on
+        instead of a new one."""
         self.call = call
         self.timeouts = timeouts or Timeouts()
-        self._conn = JobConnection(Role.CLIENT)
+        self._conn = conn if conn is not None else JobConnection(Role.CLIENT)
         self._request = self._conn.send(call)
         self.accept: Accept | None = None
         self.reject: Reject | None = None
@@ -209,7 +213,8 @@ class CallMachine:
         return TransportError(f"{self._expired}; the {self._what} was cancelled")
 
     def request_data(self) -> bytes:
-        """The Call's bytes: they ride in the secure session's first handshake message."""
+        """The Call's bytes: they ride in the secure session's first handshake message (or,
+        on a probed connection, follow its status reply)."""
         return self._request
 
     def start(self) -> bytes:

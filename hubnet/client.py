@@ -204,8 +204,33 @@ def open_call(
     opened = OpenCall(target, secure, machine)
     if not wait_for_accept:
         return opened
+    return _accepted(opened, machine.start())
+
+
+def open_call_on(
+    target: Target,
+    secure: SecureSocket,
+    probed: JobConnection,
+    call: Call,
+    *,
+    timeout: float = 10.0,
+    timeouts: Timeouts | None = None,
+) -> OpenCall:
+    """`open_call` with `wait_for_accept`, on the connection of a status request the node
+    answered (`probed` in PROBED, its StatusReply saying `calls`): no new connection or
+    handshake. The session is already the node's (its key is `secure.remote_identity`)."""
+    machine = CallMachine(call, timeouts, probed)
+    secure.sock.settimeout(timeout)
+    machine.connected(time.monotonic(), secure.remote_identity)
+    return _accepted(OpenCall(target, secure, machine), machine.request_data() + machine.start())
+
+
+def _accepted(opened: OpenCall, first: bytes) -> OpenCall:
+    """`opened` once the node accepted its call, after sending `first` (the Start, and the
+    Call if it has not gone yet); closed, and the failure raised, if it did not."""
+    target, secure = opened.target, opened.secure
     try:
-        secure.send_all(machine.start())
+        secure.send_all(first)
         _pump(opened, _Sender(secure), None, _STDOUT, _STDERR, until_accepted=True)
     except TransportError as exc:
         secure.close()

@@ -25,15 +25,16 @@ from pathlib import Path
 from types import MappingProxyType
 
 from hubnet.call_machine import Timeouts
-from hubnet.client import OpenCall, PaymentRequired, open_call
+from hubnet.client import OpenCall, PaymentRequired, open_call, open_call_on
 from hubnet.dht.addresses import Address, DirectAddress
 from hubnet.dht.ids import service_key
 from hubnet.dht.records import ProviderRecord, ProviderResults
 from hubnet.dht.sources import parse_ip
 from hubnet.dialer import Dialer, TcpDialer, dial_first, resolvable
-from hubnet.identity.blocking import connect_secure_socket
+from hubnet.identity.blocking import SecureSocket, connect_secure_socket
 from hubnet.identity.cheap_typing import TYPE_CHECKING
 from hubnet.identity.errors import (
+    ClosedEarly,
     ConfigError,
     HostKeyMismatch,
     HubnetError,
@@ -474,13 +475,27 @@ def _groups(offers: Sequence[Offer]) -> list[_Group]:
     return groups
 
 
+@frozen
+class _Held:
+    """A probe's connection, open after the node's status reply, which said the node takes
+    a call on it: the call to the node a discovery chooses need not connect again."""
+
+    secure: SecureSocket
+    probed: JobConnection  # in PROBED
+
+    def close(self) -> None:
+        self.secure.close()
+
+
 def _ask_status(
     identity: Identity, group: _Group, claimants: Sequence[bytes], dialer: Dialer, timeout: float
-) -> tuple[bytes, StatusReply]:
-    """The key that answers at `address`, and its status.
+) -> tuple[bytes, StatusReply, _Held | None]:
+    """The key that answers at `address`, its status, and the connection if it may be kept.
 
     One claimant: IK to its key (the request rides in the first message). Several: XX, and
-    the key the handshake authenticates says which of them, if any, is really there.
+    the key the handshake authenticates says which of them, if any, is really there. The
+    connection is kept for a call when the node says it takes one there and the address is
+    direct (a relayed node's call dials on its own, to punch a hole past the relay).
     """
     job = JobConnection(Role.CLIENT)
     data = job.send(GetStatus())
@@ -492,22 +507,27 @@ def _ask_status(
     except BaseException:
         sock.close()
         raise
+    held = None
     try:
         if expected is None:
             secure.send_all(data)
         while (event := job.next_event()) is None:
             job.receive_data(secure.receive_some())
+        if not isinstance(event, StatusReply):
+            raise RemoteProtocolError(f"{address} answered a status request with {type(event).__name__}")
+        if event.calls and isinstance(address, DirectAddress):
+            held = _Held(secure, job)
     finally:
-        secure.close()
-    if not isinstance(event, StatusReply):
-        raise RemoteProtocolError(f"{address} answered a status request with {type(event).__name__}")
-    return secure.remote_identity, event
+        if held is None:
+            secure.close()
+    return secure.remote_identity, event, held
 
 
 @frozen
 class _Outcome:
     group: _Group
     answer: tuple[bytes, Probe] | None  # the key that answered, and how
+    held: _Held | None = None  # its connection, kept for a call
 
 
 class _Outcomes:
@@ -548,20 +568,27 @@ class _Prober:
         self.results: dict[bytes, Probe | None] = {}
         self._outcomes = _Outcomes()
         self._in_flight: dict[str, tuple[_Group, float]] = {}  # by address: the group, when started
+        self._held: dict[bytes, _Held] = {}  # by publisher: connections kept for a call
+        self._settled = False  # after `settle`, a probe that ends closes its connection itself
+        self._settling = _thread.allocate_lock()
 
     def _ask(self, group: _Group) -> None:
         started = time.monotonic()
         claimants = [offer.publisher for offer in group.offers]
-        answer = None
+        answer = held = None
         try:
-            key, reply = _ask_status(self.identity, group, claimants, self.ledger, self.timeout)
+            key, reply, held = _ask_status(self.identity, group, claimants, self.ledger, self.timeout)
             load = Load(reply.running, reply.queued, reply.capacity)
             answer = (key, Probe(time.monotonic() - started, load))
         except (HubnetError, OSError, ValueError):
             pass
         finally:
             self.ledger.end_probe()
-            self._outcomes.put(_Outcome(group, answer))
+            with self._settling:
+                if held is not None and self._settled:
+                    held.close()  # no call will come for it
+                    held = None
+                self._outcomes.put(_Outcome(group, answer, held))
 
     def _record(self, outcome: _Outcome) -> Probe | None:
         """Note `outcome`; the answer if one of its offers gave it."""
@@ -571,6 +598,8 @@ class _Prober:
         live = None
         for offer in group.offers:
             if answer is not None and answer[0] == offer.publisher:
+                if outcome.held is not None:
+                    self._held[offer.publisher] = outcome.held
                 self.results[offer.publisher] = answer[1]
                 self.backoff.answered(offer)
                 for address in (group.address, *group.fallbacks):  # the call may take another relay
@@ -641,12 +670,22 @@ class _Prober:
                     grace = min(max(2 * answered.rtt, PROBE_GRACE_MIN), PROBE_GRACE)
                     grace_end = time.monotonic() + grace
 
+    def take_held(self, publisher: bytes) -> _Held | None:
+        """The connection of `publisher`'s probe, if it was kept for a call (now the caller's)."""
+        return self._held.pop(publisher, None)
+
     def settle(self) -> None:
         """Note the probes that ended since the last run; those still going after PROBE_GRACE
-        count as failed (a node that holds a connection without a word)."""
+        count as failed (a node that holds a connection without a word). Close the connections
+        kept for a call that none made: their nodes then stop waiting for one."""
+        with self._settling:
+            self._settled = True
         while (outcome := self._outcomes.take()) is not None:
             self._in_flight.pop(str(outcome.group.address), None)
             self._record(outcome)
+        for held in self._held.values():
+            held.close()
+        self._held.clear()
         now = time.monotonic()
         for group, started in self._in_flight.values():
             if now - started >= PROBE_GRACE:
@@ -665,6 +704,7 @@ def probe(
     """
     prober = _Prober(identity, DialLedger(), Backoff(), timeout)
     prober.run(_groups(offers), want=len(offers), early=False)
+    prober.settle()  # and close the connections the nodes kept open for a call
     return prober.results
 
 
@@ -759,6 +799,23 @@ def asked_by_provider(name: str, asked: PaymentRequired) -> PaymentRequired:
     return PaymentRequired(f"{name} at {asked.provider}: {asked.reason}", asked.needed, asked.target)
 
 
+def _open_on_probe(
+    target: Target, held: _Held | None, call: Call, timeout: float, timeouts: Timeouts, *, verbose: bool
+) -> OpenCall | None:
+    """The call opened on the connection its node's probe kept, or None to dial afresh: there
+    was none, or the connection ended before the node answered (the node may have closed it
+    after the probe, or shed it), which says nothing of the node. Anything else is final, as
+    on a new connection: the node's refusal, its silence past the accept timeout."""
+    if held is None:
+        return None
+    try:
+        return open_call_on(target, held.secure, held.probed, call, timeout=timeout, timeouts=timeouts)
+    except (ClosedEarly, OSError) as exc:
+        if verbose:
+            print(f"hubnode: the probe's connection failed ({exc}); dialling again", file=sys.stderr)
+        return None
+
+
 def open_discovered_call(
     identity: Identity,
     found: Found,
@@ -809,19 +866,26 @@ def open_discovered_call(
                 target.address
             ):
                 continue  # its probe failed, or its address was dialled (or the budget spent)
+            held = prober.take_held(offer.publisher)
             if verbose:
-                print(f"hubnode: trying {encode_peer_id(offer.publisher)}@{target.address}", file=sys.stderr)
-            try:
-                opened = open_call(
-                    target,
-                    identity,
-                    PinnedKeys(),
-                    call,
-                    timeout=timeout,
-                    wait_for_accept=True,
-                    dialer=ledger if call_dialer is None else ledger.through(call_dialer),
-                    timeouts=timeouts,
+                how = " on its probe's connection" if held is not None else ""
+                print(
+                    f"hubnode: trying {encode_peer_id(offer.publisher)}@{target.address}{how}",
+                    file=sys.stderr,
                 )
+            try:
+                opened = _open_on_probe(target, held, call, timeout, timeouts, verbose=verbose)
+                if opened is None:
+                    opened = open_call(
+                        target,
+                        identity,
+                        PinnedKeys(),
+                        call,
+                        timeout=timeout,
+                        wait_for_accept=True,
+                        dialer=ledger if call_dialer is None else ledger.through(call_dialer),
+                        timeouts=timeouts,
+                    )
             except (TransportError, RemoteProtocolError, HostKeyMismatch, Rejected, OSError) as exc:
                 failures.append(f"{target.address}: {exc}")
                 refusals.add(exc.code if isinstance(exc, Rejected) else "")

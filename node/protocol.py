@@ -302,6 +302,13 @@ class StatusReply:
     capacity: int
     load: tuple[float, float, float]
     reach: ReachStatus | None = None  # optional: older nodes and nodes without a DHT leave it out
+    # Optional, after `reach`: the node takes a Call on this connection after this reply (a
+    # prober may call the node it chose without a new handshake). Older nodes leave it out.
+    calls: bool = False
+
+    def __post_init__(self) -> None:
+        if self.calls and self.reach is None:
+            raise ValueError("`calls` follows `reach` on the wire: a reply without reach cannot say it")
 
 
 @frozen
@@ -509,7 +516,11 @@ def _decode_status(f: list[Any]) -> StatusReply:
     if not (isinstance(load, list) and len(load) == 3 and all(isinstance(x, float) for x in load)):
         raise RemoteProtocolError("load must be three floats")
     reach = _decode_reach(optional[0]) if optional else None
-    return StatusReply(_count(running), _count(queued), _count(capacity), (load[0], load[1], load[2]), reach)
+    calls = optional[1] if len(optional) > 1 else False
+    if not isinstance(calls, bool):
+        raise RemoteProtocolError("calls must be a boolean")
+    loads = (load[0], load[1], load[2])
+    return StatusReply(_count(running), _count(queued), _count(capacity), loads, reach, calls)
 
 
 def _decode_reach(f: object) -> ReachStatus:
@@ -637,6 +648,7 @@ _CODECS: dict[type[Any], tuple[Kind, int, Callable[[Any], list[Any]], Callable[[
                 if m.reach is not None
                 else []
             ),
+            *([True] if m.calls else []),
         ],
         _decode_status,
     ),
@@ -657,7 +669,7 @@ _KIND_OF = {cls: spec[0] for cls, spec in _CODECS.items()}
 _FIELDS_OF = {cls: spec[2] for cls, spec in _CODECS.items()}
 _BY_KIND = {spec[0]: (spec[1], spec[3]) for spec in _CODECS.values()}
 # Fields this version knows beyond a kind's required ones, which a sender may leave out.
-_OPTIONAL_FIELDS = {Kind.CALL: 3, Kind.START: 1, Kind.STATUS_REPLY: 1, Kind.REJECT: 1}
+_OPTIONAL_FIELDS = {Kind.CALL: 3, Kind.START: 1, Kind.STATUS_REPLY: 2, Kind.REJECT: 1}
 
 
 def decode_object(obj: object) -> Message:
@@ -825,6 +837,7 @@ class State(enum.Enum):
     STDIN_DONE = "stdin-done"
     CANCELLED = "cancelled"
     ASKED = "asked"  # a list, status, peers, deposit or balance request sent: nothing more to say
+    PROBED = "probed"  # a status request answered: the caller may close, or call this node
     # server
     WAITING = "waiting"  # no request yet
     MUST_ANSWER_CALL = "must-answer-call"
@@ -867,6 +880,7 @@ TRANSITIONS: dict[Role, dict[State, dict[MessageType, State]]] = {
         State.STDIN_DONE: {Cancel: State.CANCELLED, ConnectionClosed: State.CLOSED},
         State.CANCELLED: {ConnectionClosed: State.CLOSED},
         State.ASKED: {ConnectionClosed: State.CLOSED},
+        State.PROBED: {Call: State.CALLED, ConnectionClosed: State.CLOSED},
         State.CLOSED: {},
         State.ERROR: {},
     },
@@ -961,6 +975,10 @@ class JobConnection(PeerMachine[Role, State, Message]):
         if isinstance(event, Request):
             self.request = event
             self.states[Role.SERVER] = SERVER_OWES[type(event)]
+        elif isinstance(event, StatusReply) and self.states[Role.CLIENT] is State.ASKED:
+            # A prober may call the node it chose on the same connection: the node, now DONE,
+            # then owes that call an answer (its machine has no other way back from DONE).
+            self.states[Role.CLIENT] = State.PROBED
 
 
 def _check_peer_accepts(message: Message, parts: tuple[bytes, ...]) -> None:

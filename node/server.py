@@ -237,7 +237,15 @@ class Node:
         if isinstance(request, ListServices):
             await _reply(stream, conn, self._services())
         elif isinstance(request, GetStatus):
-            await _reply(stream, conn, self.status())
+            status = self.status()
+            await _reply(stream, conn, status)
+            if status.calls:
+                # A prober calls the node it chose on this connection, or closes it; until
+                # then the connection is still in its REQUEST phase, and sheddable.
+                with self.connections.waiting(tracked, self.start_timeout):
+                    follow = await _next_event(stream, conn)
+                if isinstance(follow, Call):
+                    await self._call(stream, conn, follow, tracked)
         elif isinstance(request, GetPeers):
             await _reply(stream, conn, Peers(tuple(self.peers()[:MAX_PEERS])))
         elif isinstance(request, GetBalance):
@@ -280,9 +288,11 @@ class Node:
 
     def status(self) -> StatusReply:
         one, five, fifteen = os.getloadavg()
-        return StatusReply(
-            self.running, self.queued, self.config.max_jobs, (one, five, fifteen), self.reach_status()
-        )
+        reach = self.reach_status()
+        # `calls` rides after `reach`, which a node without a DHT (never probed by a
+        # discovery) leaves out.
+        loads = (one, five, fifteen)
+        return StatusReply(self.running, self.queued, self.config.max_jobs, loads, reach, reach is not None)
 
     def _services(self) -> Services:
         if self.host is None:

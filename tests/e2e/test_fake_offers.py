@@ -220,9 +220,9 @@ def test_fakes_cost_one_dial_per_address_and_the_honest_provider_is_found(
     honest_address = f"127.0.0.1:{honest.port}"
     for ledger, counts in zip(recorder.ledgers, recorder.per_address, strict=True):
         assert ledger.addresses <= addresses
-        assert ledger.dials <= ledger.addresses + 1  # the one call after its probe answered
-        assert all(n == 1 for where, n in counts.items() if where != honest_address), counts
-        assert counts[honest_address] == 2  # the probe, then the call
+        assert ledger.dials <= ledger.addresses  # the call goes on its probe's connection
+        assert all(n == 1 for where, n in counts.items()), counts
+        assert counts[honest_address] == 1  # the probe, whose connection then carries the call
     # 13 offers name the victim: one connection per discovery, and never two.
     assert victim.accepted <= CALLS
     assert victim.most_open <= CALLS
@@ -251,14 +251,15 @@ def test_the_backoff_file_spares_providers_that_failed(
         assert not set(counts) & resting, counts
     # The fakes are cheaper, so the first call dials the addresses they name (as many as its
     # probing reaches in its time: on a loaded machine one may be left), then the honest node
-    # twice (probe, call); the others dial only what the first left out, and the honest node.
-    assert first <= FAKES - AT_VICTIM + 3
+    # once (its probe's connection carries the call); the others dial only what the first left
+    # out, and the honest node.
+    assert first <= FAKES - AT_VICTIM + 2
     assert victim.accepted == before <= 1
     fake_addresses = {str(o.addresses[0]) for o in found.offers[1:]}
     unreached = fake_addresses - set(recorder.per_address[0])
     assert len(unreached) <= 1
-    assert all(ledger.dials <= 2 + len(unreached) for ledger in recorder.ledgers[1:])
-    assert recorder.ledgers[-1].dials == 2  # by the last call, every fake rests
+    assert all(ledger.dials <= 1 + len(unreached) for ledger in recorder.ledgers[1:])
+    assert recorder.ledgers[-1].dials == 1  # by the last call, every fake rests
 
 
 def test_a_resting_provider_is_left_alone_while_another_answers(
@@ -302,8 +303,9 @@ def test_offers_that_claim_the_honest_address_under_other_keys_do_not_hide_it(
     path = tmp_path / discover.BACKOFF_FILE
     for _ in range(3):
         assert _call(Found([_honest_offer(honest), *impostors]), path)
-    # One probe (XX: the key that answers says who is really there), then the call.
-    assert [ledger.dials for ledger in recorder.ledgers] == [2, 2, 2]
+    # One probe (XX: the key that answers says who is really there), whose connection then
+    # carries the call.
+    assert [ledger.dials for ledger in recorder.ledgers] == [1, 1, 1]
     # The impostors rest, each at that address; the honest node does not.
     keys = {line.split()[0] for line in path.read_text().splitlines()[1:]}
     assert keys == {Backoff.keys(o)[1] for o in impostors}

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from hubnet import client
+from hubnet import client, discover
 from hubnet.call_machine import Timeouts
 from hubnet.dht.addresses import DirectAddress, RelayAddress
 from hubnet.dialer import TcpDialer
@@ -27,7 +27,15 @@ from hubnet.identity.errors import Rejected, TransportError
 from hubnet.identity.keys import Identity, encode_peer_id
 from hubnet.known_hosts import KnownHosts
 from hubnet.node.naming import Target, service_id_for_name
-from hubnet.node.protocol import STDIN_WINDOW, Call, GetStatus, ListServices, Services, StatusReply
+from hubnet.node.protocol import (
+    STDIN_WINDOW,
+    Call,
+    GetStatus,
+    ListServices,
+    ReachStatus,
+    Services,
+    StatusReply,
+)
 from hubnet.node.server import Node
 from hubnet.node.services import parse_services
 from hubnet.trust import PinnedKeys
@@ -235,3 +243,80 @@ def test_the_tcp_dialer() -> None:
     # Nothing listens there now.
     with pytest.raises(TransportError, match="cannot connect"):
         TcpDialer().dial(DirectAddress("127.0.0.1", port), 1.0)
+
+
+# --- a call on the connection of its probe (hubnet.discover) ------------------------------------
+
+REACH = ReachStatus("public", "", "server", 0)
+
+
+def _probe(served: ServedNode) -> tuple[StatusReply, discover._Held | None]:
+    group = discover._Group(served.address, ())
+    key, status, held = discover._ask_status(
+        CALLER, group, [served.node.identity.public_key], TcpDialer(), WAIT
+    )
+    assert key == served.node.identity.public_key
+    return status, held
+
+
+def test_a_probe_keeps_its_connection_and_the_call_runs_on_it(served: ServedNode) -> None:
+    served.node.reach_status = lambda: REACH
+    status, held = _probe(served)
+    assert status.calls and held is not None
+    data = os.urandom(3 * STDIN_WINDOW)  # more than a window: the credit flows on this connection too
+    read_end, write_end = os.pipe()
+    writer = threading.Thread(target=lambda: os.fdopen(write_end, "wb").write(data), daemon=True)
+    writer.start()
+    out = bytearray()
+    try:
+        opened = discover._open_on_probe(
+            served.target, held, Call(service_id_for_name("cat")), WAIT, Timeouts(), verbose=False
+        )
+        assert opened is not None and opened.secure is held.secure
+        assert opened.machine.accept is not None
+        result = client.finish_call(opened, stdin_fd=read_end, stdout=out.extend, stderr=lambda _: None)
+    finally:
+        os.close(read_end)
+        writer.join(WAIT)
+    assert out == data
+    assert (result.exit.exit_code, result.exit.usage.stdin_bytes) == (0, len(data))
+
+
+def test_a_node_without_reach_cannot_say_it_takes_calls_so_its_probe_is_closed(served: ServedNode) -> None:
+    status, held = _probe(served)
+    assert (status.reach, status.calls, held) == (None, False, None)
+
+
+def test_a_probe_connection_the_node_closed_meanwhile_dials_afresh(served: ServedNode) -> None:
+    served.node.reach_status = lambda: REACH
+    served.node.start_timeout = 0.2  # how long the node waits for the prober's call
+    _, held = _probe(served)
+    assert held is not None
+    held.secure.sock.settimeout(WAIT)
+    assert held.secure.receive_some() == b""  # the node gave up waiting and closed
+    call = Call(service_id_for_name("both"))
+    assert discover._open_on_probe(served.target, held, call, WAIT, Timeouts(), verbose=False) is None
+
+
+def test_a_refusal_on_the_probe_connection_is_final(served: ServedNode) -> None:
+    served.node.reach_status = lambda: REACH
+    _, held = _probe(served)
+    with pytest.raises(Rejected) as caught:
+        discover._open_on_probe(
+            served.target, held, Call(service_id_for_name("nope")), WAIT, Timeouts(), verbose=False
+        )
+    assert caught.value.code == "no-such-service"
+
+
+def test_a_prober_that_closes_without_calling_costs_the_node_nothing(
+    served: ServedNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="hubnet.node")
+    served.node.reach_status = lambda: REACH
+    for _ in range(3):
+        _, held = _probe(served)
+        assert held is not None
+        held.close()
+    assert _wait_for(lambda: len(served.node.connections) == 0)
+    assert served.node.running == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

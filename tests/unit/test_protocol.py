@@ -139,11 +139,10 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         counts,
         counts,
         st.tuples(floats, floats, floats),
-        st.none()
-        | st.builds(
-            ReachStatus, texts, texts, texts, counts, st.lists(texts, max_size=MAX_RELAYS).map(tuple)
-        ),
-    ),
+        st.builds(ReachStatus, texts, texts, texts, counts, st.lists(texts, max_size=MAX_RELAYS).map(tuple)),
+        st.booleans(),
+    )
+    | st.builds(StatusReply, counts, counts, counts, st.tuples(floats, floats, floats)),
     GetPeers: st.just(GetPeers()),
     Deposit: st.builds(Deposit, st.text(max_size=200)),
     Peers: st.builds(
@@ -439,7 +438,7 @@ def test_malformed_fields_are_refused(raw: bytes) -> None:
         pytest.param(
             _raw(
                 Kind.STATUS_REPLY,
-                [1, 0, 4, LOAD, ["private", "198.51.100.7:7070", "client", 3, ["r"], [10], "new"], 9],
+                [1, 0, 4, LOAD, ["private", "198.51.100.7:7070", "client", 3, ["r"], [10], "new"], True, 9],
             ),
             StatusReply(
                 1,
@@ -447,8 +446,14 @@ def test_malformed_fields_are_refused(raw: bytes) -> None:
                 4,
                 (0.5, 0.25, 0.125),
                 ReachStatus("private", "198.51.100.7:7070", "client", 3, ("r",), (10,)),
+                calls=True,
             ),
             id="status-reach",
+        ),
+        pytest.param(  # from a node older than calls after a status
+            _raw(Kind.STATUS_REPLY, [1, 0, 4, LOAD, ["private", "", "client", 3, ["r"], [10]]]),
+            StatusReply(1, 0, 4, (0.5, 0.25, 0.125), ReachStatus("private", "", "client", 3, ("r",), (10,))),
+            id="status-without-calls",
         ),
         pytest.param(  # from a node older than relay prices
             _raw(Kind.STATUS_REPLY, [1, 0, 4, LOAD, ["private", "", "client", 3, ["r"]]]),
@@ -488,6 +493,24 @@ def test_fields_a_newer_peer_appends_are_ignored(raw: bytes, message: Message) -
 def test_a_malformed_reach_entry_is_a_protocol_error(reach: object) -> None:
     with pytest.raises(RemoteProtocolError):
         decode(_raw(Kind.STATUS_REPLY, [1, 0, 4, LOAD, reach]))
+
+
+@pytest.mark.parametrize("calls", [1, 0, "yes", None])
+def test_calls_in_a_status_reply_is_a_boolean_or_a_protocol_error(calls: object) -> None:
+    with pytest.raises(RemoteProtocolError, match="calls must be a boolean"):
+        decode(_raw(Kind.STATUS_REPLY, [1, 0, 4, LOAD, ["public", "", "server", 0], calls]))
+
+
+def test_a_status_reply_says_calls_only_after_its_reach() -> None:
+    with pytest.raises(ValueError, match="follows `reach`"):
+        StatusReply(1, 0, 4, (0.5, 0.25, 0.125), calls=True)
+    reach = ReachStatus("public", "", "server", 0)
+    assert encode(StatusReply(1, 0, 4, LOAD, reach)) == _raw(
+        Kind.STATUS_REPLY, [1, 0, 4, LOAD, ["public", "", "server", 0, []]]
+    )
+    assert encode(StatusReply(1, 0, 4, LOAD, reach, calls=True)) == _raw(
+        Kind.STATUS_REPLY, [1, 0, 4, LOAD, ["public", "", "server", 0, []], True]
+    )
 
 
 def test_a_call_without_attestations_keeps_its_short_form() -> None:
@@ -640,6 +663,7 @@ PATHS: dict[tuple[Role, State], tuple[Message, ...]] = {
     (Role.CLIENT, State.STDIN_DONE): (Call(SID), Start(), StdinEnd()),
     (Role.CLIENT, State.CANCELLED): (Call(SID), Cancel()),
     (Role.CLIENT, State.ASKED): (ListServices(),),
+    (Role.CLIENT, State.PROBED): (GetStatus(), StatusReply(1, 0, 4, (0.5, 0.25, 0.125))),
     (Role.SERVER, State.WAITING): (),
     (Role.SERVER, State.MUST_ANSWER_CALL): (Call(SID),),
     (Role.SERVER, State.MUST_LIST): (ListServices(),),
@@ -896,3 +920,31 @@ def test_sender_refuses_what_the_receiver_would_refuse(message: Message) -> None
 def test_initial_states() -> None:
     conn = JobConnection(Role.CLIENT)
     assert conn.states == INITIAL and (conn.our_state, conn.their_state) == (State.IDLE, State.WAITING)
+
+
+def test_a_prober_calls_on_the_connection_its_status_came_on() -> None:
+    """After the node's StatusReply the caller may call (the node, DONE, then owes the call
+    an answer) or close; both ends agree on every state (Pair checks it)."""
+    pair = Pair(GetStatus(), StatusReply(0, 0, 4, (0.5, 0.25, 0.125)))
+    assert pair.client.states == {Role.CLIENT: State.PROBED, Role.SERVER: State.DONE}
+    for message in (Call(SID), Start(), Accept("job"), StdinEnd(), EXIT):
+        pair.deliver(message)
+    assert pair.client.states == {Role.CLIENT: State.STDIN_DONE, Role.SERVER: State.EXITED}
+
+
+def test_a_call_before_the_status_reply_is_refused_both_ways() -> None:
+    # The node owes the status first: a call then would overwrite what it owes.
+    pair = Pair(GetStatus())
+    with pytest.raises(LocalProtocolError, match="not allowed from the client in state asked"):
+        pair.client.send(Call(SID))
+    pair = Pair(GetStatus())
+    pair.server.receive_data(encode(Call(SID)))
+    with pytest.raises(RemoteProtocolError, match="not allowed from the client in state asked"):
+        pair.server.next_event()
+
+
+def test_only_a_status_reply_lets_the_caller_call_after_its_request() -> None:
+    pair = Pair(ListServices(), Services(()))
+    assert pair.client.states == {Role.CLIENT: State.ASKED, Role.SERVER: State.DONE}
+    with pytest.raises(LocalProtocolError):
+        pair.client.send(Call(SID))
