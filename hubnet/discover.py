@@ -592,14 +592,15 @@ class _Prober:
 
     def _record(self, outcome: _Outcome) -> Probe | None:
         """Note `outcome`; the answer if one of its offers gave it."""
-        group, answer = outcome.group, outcome.answer
+        group, answer, held = outcome.group, outcome.answer, outcome.held
         if answer is None and self.ledger.dead(group.address):
             self.backoff.failed(str(group.address))
         live = None
         for offer in group.offers:
             if answer is not None and answer[0] == offer.publisher:
-                if outcome.held is not None:
-                    self._held[offer.publisher] = outcome.held
+                if held is not None:
+                    self._held[offer.publisher] = held
+                    held = None
                 self.results[offer.publisher] = answer[1]
                 self.backoff.answered(offer)
                 for address in (group.address, *group.fallbacks):  # the call may take another relay
@@ -609,6 +610,8 @@ class _Prober:
                 self.results[offer.publisher] = None
                 if answer is not None or not self.ledger.dead(group.address):
                     self.backoff.failed(Backoff.keys(offer)[1])
+        if held is not None:
+            held.close()  # the key that answered is none of the offers' (XX): nobody to call
         return live
 
     def run(self, groups: Sequence[_Group], *, want: int, early: bool) -> None:
