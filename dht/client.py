@@ -37,7 +37,7 @@ class KeptTokens:
     """What a tokens file holds: the port, and the tokens given to it."""
 
     port: int
-    tokens: list[tuple[Address, bytes, int]]
+    tokens: tuple[tuple[Address, bytes, int], ...]
 
 
 def read_tokens(path: Path) -> KeptTokens | None:
@@ -58,7 +58,7 @@ def read_tokens(path: Path) -> KeptTokens | None:
                 tokens.append(((fields[0], _port(fields[1])), token, int(fields[3])))
         except ValueError:
             continue
-    return None if port is None else KeptTokens(port, tokens)
+    return None if port is None else KeptTokens(port, tuple(tokens))
 
 
 def _port(text: str) -> int:
@@ -122,7 +122,8 @@ class DhtClient:
     def close(self) -> None:
         """Close the socket, keeping the tokens for the next run first if there is a file."""
         if self.tokens_file is not None and self._sock.fileno() != -1:
-            kept = KeptTokens(self._sock.getsockname()[1], self.protocol.fresh_tokens(now=int(self.clock())))
+            fresh = tuple(self.protocol.fresh_tokens(now=int(self.clock())))
+            kept = KeptTokens(self._sock.getsockname()[1], fresh)
             replace_whole(self.tokens_file, tokens_text(kept).encode("ascii"))
         self._sock.close()
 
